@@ -1,0 +1,34 @@
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: install test test-slow test-all lint format bench clean
+
+## install: torch from the pinned local wheels, then vvm with its dev extras (editable)
+install:
+	$(PIP) install torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -e ".[dev]"
+
+## test: the default suite (CI runs this): everything but tests marked slow or gpu
+test:
+	$(PYTHON) -m pytest -m "not slow and not gpu" -q
+
+test-slow:
+	$(PYTHON) -m pytest -m "slow and not gpu" -q
+
+test-all:
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check src tests bench
+	$(PYTHON) -m ruff format --check src tests bench
+
+format:
+	$(PYTHON) -m ruff format src tests bench
+	$(PYTHON) -m ruff check --fix src tests bench
+
+## bench: CKA pipeline vs plain forward pass (time ratio, peak memory, max error vs float64)
+bench:
+	$(PYTHON) bench/bench_cka.py
+
+clean:
+	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

@@ -1,0 +1,114 @@
+"""Shared LightningDataModule for every dataset: splits, fixed subsets, loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+SPLITS = ("train", "test")
+
+
+def fixed_subset(ds: Dataset, limit: int | None, seed: int = 0) -> Dataset:
+    """The same ``limit`` examples every time: a seeded permutation's first ``limit`` indices, kept in order."""
+    if limit is None or limit >= len(ds):
+        return ds
+    if limit <= 0:
+        raise ValueError(f"limit={limit} must be a positive number of examples (or null for all)")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds), generator=g)[:limit].sort().values.tolist()
+    return Subset(ds, idx)
+
+
+class VisionDataModule(pl.LightningDataModule):
+    """Base class: subclasses set ``name``, ``num_classes``, ``image_size``, ``mean``, ``std`` and implement
+    :meth:`build_split` (``"train"`` or ``"test"``, eval transforms for test, training augmentation for train).
+
+    Loaders: ``train_dataloader`` (shuffled, augmented, ``batch_size``), ``val_dataloader`` (the ``probe`` subset
+    of the test split, for accuracy and CKA during training), ``test_dataloader`` (the CKA pass: ``split``,
+    ``eval_batch_size``, the first ``max_samples`` of the fixed subset).
+    """
+
+    name: str = "base"
+    num_classes: int = 0
+    image_size: int = 32
+    mean: Sequence[float] = (0.5, 0.5, 0.5)
+    std: Sequence[float] = (0.5, 0.5, 0.5)
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 256,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        limit: int | None = None,
+        split: str = "test",
+        max_samples: int | None = None,
+        probe_size: int | None = 1024,
+        seed: int = 0,
+        download: bool = True,
+        pin_memory: bool = False,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes is not None:
+            if self.num_classes and num_classes != self.num_classes:
+                raise ValueError(f"dataset {self.name!r} has {self.num_classes} classes, not num_classes={num_classes}")
+            self.num_classes = num_classes
+        if split not in SPLITS:
+            raise ValueError(f"dataset.split={split!r}: use one of {', '.join(SPLITS)}")
+        self.root = root
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.limit = limit
+        self.split = split
+        self.max_samples = max_samples
+        self.probe_size = probe_size
+        self.seed = seed
+        self.download = download
+        self.pin_memory = pin_memory
+        self._cache: dict[tuple[str, bool], Dataset] = {}
+
+    # subclasses implement this
+    def build_split(self, split: str, train_transform: bool) -> Dataset:
+        raise NotImplementedError
+
+    def dataset(self, split: str, *, augment: bool = False) -> Dataset:
+        """The split after ``limit``: eval transforms unless ``augment``."""
+        key = (split, augment)
+        if key not in self._cache:
+            self._cache[key] = fixed_subset(self.build_split(split, augment), self.limit, self.seed)
+        return self._cache[key]
+
+    def cka_dataset(self) -> Dataset:
+        ds = self.dataset(self.split)
+        if self.max_samples is not None and self.max_samples < len(ds):
+            ds = Subset(ds, list(range(self.max_samples)))
+        return ds
+
+    def probe_dataset(self) -> Dataset:
+        ds = self.dataset("test")
+        return fixed_subset(ds, self.probe_size, self.seed + 1)
+
+    def _loader(self, ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train", augment=True), self.batch_size, shuffle=True, drop_last=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.probe_dataset(), self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.cka_dataset(), self.eval_batch_size, shuffle=False)
