@@ -1,6 +1,19 @@
 """LightningDataModules: cifar100, cifar10, imagenet, digits, synthetic."""
 
 from vvm.data.base import VisionDataModule, fixed_subset
+from vvm.data.cifar import CIFAR10DataModule, CIFAR100DataModule, CIFARDataModule, UInt8ImageDataset
+from vvm.data.digits import DigitsDataModule
+from vvm.data.imagenet import ImageNetDataModule
 from vvm.data.synthetic import SyntheticDataModule
 
-__all__ = ["SyntheticDataModule", "VisionDataModule", "fixed_subset"]
+__all__ = [
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "CIFARDataModule",
+    "DigitsDataModule",
+    "ImageNetDataModule",
+    "SyntheticDataModule",
+    "UInt8ImageDataset",
+    "VisionDataModule",
+    "fixed_subset",
+]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 SPLITS = ("train", "test")
 
@@ -75,6 +75,24 @@ class VisionDataModule(pl.LightningDataModule):
     # subclasses implement this
     def build_split(self, split: str, train_transform: bool) -> Dataset:
         raise NotImplementedError
+
+    def as_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split in memory, for pipelines that keep the data on the GPU and augment there.
+
+        Contract: ``(images, labels)``, images ``uint8 [N, 3, H, W]`` before any transform or normalisation
+        (divide by 255, then normalise with ``mean``/``std``), labels ``int64 [N]``; the same examples in the
+        same order as ``dataset(split)`` (``limit`` applied with :func:`fixed_subset`'s indices, see
+        :meth:`_limit_tensors`). Datasets too big for memory (ImageNet) do not implement it.
+        """
+        raise NotImplementedError(f"dataset {self.name!r} has no in-memory form: use its dataloaders")
+
+    def _limit_tensors(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply ``limit`` to whole-split tensors with the indices :meth:`dataset` uses."""
+        sub = fixed_subset(TensorDataset(images, labels), self.limit, self.seed)
+        if isinstance(sub, Subset):
+            idx = torch.as_tensor(sub.indices, dtype=torch.long)
+            return images[idx], labels[idx]
+        return images, labels
 
     def dataset(self, split: str, *, augment: bool = False) -> Dataset:
         """The split after ``limit``: eval transforms unless ``augment``."""

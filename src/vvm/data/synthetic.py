@@ -52,3 +52,9 @@ class SyntheticDataModule(VisionDataModule):
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return TensorDataset((img - mean) / std, labels)
+
+    def as_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split as uint8 (the [0, 1] images x255, rounded: within 1/510 of what ``dataset`` normalises)."""
+        n = self.train_size if split == "train" else self.test_size
+        img, labels = make_synthetic(n, self.num_classes, self.image_size, seed=self.seed + (0 if split == "train" else 1))
+        return self._limit_tensors((img * 255).round().to(torch.uint8), labels)

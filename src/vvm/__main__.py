@@ -1,0 +1,42 @@
+"""``python -m vvm`` / ``vvm``: compose conf/ with Hydra and run one job (or a sweep with ``-m``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+
+def config_dir() -> Path:
+    """conf/ at the repository root, found from this file (not the working directory); VVM_CONFIG_DIR wins."""
+    env = os.environ.get("VVM_CONFIG_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "conf")
+    for c in candidates:
+        if (c / "config.yaml").is_file():
+            return c.resolve()
+    raise FileNotFoundError(
+        f"vvm's Hydra configs were not found (looked in {', '.join(map(str, candidates))}); install vvm from a "
+        "checkout with `make install` (editable), or set VVM_CONFIG_DIR to the conf/ folder"
+    )
+
+
+CONFIG_DIR = config_dir()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from vvm.pipeline import run
+
+    summary = run(cfg)
+    return summary.get("mean_cka")
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Atomic file writes and the on-disk form of a CKA result (cka.npz, result.json)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` (never a half file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def write_npz(path: str | os.PathLike, **arrays: Any) -> Path:
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return write_bytes(path, buf.getvalue())
+
+
+def result_arrays(res: Any, **extra: Any) -> dict[str, np.ndarray]:
+    """The arrays of a :class:`vvm.cka.CKAResult` as cka.npz stores them."""
+    return {
+        "cka": res.matrix.numpy().astype(np.float64),
+        "cka_stderr": res.stderr.numpy().astype(np.float64),
+        "layers_x": np.array(res.layers_x, dtype=str),
+        "layers_y": np.array(res.layers_y, dtype=str),
+        "n_samples": np.array(res.n_samples),
+        "n_batches": np.array(res.n_batches),
+        "hsic_xx": res.hsic_xx.numpy(),
+        "hsic_yy": res.hsic_yy.numpy(),
+        "kernel": np.array(res.kernel),
+        "estimator": np.array(res.estimator),
+        **{k: np.asarray(v) for k, v in extra.items()},
+    }
+
+
+def save_result(path: str | os.PathLike, res: Any, **extra: Any) -> Path:
+    return write_npz(path, **result_arrays(res, **extra))
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, Any]:
+    """cka.npz as a dict of numpy arrays; string scalars come back as ``str``."""
+    with np.load(path, allow_pickle=False) as z:
+        out: dict[str, Any] = {}
+        for k in z.files:
+            v = z[k]
+            out[k] = v.item() if v.ndim == 0 else v
+        return out

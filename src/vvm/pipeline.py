@@ -1,0 +1,178 @@
+"""One job: config -> model + data -> (training when the init asks for it) -> CKA pass -> files + logger.
+
+The CLI (``python -m vvm``), the sweep and the tests all go through :func:`run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vvm.callbacks.cka import CKACallback, mean_offdiagonal
+from vvm.io import load_json, write_json
+from vvm.loggers import build_logger, log_config
+
+log = logging.getLogger(__name__)
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    kw = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(kw, dict)
+    return kw
+
+
+def summarise_config(cfg: DictConfig) -> dict[str, Any]:
+    return {
+        "tag": cfg.get("tag"),
+        "model": cfg.model.get("name"),
+        "init": cfg.init.get("name"),
+        "dataset": _dataset_name(cfg),
+        "seed": cfg.seed,
+        "kernel": cfg.cka.kernel,
+        "estimator": cfg.cka.estimator,
+        "precision": cfg.cka.precision,
+        "layers": OmegaConf.to_container(cfg.cka.layers) if not isinstance(cfg.cka.layers, str) else cfg.cka.layers,
+    }
+
+
+def _dataset_name(cfg: DictConfig) -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.choices["dataset"])
+    except Exception:
+        return str(cfg.dataset.get("_target_", "?")).rsplit(".", 1)[-1]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one job and return what result.json holds. Writes into ``cfg.paths.output_dir``."""
+    t_start = time.perf_counter()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("resume"):
+        previous = completed_result(out_dir)
+        if previous is not None:
+            log.info("resume: %s already has a complete result, skipping", out_dir)
+            return {**previous, "resumed": True}
+    summary: dict[str, Any] = {**summarise_config(cfg), "status": "running", "output_dir": str(out_dir)}
+    timings: dict[str, float] = {}
+    logger = None
+    try:
+        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        t = time.perf_counter()
+        dm = instantiate(cfg.dataset)
+        model = instantiate(cfg.model)
+        model.set_data_normalization(dm.mean, dm.std)
+        timings["build"] = time.perf_counter() - t
+
+        logger = build_logger(cfg.get("logger"))
+        if logger:
+            log_config(logger, cfg)
+
+        cka_cb = CKACallback(
+            out_dir,
+            layers=OmegaConf.to_container(cfg.cka.layers) if not isinstance(cfg.cka.layers, str) else cfg.cka.layers,
+            kernel=cfg.cka.kernel,
+            estimator=cfg.cka.estimator,
+            precision=cfg.cka.precision,
+            rbf_frac=cfg.cka.rbf_frac,
+            every_n_epochs=cfg.cka.get("every_n_epochs", 0),
+            title=f"{summary['model']} ({summary['init']}, {summary['dataset']}) - {cfg.cka.kernel} CKA",
+            model_label=str(summary["model"]),
+        )
+
+        from vvm.train.weights import prepare_weights
+
+        t = time.perf_counter()
+        train_info = prepare_weights(model, cfg, dm, logger=logger, callbacks=[cka_cb])
+        timings["weights"] = time.perf_counter() - t
+        summary.update(train_info or {})
+
+        from vvm.train.module import VisionModule
+
+        module = VisionModule(model, **OmegaConf.to_container(cfg.train, resolve=True))
+        trainer = pl.Trainer(
+            **trainer_kwargs(cfg),
+            logger=logger if logger else False,
+            callbacks=[cka_cb],
+            default_root_dir=str(out_dir),
+            enable_checkpointing=False,
+        )
+        t = time.perf_counter()
+        metrics = trainer.test(module, datamodule=dm, verbose=False)
+        timings["cka"] = time.perf_counter() - t
+        final = cka_cb.final
+        if trainer.is_global_zero and final is not None:
+            res = final["result"]
+            summary.update(
+                {
+                    "n_samples": res.n_samples,
+                    "n_batches": res.n_batches,
+                    "n_layers": [len(res.layers_x), len(res.layers_y)],
+                    "layers_x": res.layers_x,
+                    "layers_y": res.layers_y,
+                    "undefined_layers": sorted(set(res.undefined_x + res.undefined_y)),
+                    "mean_cka": mean_offdiagonal(res.matrix.numpy()),
+                    "test_accuracy": float(metrics[0]["test/acc"]) if metrics and "test/acc" in metrics[0] else None,
+                    "files": {k: str(v) for k, v in final.get("paths", {}).items()},
+                }
+            )
+        summary["status"] = "ok"
+        return summary
+    except Exception as e:
+        summary["status"] = "failed"
+        summary["error"] = f"{type(e).__name__}: {e}"
+        summary["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        timings["total"] = time.perf_counter() - t_start
+        summary["seconds"] = timings
+        try:
+            summary["config"] = OmegaConf.to_container(cfg, resolve=True)
+        except Exception:
+            summary["config"] = OmegaConf.to_container(cfg, resolve=False)
+        if _is_rank_zero():
+            write_json(out_dir / "result.json", summary)
+        if logger:
+            _finish_logger(logger, summary)
+
+
+def completed_result(out_dir: str | Path) -> dict[str, Any] | None:
+    """The result.json of a finished job in ``out_dir`` (status ok and cka.npz present), else None."""
+    out_dir = Path(out_dir)
+    res_path, npz_path = out_dir / "result.json", out_dir / "cka.npz"
+    if not (res_path.is_file() and npz_path.is_file()):
+        return None
+    try:
+        prev = load_json(res_path)
+    except ValueError:
+        return None
+    return prev if prev.get("status") == "ok" else None
+
+
+def _is_rank_zero() -> bool:
+    from pytorch_lightning.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _finish_logger(logger: Any, summary: dict[str, Any]) -> None:
+    from vvm.loggers import is_wandb
+
+    if is_wandb(logger):
+        import wandb
+
+        if wandb.run is not None:
+            for k in ("status", "mean_cka", "test_accuracy", "n_samples", "train_accuracy"):
+                if summary.get(k) is not None:
+                    wandb.run.summary[k] = summary[k]
+            wandb.finish(exit_code=0 if summary.get("status") == "ok" else 1)
+    else:
+        logger.finalize(summary.get("status", "ok"))

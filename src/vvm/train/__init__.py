@@ -1,0 +1,3 @@
+from vvm.train.module import VisionModule
+
+__all__ = ["VisionModule"]
