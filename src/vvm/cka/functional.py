@@ -50,8 +50,14 @@ def flatten_features(x: Tensor) -> Tensor:
 
 
 def centre_columns(x: Tensor) -> Tensor:
-    """``X - 1 meanᵀ``: subtract the batch mean of every feature."""
-    return x - x.mean(dim=0, keepdim=True)
+    """``X - 1 meanᵀ``: subtract the batch mean of every feature.
+
+    The first row is subtracted before the mean: that is exact for features that are the same in every example
+    (a constant layer becomes exactly 0, so its CKA is NaN rather than rounding noise) and takes most of a large
+    offset out before the mean is rounded.
+    """
+    xs = x - x[:1]
+    return xs - xs.mean(dim=0, keepdim=True)
 
 
 def linear_gram(x: Tensor) -> Tensor:

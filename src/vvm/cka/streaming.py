@@ -28,6 +28,7 @@ from torchmetrics import Metric
 from vvm.cka.functional import (
     Estimator,
     Kernel,
+    centre_columns,
     centre_kernel,
     check_estimator,
     check_kernel,
@@ -211,7 +212,7 @@ class StreamingCKA(Metric):
         x = output.detach().reshape(output.shape[0], -1)
         if x.dtype not in (torch.float32, torch.float64):
             x = x.float()
-        xc = x - x.mean(dim=0, keepdim=True)
+        xc = centre_columns(x)
         with _tf32(self.precision == "fast", xc.device):
             k = xc @ xc.T
         k = k.to(self._work_dtype)

@@ -29,8 +29,10 @@ class UInt8ImageDataset(Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
-            raise ValueError(f"expected uint8 [N, C, H, W] images and N labels, got {images.dtype} "
-                             f"{tuple(images.shape)} and {tuple(labels.shape)}")
+            raise ValueError(
+                f"expected uint8 [N, C, H, W] images and N labels, got {images.dtype} "
+                f"{tuple(images.shape)} and {tuple(labels.shape)}"
+            )
         self.images = images
         self.labels = labels
         self.transform = transform
@@ -45,7 +47,9 @@ class UInt8ImageDataset(Dataset):
         return img, int(self.labels[i])
 
 
-def uint8_transforms(mean: Sequence[float], std: Sequence[float], augment: Sequence[Callable] = ()) -> v2.Compose:
+def uint8_transforms(
+    mean: Sequence[float], std: Sequence[float], augment: Sequence[Callable] = ()
+) -> v2.Compose:
     """``augment`` on the uint8 tensor, then /255 (as ``ToTensor``) and ``Normalize(mean, std)``."""
     return v2.Compose([*augment, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
@@ -57,8 +61,10 @@ def _unpickle(path: str) -> dict:
         with open(path, "rb") as f:
             entry = pickle.load(f, encoding="latin1")
     except Exception as e:
-        raise RuntimeError(f"cannot read {path} ({type(e).__name__}: {e}): the file is truncated or not a "
-                           f"CIFAR batch; delete its folder and rerun with dataset.download=true") from e
+        raise RuntimeError(
+            f"cannot read {path} ({type(e).__name__}: {e}): the file is truncated or not a "
+            f"CIFAR batch; delete its folder and rerun with dataset.download=true"
+        ) from e
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
 
@@ -93,19 +99,26 @@ class CIFARDataModule(VisionDataModule):
             return
         where = f"dataset {self.name!r} is not in {self.folder} (missing {os.path.basename(missing[0])})"
         if not self.download:
-            raise FileNotFoundError(f"{where} and dataset.download=false. Extract {self.source.filename} under "
-                                    f"{self.root} (paths.data / $VVM_DATA), set dataset.download=true, or {OFFLINE_HINT}")
+            raise FileNotFoundError(
+                f"{where} and dataset.download=false. Extract {self.source.filename} under "
+                f"{self.root} (paths.data / $VVM_DATA), set dataset.download=true, or {OFFLINE_HINT}"
+            )
         try:
-            download_and_extract_archive(self.source.url, self.root, filename=self.source.filename,
-                                         md5=self.source.tgz_md5)
+            download_and_extract_archive(
+                self.source.url, self.root, filename=self.source.filename, md5=self.source.tgz_md5
+            )
         except Exception as e:
-            raise FileNotFoundError(f"{where} and the download from {self.source.url} failed: {type(e).__name__}: "
-                                    f"{e}. Put the extracted {self.source.base_folder}/ under {self.root} "
-                                    f"(paths.data / $VVM_DATA), or {OFFLINE_HINT}") from e
+            raise FileNotFoundError(
+                f"{where} and the download from {self.source.url} failed: {type(e).__name__}: "
+                f"{e}. Put the extracted {self.source.base_folder}/ under {self.root} "
+                f"(paths.data / $VVM_DATA), or {OFFLINE_HINT}"
+            ) from e
         missing = self._missing(splits)
         if missing:
-            raise FileNotFoundError(f"{where}: the archive from {self.source.url} was extracted into {self.root} "
-                                    f"but {missing[0]} is still missing; {OFFLINE_HINT}")
+            raise FileNotFoundError(
+                f"{where}: the archive from {self.source.url} was extracted into {self.root} "
+                f"but {missing[0]} is still missing; {OFFLINE_HINT}"
+            )
 
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node before setup: the only place that downloads under DDP.
@@ -122,12 +135,16 @@ class CIFARDataModule(VisionDataModule):
                     data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                     labels.extend(entry[self.label_key])
                 except (KeyError, ValueError) as e:
-                    raise RuntimeError(f"{path} is not a {self.name} batch ({type(e).__name__}: {e}): expected "
-                                       f"'data' [N, 3072] uint8 and '{self.label_key}'") from e
+                    raise RuntimeError(
+                        f"{path} is not a {self.name} batch ({type(e).__name__}: {e}): expected "
+                        f"'data' [N, 3072] uint8 and '{self.label_key}'"
+                    ) from e
             images = torch.from_numpy(np.concatenate(data))
             targets = torch.tensor(labels, dtype=torch.int64)
             if len(images) != len(targets):
-                raise RuntimeError(f"{self.folder}: {len(images)} images but {len(targets)} labels in {split}")
+                raise RuntimeError(
+                    f"{self.folder}: {len(images)} images but {len(targets)} labels in {split}"
+                )
             if len(targets) and (targets.min() < 0 or targets.max() >= self.num_classes):
                 raise RuntimeError(f"{self.folder}: labels outside 0..{self.num_classes - 1} in {split}")
             self._arrays[split] = (images, targets)

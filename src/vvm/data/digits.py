@@ -28,7 +28,9 @@ def load_digits_uint8(image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor,
     images = (x * 255).round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
     labels = torch.from_numpy(digits.target).to(torch.int64)
     idx = np.arange(len(labels))
-    train, test = train_test_split(idx, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=digits.target)
+    train, test = train_test_split(
+        idx, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=digits.target
+    )
     return images, labels, {"train": np.sort(train), "test": np.sort(test)}
 
 

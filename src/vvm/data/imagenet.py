@@ -28,8 +28,13 @@ class ImageNetDataModule(VisionDataModule):
     mean = (0.485, 0.456, 0.406)
     std = (0.229, 0.224, 0.225)
 
-    def __init__(self, root: str = "data/imagenet/val", num_classes: int = 1000, train_root: str | None = None,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        root: str = "data/imagenet/val",
+        num_classes: int = 1000,
+        train_root: str | None = None,
+        **kwargs,
+    ) -> None:
         # bypass the base check against the class attribute: any positive count is allowed, checked on load
         super().__init__(root=root, **kwargs)
         if num_classes <= 0:
@@ -48,22 +53,30 @@ class ImageNetDataModule(VisionDataModule):
         if split == "train":
             path = self.train_root
             if not os.path.isdir(path):
-                raise FileNotFoundError(f"dataset 'imagenet': no train split at {path} (the folder next to "
-                                        f"root={self.root}); set dataset.train_root=..., use dataset.split=test "
-                                        f"with a pretrained init, or {OFFLINE_HINT}")
+                raise FileNotFoundError(
+                    f"dataset 'imagenet': no train split at {path} (the folder next to "
+                    f"root={self.root}); set dataset.train_root=..., use dataset.split=test "
+                    f"with a pretrained init, or {OFFLINE_HINT}"
+                )
         else:
             path = self.root
             if not os.path.isdir(path):
-                raise FileNotFoundError(f"dataset 'imagenet' is not at {path}: point dataset.root=... (or "
-                                        f"paths.data / $VVM_DATA) at the validation set in class folders, "
-                                        f"or {OFFLINE_HINT}")
+                raise FileNotFoundError(
+                    f"dataset 'imagenet' is not at {path}: point dataset.root=... (or "
+                    f"paths.data / $VVM_DATA) at the validation set in class folders, "
+                    f"or {OFFLINE_HINT}"
+                )
         try:
             ds = ImageFolder(path, transform=self.transform(train_transform))
         except (FileNotFoundError, RuntimeError) as e:
-            raise FileNotFoundError(f"dataset 'imagenet': {path} is not an ImageFolder ({e}); it needs one "
-                                    f"folder of images per class; {OFFLINE_HINT}") from e
+            raise FileNotFoundError(
+                f"dataset 'imagenet': {path} is not an ImageFolder ({e}); it needs one "
+                f"folder of images per class; {OFFLINE_HINT}"
+            ) from e
         if len(ds.classes) != self.num_classes:
-            raise ValueError(f"dataset 'imagenet': {path} has {len(ds.classes)} class folders but "
-                             f"dataset.num_classes={self.num_classes}; set dataset.num_classes={len(ds.classes)} "
-                             f"or point dataset.root at the full validation set")
+            raise ValueError(
+                f"dataset 'imagenet': {path} has {len(ds.classes)} class folders but "
+                f"dataset.num_classes={self.num_classes}; set dataset.num_classes={len(ds.classes)} "
+                f"or point dataset.root at the full validation set"
+            )
         return ds

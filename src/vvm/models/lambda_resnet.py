@@ -1,0 +1,118 @@
+"""Lambda-ResNets for 32x32 inputs (Bello, "LambdaNetworks: Modeling Long-Range Interactions Without
+Attention", ICLR 2021): the CIFAR ResNet of :mod:`vvm.models.resnet_cifar` (3x3 stride-1 stem, no max-pool,
+bottleneck stages of widths 64/128/256/512 with expansion 4) in which every bottleneck's 3x3 convolution is a
+lambda layer.
+
+The lambda layer is timm's :class:`timm.layers.lambda_layer.LambdaLayer`: a content lambda (softmax-normalised
+keys times values, shared by all queries) plus a local positional lambda computed as a lambda convolution over an
+``r x r`` neighbourhood, with ``num_heads`` query heads of size ``dim_head`` (|k|) and intra-depth |u| = 1; a
+stride-2 block averages 2x2 after the lambda layer. Defaults follow the paper's ResNet experiments:
+|h| = 4 heads, |k| = 16, r = 23 (on a 32x32 CIFAR map a 23x23 scope covers most of the image; on the 4x4 maps of
+the last stage it is global).
+
+Block counts: ``lambda_r26`` [2, 2, 2, 2], ``lambda_r38`` [2, 3, 5, 2], ``lambda_r50`` [3, 4, 6, 3].
+
+Module names follow :class:`vvm.models.resnet_cifar.Bottleneck`: ``conv1 bn1 relu1 lambda_layer bn2 relu2 conv3
+bn3 shortcut relu3``, so the ``seed`` preset (names containing bn, relu, avgpool, fc, maxpool) picks the same
+kind of layers as in the CIFAR ResNets.
+"""
+
+from __future__ import annotations
+
+from timm.layers.lambda_layer import LambdaLayer
+from torch import Tensor, nn
+
+from vvm.models.base import VisionModel
+from vvm.models.resnet_cifar import CifarResNet, _conv_bn, _shortcut
+
+# the paper's lambda layer hyper-parameters for ResNets: 4 heads, |k| = 16, |u| = 1, 23x23 local scope
+NUM_HEADS = 4
+DIM_HEAD = 16
+LOCAL_CONTEXT = 23
+
+BLOCK_COUNTS = {"lambda_r26": [2, 2, 2, 2], "lambda_r38": [2, 3, 5, 2], "lambda_r50": [3, 4, 6, 3]}
+
+
+class LambdaBottleneck(nn.Module):
+    """Bottleneck (1x1 conv, lambda layer, 1x1 conv, x4 expansion) with the 3x3 conv replaced by a lambda layer.
+
+    The lambda layer maps ``planes`` to ``planes`` channels; with ``stride=2`` it average-pools its output 2x2
+    (timm's LambdaLayer), the shortcut is a strided 1x1 conv + BN as in the CIFAR ResNet.
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        num_heads: int = NUM_HEADS,
+        dim_head: int = DIM_HEAD,
+        r: int = LOCAL_CONTEXT,
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride={stride}: a lambda layer strides by 2x2 average pooling, use 1 or 2")
+        out = planes * self.expansion
+        self.conv1, self.bn1 = _conv_bn(in_planes, planes, 1, 1)
+        self.relu1 = nn.ReLU()
+        self.lambda_layer = LambdaLayer(planes, planes, stride=stride, num_heads=num_heads, dim_head=dim_head, r=r)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU()
+        self.conv3, self.bn3 = _conv_bn(planes, out, 1, 1)
+        self.shortcut = _shortcut(in_planes, out, stride)
+        self.relu3 = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.lambda_layer(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu3(out + self.shortcut(x))
+
+
+# what the ``all`` preset records; the lambda layer is one unit (its q/k/v projection, norms and positional
+# lambda convolution are internals, and its pool output equals the layer's output)
+_ALL_TYPES = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, LambdaLayer, nn.AdaptiveAvgPool2d, nn.Linear)
+_SEED_KEYS = ("bn", "relu", "avgpool", "fc", "maxpool")
+
+
+class LambdaResNet(CifarResNet):
+    """A :class:`CifarResNet` of :class:`LambdaBottleneck` blocks (stem, four stages, pool, linear head)."""
+
+    def __init__(self, num_blocks: list[int], num_classes: int = 100) -> None:
+        super().__init__(LambdaBottleneck, num_blocks, num_classes)
+
+    def layer_presets(self) -> dict[str, list[str]]:
+        """``blocks``: stem, every residual block, head. ``all``: every conv, BN, ReLU, lambda layer, pool and
+        linear output (not the lambda layer's internals). ``seed``: the seed notebooks' choice, names containing
+        bn, relu, avgpool, fc or maxpool."""
+        lambda_internal = tuple(f"{n}." for n, m in self.named_modules() if isinstance(m, LambdaLayer))
+        leaves = [
+            n
+            for n, m in self.named_modules()
+            if n and isinstance(m, _ALL_TYPES) and not n.startswith(lambda_internal)
+        ]
+        seed = [n for n in leaves if any(k in n.rsplit(".", 1)[-1] for k in _SEED_KEYS)]
+        blocks = ["stem", *self.block_names(), "fc"]
+        return {"blocks": blocks, "all": leaves, "seed": seed}
+
+
+def lambda_resnet26(num_classes: int = 100) -> LambdaResNet:
+    return LambdaResNet(BLOCK_COUNTS["lambda_r26"], num_classes)
+
+
+def lambda_resnet38(num_classes: int = 100) -> LambdaResNet:
+    return LambdaResNet(BLOCK_COUNTS["lambda_r38"], num_classes)
+
+
+def lambda_resnet50(num_classes: int = 100) -> LambdaResNet:
+    return LambdaResNet(BLOCK_COUNTS["lambda_r50"], num_classes)
+
+
+def build(name: str, num_classes: int = 100) -> VisionModel:
+    """The registry's builder: ``name`` is one of ``lambda_r26``, ``lambda_r38``, ``lambda_r50``."""
+    if name not in BLOCK_COUNTS:
+        raise ValueError(f"unknown Lambda-ResNet {name!r}: choose one of {', '.join(BLOCK_COUNTS)}")
+    return VisionModel(LambdaResNet(BLOCK_COUNTS[name], num_classes), name=name, family="lambda_resnet")
