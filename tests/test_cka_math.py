@@ -147,3 +147,14 @@ def test_cka_from_hsic_marks_undefined():
     out = cka_from_hsic(torch.ones(2, 2), torch.tensor([1.0, 0.0]), torch.tensor([4.0, 1.0]))
     assert out[0, 0] == 0.5
     assert torch.isnan(out[1]).all()
+
+
+def test_column_blocks_change_nothing_but_rounding():
+    from vvm.cka.functional import linear_gram
+
+    x = randn(16, 3000) + 100.0
+    full = linear_gram(x)
+    for chunk in (16, 1000, 16 * 7, 10**9):
+        torch.testing.assert_close(linear_gram(x, chunk_elements=chunk), full, rtol=1e-12, atol=1e-9)
+    x32 = x.float()
+    torch.testing.assert_close(linear_gram(x32, chunk_elements=4096).double(), full, rtol=1e-5, atol=1e-2)

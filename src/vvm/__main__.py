@@ -28,10 +28,11 @@ CONFIG_DIR = config_dir()
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    from vvm.pipeline import run
+    # in a multirun (-m) a failing job is recorded in its result.json and the sweep goes on (see vvm.sweep)
+    from vvm.sweep import run_job
 
-    summary = run(cfg)
-    return summary.get("mean_cka")
+    summary = run_job(cfg)
+    return summary.get("mean_cka") if summary else None
 
 
 def main() -> None:

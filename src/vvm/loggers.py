@@ -1,15 +1,43 @@
-"""Experiment loggers: building one from the config, and logging a CKA result to it.
+"""Experiment loggers: building one from the config, logging a CKA result to it, finishing it.
 
-W&B runs offline unless ``WANDB_MODE=online`` or ``logger.mode=online``: nothing needs an account.
+``logger=wandb`` (the default), ``logger=csv`` (Lightning's CSVLogger in the run directory) or ``logger=none``.
+W&B runs offline unless ``WANDB_MODE=online`` or ``logger.mode=online``: nothing needs an account, and an
+offline run is a folder ``<run dir>/wandb/offline-run-*`` that ``wandb sync`` uploads later. Project, group
+(``<model>-<init>-<dataset>``, the config's ``tag``), run name and tags come from conf/logger/wandb.yaml.
+
+What reaches W&B: the resolved config; at every CKA pass (each ``cka.every_n_epochs`` probe during training
+and the final pass) the heatmap image (one key per stage, so the step slider shows the representations
+forming), the matrix as a table with layer names and standard errors, and the mean off-diagonal CKA; Lightning's
+loss and accuracy curves; at the end, summary scalars (status, mean CKA, accuracies).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+SUMMARY_KEYS = (
+    "status",
+    "mean_cka",
+    "test_accuracy",
+    "train_accuracy",
+    "val_accuracy",
+    "n_samples",
+    "trained",
+    "train_seconds",
+    "error",
+)
+
+
+def wandb_mode(cfg: DictConfig | dict | None) -> str:
+    """``logger.mode`` when set (its default is ``${oc.env:WANDB_MODE,offline}``), else ``$WANDB_MODE``, else
+    offline."""
+    mode = cfg.get("mode") if cfg is not None else None
+    return str(mode or os.environ.get("WANDB_MODE") or "offline")
 
 
 def build_logger(cfg: DictConfig | None) -> Any:
@@ -20,7 +48,7 @@ def build_logger(cfg: DictConfig | None) -> Any:
 
     target = str(cfg._target_)
     if target.endswith("WandbLogger"):
-        mode = os.environ.get("WANDB_MODE") or cfg.get("mode") or "offline"
+        mode = wandb_mode(cfg)
         os.environ.setdefault("WANDB_SILENT", "true")
         Path(cfg.save_dir).mkdir(parents=True, exist_ok=True)
         return instantiate(cfg, mode=mode)
@@ -32,36 +60,81 @@ def is_wandb(logger: Any) -> bool:
 
 
 def log_config(logger: Any, cfg: DictConfig) -> None:
+    """The resolved config: W&B's run config, or the logger's hyperparameters."""
     if logger is False or logger is None:
         return
-    container = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that only resolves inside Hydra's runtime
+        container = OmegaConf.to_container(cfg, resolve=False)
     if is_wandb(logger):
         logger.experiment.config.update(container, allow_val_change=True)
     else:
         logger.log_hyperparams(container)
 
 
-def log_cka(logger: Any, res: Any, *, stage: str, image: str | Path | None, step: int) -> None:
-    """Heatmap image, the matrix as a table (one row per pair, with layer names and standard error), and
-    summary scalars."""
+def _mean_offdiagonal(matrix: Any) -> float:
     from vvm.callbacks.cka import mean_offdiagonal
 
+    return mean_offdiagonal(matrix)
+
+
+def cka_table_rows(res: Any) -> list[list[Any]]:
+    """One row per layer pair: ``layer_x, layer_y, i, j, cka, stderr`` (NaN where undefined)."""
+    m, se = res.matrix.numpy(), res.stderr.numpy()
+    return [
+        [lx, ly, i, j, float(m[i, j]), float(se[i, j])]
+        for i, lx in enumerate(res.layers_x)
+        for j, ly in enumerate(res.layers_y)
+    ]
+
+
+TABLE_COLUMNS = ["layer_x", "layer_y", "i", "j", "cka", "stderr"]
+
+
+def log_cka(
+    logger: Any, res: Any, *, stage: str, image: str | Path | None, step: int, epoch: int | None = None
+) -> None:
+    """Heatmap image, the matrix as a table (one row per pair, with layer names and standard error), and
+    summary scalars, under ``cka/`` for the final pass and ``cka_<stage>/`` for the others (``cka_probe/``:
+    the passes during training, at ``epoch``)."""
     prefix = "cka" if stage == "final" else f"cka_{stage}"
-    scalars = {f"{prefix}/mean_offdiag": mean_offdiagonal(res.matrix.numpy()), f"{prefix}/n_samples": res.n_samples}
+    mean = _mean_offdiagonal(res.matrix.numpy())
+    scalars: dict[str, Any] = {f"{prefix}/mean_offdiag": mean, f"{prefix}/n_samples": res.n_samples}
     if is_wandb(logger):
         import wandb
 
-        rows = []
-        m, se = res.matrix.numpy(), res.stderr.numpy()
-        for i, lx in enumerate(res.layers_x):
-            for j, ly in enumerate(res.layers_y):
-                rows.append([lx, ly, i, j, float(m[i, j]), float(se[i, j])])
         payload: dict[str, Any] = dict(scalars)
-        payload[f"{prefix}/table"] = wandb.Table(
-            columns=["layer_x", "layer_y", "i", "j", "cka", "stderr"], data=rows
-        )
+        payload["trainer/global_step"] = step
+        if epoch is not None:
+            payload["epoch"] = epoch
+        payload[f"{prefix}/table"] = wandb.Table(columns=TABLE_COLUMNS, data=cka_table_rows(res))
         if image is not None:
-            payload[f"{prefix}/heatmap"] = wandb.Image(str(image))
+            when = f"epoch {epoch}" if epoch is not None else stage
+            caption = f"{when}: mean off-diagonal CKA {mean:.3f}" if not math.isnan(mean) else when
+            payload[f"{prefix}/heatmap"] = wandb.Image(str(image), caption=caption)
         logger.experiment.log(payload)
     else:
         logger.log_metrics(scalars, step=step)
+
+
+def finish_logger(logger: Any, summary: dict[str, Any]) -> None:
+    """Summary scalars, then close the logger: ``wandb.finish`` (exit code 1 unless the job's status is ok),
+    also after a failure; other loggers are finalised with the status."""
+    status = str(summary.get("status", "ok"))
+    if is_wandb(logger):
+        import wandb
+
+        run = wandb.run
+        if run is None:
+            return
+        for k in SUMMARY_KEYS:
+            v = summary.get(k)
+            if v is not None:
+                run.summary[k] = v
+        wandb.finish(exit_code=0 if status == "ok" else 1)
+    elif logger:
+        logger.finalize("success" if status == "ok" else "failed")
+
+
+__all__ = ["build_logger", "cka_table_rows", "finish_logger", "is_wandb", "log_cka", "log_config", "wandb_mode"]

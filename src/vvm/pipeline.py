@@ -5,6 +5,7 @@ The CLI (``python -m vvm``), the sweep and the tests all go through :func:`run`.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -57,7 +58,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("resume"):
-        previous = completed_result(out_dir)
+        previous = completed_result(out_dir, cfg)
         if previous is not None:
             log.info("resume: %s already has a complete result, skipping", out_dir)
             return {**previous, "resumed": True}
@@ -70,6 +71,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         dm = instantiate(cfg.dataset)
         model = instantiate(cfg.model)
         model.set_data_normalization(dm.mean, dm.std)
+        summary["family"] = getattr(model, "family", None)
         timings["build"] = time.perf_counter() - t
 
         logger = build_logger(cfg.get("logger"))
@@ -144,8 +146,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             _finish_logger(logger, summary)
 
 
-def completed_result(out_dir: str | Path) -> dict[str, Any] | None:
-    """The result.json of a finished job in ``out_dir`` (status ok and cka.npz present), else None."""
+def completed_result(out_dir: str | Path, cfg: DictConfig | None = None) -> dict[str, Any] | None:
+    """The result.json of a finished job in ``out_dir`` (status ok and cka.npz present), else None.
+
+    With ``cfg``, the result must also come from the same config but for ``resume``, ``paths`` and ``logger``:
+    a sweep rerun into the same dir with other overrides recomputes instead of reusing another job's result.
+    """
     out_dir = Path(out_dir)
     res_path, npz_path = out_dir / "result.json", out_dir / "cka.npz"
     if not (res_path.is_file() and npz_path.is_file()):
@@ -154,7 +160,27 @@ def completed_result(out_dir: str | Path) -> dict[str, Any] | None:
         prev = load_json(res_path)
     except ValueError:
         return None
-    return prev if prev.get("status") == "ok" else None
+    if prev.get("status") != "ok":
+        return None
+    if cfg is not None and _job_identity(prev.get("config")) != _job_identity(_container(cfg)):
+        log.warning("resume: %s holds a complete result of a different config; computing it again", out_dir)
+        return None
+    return prev
+
+
+def _container(cfg: DictConfig) -> Any:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _job_identity(config: Any) -> Any:
+    """What makes a job's result: its config without the keys that do not change it (JSON-normalised)."""
+    if not isinstance(config, dict):
+        return None
+    kept = {k: v for k, v in config.items() if k not in ("resume", "paths", "logger")}
+    return json.loads(json.dumps(kept, sort_keys=True, default=str))
 
 
 def _is_rank_zero() -> bool:
@@ -164,15 +190,6 @@ def _is_rank_zero() -> bool:
 
 
 def _finish_logger(logger: Any, summary: dict[str, Any]) -> None:
-    from vvm.loggers import is_wandb
+    from vvm.loggers import finish_logger
 
-    if is_wandb(logger):
-        import wandb
-
-        if wandb.run is not None:
-            for k in ("status", "mean_cka", "test_accuracy", "n_samples", "train_accuracy"):
-                if summary.get(k) is not None:
-                    wandb.run.summary[k] = summary[k]
-            wandb.finish(exit_code=0 if summary.get("status") == "ok" else 1)
-    else:
-        logger.finalize(summary.get("status", "ok"))
+    finish_logger(logger, summary)

@@ -108,7 +108,8 @@ class CKACallback(pl.Callback):
         from vvm.loggers import log_cka
 
         for logger in trainer.loggers:
-            log_cka(logger, res, stage=stage, image=paths["png"], step=trainer.global_step)
+            epoch = trainer.current_epoch + 1 if stage == "probe" else None
+            log_cka(logger, res, stage=stage, image=paths["png"], step=trainer.global_step, epoch=epoch)
 
     @property
     def final(self) -> dict[str, Any] | None:

@@ -60,10 +60,25 @@ def centre_columns(x: Tensor) -> Tensor:
     return xs - xs.mean(dim=0, keepdim=True)
 
 
-def linear_gram(x: Tensor) -> Tensor:
-    """Linear kernel ``Xc Xcᵀ`` of the column-centred, flattened features, in ``x``'s dtype."""
-    xc = centre_columns(flatten_features(x))
-    return xc @ xc.T
+def linear_gram(x: Tensor, *, chunk_elements: int | None = None) -> Tensor:
+    """Linear kernel ``Xc Xcᵀ`` of the column-centred, flattened features, in ``x``'s dtype.
+
+    With ``chunk_elements`` the features are centred and multiplied in column blocks of about that many
+    elements, ``K = Σ_blocks Xc[:, B] Xc[:, B]ᵀ``: the extra memory is one block instead of a copy of the whole
+    activation, and on a CPU the block stays in cache between centring and product (several times faster than
+    centring the whole matrix first). Column blocks change nothing in the result but the summation order.
+    """
+    x = flatten_features(x)
+    n, d = x.shape
+    cols = d if chunk_elements is None else max(1, min(d, chunk_elements // max(n, 1)))
+    if cols >= d:
+        xc = centre_columns(x)
+        return xc @ xc.T
+    k = torch.zeros(n, n, dtype=x.dtype, device=x.device)
+    for start in range(0, d, cols):
+        xc = centre_columns(x[:, start : start + cols])
+        k.addmm_(xc, xc.T)
+    return k
 
 
 def median_offdiagonal(d2: Tensor) -> Tensor:

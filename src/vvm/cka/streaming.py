@@ -28,18 +28,22 @@ from torchmetrics import Metric
 from vvm.cka.functional import (
     Estimator,
     Kernel,
-    centre_columns,
     centre_kernel,
     check_estimator,
     check_kernel,
     cka_from_hsic,
     hsic_normaliser,
+    linear_gram,
     min_samples,
     rbf_from_linear,
 )
 from vvm.cka.layers import LayerSpec, resolve_layers
 
 PRECISIONS = ("exact", "fast")
+# column-block sizes (elements) for the centred Gram: ~1 MiB blocks stay in a CPU's L2 cache; on CUDA only
+# activations above 64M elements (256 MiB in float32) are split, to bound the extra memory
+CPU_CHUNK_ELEMENTS = 1 << 18
+CUDA_CHUNK_ELEMENTS = 1 << 26
 
 # per-batch HSIC values a (xy), b (xx), c (yy) and the sums that the delta method needs
 _MATRIX_STATES = ("hsic_xy", "sum_aa", "sum_ab", "sum_ac", "sum_bc")
@@ -212,9 +216,11 @@ class StreamingCKA(Metric):
         x = output.detach().reshape(output.shape[0], -1)
         if x.dtype not in (torch.float32, torch.float64):
             x = x.float()
-        xc = centre_columns(x)
-        with _tf32(self.precision == "fast", xc.device):
-            k = xc @ xc.T
+        # CPU: centre and multiply in cache-sized column blocks; CUDA: whole activations (one copy, few
+        # kernel launches) unless one is huge
+        chunk = CPU_CHUNK_ELEMENTS if x.device.type == "cpu" else CUDA_CHUNK_ELEMENTS
+        with _tf32(self.precision == "fast", x.device):
+            k = linear_gram(x, chunk_elements=chunk)
         k = k.to(self._work_dtype)
         if self.kernel == "rbf":
             k = rbf_from_linear(k, self.rbf_frac)
@@ -433,7 +439,10 @@ class StreamingCKA(Metric):
             )
             # Σ z_b² is a sum of squares; the expanded form can round to about -eps·(its terms) when every
             # z_b is 0 (e.g. the diagonal of a symmetric matrix), which is 0, not an error
+            # (absolute rounding error of the result: about sqrt(eps / B), i.e. 1e-8 and below)
             stderr = torch.sqrt(ss.clamp_min(0) / ((nb - 1) * nb))
+            if self._symmetric:
+                stderr.fill_diagonal_(0.0)  # CKA of a layer with itself is 1 in every batch: no spread
             stderr = stderr.masked_fill(torch.isnan(matrix), math.nan)
         res = CKAResult(
             matrix=matrix.detach().cpu(),

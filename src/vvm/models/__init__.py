@@ -52,11 +52,19 @@ def _cifar(name: str, fn: Callable[[int], nn.Module]) -> None:
 
 
 def _register_builtin() -> None:
-    from vvm.models import resnet_cifar
+    from functools import partial
+
+    from vvm.models import lambda_resnet, resnet_cifar, timm_models
 
     _cifar("r18", resnet_cifar.resnet18)
     _cifar("r34", resnet_cifar.resnet34)
     _cifar("r50", resnet_cifar.resnet50)
+    # Lambda-ResNets (Bello 2021): CIFAR bottleneck ResNets with lambda layers instead of 3x3 convs
+    for name in lambda_resnet.BLOCK_COUNTS:
+        register(name)(partial(lambda_resnet.build, name))
+    # timm: ViT-L/32 at 224x224, and any timm model by name (create("timm", arch="convnext_tiny"))
+    register("vit_l32")(timm_models.build_vit_l32)
+    register("timm")(timm_models.build_timm)
 
 
 _register_builtin()

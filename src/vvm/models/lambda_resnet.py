@@ -19,7 +19,6 @@ kind of layers as in the CIFAR ResNets.
 
 from __future__ import annotations
 
-from timm.layers.lambda_layer import LambdaLayer
 from torch import Tensor, nn
 
 from vvm.models.base import VisionModel
@@ -55,10 +54,14 @@ class LambdaBottleneck(nn.Module):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"stride={stride}: a lambda layer strides by 2x2 average pooling, use 1 or 2")
+        from timm.layers.lambda_layer import LambdaLayer  # imported here: importing timm takes seconds
+
         out = planes * self.expansion
         self.conv1, self.bn1 = _conv_bn(in_planes, planes, 1, 1)
         self.relu1 = nn.ReLU()
-        self.lambda_layer = LambdaLayer(planes, planes, stride=stride, num_heads=num_heads, dim_head=dim_head, r=r)
+        self.lambda_layer = LambdaLayer(
+            planes, planes, stride=stride, num_heads=num_heads, dim_head=dim_head, r=r
+        )
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu2 = nn.ReLU()
         self.conv3, self.bn3 = _conv_bn(planes, out, 1, 1)
@@ -72,9 +75,9 @@ class LambdaBottleneck(nn.Module):
         return self.relu3(out + self.shortcut(x))
 
 
-# what the ``all`` preset records; the lambda layer is one unit (its q/k/v projection, norms and positional
-# lambda convolution are internals, and its pool output equals the layer's output)
-_ALL_TYPES = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, LambdaLayer, nn.AdaptiveAvgPool2d, nn.Linear)
+# what the ``all`` preset records, with the lambda layers as units (their q/k/v projection, norms and positional
+# lambda convolution are internals, and their pool output equals the layer's output)
+_ALL_TYPES = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AdaptiveAvgPool2d, nn.Linear)
 _SEED_KEYS = ("bn", "relu", "avgpool", "fc", "maxpool")
 
 
@@ -88,11 +91,13 @@ class LambdaResNet(CifarResNet):
         """``blocks``: stem, every residual block, head. ``all``: every conv, BN, ReLU, lambda layer, pool and
         linear output (not the lambda layer's internals). ``seed``: the seed notebooks' choice, names containing
         bn, relu, avgpool, fc or maxpool."""
+        from timm.layers.lambda_layer import LambdaLayer
+
         lambda_internal = tuple(f"{n}." for n, m in self.named_modules() if isinstance(m, LambdaLayer))
         leaves = [
             n
             for n, m in self.named_modules()
-            if n and isinstance(m, _ALL_TYPES) and not n.startswith(lambda_internal)
+            if n and isinstance(m, (*_ALL_TYPES, LambdaLayer)) and not n.startswith(lambda_internal)
         ]
         seed = [n for n in leaves if any(k in n.rsplit(".", 1)[-1] for k in _SEED_KEYS)]
         blocks = ["stem", *self.block_names(), "fc"]

@@ -5,7 +5,8 @@ Rules, by module name and type (names are ``net.named_modules()`` names, in regi
 
 - ``blocks``: the stem (``stem``, ``patch_embed``, ``conv_stem``, ``conv1``, ``features.0``... the first
   top-level child), every block of the block containers (the children of modules named ``stages``, ``blocks``,
-  ``layers``, ``layerN``, ``features``, at the finest level: ``stages.2.blocks.5`` rather than ``stages.2``), the
+  ``layers``, ``layerN``, ``features``, at the finest level: ``stages.2.blocks.5`` rather than ``stages.2``, and
+  the blocks of a stage that is a plain ``nn.Sequential``: ``blocks.3.0`` rather than ``blocks.3``), the
   final norm (``norm``, ``fc_norm``) and the classifier (``pretrained_cfg["classifier"]`` or ``head``/``fc``/
   ``classifier``). For a timm VisionTransformer: ``patch_embed``, ``blocks.0`` .. ``blocks.N``, ``norm``, ``head``.
 - ``all``: every conv, linear, norm, activation and pool, plus attention and MLP sub-layers as units (for a ViT:
@@ -56,7 +57,9 @@ _POOL = (
 _ACT = tuple(
     cls
     for cls in vars(_act).values()
-    if isinstance(cls, type) and issubclass(cls, nn.Module) and cls is not _act.MultiheadAttention
+    if isinstance(cls, type)
+    and issubclass(cls, nn.Module)
+    and cls is not _act.MultiheadAttention
     and cls.__module__ == _act.__name__
 )
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -187,7 +190,12 @@ def _block_names(net: nn.Module, names: list[str]) -> list[str]:
     found: list[str] = []
     for name in names:
         if _BLOCK_CONTAINER.match(name.rsplit(".", 1)[-1]):
-            found.extend(f"{name}.{child}" for child, _ in modules[name].named_children())
+            for child, module in modules[name].named_children():
+                if type(module) in (nn.Sequential, nn.ModuleList):
+                    # a stage held as a plain list of blocks (timm EfficientNet's blocks.3 = blocks.3.0 ...)
+                    found.extend(f"{name}.{child}.{grandchild}" for grandchild, _ in module.named_children())
+                else:
+                    found.append(f"{name}.{child}")
     found = [n for n in names if n in set(found)]  # registration order, no duplicates
     return [n for n in found if not any(other.startswith(n + ".") for other in found)]
 
@@ -229,7 +237,11 @@ def generic_presets(net: nn.Module, input_size: int | Sequence[int] | None = Non
         before = top[: top.index(first_body_top)] if first_body_top in top else []
         # the last of them is the stem's output (maxpool of a torchvision ResNet)
         stem = next(
-            (n for n in reversed(before) if _is_typed_layer(modules[n]) or any(True for _ in modules[n].children())),
+            (
+                n
+                for n in reversed(before)
+                if _is_typed_layer(modules[n]) or any(True for _ in modules[n].children())
+            ),
             None,
         )
     if stem is not None and stem not in body:

@@ -1,0 +1,190 @@
+"""Benchmark: the CKA pipeline against the plain forward pass, and its error against float64.
+
+For each model: the median time of a forward pass without hooks, the same forward pass under StreamingCKA
+(precision exact and fast), their ratio, peak memory against the forward pass's (CUDA: max allocated; CPU:
+peak RSS growth, measured in a fresh subprocess per variant), and the max |CKA - reference| where the reference
+is computed in float64 from the same activations.
+
+    python bench/bench_cka.py                       # r18, preset all, batch 256 on GPU / 64 on CPU
+    python bench/bench_cka.py --models r18,vit_l32 --batch 256 --layers all
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from vvm.cka import StreamingCKA, resolve_layers
+from vvm.cka.functional import centre_kernel, cka_from_hsic, hsic_normaliser
+from vvm.models import create
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_inputs(model_name: str, batch: int, n_batches: int, device: torch.device) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    size = 32  # CIFAR-sized data for every model; ViT resizes on the device inside its preprocessing
+    return [torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(n_batches)]
+
+
+def build(model_name: str, device: torch.device):
+    model = create(model_name, num_classes=100, seed=0).to(device).eval()
+    model.set_data_normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    return model
+
+
+def time_variant(model, inputs, layers, variant: str, repeats: int, device) -> tuple[list[float], StreamingCKA | None]:
+    times = []
+    metric = None
+    with torch.no_grad():
+        for r in range(repeats + 1):  # the first round warms up
+            if variant != "forward":
+                metric = StreamingCKA(model.net, layers, precision=variant).to(device)
+            sync(device)
+            t0 = time.perf_counter()
+            if metric is None:
+                for x in inputs:
+                    model(x)
+            else:
+                with metric.track():
+                    for x in inputs:
+                        model(x)
+            sync(device)
+            if r:
+                times.append((time.perf_counter() - t0) / len(inputs))
+    return times, metric
+
+
+def reference(model, inputs, layers) -> torch.Tensor:
+    """float64 minibatch CKA from the same float32 activations."""
+    mods = dict(model.net.named_modules())
+    lx = len(layers)
+    xy = torch.zeros(lx, lx, dtype=torch.float64)
+    for x in inputs:
+        grams = []
+
+        def hook(m, a, out):
+            f = out.detach().double().reshape(out.shape[0], -1)
+            f = f - f.mean(0, keepdim=True)
+            grams.append((f @ f.T).cpu())
+
+        hs = [mods[n].register_forward_hook(hook) for n in layers]
+        with torch.no_grad():
+            model(x)
+        for h in hs:
+            h.remove()
+        g = centre_kernel(torch.stack(grams), "unbiased").reshape(lx, -1)
+        xy += (g @ g.T) / hsic_normaliser(x.shape[0], "unbiased")
+    return cka_from_hsic(xy, xy.diagonal(), xy.diagonal())
+
+
+def peak_memory_child(args: argparse.Namespace, model_name: str, variant: str) -> float:
+    """Peak memory (MiB) of one variant, measured in a fresh process so CPU peaks don't mix."""
+    cmd = [sys.executable, __file__, "--child", variant, "--models", model_name, "--batch", str(args.batch),
+           "--layers", args.layers, "--batches", str(args.batches), "--device", args.device]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    return float(out)
+
+
+def child(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    model = build(args.models, device)
+    layers = resolve_layers(model.net, args.layers)
+    inputs = make_inputs(args.models, args.batch, args.batches, device)
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    time_variant(model, inputs, layers, args.child, 1, device)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    print(peak / 2**20)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=None, help="comma-separated (default r18; r18,vit_l32 on CUDA)")
+    p.add_argument("--batch", type=int, default=None, help="default 256 on CUDA, 64 on CPU")
+    p.add_argument("--batches", type=int, default=None, help="batches per timed round (default 4 CUDA, 2 CPU)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10 CUDA, 3 CPU)")
+    p.add_argument("--layers", default="all")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    cuda = args.device.startswith("cuda")
+    args.batch = args.batch or (256 if cuda else 64)
+    args.batches = args.batches or (4 if cuda else 2)
+    args.repeats = args.repeats or (10 if cuda else 3)
+    if args.child:
+        return child(args)
+    models = (args.models or ("r18,vit_l32" if cuda else "r18")).split(",")
+    device = torch.device(args.device)
+    print(f"device: {device_name(device)}; torch {torch.__version__}; batch {args.batch}; layers preset {args.layers!r}")
+    rows = []
+    for name in models:
+        model = build(name, device)
+        layers = resolve_layers(model.net, args.layers)
+        inputs = make_inputs(name, args.batch, args.batches, device)
+        fwd, _ = time_variant(model, inputs, layers, "forward", args.repeats, device)
+        t_fwd = statistics.median(fwd)
+        ref = reference(model, inputs, layers)
+        row = {"model": name, "layers": len(layers), "batch": args.batch, "forward_s": t_fwd}
+        for variant in ("exact", "fast"):
+            times, metric = time_variant(model, inputs, layers, variant, args.repeats, device)
+            err = (metric.compute().matrix - ref).abs().nan_to_num(0).max().item()
+            row[f"{variant}_s"] = statistics.median(times)
+            row[f"{variant}_ratio"] = row[f"{variant}_s"] / t_fwd
+            row[f"{variant}_max_err"] = err
+        if not args.no_memory:
+            mem_f = peak_memory_child(args, name, "forward")
+            n = args.batch
+            grams = len(layers) * n * n * 8 / 2**20  # the batch's kernel stack in float64
+            row["forward_peak_mib"] = mem_f
+            row["gram_mib"] = grams
+            for variant in ("exact", "fast"):
+                mem = peak_memory_child(args, name, variant)
+                row[f"{variant}_peak_mib"] = mem
+                row[f"{variant}_mem_vs_budget"] = mem / ((mem_f + grams) * 1.10)
+        rows.append(row)
+        print(
+            f"{name:10s} {len(layers):3d} layers | forward {t_fwd * 1e3:8.1f} ms | "
+            f"exact {row['exact_s'] * 1e3:8.1f} ms = {row['exact_ratio']:.2f}x, max err {row['exact_max_err']:.1e} | "
+            f"fast {row['fast_s'] * 1e3:8.1f} ms = {row['fast_ratio']:.2f}x, max err {row['fast_max_err']:.1e}"
+        )
+        if not args.no_memory:
+            print(
+                f"{'':10s} peak memory MiB: forward {row['forward_peak_mib']:.0f}, Grams {row['gram_mib']:.1f}, "
+                f"exact {row['exact_peak_mib']:.0f} ({row['exact_mem_vs_budget']:.2f} of forward+Grams+10%), "
+                f"fast {row['fast_peak_mib']:.0f} ({row['fast_mem_vs_budget']:.2f})"
+            )
+        del model, inputs
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device_name(device), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+"""Initialisation of a built model (the ``init`` config group): ``random`` or ``pretrained``.
+
+Public API::
+
+    apply_init(model, init_cfg, *, dataset_name=None) -> VisionModel
+        init_cfg: a mapping / DictConfig with ``name`` ("random" | "pretrained") and optional ``checkpoint``
+        and ``weights_file`` (or just the name as a string). Loads weights into ``model.net`` in place and
+        returns ``model``.
+    is_cifar_model(name_or_model) -> bool          r18 r34 r50 lambda_r26 lambda_r38 lambda_r50
+    needs_training(model_or_name, init_cfg) -> bool a CIFAR model with init=pretrained and no checkpoint
+    load_checkpoint(model, path, *, dataset_name=None) -> None
+    load_timm_pretrained(model, weights_file=None) -> list[str]   (the classifier keys left at random init)
+    MissingCheckpointError (ValueError), CheckpointMismatchError (ValueError)
+
+What ``init=pretrained`` means depends on the model:
+
+- ``random``: nothing: the weights are the seeded construction of :func:`vvm.models.create`.
+- CIFAR models (the ResNets and Lambda-ResNets, which have no published weights): weights trained on the chosen
+  dataset, from ``init.checkpoint``: either a state dict of the network (``model.net.state_dict()``) or a
+  Lightning checkpoint whose ``state_dict`` holds ``model.net.*`` keys (``net.*`` and ``module.*`` prefixes are
+  accepted too). Read with ``torch.load(weights_only=True)``, so a checkpoint must hold tensors and plain
+  containers only. Every key and shape must match (a checkpoint of another architecture or trained with another
+  number of classes is an error naming the difference). If the checkpoint records its dataset (a top-level
+  ``dataset_name`` or ``hyper_parameters.dataset_name``), it must be ``dataset_name``. With no checkpoint,
+  :func:`apply_init` raises :class:`MissingCheckpointError`: the caller trains one first (:func:`needs_training`
+  says when) and passes its path.
+- timm models (``vit_l32``, ``timm``): the published weights of the timm pretrained config the network was built
+  with (``vit_large_patch32_224.orig_in21k`` for ``vit_l32``), from ``init.weights_file`` when given (a
+  ``.safetensors``/``.pth``/``.bin`` file, as downloaded from the Hugging Face hub, read by
+  ``timm.models.load_state_dict(weights_only=True)``), else from the hub (or its local cache) through timm. The
+  model's checkpoint filter (timm's ``checkpoint_filter_fn``) is applied, then every key must match except the
+  classifier: when the published head has another number of classes (ImageNet-21k ViT weights ship without
+  one), the head keeps its seeded random initialisation and a warning says so. A timm model may also take an
+  ``init.checkpoint`` (a vvm-trained state dict), which then wins over the published weights.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vvm.models.base import VisionModel
+
+__all__ = [
+    "CIFAR_MODELS",
+    "INITS",
+    "CheckpointMismatchError",
+    "MissingCheckpointError",
+    "apply_init",
+    "is_cifar_model",
+    "load_checkpoint",
+    "load_timm_pretrained",
+    "needs_training",
+]
+
+INITS = ("random", "pretrained")
+CIFAR_MODELS = frozenset({"r18", "r34", "r50", "lambda_r26", "lambda_r38", "lambda_r50"})
+# prefixes of the network's keys in the checkpoints we accept: Lightning module (self.model = VisionModel),
+# a VisionModel state dict, DataParallel/DDP
+_PREFIXES = ("model.net.", "net.", "module.")
+
+
+class MissingCheckpointError(ValueError):
+    """A CIFAR model asked for ``init=pretrained`` without ``init.checkpoint``: train one first."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint or weights file that does not fit the model (keys, shapes, dataset)."""
+
+
+def is_cifar_model(name_or_model: str | VisionModel) -> bool:
+    """True for the models that exist only as CIFAR networks (r18 r34 r50 lambda_r26 lambda_r38 lambda_r50):
+    their ``pretrained`` weights are weights trained on the chosen dataset, not published ones."""
+    name = name_or_model.name if isinstance(name_or_model, VisionModel) else str(name_or_model)
+    return name in CIFAR_MODELS
+
+
+def _cfg_get(init_cfg: Mapping[str, Any] | str | None, key: str) -> Any:
+    if init_cfg is None:
+        return "random" if key == "name" else None
+    if isinstance(init_cfg, str):
+        return init_cfg if key == "name" else None
+    return init_cfg.get(key, None)
+
+
+def needs_training(model_or_name: str | VisionModel, init_cfg: Mapping[str, Any] | str | None) -> bool:
+    """Whether the caller has to train the model before :func:`apply_init`: a CIFAR model with
+    ``init=pretrained`` and no ``init.checkpoint``."""
+    return (
+        _cfg_get(init_cfg, "name") == "pretrained"
+        and _cfg_get(init_cfg, "checkpoint") is None
+        and is_cifar_model(model_or_name)
+    )
+
+
+def apply_init(
+    model: VisionModel, init_cfg: Mapping[str, Any] | str | None, *, dataset_name: str | None = None
+) -> VisionModel:
+    """Initialise ``model`` as ``init_cfg`` says (see the module docstring) and return it (changed in place).
+
+    Raises :class:`MissingCheckpointError` for a CIFAR model with ``init=pretrained`` and no checkpoint,
+    :class:`CheckpointMismatchError` when weights do not fit, ``FileNotFoundError`` for a missing file and
+    ``RuntimeError`` when published weights cannot be fetched.
+    """
+    name = _cfg_get(init_cfg, "name")
+    if name not in INITS:
+        raise ValueError(f"init={name!r} is not known: use one of {', '.join(INITS)}")
+    if name == "random":
+        return model  # the seeded construction is the initialisation
+    checkpoint = _cfg_get(init_cfg, "checkpoint")
+    weights_file = _cfg_get(init_cfg, "weights_file")
+    data = f" on {dataset_name!r}" if dataset_name else " on the chosen dataset"
+    if is_cifar_model(model):
+        if weights_file is not None:
+            raise ValueError(
+                f"init.weights_file is for timm models with published weights; {model.name} has none: pass the "
+                f"weights it was trained with{data} as init.checkpoint"
+            )
+        if checkpoint is None:
+            raise MissingCheckpointError(
+                f"model {model.name!r} with init=pretrained needs weights trained{data}, and init.checkpoint is "
+                "null: pass init.checkpoint=/path/to/checkpoint (a state dict of the network or a Lightning "
+                "checkpoint with model.net.* keys), or let the run train one first (init=pretrained without a "
+                "checkpoint trains the model before measuring CKA)"
+            )
+        load_checkpoint(model, checkpoint, dataset_name=dataset_name)
+        return model
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, dataset_name=dataset_name)
+        return model
+    if getattr(model.net, "pretrained_cfg", None):
+        load_timm_pretrained(model, weights_file)
+        return model
+    raise ValueError(
+        f"model {model.name!r} (family {model.family!r}) has no published weights vvm knows how to load: pass "
+        "init.checkpoint=/path/to/state_dict.pt or use init=random"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def _read(path: Path, what: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointMismatchError(
+            f"{what} {str(path)!r} holds objects other than tensors and plain containers, which "
+            f"torch.load(weights_only=True) refuses ({err}); save the network's state dict instead: "
+            "torch.save(model.net.state_dict(), path)"
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointMismatchError(f"{what} {str(path)!r} is not a readable torch file: {err}") from err
+
+
+def _strip(state: Mapping[str, Any], path: Path, lightning: bool) -> dict[str, Tensor]:
+    keys = list(state)
+    for prefix in _PREFIXES:
+        if any(k.startswith(prefix) for k in keys):
+            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if lightning:
+        raise CheckpointMismatchError(
+            f"Lightning checkpoint {str(path)!r} has no 'model.net.*' keys (found e.g. {keys[:4]}): expected the "
+            "vvm LightningModule's checkpoint, whose network is self.model.net"
+        )
+    return dict(state)
+
+
+def _recorded_dataset(obj: Mapping[str, Any]) -> str | None:
+    for holder in (obj, obj.get("hyper_parameters") or {}):
+        if isinstance(holder, Mapping) and isinstance(holder.get("dataset_name"), str):
+            return holder["dataset_name"]
+    return None
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], str | None]:
+    """The network state dict in checkpoint ``path`` and the dataset it records (or None)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"init.checkpoint={str(path)!r} does not exist: expected a state dict of the network "
+            "(torch.save(model.net.state_dict(), path)) or a Lightning checkpoint with model.net.* keys; with "
+            "init.checkpoint=null, init=pretrained trains the CIFAR model first"
+        )
+    obj = _read(path, "checkpoint")
+    if not isinstance(obj, Mapping):
+        raise CheckpointMismatchError(
+            f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a state dict"
+        )
+    lightning = isinstance(obj.get("state_dict"), Mapping)
+    state = _strip(obj["state_dict"] if lightning else obj, path, lightning)
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointMismatchError(
+            f"checkpoint {str(path)!r} is not a state dict: {bad[:4]} are not tensors"
+        )
+    return state, _recorded_dataset(obj)
+
+
+def _differences(
+    own: Mapping[str, Tensor], state: Mapping[str, Tensor], skip: set[str] = frozenset()
+) -> list[str]:
+    missing = [k for k in own if k not in state and k not in skip]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: file {list(state[k].shape)} vs model {list(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    out = []
+    if missing:
+        out.append(f"{len(missing)} keys missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        out.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        out.append(f"{len(shapes)} shapes differ ({'; '.join(shapes[:3])})")
+    return out
+
+
+def _num_classes(net: nn.Module) -> int | None:
+    n = getattr(net, "num_classes", None)
+    if isinstance(n, int):
+        return n
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+def load_checkpoint(model: VisionModel, path: str | Path, *, dataset_name: str | None = None) -> None:
+    """Load a vvm checkpoint (network state dict or Lightning checkpoint) into ``model.net``, strictly."""
+    state, recorded = read_checkpoint(path)
+    if dataset_name is not None and recorded is not None and recorded != dataset_name:
+        raise CheckpointMismatchError(
+            f"checkpoint {str(path)!r} was trained on {recorded!r}, but this run measures {dataset_name!r}: pass "
+            f"a checkpoint trained on {dataset_name!r}, or init.checkpoint=null to train one"
+        )
+    own = model.net.state_dict()
+    diff = _differences(own, state)
+    if diff:
+        raise CheckpointMismatchError(
+            f"checkpoint {str(path)!r} does not fit model {model.name!r} with {_num_classes(model.net)} classes: "
+            f"{'; '.join(diff)}. Expected weights of the same architecture trained on a dataset with as many "
+            "classes (another model or dataset needs its own checkpoint)"
+        )
+    model.net.load_state_dict(state, strict=True)
+
+
+# ------------------------------------------------------------------------------------ published timm weights
+def _hub_hint(cfg: Mapping[str, Any]) -> str:
+    hub_id = cfg.get("hf_hub_id")
+    if hub_id:
+        return (
+            f"model.safetensors from https://huggingface.co/{hub_id} (e.g. `hf download {hub_id} "
+            "model.safetensors --local-dir weights/`)"
+        )
+    if cfg.get("url"):
+        return f"the file at {cfg['url']}"
+    return "the published weights file"
+
+
+def _arch(cfg: Mapping[str, Any]) -> str:
+    arch = cfg.get("architecture") or "the model"
+    return f"{arch}.{cfg['tag']}" if cfg.get("tag") else arch
+
+
+def _fetch_published(net: nn.Module, cfg: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The published state dict, through timm's hub/url machinery (which uses its local cache when offline)."""
+    import timm
+    from timm.models import _builder
+
+    load_from, loc = _builder._resolve_pretrained_source(dict(cfg))
+    if cfg.get("custom_load"):
+        # weights that only the model itself can read (e.g. .npz): let timm build a pretrained twin
+        twin = timm.create_model(
+            _arch(cfg), pretrained=True, num_classes=cfg.get("num_classes") or 0, pretrained_cfg=dict(cfg)
+        )
+        return twin.state_dict()
+    if load_from == "hf-hub":
+        if isinstance(loc, (list, tuple)):
+            return timm.models.load_state_dict_from_hf(*loc)
+        return timm.models.load_state_dict_from_hf(loc, weights_only=True)
+    if load_from == "url":
+        return torch.hub.load_state_dict_from_url(loc, map_location="cpu", weights_only=True)
+    if load_from == "file":
+        return timm.models.load_state_dict(loc, weights_only=True)
+    raise RuntimeError(f"timm's pretrained config for {_arch(cfg)} names no weights (source {load_from!r})")
+
+
+def load_timm_pretrained(model: VisionModel, weights_file: str | Path | None = None) -> list[str]:
+    """Load the published weights of ``model.net``'s timm pretrained config, from ``weights_file`` or the hub.
+
+    Returns the classifier keys that kept their random initialisation because the published head has another
+    number of classes (or none). Any other missing, unexpected or mis-shaped key is an error.
+    """
+    import timm
+
+    net = model.net
+    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
+    if not cfg:
+        raise ValueError(f"model {model.name!r} has no timm pretrained config: no published weights to load")
+    if weights_file is not None:
+        path = Path(weights_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"init.weights_file={str(path)!r} does not exist: expected the published weights of {_arch(cfg)}, "
+                f"{_hub_hint(cfg)}"
+            )
+        try:
+            state = timm.models.load_state_dict(str(path), weights_only=True)
+        except Exception as err:
+            raise CheckpointMismatchError(
+                f"init.weights_file={str(path)!r} could not be read as weights ({type(err).__name__}: {err}): "
+                f"expected {_hub_hint(cfg)}"
+            ) from err
+        source = str(path)
+    else:
+        try:
+            state = _fetch_published(net, cfg)
+        except Exception as err:
+            raise RuntimeError(
+                f"could not fetch the published weights of {_arch(cfg)} ({type(err).__name__}: {err}). Offline, "
+                f"download {_hub_hint(cfg)} on a machine with internet and pass init.weights_file=/path/to/it"
+            ) from err
+        source = cfg.get("hf_hub_id") or cfg.get("url") or _arch(cfg)
+    filter_fn = getattr(sys.modules.get(type(net).__module__), "checkpoint_filter_fn", None)
+    if callable(filter_fn):
+        try:
+            state = filter_fn(state, net)
+        except TypeError:
+            state = filter_fn(state)
+    own = net.state_dict()
+    classifiers = cfg.get("classifier") or ()
+    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+    head_keys = {f"{c}.{p}" for c in classifiers for p in ("weight", "bias")}
+    reinit = sorted(k for k in head_keys if k in own and (k not in state or state[k].shape != own[k].shape))
+    state = {k: v for k, v in state.items() if not (k in head_keys and (k in reinit or k not in own))}
+    diff = _differences(own, state, skip=set(reinit))
+    if diff:
+        raise CheckpointMismatchError(
+            f"{source} does not hold weights of {_arch(cfg)} as built for {model.name!r}: {'; '.join(diff)}. "
+            f"Expected {_hub_hint(cfg)}"
+        )
+    net.load_state_dict(state, strict=False)
+    if reinit:
+        warnings.warn(
+            f"{model.name}: the published weights of {_arch(cfg)} have "
+            f"{cfg.get('num_classes') or 'no'} classes and the model {_num_classes(net)}: the classifier "
+            f"({', '.join(reinit)}) keeps its seeded random initialisation",
+            stacklevel=2,
+        )
+    return reinit

@@ -1,0 +1,359 @@
+"""Training for init=pretrained: the device-resident pipeline (on the CPU), the checkpoint cache, resuming an
+interrupted training, CKA during training, and DDP on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DistributedSampler, TensorDataset
+
+from vvm.train.gpu_data import (
+    Augmentation,
+    DeviceBatches,
+    augmentation_for,
+    normalise,
+    random_crop,
+    random_flip,
+    shard_indices,
+)
+
+# tiny runs: r18 on 16x16 synthetic images
+TINY = [
+    "model=r18",
+    "dataset=synthetic",
+    "dataset.image_size=16",
+    "dataset.train_size=64",
+    "dataset.test_size=64",
+    "cka.batch_size=32",
+    "train.batch_size=32",
+    "trainer=cpu",
+    "logger=none",
+]
+
+
+def compose_cfg(tmp_path: Path, *overrides: str):
+    """The job's config as the CLI composes it, with Hydra's runtime set (``tag``, ``${hydra:...}``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from vvm.__main__ import CONFIG_DIR
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[f"paths.output_dir={tmp_path / 'run'}", f"paths.checkpoints={tmp_path / 'ckpt'}", *overrides],
+            return_hydra_config=True,
+        )
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def build(cfg):
+    from hydra.utils import instantiate
+
+    pl.seed_everything(int(cfg.seed), verbose=False)
+    dm = instantiate(cfg.dataset)
+    model = instantiate(cfg.model)
+    model.set_data_normalization(dm.mean, dm.std)
+    return model, dm
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "vvm", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"vvm failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+# ------------------------------------------------------------------------------------------ device pipeline
+def test_random_crop_is_a_window_of_the_zero_padded_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(1, 256, (400, 3, 6, 5), generator=g, dtype=torch.uint8)  # no zeros: padding is visible
+    p = 2
+    out = random_crop(x, p, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(x, (p, p, p, p))
+    seen = set()
+    for i in range(len(x)):
+        hits = [
+            (dy, dx)
+            for dy in range(2 * p + 1)
+            for dx in range(2 * p + 1)
+            if torch.equal(out[i], padded[i, :, dy : dy + 6, dx : dx + 5])
+        ]
+        assert hits, f"image {i} is not a crop of its padded self"
+        seen.update(hits)
+    assert len(seen) == (2 * p + 1) ** 2  # every offset occurs (400 draws of 25)
+    assert torch.equal(random_crop(x, 0), x)
+
+
+def test_random_flip_mirrors_about_half():
+    x = torch.arange(3 * 4 * 5, dtype=torch.uint8).view(1, 3, 4, 5).repeat(1000, 1, 1, 1)
+    out = random_flip(x, torch.Generator().manual_seed(0))
+    flipped = (out == x.flip(3)).flatten(1).all(1)
+    kept = (out == x).flatten(1).all(1)
+    assert bool((flipped ^ kept).all())
+    assert 400 < int(flipped.sum()) < 600
+
+
+def test_normalise_matches_the_datamodule_transform():
+    from vvm.data import DigitsDataModule
+
+    dm = DigitsDataModule(limit=50)
+    images, labels = dm.as_tensors("test")
+    ds = dm.dataset("test")
+    ref = torch.stack([ds[i][0] for i in range(len(ds))])
+    mean = torch.tensor(dm.mean).view(1, 3, 1, 1)
+    std = torch.tensor(dm.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(normalise(images, mean, std), ref, atol=1e-5, rtol=0)
+    cl = normalise(images, mean, std, channels_last=True)
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+
+    batches = DeviceBatches(images, labels, batch_size=16, mean=dm.mean, std=dm.std, shuffle=False)
+    assert len(batches) == 4  # 16 16 16 2
+    xs, ys = zip(*batches)
+    torch.testing.assert_close(torch.cat(xs), ref, atol=1e-5, rtol=0)
+    assert torch.equal(torch.cat(ys), labels)
+    assert augmentation_for(dm) == Augmentation(crop_padding=2, flip=False)
+
+
+@pytest.mark.parametrize("n,world", [(10, 2), (11, 2), (7, 3), (5, 1)])
+def test_ranks_share_like_distributed_sampler(n, world):
+    ds = TensorDataset(torch.arange(n))
+    for rank in range(world):
+        ref = list(DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False))
+        assert shard_indices(n, rank=rank, world_size=world).tolist() == ref
+
+
+def test_device_batches_shuffle_per_epoch_and_cover_the_split():
+    images = torch.arange(37, dtype=torch.uint8).view(37, 1, 1, 1).expand(37, 3, 4, 4).contiguous()
+    labels = torch.arange(37)
+    epoch = {"e": 0}
+
+    def make(rank, world):
+        return DeviceBatches(
+            images, labels, batch_size=8, mean=[0, 0, 0], std=[1 / 255] * 3, augmentation=Augmentation(1, True),
+            seed=3, rank=rank, world_size=world, epoch_fn=lambda: epoch["e"],
+        )
+
+    one = make(0, 1)
+    first = torch.cat([y for _, y in one])
+    assert sorted(first.tolist()) == list(range(37)) and first.tolist() != list(range(37))
+    assert torch.equal(torch.cat([y for _, y in one]), first)  # same epoch, same order
+    epoch["e"] = 1
+    assert not torch.equal(torch.cat([y for _, y in one]), first)
+    # two ranks: equal numbers of batches, together every example (one repeated to pad 37 to 38)
+    shares = [torch.cat([y for _, y in make(r, 2)]) for r in range(2)]
+    assert len(make(0, 2)) == len(make(1, 2)) == 3
+    assert len(shares[0]) == len(shares[1]) == 19
+    assert set(torch.cat(shares).tolist()) == set(range(37))
+    # augmentation keeps labels with their images: a crop of a constant image is the constant or padding
+    for x, y in make(0, 1):
+        vals = x.round().long()
+        assert bool(((vals == y.view(-1, 1, 1, 1)) | (vals == 0)).all())
+
+
+def test_gpu_resident_setting():
+    from vvm.data import DigitsDataModule
+    from vvm.train.weights import use_device_resident
+
+    dm = DigitsDataModule(limit=20)
+    cpu = torch.device("cpu")
+    assert use_device_resident("auto", dm, cpu) is False
+    assert use_device_resident(True, dm, cpu) is True
+    assert use_device_resident("false", dm, cpu) is False
+
+    class NoTensors:
+        name = "imagenet"
+
+        def as_tensors(self, split):
+            raise NotImplementedError("dataset 'imagenet' has no in-memory form")
+
+    with pytest.raises(ValueError, match="in-memory form.*gpu_resident"):
+        use_device_resident(True, NoTensors(), cpu)
+
+
+# ------------------------------------------------------------------------------------------ the cache
+def test_cache_key_follows_the_recipe(tmp_path):
+    from vvm.train.cache import cache_key
+
+    base = cache_key(compose_cfg(tmp_path, "init=pretrained", "dataset=digits", "train.epochs=20"), "digits")
+    assert base.startswith("r18-digits-e20-s0-") and len(base.split("-")[-1]) == 8
+    same = ["train.compile=true", "train.gpu_resident=false", "cka.kernel=rbf", "cka.max_samples=100",
+            "trainer=gpu", "logger=none", "dataset.num_workers=3"]
+    for o in same:
+        assert cache_key(compose_cfg(tmp_path, "dataset=digits", "train.epochs=20", o), "digits") == base, o
+    differ = ["train.lr=0.05", "train.batch_size=128", "train.weight_decay=0", "dataset.limit=500", "seed=1",
+              "train.epochs=21", "model=r34"]
+    keys = {cache_key(compose_cfg(tmp_path, "dataset=digits", "train.epochs=20", o), "digits") for o in differ}
+    assert base not in keys and len(keys) == len(differ)
+
+
+class Boom(pl.Callback):
+    """Fails at the start of the given epoch, as a killed job would stop."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("boom")
+
+
+class CountBatches(pl.Callback):
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.epochs.append(trainer.current_epoch)
+
+
+def test_interrupted_training_resumes_then_the_cache_is_used(tmp_path):
+    """gpu_resident=true: the device pipeline's CPU fallback. Epoch 1 fails; the rerun trains epoch 1 only and
+    gives the weights of an uninterrupted training; a third call loads the cached file."""
+    from vvm.train.weights import prepare_weights
+
+    args = [*TINY, "init=pretrained", "train.epochs=2", "train.gpu_resident=true"]
+    cfg = compose_cfg(tmp_path, *args)
+    model, dm = build(cfg)
+    with pytest.raises(RuntimeError, match="boom"):
+        prepare_weights(model, cfg, dm, callbacks=[Boom(1)])
+    ckpts = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert len(ckpts) == 1 and ckpts[0].endswith(".last.ckpt"), ckpts
+
+    model, dm = build(cfg)
+    counter = CountBatches()
+    info = prepare_weights(model, cfg, dm, callbacks=[counter])
+    assert info["trained"] is True and info["gpu_resident"] is True
+    assert info["resumed_from"].endswith(".last.ckpt") and info["train_epochs"] == 2
+    assert counter.epochs == [1, 1]  # 64 images / 32: epoch 0 was not trained again
+    final = Path(info["checkpoint"])
+    assert [p.name for p in final.parent.iterdir()] == [final.name]  # .last.ckpt removed, no temporary left
+    assert 0 <= info["train_accuracy"] <= 1 and 0 <= info["val_accuracy"] <= 1
+    resumed = {k: v.clone() for k, v in model.net.state_dict().items()}
+
+    # the same recipe without interruption, in another cache: the same weights
+    cfg2 = compose_cfg(tmp_path / "b", *args)
+    model2, dm2 = build(cfg2)
+    prepare_weights(model2, cfg2, dm2)
+    for k, v in model2.net.state_dict().items():
+        torch.testing.assert_close(v, resumed[k], atol=1e-5, rtol=1e-4, msg=k)
+
+    model3, dm3 = build(cfg)
+    counter = CountBatches()
+    info3 = prepare_weights(model3, cfg, dm3, callbacks=[counter])
+    assert info3["trained"] is False and info3["weights"] == f"cached checkpoint {final}"
+    assert counter.epochs == [] and info3["train_accuracy"] == info["train_accuracy"]
+    for k, v in model3.net.state_dict().items():
+        assert torch.equal(v, resumed[k]), k
+
+
+def test_explicit_checkpoint_and_published_weights(tmp_path, monkeypatch):
+    from vvm.train import weights
+    from vvm.train.cache import save_trained
+
+    cfg = compose_cfg(tmp_path, *TINY)
+    trained, _ = build(cfg)
+    with torch.no_grad():
+        for p in trained.net.parameters():
+            p.add_(1.0)
+    path = save_trained(tmp_path / "mine.ckpt", trained.net, dataset_name="synthetic", facts={"note": "test"})
+    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", f"init.checkpoint={path}")
+    model, dm = build(cfg)
+    info = weights.prepare_weights(model, cfg, dm)
+    assert info == {"weights": f"checkpoint {path}", "trained": False, "checkpoint": str(path)}
+    for k, v in model.net.state_dict().items():
+        assert torch.equal(v, trained.net.state_dict()[k]), k
+    assert not (tmp_path / "ckpt").exists()  # nothing trained, nothing cached
+
+    # a checkpoint trained on another dataset is refused
+    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", f"init.checkpoint={path}", "dataset=digits")
+    model, dm = build(cfg)
+    with pytest.raises(ValueError, match="synthetic"):
+        weights.prepare_weights(model, cfg, dm)
+
+    # a model with published weights (vit_l32, timm): the models' loader, no training
+    calls = []
+    monkeypatch.setattr(weights, "is_cifar", lambda m: False)
+    monkeypatch.setattr(weights, "load_weights", lambda m, init, ds: calls.append((init["name"], ds)))
+    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained")
+    model, dm = build(cfg)
+    info = weights.prepare_weights(model, cfg, dm, callbacks=[Boom(0)])
+    assert calls == [("pretrained", "synthetic")]
+    assert info["trained"] is False and info["weights"].startswith("published weights")
+    assert not (tmp_path / "ckpt").exists()
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+def test_cli_pretrained_trains_with_cka_probes_then_reuses_the_checkpoint(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    args = [*TINY, "init=pretrained", "train.epochs=2", "cka.every_n_epochs=1", f"paths.checkpoints={ckpt}"]
+    run_cli([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    a = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert a["status"] == "ok" and a["trained"] is True and a["train_epochs"] == 2
+    assert a["gpu_resident"] is False  # auto on the CPU: the datamodule's own loaders
+    path = Path(a["checkpoint"])
+    assert path.parent == ckpt and path.name.startswith("r18-synthetic-e2-s0-") and path.suffix == ".ckpt"
+    assert sorted(p.name for p in ckpt.iterdir()) == [path.name]
+    for epoch in ("epoch_0001", "epoch_0002"):  # CKA on the probe subset during training
+        assert (tmp_path / "a" / "cka_epochs" / epoch / "cka.npz").is_file()
+    assert (tmp_path / "a" / "cka.npz").is_file() and 0 <= a["test_accuracy"] <= 1
+    # the file reads with weights_only=True and the models' loader
+    obj = torch.load(path, weights_only=True)
+    assert obj["dataset_name"] == "synthetic" and obj["vvm"]["train_epochs"] == 2
+
+    run_cli([*args, f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
+    b = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert b["status"] == "ok" and b["trained"] is False
+    assert b["weights"] == f"cached checkpoint {path}" and b["checkpoint"] == str(path)
+    assert b["train_accuracy"] == a["train_accuracy"]
+    assert not (tmp_path / "b" / "cka_epochs").exists()  # no training, no probes
+    assert b["seconds"]["weights"] < a["seconds"]["weights"]
+    np.testing.assert_allclose(
+        np.load(tmp_path / "b" / "cka.npz")["cka"], np.load(tmp_path / "a" / "cka.npz")["cka"], atol=1e-6
+    )
+
+
+def test_ddp_on_cpu_trains_and_cka_matches_one_process(tmp_path):
+    """trainer=ddp with 2 CPU processes (gloo): training, the cache, and CKA equal to one process fed the
+    same batches (DistributedSampler without shuffling: rank r takes examples r, r+2, ...)."""
+    from vvm.cka.streaming import StreamingCKA
+    from vvm.data import SyntheticDataModule
+    from vvm.models import create
+    from vvm.models.init import load_checkpoint
+
+    ckpt, out = tmp_path / "ckpt", tmp_path / "ddp"
+    args = [*TINY, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "init=pretrained",
+            "train.epochs=1", "cka.batch_size=16", f"paths.checkpoints={ckpt}", f"hydra.run.dir={out}"]
+    run_cli(args, cwd=tmp_path, timeout=240)
+    res = json.loads((out / "result.json").read_text())
+    assert res["status"] == "ok" and res["trained"] is True and res["train_epochs"] == 1
+    assert res["n_samples"] == 64 and res["n_batches"] == 4  # 2 ranks x 2 batches of 16
+    z = np.load(out / "cka.npz")
+
+    model = create("r18", num_classes=10, seed=0)
+    load_checkpoint(model, res["checkpoint"])
+    model.eval()
+    dm = SyntheticDataModule(num_classes=10, image_size=16, train_size=64, test_size=64, seed=0)
+    ds = dm.cka_dataset()
+    metric = StreamingCKA(model.net, "blocks")
+    with torch.no_grad(), metric.track():
+        for rank in range(2):
+            idx = list(DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=False))
+            for start in range(0, len(idx), 16):
+                x = torch.stack([ds[i][0] for i in idx[start : start + 16]])
+                model(x)
+    ref = metric.compute()
+    assert list(z["layers_x"]) == ref.layers_x
+    np.testing.assert_allclose(z["cka"], ref.matrix.numpy(), atol=1e-5)
