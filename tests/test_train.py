@@ -278,7 +278,8 @@ def test_explicit_checkpoint_and_published_weights(tmp_path, monkeypatch):
     assert not (tmp_path / "ckpt").exists()  # nothing trained, nothing cached
 
     # a checkpoint trained on another dataset is refused
-    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", f"init.checkpoint={path}", "dataset=digits")
+    cfg = compose_cfg(tmp_path, "dataset=digits", "dataset.limit=40", "logger=none", "init=pretrained",
+                      f"init.checkpoint={path}")
     model, dm = build(cfg)
     with pytest.raises(ValueError, match="synthetic"):
         weights.prepare_weights(model, cfg, dm)

@@ -6,6 +6,7 @@ The CLI (``python -m vvm``), the sweep and the tests all go through :func:`run`.
 from __future__ import annotations
 
 import json
+import copy
 import logging
 import time
 import traceback
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vvm.callbacks.cka import CKACallback, mean_offdiagonal
 from vvm.io import load_json, write_json
@@ -41,6 +42,46 @@ def summarise_config(cfg: DictConfig) -> dict[str, Any]:
         "precision": cfg.cka.precision,
         "layers": OmegaConf.to_container(cfg.cka.layers) if not isinstance(cfg.cka.layers, str) else cfg.cka.layers,
     }
+
+
+def _layers(spec: Any) -> Any:
+    if spec is None or isinstance(spec, str):
+        return spec
+    return OmegaConf.to_container(spec, resolve=True)
+
+
+def compare_config(cfg: DictConfig) -> DictConfig:
+    """The job's config with ``model``/``init`` replaced by ``compare``/``compare_init`` (the init defaults to
+    the first model's), for building and initialising the second model exactly like a first one."""
+    other = copy.deepcopy(cfg)
+    with open_dict(other):
+        other.model = cfg.compare
+        if cfg.get("compare_init") is not None:
+            other.init = cfg.compare_init
+    return other
+
+
+def axis_labels(summary: dict[str, Any]) -> tuple[str, str]:
+    """Names for the heatmap's axes: the model names, with the inits where the names alone don't differ."""
+    x = str(summary["model"])
+    other = summary.get("compare")
+    if not other:
+        return x, x
+    y = str(other["model"])
+    if x == y:
+        return f"{x} ({summary['init']})", f"{y} ({other['init']})"
+    return x, y
+
+
+def _title(summary: dict[str, Any], cfg: DictConfig) -> str:
+    kind = f"{cfg.cka.kernel} CKA"
+    other = summary.get("compare")
+    if other:
+        return (
+            f"{summary['model']} ({summary['init']}) vs {other['model']} ({other['init']}), "
+            f"{summary['dataset']} - {kind}"
+        )
+    return f"{summary['model']} ({summary['init']}, {summary['dataset']}) - {kind}"
 
 
 def _dataset_name(cfg: DictConfig) -> str:
@@ -72,27 +113,41 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         model = instantiate(cfg.model)
         model.set_data_normalization(dm.mean, dm.std)
         summary["family"] = getattr(model, "family", None)
+        other, other_cfg = None, None
+        if cfg.get("compare") is not None:
+            other_cfg = compare_config(cfg)
+            other = instantiate(other_cfg.model)
+            other.set_data_normalization(dm.mean, dm.std)
+            summary["compare"] = {"model": other_cfg.model.get("name"), "init": other_cfg.init.get("name")}
         timings["build"] = time.perf_counter() - t
 
         logger = build_logger(cfg.get("logger"))
         if logger:
             log_config(logger, cfg)
 
+        label_x, label_y = axis_labels(summary)
+        summary["model_x"], summary["model_y"] = label_x, label_y
         cka_cb = CKACallback(
             out_dir,
-            layers=OmegaConf.to_container(cfg.cka.layers) if not isinstance(cfg.cka.layers, str) else cfg.cka.layers,
+            layers=_layers(cfg.cka.layers),
             kernel=cfg.cka.kernel,
             estimator=cfg.cka.estimator,
             precision=cfg.cka.precision,
             rbf_frac=cfg.cka.rbf_frac,
             every_n_epochs=cfg.cka.get("every_n_epochs", 0),
-            title=f"{summary['model']} ({summary['init']}, {summary['dataset']}) - {cfg.cka.kernel} CKA",
-            model_label=str(summary["model"]),
+            title=_title(summary, cfg),
+            model_label=label_x,
+            other=other,
+            other_layers=_layers(cfg.cka.get("other_layers")),
+            other_label=label_y,
         )
 
         from vvm.train.weights import prepare_weights
 
         t = time.perf_counter()
+        if other is not None:
+            # the second model's weights first: CKA probes during the first model's training compare with it
+            summary["compare"].update(prepare_weights(other, other_cfg, dm, logger=None, callbacks=[]) or {})
         train_info = prepare_weights(model, cfg, dm, logger=logger, callbacks=[cka_cb])
         timings["weights"] = time.perf_counter() - t
         summary.update(train_info or {})

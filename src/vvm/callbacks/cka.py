@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 
 from vvm.cka.streaming import CKAResult, StreamingCKA
 from vvm.io import save_result
@@ -62,10 +63,17 @@ class CKACallback(pl.Callback):
         every_n_epochs: int = 0,
         title: str | None = None,
         model_label: str = "layer",
+        other: Any = None,
+        other_layers: Any = None,
+        other_label: str | None = None,
     ) -> None:
         super().__init__()
         self.output_dir = Path(output_dir)
         self.layers = list(layers) if not isinstance(layers, str) else layers
+        # cross-model CKA: a second VisionModel that sees every batch the module sees (run by this callback)
+        self.other = other
+        self.other_layers = list(other_layers) if other_layers is not None and not isinstance(other_layers, str) else other_layers
+        self.other_label = other_label or model_label
         self.options = dict(kernel=kernel, estimator=estimator, precision=precision, rbf_frac=rbf_frac)
         self.every_n_epochs = int(every_n_epochs or 0)
         self.title = title
@@ -78,7 +86,13 @@ class CKACallback(pl.Callback):
     # ------------------------------------------------------------------ passes
     def _start(self, pl_module: pl.LightningModule) -> None:
         net = pl_module.model.net
-        self._metric = StreamingCKA(net, self.layers, **self.options).to(pl_module.device)
+        other_net = None
+        if self.other is not None:
+            self.other.to(pl_module.device).eval()
+            other_net = self.other.net
+        self._metric = StreamingCKA(
+            net, self.layers, other=other_net, other_layers=self.other_layers, **self.options
+        ).to(pl_module.device)
         self._tracking = self._metric.track()
         self._tracking.__enter__()
         self._t0 = time.perf_counter()
@@ -97,7 +111,7 @@ class CKACallback(pl.Callback):
         if trainer.is_global_zero:
             label = f"{self.title} ({stage}, epoch {trainer.current_epoch})" if stage == "probe" else self.title
             entry["paths"] = write_cka_outputs(
-                res, out_dir, title=label, xlabel=self.model_label, ylabel=self.model_label
+                res, out_dir, title=label, xlabel=self.other_label, ylabel=self.model_label, extra=self._names()
             )
             self._log(trainer, res, stage, entry["paths"])
         self.results.append(entry)
@@ -111,6 +125,17 @@ class CKACallback(pl.Callback):
             epoch = trainer.current_epoch + 1 if stage == "probe" else None
             log_cka(logger, res, stage=stage, image=paths["png"], step=trainer.global_step, epoch=epoch)
 
+    def _names(self) -> dict[str, str]:
+        return {"model_x": self.model_label, "model_y": self.other_label}
+
+    def _run_other(self, pl_module: pl.LightningModule, batch: Any) -> None:
+        """Feed the batch's images to the second model (the first one runs in the module's step)."""
+        if self.other is None or self._tracking is None:
+            return
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        with torch.no_grad():
+            self.other(x.to(pl_module.device))
+
     @property
     def final(self) -> dict[str, Any] | None:
         finals = [r for r in self.results if r["stage"] == "final"]
@@ -119,6 +144,12 @@ class CKACallback(pl.Callback):
     # ------------------------------------------------------------------ evaluation pass
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start(pl_module)
+
+    def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._run_other(pl_module, batch)
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._run_other(pl_module, batch)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer, "final", self.output_dir)
