@@ -99,9 +99,11 @@ def test_resume_skips_complete_jobs(sweep2):
     }
     summary_before = (sweep_dir / "summary.csv").stat().st_mtime_ns
     proc = run_vvm(["-m", "model=r18,r34", *FAST, "resume=true", f"hydra.sweep.dir={sweep_dir}"], cwd=cwd)
-    assert proc.stdout.count("already has a complete result, skipping") + proc.stderr.count(
-        "already has a complete result, skipping"
-    ) == 2
+    assert (
+        proc.stdout.count("already has a complete result, skipping")
+        + proc.stderr.count("already has a complete result, skipping")
+        == 2
+    )
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing recomputed
     assert (sweep_dir / "summary.csv").stat().st_mtime_ns > summary_before  # the summary covers all jobs
     assert [r["status"] for r in read_csv(sweep_dir / "summary.csv")] == ["ok", "ok"]
@@ -124,7 +126,9 @@ def test_resume_requires_the_same_config(sweep2):
 
 def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     sweep_dir = tmp_path / "multirun" / "f"
-    proc = run_vvm(["-m", "model.name=does_not_exist,r18", *FAST, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    proc = run_vvm(
+        ["-m", "model.name=does_not_exist,r18", *FAST, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path
+    )
     assert "job failed, the sweep goes on" in proc.stdout + proc.stderr
     rows = read_csv(sweep_dir / "summary.csv")
     assert [(r["model"], r["status"]) for r in rows] == [("does_not_exist", "failed"), ("r18", "ok")]
@@ -164,10 +168,18 @@ def fake_job(
         m = np.full((n, n), 0.5) + 0.5 * np.eye(n)
         if nan_layer is not None:
             m[nan_layer, :] = m[:, nan_layer] = np.nan
-        write_npz(d / "cka.npz", cka=m, layers_x=np.array(layers), layers_y=np.array(layers), n_samples=np.array(128))
+        write_npz(
+            d / "cka.npz",
+            cka=m,
+            layers_x=np.array(layers),
+            layers_y=np.array(layers),
+            n_samples=np.array(128),
+        )
         res.update(n_samples=128, test_accuracy=0.25, mean_cka=0.5)
     else:
-        res.update(error="RuntimeError: weights for vit_l32 are not available offline\n(more)", traceback="Traceback")
+        res.update(
+            error="RuntimeError: weights for vit_l32 are not available offline\n(more)", traceback="Traceback"
+        )
     write_json(d / "result.json", res)
     return d
 
@@ -177,8 +189,16 @@ def fake_seed14(tmp_path) -> Path:
     sweep_dir = tmp_path / "multirun" / "2026-01-02" / "03-04-05"
     jobs = [(m, i) for m in SEED14_MODELS for i in ("pretrained", "random")]
     for k, (m, i) in enumerate(jobs):
-        status = "failed" if (m, i) == ("vit_l32", "pretrained") else "incomplete" if (m, i) == ("r50", "random") else "ok"
-        fake_job(sweep_dir, str(k), m, i, status=status, n=3 + k % 4, nan_layer=1 if m == "lambda_r26" else None)
+        status = (
+            "failed"
+            if (m, i) == ("vit_l32", "pretrained")
+            else "incomplete"
+            if (m, i) == ("r50", "random")
+            else "ok"
+        )
+        fake_job(
+            sweep_dir, str(k), m, i, status=status, n=3 + k % 4, nan_layer=1 if m == "lambda_r26" else None
+        )
     return sweep_dir
 
 
@@ -190,8 +210,13 @@ def test_summary_from_files(fake_seed14):
     assert [r["model"] for r in rows[::2]] == SEED14_MODELS
     by = {(r["model"], r["init"]): r for r in rows}
     assert by[("vit_l32", "pretrained")]["status"] == "failed"
-    assert by[("vit_l32", "pretrained")]["error"] == "RuntimeError: weights for vit_l32 are not available offline (more)"
-    assert by[("r50", "random")]["status"] == "incomplete" and "no result.json" in by[("r50", "random")]["error"]
+    assert (
+        by[("vit_l32", "pretrained")]["error"]
+        == "RuntimeError: weights for vit_l32 are not available offline (more)"
+    )
+    assert (
+        by[("r50", "random")]["status"] == "incomplete" and "no result.json" in by[("r50", "random")]["error"]
+    )
     assert by[("r18", "pretrained")]["status"] == "ok" and by[("r18", "pretrained")]["layers"] == "3"
     assert {r["family"] for r in rows} == {"resnet", "lambda", "vit"}
     assert sorted(j.job for j in out["failed"]) == ["12", "5"]
@@ -201,7 +226,9 @@ def test_summary_from_files(fake_seed14):
 def test_grid_rows_one_family_per_row(fake_seed14):
     rows = grid_rows(collect_jobs(fake_seed14))
     assert [label for label, _ in rows] == ["resnet", "lambda", "vit"]
-    assert [p.title for p in rows[0][1]] == [f"{m} · {i}" for m in ("r18", "r34", "r50") for i in ("pretrained", "random")]
+    assert [p.title for p in rows[0][1]] == [
+        f"{m} · {i}" for m in ("r18", "r34", "r50") for i in ("pretrained", "random")
+    ]
     vit = rows[2][1]
     assert vit[0].note.startswith("failed: RuntimeError") and vit[0].matrix is None
     assert vit[1].note is None and vit[1].matrix.shape == (4, 4)
@@ -212,7 +239,9 @@ def test_grid_rows_one_family_per_row(fake_seed14):
 def test_variant_rows_when_the_sweep_varies_more(tmp_path):
     sweep_dir = tmp_path / "s"
     for k, ds in enumerate(["digits", "cifar10"]):
-        fake_job(sweep_dir, str(k), "r18", "random", overrides=["model=r18", f"dataset={ds}", "cka.batch_size=32"])
+        fake_job(
+            sweep_dir, str(k), "r18", "random", overrides=["model=r18", f"dataset={ds}", "cka.batch_size=32"]
+        )
     jobs = collect_jobs(sweep_dir)
     assert [j.variant for j in jobs] == ["dataset=digits", "dataset=cifar10"]
     assert [label for label, _ in grid_rows(jobs)] == ["resnet\ndataset=cifar10", "resnet\ndataset=digits"]
@@ -220,7 +249,13 @@ def test_variant_rows_when_the_sweep_varies_more(tmp_path):
 
 @pytest.mark.parametrize(
     "name, family",
-    [("r18", "resnet"), ("r50", "resnet"), ("resnet101", "resnet"), ("lambda_r26", "lambda"), ("vit_l32", "vit")]
+    [
+        ("r18", "resnet"),
+        ("r50", "resnet"),
+        ("resnet101", "resnet"),
+        ("lambda_r26", "lambda"),
+        ("vit_l32", "vit"),
+    ]
     + [("deit_small", "vit"), ("timm", "other"), (None, "other")],
 )
 def test_model_family(name, family):
@@ -236,7 +271,9 @@ def test_callback_fail_on_error(tmp_path):
     assert (sweep_dir / "summary.csv").is_file()
     with pytest.raises(SystemExit):
         SweepSummary(fail_on_error=True).on_multirun_end(cfg)
-    SweepSummary(enabled=False).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": "/nonexistent"}}}))
+    SweepSummary(enabled=False).on_multirun_end(
+        OmegaConf.create({"hydra": {"sweep": {"dir": "/nonexistent"}}})
+    )
 
 
 def fake_wandb(monkeypatch, fail: bool = False) -> list[dict]:
@@ -258,17 +295,29 @@ def fake_wandb(monkeypatch, fail: bool = False) -> list[dict]:
         calls.append({"init": kw})
         return Run()
 
-    mod = types.SimpleNamespace(init=init, Image=lambda p: ("image", p), Table=lambda dataframe: ("table", len(dataframe)))
+    mod = types.SimpleNamespace(
+        init=init, Image=lambda p: ("image", p), Table=lambda dataframe: ("table", len(dataframe))
+    )
     monkeypatch.setitem(sys.modules, "wandb", mod)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     return calls
 
 
 def test_summary_logged_to_wandb_only_when_jobs_used_it(tmp_path, monkeypatch):
-    wandb_logger = {"_target_": "pytorch_lightning.loggers.WandbLogger", "project": "vvm", "group": "r18-random-digits"}
+    wandb_logger = {
+        "_target_": "pytorch_lightning.loggers.WandbLogger",
+        "project": "vvm",
+        "group": "r18-random-digits",
+    }
     sweep_dir = tmp_path / "multirun" / "2026-01-02" / "03-04-05"
     fake_job(sweep_dir, "0", "r18", "random", logger={**wandb_logger, "mode": "offline"})
-    fake_job(sweep_dir, "1", "r34", "random", logger={**wandb_logger, "group": "r34-random-digits", "mode": "offline"})
+    fake_job(
+        sweep_dir,
+        "1",
+        "r34",
+        "random",
+        logger={**wandb_logger, "group": "r34-random-digits", "mode": "offline"},
+    )
     calls = fake_wandb(monkeypatch)
     out = write_summary(sweep_dir)
     init = calls[0]["init"]
@@ -301,13 +350,15 @@ def compose(overrides: list[str]):
 
 
 def test_seed14_expands_to_14_composable_jobs():
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     cfg = compose(["+sweep=seed14", "dataset=digits"])
     params = cfg.hydra.sweeper.params
     assert params.model.split(",") == SEED14_MODELS and params.init.split(",") == ["pretrained", "random"]
-    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()] + ["dataset=digits"])
+    parsed = OverridesParser.create().parse_overrides(
+        [f"{k}={v}" for k, v in params.items()] + ["dataset=digits"]
+    )
     (batch,) = BasicSweeper.split_arguments(parsed, None)
     assert len(batch) == 14 and all("dataset=digits" in job for job in batch)
     for job in batch[::2] + batch[1:2]:  # every model once, and the random init: each composes
@@ -319,7 +370,9 @@ def test_slurm_launcher_config(monkeypatch):
     from hydra.utils import instantiate
 
     monkeypatch.setenv("VVM_SLURM_PARTITION", "gpu-long")
-    cfg = compose(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "hydra.launcher.timeout_min=600"])
+    cfg = compose(
+        ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "hydra.launcher.timeout_min=600"]
+    )
     lc = cfg.hydra.launcher
     assert lc._target_.endswith("SlurmLauncher")
     assert lc.partition == "gpu-long" and lc.account is None and lc.timeout_min == 600
@@ -363,3 +416,17 @@ def test_resume_command_from_multirun_yaml(tmp_path):
     ]
     with pytest.raises(FileNotFoundError, match="not a Hydra sweep directory"):
         resume_command(tmp_path)
+
+
+@pytest.mark.slow
+def test_ddp_sweep_runs_each_job_once(tmp_path):
+    """trainer=ddp in a local multirun: each job starts its own rank 1 as a single run of that job (Lightning
+    would otherwise re-run the whole sweep in every rank); two CPU processes stand in for two GPUs."""
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    proc = run_vvm(["-m", "model=r18,r34", *FAST, *ddp], cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert out.count("Launching 2 jobs locally") == 1 and out.count("sweep summary: 2/2 jobs ok") == 1
+    (sweep_dir,) = (tmp_path / "multirun").glob("*/*")
+    assert [r["status"] for r in read_csv(sweep_dir / "summary.csv")] == ["ok", "ok"]
+    assert sorted(p.parent.name for p in sweep_dir.glob("*/train_ddp_process_1.log")) == ["0", "1"]
+    assert not (tmp_path / "outputs").exists()  # rank 1 wrote into the job's dir, not a run dir of its own

@@ -5,8 +5,8 @@ The CLI (``python -m vvm``), the sweep and the tests all go through :func:`run`.
 
 from __future__ import annotations
 
-import json
 import copy
+import json
 import logging
 import time
 import traceback

@@ -29,12 +29,14 @@ and ``python -m vvm.sweep summary DIR`` rewrites the summary of a sweep director
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import os
 import re
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,7 @@ SUMMARY_COLUMNS = (
     "model",
     "family",
     "init",
+    "compare",
     "dataset",
     "variant",
     "status",
@@ -64,7 +67,7 @@ SUMMARY_COLUMNS = (
     "output_dir",
 )
 # overrides that say which job it is without being a "variant" of the sweep
-_IDENTITY_KEYS = {"model", "init", "model.name", "init.name", "resume"}
+_IDENTITY_KEYS = {"model", "init", "model.name", "init.name", "compare", "compare_init", "resume"}
 
 
 def model_family(name: str | None) -> str:
@@ -89,8 +92,11 @@ class JobRecord:
     model: str | None = None
     family: str = "other"
     init: str | None = None
+    compare: str | None = None  # cross-model CKA (compare=<model>): "<model> · <init>" of the columns
     dataset: str | None = None
-    status: str = "incomplete"  # ok | failed | incomplete (no result: killed, still running, or never finished)
+    status: str = (
+        "incomplete"  # ok | failed | incomplete (no result: killed, still running, or never finished)
+    )
     error: str | None = None
     seconds: float | None = None
     samples: int | None = None
@@ -117,6 +123,7 @@ class JobRecord:
             "model": self.model,
             "family": self.family,
             "init": self.init,
+            "compare": self.compare,
             "dataset": self.dataset,
             "variant": self.variant,
             "status": self.status,
@@ -190,6 +197,9 @@ def read_job(sweep_dir: str | Path, job_dir: str | Path) -> JobRecord:
         mean = result.get("mean_cka")
         rec.mean_cka = None if mean is None or (isinstance(mean, float) and math.isnan(mean)) else mean
         rec.kernel = result.get("kernel")
+        other = result.get("compare")
+        if isinstance(other, dict):
+            rec.compare = f"{other.get('model')} · {other.get('init')}"
         cfg = result.get("config") or {}
         rec.logger = cfg.get("logger") if isinstance(cfg.get("logger"), dict) else None
         rec.family = result.get("family") or model_family(rec.model)
@@ -272,7 +282,7 @@ def grid_rows(jobs: Sequence[JobRecord]) -> list[tuple[str, list[Any]]]:
                 note = f"{j.status}: {j.error or 'no CKA matrix'}"
             panels.append(
                 Panel(
-                    title=f"{j.model} · {j.init}",
+                    title=f"{j.model} · {j.init}" + (f" vs {j.compare}" if j.compare else ""),
                     matrix=j.matrix,
                     layers_x=j.layers_x,
                     layers_y=j.layers_y,
@@ -306,7 +316,9 @@ def sweep_name(sweep_dir: str | Path) -> str:
     return "_".join(parts[-2:]) if len(parts) >= 2 else parts[-1]
 
 
-def write_summary(sweep_dir: str | Path, *, wandb_group: str | None = None, log_wandb: bool = True) -> dict[str, Any]:
+def write_summary(
+    sweep_dir: str | Path, *, wandb_group: str | None = None, log_wandb: bool = True
+) -> dict[str, Any]:
     """Read every job of ``sweep_dir`` and write summary.csv, summary.png and summary.pdf there (atomically);
     log them to W&B when the jobs used W&B. Returns ``{"jobs": [...], "files": {...}, "failed": [...]}``."""
     import pandas as pd
@@ -345,13 +357,16 @@ def log_summary_to_wandb(
     ``logger.group=my-study``), else ``sweep-<date>_<time>``. Mode: ``WANDB_MODE``, else the jobs' ``mode``,
     else offline. Never raises: W&B trouble is logged. Returns the W&B run directory, or None.
     """
-    loggers = [j.logger for j in jobs if j.logger and str(j.logger.get("_target_", "")).endswith("WandbLogger")]
+    loggers = [
+        j.logger for j in jobs if j.logger and str(j.logger.get("_target_", "")).endswith("WandbLogger")
+    ]
     if not loggers:
         return None
-    import os
 
     def shared(key: str) -> str | None:
-        vals = {str(lg.get(key)) for lg in loggers if lg.get(key) is not None and "${" not in str(lg.get(key))}
+        vals = {
+            str(lg.get(key)) for lg in loggers if lg.get(key) is not None and "${" not in str(lg.get(key))
+        }
         return vals.pop() if len(vals) == 1 else None
 
     project = shared("project") or "vvm"
@@ -372,7 +387,12 @@ def log_summary_to_wandb(
             reinit="finish_previous",
         )
         try:
-            run.log({"summary/grid": wandb.Image(str(image)), "summary/jobs": wandb.Table(dataframe=table.astype(str))})
+            run.log(
+                {
+                    "summary/grid": wandb.Image(str(image)),
+                    "summary/jobs": wandb.Table(dataframe=table.astype(str)),
+                }
+            )
             n_ok = sum(j.status == "ok" for j in jobs)
             run.summary.update({"jobs": len(jobs), "jobs_ok": n_ok, "jobs_failed": len(jobs) - n_ok})
             run_dir = Path(run.dir).parent
@@ -381,7 +401,9 @@ def log_summary_to_wandb(
         log.info("sweep summary: logged to W&B (%s, project %s, group %s)", mode, project, group)
         return run_dir
     except Exception as e:  # W&B must never fail the sweep
-        log.warning("sweep summary: could not log to W&B (%s: %s); the summary files are written", type(e).__name__, e)
+        log.warning(
+            "sweep summary: could not log to W&B (%s: %s); the summary files are written", type(e).__name__, e
+        )
         return None
 
 
@@ -392,7 +414,9 @@ class SweepSummary(Callback):
     exits 0 and lists the failures in the log and in summary.csv. ``wandb_group``: the W&B group of the summary run.
     """
 
-    def __init__(self, enabled: bool = True, fail_on_error: bool = False, wandb_group: str | None = None) -> None:
+    def __init__(
+        self, enabled: bool = True, fail_on_error: bool = False, wandb_group: str | None = None
+    ) -> None:
         self.enabled = enabled
         self.fail_on_error = fail_on_error
         self.wandb_group = wandb_group
@@ -404,7 +428,11 @@ class SweepSummary(Callback):
         try:
             out = write_summary(sweep_dir, wandb_group=self.wandb_group)
         except Exception:
-            log.exception("sweep summary: failed to summarise %s (rerun: python -m vvm.sweep summary %s)", sweep_dir, sweep_dir)
+            log.exception(
+                "sweep summary: failed to summarise %s (rerun: python -m vvm.sweep summary %s)",
+                sweep_dir,
+                sweep_dir,
+            )
             if self.fail_on_error:
                 raise SystemExit(1) from None
             return
@@ -457,15 +485,54 @@ def record_job_failure(exc: BaseException) -> None:
         )
 
 
+_DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextlib.contextmanager
+def single_job_ddp_launch() -> Iterator[None]:
+    """Make Lightning's DDP launcher start this job's ranks, not the whole sweep again (multirun jobs only).
+
+    Lightning starts ranks 1.. by re-running ``sys.argv`` with ``hydra.run.dir=<HydraConfig's run.dir>``; in a
+    multirun that command is the sweep itself, so every rank would run every job (and its own summary). While the
+    job runs, ``sys.argv`` is this job's own overrides (a single run) and ``run.dir`` its output dir. Afterwards
+    the DDP state this process set up (process group, LOCAL_RANK, MASTER_PORT, ...) is cleared, so the next job
+    starts fresh ranks. Processes started by a cluster (SLURM tasks, torchrun) are left alone.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    if "LOCAL_RANK" in os.environ or not HydraConfig.initialized():
+        yield
+        return
+    hc = HydraConfig.get()
+    argv, run_dir = list(sys.argv), hc.run.dir
+    sys.argv = [argv[0], *[str(o) for o in hc.overrides.task]]
+    with read_write(hc):
+        hc.run.dir = hc.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        with read_write(hc):
+            hc.run.dir = run_dir
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for k in _DDP_ENV:
+            os.environ.pop(k, None)
+
+
 def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     """The Hydra task: :func:`vvm.pipeline.run`; in a multirun a failure is recorded and the sweep goes on."""
     from vvm.pipeline import run
 
-    try:
+    if not in_multirun():
         return run(cfg)
+    try:
+        with single_job_ddp_launch():
+            return run(cfg)
     except Exception as e:
-        if not in_multirun():
-            raise
         record_job_failure(e)
         return None
 
@@ -476,22 +543,42 @@ def resume_command(sweep_dir: str | Path, extra: Sequence[str] = ()) -> list[str
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {sweep_dir} is not a Hydra sweep directory (multirun/<date>/<time>)")
+        raise FileNotFoundError(
+            f"{path} not found: {sweep_dir} is not a Hydra sweep directory (multirun/<date>/<time>)"
+        )
     cfg = OmegaConf.load(path)
     task = [str(o) for o in cfg.hydra.overrides.task if not str(o).startswith("resume=")]
     hydra_ov = [
-        str(o) for o in cfg.hydra.overrides.hydra if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode="))
+        str(o)
+        for o in cfg.hydra.overrides.hydra
+        if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode="))
     ]
-    return [sys.executable, "-m", "vvm", "-m", *task, "resume=true", *hydra_ov, f"hydra.sweep.dir={sweep_dir}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "vvm",
+        "-m",
+        *task,
+        "resume=true",
+        *hydra_ov,
+        f"hydra.sweep.dir={sweep_dir}",
+        *extra,
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vvm.sweep", description="Summarise or resume a vvm sweep.")
+    parser = argparse.ArgumentParser(
+        prog="python -m vvm.sweep", description="Summarise or resume a vvm sweep."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_sum = sub.add_parser("summary", help="(re)write summary.png/pdf/csv of a sweep dir from its jobs' files")
+    p_sum = sub.add_parser(
+        "summary", help="(re)write summary.png/pdf/csv of a sweep dir from its jobs' files"
+    )
     p_sum.add_argument("sweep_dir")
     p_sum.add_argument("--no-wandb", action="store_true", help="do not log the summary to W&B")
-    p_res = sub.add_parser("resume", help="rerun a sweep with resume=true into its own dir (complete jobs are skipped)")
+    p_res = sub.add_parser(
+        "resume", help="rerun a sweep with resume=true into its own dir (complete jobs are skipped)"
+    )
     p_res.add_argument("sweep_dir")
     p_res.add_argument("overrides", nargs="*", help="extra overrides appended to the sweep's own")
     args = parser.parse_args(argv)

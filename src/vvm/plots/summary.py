@@ -68,7 +68,15 @@ def summary_figure(
                 m = np.asarray(p.matrix, dtype=float)
                 any_nan |= bool(np.isnan(m).any())
                 draw_heatmap(
-                    ax, m, p.layers_x, p.layers_y, vmin=vmin, vmax=vmax, cmap=cmap, cbar=False, max_ticks=max_ticks
+                    ax,
+                    m,
+                    p.layers_x,
+                    p.layers_y,
+                    vmin=vmin,
+                    vmax=vmax,
+                    cmap=cmap,
+                    cbar=False,
+                    max_ticks=max_ticks,
                 )
                 ax.tick_params(labelsize=5, length=2)
                 ax.set_title(head, fontsize=8)

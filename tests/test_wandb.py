@@ -1,0 +1,181 @@
+"""Weights & Biases (offline) and the CSV logger: what a job logs, read back from the run directory.
+
+An offline W&B run is ``<run dir>/wandb/offline-run-*/``: ``run-<id>.wandb`` (the transaction log that
+``wandb sync`` uploads: LevelDB-log framed protobuf records, read here with wandb's own protobuf classes) and
+``files/`` (media/images/*.png, media/table/*.table.json, ...).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SMALL = [
+    "model=r18",
+    "dataset=synthetic",
+    "dataset.image_size=16",
+    "dataset.train_size=64",
+    "dataset.test_size=64",
+    "cka.batch_size=32",
+    "train.batch_size=32",
+    "trainer=cpu",
+]
+
+
+def run_cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HYDRA_FULL_ERROR="1", WANDB_SILENT="true")  # no WANDB_MODE: offline must be the default
+    proc = subprocess.run(
+        [sys.executable, "-m", "vvm", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vvm failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def wandb_records(path: Path) -> list:
+    """The protobuf records of a ``.wandb`` file: a 7-byte header (``:W&B``, magic, version), then 32 KiB
+    blocks of chunks, each with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    ident, _magic, _version = struct.unpack("<4sHB", data[:7])
+    assert ident == b":W&B"
+    block, pos, pending, out = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pos += 7
+        if kind == 0 and length == 0:
+            break
+        chunk, pos = data[pos : pos + length], pos + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(pending)
+            out.append(rec)
+            pending = b""
+    return out
+
+
+def offline_run(out: Path) -> tuple[Path, list]:
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    (log_file,) = runs[0].glob("*.wandb")
+    return runs[0], wandb_records(log_file)
+
+
+def history(records: list) -> list[dict]:
+    rows = []
+    for r in records:
+        if r.WhichOneof("record_type") == "history":
+            rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+    return rows
+
+
+def items(records: list, kind: str) -> dict:
+    """Merged key -> value of all ``summary`` or ``config`` records."""
+    out = {}
+    for r in records:
+        if r.WhichOneof("record_type") == kind:
+            updates = r.summary.update if kind == "summary" else r.config.update
+            for i in updates:
+                out[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
+    return out
+
+
+def exit_code(records: list) -> int | None:
+    codes = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
+    return codes[-1] if codes else None
+
+
+def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path):
+    out = tmp_path / "run"
+    run_cli([*SMALL, "init=pretrained", "train.epochs=2", "cka.every_n_epochs=1", f"paths.checkpoints={tmp_path}/c",
+             f"hydra.run.dir={out}"], cwd=tmp_path)
+    res = json.loads((out / "result.json").read_text())
+    assert res["status"] == "ok" and res["trained"] is True
+    run_dir, records = offline_run(out)
+
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert run.project == "vvm" and run.run_group == "r18-pretrained-synthetic"
+    assert run.display_name == "r18-pretrained-synthetic-s0"
+    assert set(run.tags) == {"r18", "pretrained", "synthetic"}
+
+    rows = history(records)
+    probes = [r for r in rows if "cka_probe/heatmap/path" in r]
+    finals = [r for r in rows if "cka/heatmap/path" in r]
+    assert [r["epoch"] for r in probes] == [1, 2] and len(finals) == 1
+    for r in probes + finals:
+        prefix = "cka_probe" if r in probes else "cka"
+        assert r[f"{prefix}/heatmap/_type"] == "image-file"
+        assert (run_dir / "files" / r[f"{prefix}/heatmap/path"]).is_file()
+        assert r[f"{prefix}/table/_type"] == "table-file" and r[f"{prefix}/table/nrows"] == 100  # 10 x 10 layers
+        assert -1 <= r[f"{prefix}/mean_offdiag"] <= 1
+        table = json.loads((run_dir / "files" / r[f"{prefix}/table/path"]).read_text())
+        assert table["columns"] == ["layer_x", "layer_y", "i", "j", "cka", "stderr"]
+        assert table["data"][0][:2] == ["stem", "stem"] and table["data"][0][4] == pytest.approx(1.0)
+    assert len(list((run_dir / "files" / "media" / "images").rglob("*.png"))) == 3
+    assert len(list((run_dir / "files" / "media" / "table").rglob("*.table.json"))) == 3
+    assert any("train/acc" in r for r in rows) and any("val/acc" in r for r in rows)  # Lightning's curves
+
+    summary = items(records, "summary")
+    assert summary["status"] == "ok" and summary["trained"] is True
+    assert summary["mean_cka"] == pytest.approx(res["mean_cka"])
+    assert summary["test_accuracy"] == pytest.approx(res["test_accuracy"])
+    config = items(records, "config")
+    assert config["model"]["name"] == "r18" and config["train"]["epochs"] == 2
+    assert config["tag"] == "r18-pretrained-synthetic"
+    assert exit_code(records) == 0
+
+
+def test_wandb_finishes_when_training_fails(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli([*SMALL, "init=pretrained", "train.epochs=1", "train.lr=-1", f"paths.checkpoints={tmp_path}/c",
+                    f"hydra.run.dir={out}"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "Invalid learning rate" in proc.stderr
+    res = json.loads((out / "result.json").read_text())
+    assert res["status"] == "failed" and "learning rate" in res["error"]
+    _run_dir, records = offline_run(out)
+    assert exit_code(records) == 1  # wandb.finish ran, with the failure's exit code
+    summary = items(records, "summary")
+    assert summary["status"] == "failed" and "learning rate" in summary["error"]
+
+
+def test_csv_logger_gets_training_and_cka_scalars(tmp_path):
+    out = tmp_path / "run"
+    run_cli([*SMALL, "logger=csv", "init=pretrained", "train.epochs=1", f"paths.checkpoints={tmp_path}/c",
+             f"hydra.run.dir={out}"], cwd=tmp_path)
+    (metrics,) = out.glob("csv/version_*/metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    cols = set(rows[0])
+    assert {"train/acc", "val/acc", "cka/mean_offdiag", "test/acc"} <= cols
+    assert any(r["cka/mean_offdiag"] for r in rows)
+    assert not (out / "wandb").exists()
+
+
+def test_logger_none_and_mode():
+    from omegaconf import OmegaConf
+
+    from vvm.loggers import build_logger, wandb_mode
+
+    assert build_logger(None) is False
+    assert wandb_mode(OmegaConf.create({"mode": "online"})) == "online"
+    saved = os.environ.pop("WANDB_MODE", None)
+    try:
+        assert wandb_mode(OmegaConf.create({"mode": None})) == "offline"
+        os.environ["WANDB_MODE"] = "online"
+        assert wandb_mode(OmegaConf.create({})) == "online"
+    finally:
+        os.environ.pop("WANDB_MODE", None)
+        if saved is not None:
+            os.environ["WANDB_MODE"] = saved
