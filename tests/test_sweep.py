@@ -361,6 +361,11 @@ def test_seed14_expands_to_14_composable_jobs():
     )
     (batch,) = BasicSweeper.split_arguments(parsed, None)
     assert len(batch) == 14 and all("dataset=digits" in job for job in batch)
+    (only_random,) = BasicSweeper.split_arguments(
+        OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()] + ["init=random"]),
+        None,
+    )
+    assert len(only_random) == 7 and all("init=random" in job for job in only_random)  # the command line wins
     for job in batch[::2] + batch[1:2]:  # every model once, and the random init: each composes
         job_cfg = compose(["+sweep=seed14", *job])
         assert job_cfg.model.name == job[0].split("=")[1] and job_cfg.hydra.callbacks.sweep_summary

@@ -25,15 +25,15 @@ from vvm.train.gpu_data import (
     shard_indices,
 )
 
-# tiny runs: r18 on 16x16 synthetic images
+# tiny runs: r18 on 8x8 synthetic images (32 train, 32 test), batches of 16
 TINY = [
     "model=r18",
     "dataset=synthetic",
-    "dataset.image_size=16",
-    "dataset.train_size=64",
-    "dataset.test_size=64",
-    "cka.batch_size=32",
-    "train.batch_size=32",
+    "dataset.image_size=8",
+    "dataset.train_size=32",
+    "dataset.test_size=32",
+    "cka.batch_size=16",
+    "train.batch_size=16",
     "trainer=cpu",
     "logger=none",
 ]
@@ -237,7 +237,7 @@ def test_interrupted_training_resumes_then_the_cache_is_used(tmp_path):
     info = prepare_weights(model, cfg, dm, callbacks=[counter])
     assert info["trained"] is True and info["gpu_resident"] is True
     assert info["resumed_from"].endswith(".last.ckpt") and info["train_epochs"] == 2
-    assert counter.epochs == [1, 1]  # 64 images / 32: epoch 0 was not trained again
+    assert counter.epochs == [1, 1]  # 32 images / 16: epoch 0 was not trained again
     final = Path(info["checkpoint"])
     assert [p.name for p in final.parent.iterdir()] == [final.name]  # .last.ckpt removed, no temporary left
     assert 0 <= info["train_accuracy"] <= 1 and 0 <= info["val_accuracy"] <= 1
@@ -336,24 +336,24 @@ def test_ddp_on_cpu_trains_and_cka_matches_one_process(tmp_path):
 
     ckpt, out = tmp_path / "ckpt", tmp_path / "ddp"
     args = [*TINY, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "init=pretrained",
-            "train.epochs=1", "cka.batch_size=16", f"paths.checkpoints={ckpt}", f"hydra.run.dir={out}"]
+            "train.epochs=1", "cka.batch_size=8", f"paths.checkpoints={ckpt}", f"hydra.run.dir={out}"]
     run_cli(args, cwd=tmp_path, timeout=240)
     res = json.loads((out / "result.json").read_text())
     assert res["status"] == "ok" and res["trained"] is True and res["train_epochs"] == 1
-    assert res["n_samples"] == 64 and res["n_batches"] == 4  # 2 ranks x 2 batches of 16
+    assert res["n_samples"] == 32 and res["n_batches"] == 4  # 2 ranks x 2 batches of 8
     z = np.load(out / "cka.npz")
 
     model = create("r18", num_classes=10, seed=0)
     load_checkpoint(model, res["checkpoint"])
     model.eval()
-    dm = SyntheticDataModule(num_classes=10, image_size=16, train_size=64, test_size=64, seed=0)
+    dm = SyntheticDataModule(num_classes=10, image_size=8, train_size=32, test_size=32, seed=0)
     ds = dm.cka_dataset()
     metric = StreamingCKA(model.net, "blocks")
     with torch.no_grad(), metric.track():
         for rank in range(2):
             idx = list(DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=False))
-            for start in range(0, len(idx), 16):
-                x = torch.stack([ds[i][0] for i in idx[start : start + 16]])
+            for start in range(0, len(idx), 8):
+                x = torch.stack([ds[i][0] for i in idx[start : start + 8]])
                 model(x)
     ref = metric.compute()
     assert list(z["layers_x"]) == ref.layers_x

@@ -20,11 +20,11 @@ import pytest
 SMALL = [
     "model=r18",
     "dataset=synthetic",
-    "dataset.image_size=16",
-    "dataset.train_size=64",
-    "dataset.test_size=64",
-    "cka.batch_size=32",
-    "train.batch_size=32",
+    "dataset.image_size=8",
+    "dataset.train_size=32",
+    "dataset.test_size=32",
+    "cka.batch_size=16",
+    "train.batch_size=16",
     "trainer=cpu",
 ]
 
