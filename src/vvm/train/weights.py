@@ -192,6 +192,7 @@ def train(
     ``last`` when it exists; returns the Trainer and the facts of the training."""
     from vvm.train.gpu_data import DeviceResidentDataModule
     from vvm.train.module import VisionModule, resolve_auto
+    from vvm.train.precise_bn import PreciseBN
 
     train_cfg = OmegaConf.to_container(cfg.train, resolve=True)
     assert isinstance(train_cfg, dict)
@@ -201,7 +202,9 @@ def train(
     out_dir = _output_dir(cfg)
     if out_dir is not None:
         kw.setdefault("default_root_dir", out_dir)
-    trainer = pl.Trainer(**kw, logger=logger if logger else False, callbacks=[*(callbacks or []), SaveLast(last)])
+    # PreciseBN first: the CKA callback's hooks must not see its forward passes
+    own = [PreciseBN(int(train_cfg.get("precise_bn") or 0)), *(callbacks or []), SaveLast(last)]
+    trainer = pl.Trainer(**kw, logger=logger if logger else False, callbacks=own)
     device = trainer.strategy.root_device
     resident = use_device_resident(train_cfg.get("gpu_resident", "auto"), datamodule, device)
     dm = datamodule
