@@ -50,7 +50,9 @@ def build(model_name: str, device: torch.device):
     return model
 
 
-def time_variant(model, inputs, layers, variant: str, repeats: int, device) -> tuple[list[float], StreamingCKA | None]:
+def time_variant(
+    model, inputs, layers, variant: str, repeats: int, device
+) -> tuple[list[float], StreamingCKA | None]:
     times = []
     metric = None
     with torch.no_grad():
@@ -77,14 +79,15 @@ def reference(model, inputs, layers) -> torch.Tensor:
     mods = dict(model.net.named_modules())
     lx = len(layers)
     xy = torch.zeros(lx, lx, dtype=torch.float64)
+    grams: list[torch.Tensor] = []
+
+    def hook(m, a, out):
+        f = out.detach().double().reshape(out.shape[0], -1)
+        f = f - f.mean(0, keepdim=True)
+        grams.append((f @ f.T).cpu())
+
     for x in inputs:
-        grams = []
-
-        def hook(m, a, out):
-            f = out.detach().double().reshape(out.shape[0], -1)
-            f = f - f.mean(0, keepdim=True)
-            grams.append((f @ f.T).cpu())
-
+        grams.clear()
         hs = [mods[n].register_forward_hook(hook) for n in layers]
         with torch.no_grad():
             model(x)
@@ -97,8 +100,22 @@ def reference(model, inputs, layers) -> torch.Tensor:
 
 def peak_memory_child(args: argparse.Namespace, model_name: str, variant: str) -> float:
     """Peak memory (MiB) of one variant, measured in a fresh process so CPU peaks don't mix."""
-    cmd = [sys.executable, __file__, "--child", variant, "--models", model_name, "--batch", str(args.batch),
-           "--layers", args.layers, "--batches", str(args.batches), "--device", args.device]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--models",
+        model_name,
+        "--batch",
+        str(args.batch),
+        "--layers",
+        args.layers,
+        "--batches",
+        str(args.batches),
+        "--device",
+        args.device,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     return float(out)
 
@@ -126,7 +143,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=None, help="comma-separated (default r18; r18,vit_l32 on CUDA)")
     p.add_argument("--batch", type=int, default=None, help="default 256 on CUDA, 64 on CPU")
-    p.add_argument("--batches", type=int, default=None, help="batches per timed round (default 4 CUDA, 2 CPU)")
+    p.add_argument(
+        "--batches", type=int, default=None, help="batches per timed round (default 4 CUDA, 2 CPU)"
+    )
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10 CUDA, 3 CPU)")
     p.add_argument("--layers", default="all")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -142,7 +161,9 @@ def main() -> None:
         return child(args)
     models = (args.models or ("r18,vit_l32" if cuda else "r18")).split(",")
     device = torch.device(args.device)
-    print(f"device: {device_name(device)}; torch {torch.__version__}; batch {args.batch}; layers preset {args.layers!r}")
+    print(
+        f"device: {device_name(device)}; torch {torch.__version__}; batch {args.batch}; layers preset {args.layers!r}"
+    )
     rows = []
     for name in models:
         model = build(name, device)

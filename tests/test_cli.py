@@ -40,7 +40,18 @@ def test_cli_writes_every_output(tmp_path):
     assert "Testing" in proc.stderr + proc.stdout  # the progress bar over the batches
 
     z = load_npz(out / "cka.npz")
-    layers = ["stem", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1", "fc"]
+    layers = [
+        "stem",
+        "layer1.0",
+        "layer1.1",
+        "layer2.0",
+        "layer2.1",
+        "layer3.0",
+        "layer3.1",
+        "layer4.0",
+        "layer4.1",
+        "fc",
+    ]
     assert list(z["layers_x"]) == layers and list(z["layers_y"]) == layers
     m = z["cka"]
     assert m.dtype == np.float64 and m.shape == (10, 10)
@@ -72,7 +83,9 @@ def test_cli_options_and_reproducibility(tmp_path):
 
 
 def test_cli_bad_layer_fails_with_helpful_error(tmp_path):
-    proc = run_cli([*SMALL, "cka.layers=[layer9]", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path, check=False)
+    proc = run_cli(
+        [*SMALL, "cka.layers=[layer9]", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path, check=False
+    )
     assert proc.returncode != 0
     assert "layer 'layer9' matches no module" in proc.stderr
     res = json.loads((tmp_path / "r" / "result.json").read_text())

@@ -12,7 +12,8 @@ from compose import compose_config
 
 from vvm.cka import StreamingCKA
 from vvm.cka.functional import gram
-from vvm.diff import cka_difference, main as diff_main
+from vvm.diff import cka_difference
+from vvm.diff import main as diff_main
 from vvm.io import load_npz
 from vvm.pipeline import run
 
@@ -50,6 +51,7 @@ def test_each_model_gets_its_own_preprocessing(tmp_path):
     big = create("r18", num_classes=10)
     big.input_size = 64
     seen = {}
+
     def shape_of(name):
         def hook(module, args, out):
             seen[name] = out.shape
@@ -86,7 +88,9 @@ def _population(n, seed):
     """A synthetic problem with a known structure: X and Y share a 3-d latent, plus noise."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, 3, generator=g, dtype=torch.float64)
-    ax = torch.tensor([[1.0, 0.5, 0.0, 2.0], [0.0, 1.0, 1.0, -1.0], [0.3, 0.0, 0.5, 0.2]], dtype=torch.float64)
+    ax = torch.tensor(
+        [[1.0, 0.5, 0.0, 2.0], [0.0, 1.0, 1.0, -1.0], [0.3, 0.0, 0.5, 0.2]], dtype=torch.float64
+    )
     x = z @ ax + 0.8 * torch.randn(n, 4, generator=g, dtype=torch.float64)
     y = torch.tanh(z[:, :2] * 1.5) + 0.6 * torch.randn(n, 2, generator=g, dtype=torch.float64)
     return x, y

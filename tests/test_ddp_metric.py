@@ -45,7 +45,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     for i, kw in enumerate(OPTIONS):
         res = _stream(mine, **kw).compute()
         if rank == 0:
-            np.savez(f"{out}_{i}.npz", cka=res.matrix.numpy(), stderr=res.stderr.numpy(), n=res.n_samples, b=res.n_batches)
+            np.savez(
+                f"{out}_{i}.npz",
+                cka=res.matrix.numpy(),
+                stderr=res.stderr.numpy(),
+                n=res.n_samples,
+                b=res.n_batches,
+            )
     dist.barrier()
     dist.destroy_process_group()
 

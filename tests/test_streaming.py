@@ -176,7 +176,12 @@ def test_presets_and_globs_resolve():
     net = create("r18").net
     assert resolve_layers(net, "blocks")[0] == "stem"
     assert len(resolve_layers(net, "all")) == 59
-    assert resolve_layers(net, ["layer1.*.bn?"]) == ["layer1.0.bn1", "layer1.0.bn2", "layer1.1.bn1", "layer1.1.bn2"]
+    assert resolve_layers(net, ["layer1.*.bn?"]) == [
+        "layer1.0.bn1",
+        "layer1.0.bn2",
+        "layer1.1.bn1",
+        "layer1.1.bn2",
+    ]
     assert all(any(k in n for k in ("bn", "relu", "avgpool", "fc")) for n in resolve_layers(net, "seed"))
 
 
@@ -214,9 +219,14 @@ def capture(net, layers, batches):
 def test_precision_on_random_r18(precision, tol):
     torch.manual_seed(0)
     net = create("r18", num_classes=100).net.eval()
-    layers = resolve_layers(net, ["stem", "layer1.0.conv1", "layer1.0.bn1", "layer2.0", "layer3.1.relu2", "layer4.1", "avgpool", "fc"])
+    layers = resolve_layers(
+        net,
+        ["stem", "layer1.0.conv1", "layer1.0.bn1", "layer2.0", "layer3.1.relu2", "layer4.1", "avgpool", "fc"],
+    )
     g = torch.Generator().manual_seed(1)
-    batches = [torch.randn(24, 3, 32, 32, generator=g) for _ in range(2)] + [torch.randn(10, 3, 32, 32, generator=g)]
+    batches = [torch.randn(24, 3, 32, 32, generator=g) for _ in range(2)] + [
+        torch.randn(10, 3, 32, 32, generator=g)
+    ]
     feats = capture(net, layers, batches)
     want = ref.minibatch_cka(feats, feats)
     m = StreamingCKA(net, layers, precision=precision)

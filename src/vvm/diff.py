@@ -21,7 +21,9 @@ def _npz_path(p: str | Path) -> Path:
     p = Path(p)
     path = p / "cka.npz" if p.is_dir() else p
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: give a run directory that holds cka.npz, or the file")
+        raise FileNotFoundError(
+            f"{path} does not exist: give a run directory that holds cka.npz, or the file"
+        )
     return path
 
 
@@ -42,7 +44,9 @@ def cka_difference(a: str | Path, b: str | Path) -> dict[str, np.ndarray]:
     }
 
 
-def write_difference(a: str | Path, b: str | Path, out: str | Path, *, title: str | None = None) -> list[Path]:
+def write_difference(
+    a: str | Path, b: str | Path, out: str | Path, *, title: str | None = None
+) -> list[Path]:
     from vvm.plots.heatmap import heatmap_figure, save_figure
 
     d = cka_difference(a, b)
@@ -64,7 +68,9 @@ def write_difference(a: str | Path, b: str | Path, out: str | Path, *, title: st
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vvm.diff", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m vvm.diff", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("a", help="run directory or cka.npz (the minuend, e.g. pretrained)")
     p.add_argument("b", help="run directory or cka.npz (subtracted, e.g. random)")
     p.add_argument("--out", "-o", required=True, help="directory for diff.npz, diff.png, diff.pdf")

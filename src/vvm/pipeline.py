@@ -40,7 +40,9 @@ def summarise_config(cfg: DictConfig) -> dict[str, Any]:
         "kernel": cfg.cka.kernel,
         "estimator": cfg.cka.estimator,
         "precision": cfg.cka.precision,
-        "layers": OmegaConf.to_container(cfg.cka.layers) if not isinstance(cfg.cka.layers, str) else cfg.cka.layers,
+        "layers": OmegaConf.to_container(cfg.cka.layers)
+        if not isinstance(cfg.cka.layers, str)
+        else cfg.cka.layers,
     }
 
 
@@ -177,7 +179,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "layers_y": res.layers_y,
                     "undefined_layers": sorted(set(res.undefined_x + res.undefined_y)),
                     "mean_cka": mean_offdiagonal(res.matrix.numpy()),
-                    "test_accuracy": float(metrics[0]["test/acc"]) if metrics and "test/acc" in metrics[0] else None,
+                    "test_accuracy": float(metrics[0]["test/acc"])
+                    if metrics and "test/acc" in metrics[0]
+                    else None,
                     "files": {k: str(v) for k, v in final.get("paths", {}).items()},
                 }
             )

@@ -45,7 +45,9 @@ def write_cka_outputs(
     """cka.npz (``cka``, ``cka_stderr``, ``layers_x``, ``layers_y``, ``n_samples``, ...), cka.png and cka.pdf."""
     out_dir = Path(out_dir)
     npz = save_result(out_dir / "cka.npz", res, **(extra or {}))
-    fig = heatmap_figure(res.matrix.numpy(), res.layers_x, res.layers_y, title=title, xlabel=xlabel, ylabel=ylabel)
+    fig = heatmap_figure(
+        res.matrix.numpy(), res.layers_x, res.layers_y, title=title, xlabel=xlabel, ylabel=ylabel
+    )
     png, pdf = save_figure(fig, out_dir / "cka")
     return {"npz": npz, "png": png, "pdf": pdf}
 
@@ -72,13 +74,19 @@ class CKACallback(pl.Callback):
         self.layers = list(layers) if not isinstance(layers, str) else layers
         # cross-model CKA: a second VisionModel that sees every batch the module sees (run by this callback)
         self.other = other
-        self.other_layers = list(other_layers) if other_layers is not None and not isinstance(other_layers, str) else other_layers
+        self.other_layers = (
+            list(other_layers)
+            if other_layers is not None and not isinstance(other_layers, str)
+            else other_layers
+        )
         self.other_label = other_label or model_label
         self.options = dict(kernel=kernel, estimator=estimator, precision=precision, rbf_frac=rbf_frac)
         self.every_n_epochs = int(every_n_epochs or 0)
         self.title = title
         self.model_label = model_label
-        self.results: list[dict[str, Any]] = []  # one entry per CKA pass: stage, epoch, result, paths, seconds
+        self.results: list[
+            dict[str, Any]
+        ] = []  # one entry per CKA pass: stage, epoch, result, paths, seconds
         self._metric: StreamingCKA | None = None
         self._tracking = None
         self._t0 = 0.0
@@ -107,11 +115,23 @@ class CKACallback(pl.Callback):
         assert self._metric is not None
         res = self._metric.compute()
         seconds = time.perf_counter() - self._t0
-        entry: dict[str, Any] = {"stage": stage, "epoch": trainer.current_epoch, "result": res, "seconds": seconds}
+        entry: dict[str, Any] = {
+            "stage": stage,
+            "epoch": trainer.current_epoch,
+            "result": res,
+            "seconds": seconds,
+        }
         if trainer.is_global_zero:
-            label = f"{self.title} ({stage}, epoch {trainer.current_epoch})" if stage == "probe" else self.title
+            label = (
+                f"{self.title} ({stage}, epoch {trainer.current_epoch})" if stage == "probe" else self.title
+            )
             entry["paths"] = write_cka_outputs(
-                res, out_dir, title=label, xlabel=self.other_label, ylabel=self.model_label, extra=self._names()
+                res,
+                out_dir,
+                title=label,
+                xlabel=self.other_label,
+                ylabel=self.model_label,
+                extra=self._names(),
             )
             self._log(trainer, res, stage, entry["paths"])
         self.results.append(entry)
@@ -145,10 +165,24 @@ class CKACallback(pl.Callback):
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start(pl_module)
 
-    def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._run_other(pl_module, batch)
 
-    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._run_other(pl_module, batch)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -172,7 +206,9 @@ class CKACallback(pl.Callback):
             out = self.output_dir / "cka_epochs" / f"epoch_{trainer.current_epoch + 1:04d}"
             self._finish(trainer, "probe", out)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         self._stop()
 
     def state_dict(self) -> dict[str, Any]:

@@ -15,7 +15,9 @@ def make_synthetic(n: int, num_classes: int, image_size: int, seed: int) -> tupl
     shifted, times a random contrast, plus noise. Returns images in [0, 1] ``[n, 3, s, s]`` and labels."""
     g = torch.Generator().manual_seed(seed)
     s = image_size
-    yy, xx = torch.meshgrid(torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32), indexing="ij"
+    )
     freqs = torch.rand(num_classes, 3, 2, 2, generator=torch.Generator().manual_seed(1234)) * 3 + 0.5
     phases = torch.rand(num_classes, 3, 2, generator=torch.Generator().manual_seed(4321)) * 2 * math.pi
     labels = torch.randint(0, num_classes, (n,), generator=g)
@@ -40,7 +42,14 @@ class SyntheticDataModule(VisionDataModule):
     mean = (0.5, 0.5, 0.5)
     std = (0.25, 0.25, 0.25)
 
-    def __init__(self, num_classes: int = 10, image_size: int = 32, train_size: int = 2048, test_size: int = 512, **kwargs) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        image_size: int = 32,
+        train_size: int = 2048,
+        test_size: int = 512,
+        **kwargs,
+    ) -> None:
         super().__init__(num_classes=num_classes, **kwargs)
         self.image_size = image_size
         self.train_size = train_size
@@ -48,7 +57,9 @@ class SyntheticDataModule(VisionDataModule):
 
     def build_split(self, split: str, train_transform: bool) -> Dataset:
         n = self.train_size if split == "train" else self.test_size
-        img, labels = make_synthetic(n, self.num_classes, self.image_size, seed=self.seed + (0 if split == "train" else 1))
+        img, labels = make_synthetic(
+            n, self.num_classes, self.image_size, seed=self.seed + (0 if split == "train" else 1)
+        )
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return TensorDataset((img - mean) / std, labels)
@@ -56,5 +67,7 @@ class SyntheticDataModule(VisionDataModule):
     def as_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The split as uint8 (the [0, 1] images x255, rounded: within 1/510 of what ``dataset`` normalises)."""
         n = self.train_size if split == "train" else self.test_size
-        img, labels = make_synthetic(n, self.num_classes, self.image_size, seed=self.seed + (0 if split == "train" else 1))
+        img, labels = make_synthetic(
+            n, self.num_classes, self.image_size, seed=self.seed + (0 if split == "train" else 1)
+        )
         return self._limit_tensors((img * 255).round().to(torch.uint8), labels)

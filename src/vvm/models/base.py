@@ -58,7 +58,11 @@ class VisionModel(nn.Module):
         if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
             shrink = x.shape[-1] > self.input_size
             x = F.interpolate(
-                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=shrink
+                x,
+                size=(self.input_size, self.input_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=shrink,
             )
         if renorm:
             x = (x - self.model_mean) / self.model_std

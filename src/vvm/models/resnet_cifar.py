@@ -95,7 +95,11 @@ class CifarResNet(nn.Module):
         ``seed``: the seed notebooks' choice, names containing bn, relu, avgpool, fc or maxpool."""
         names = [n for n, _ in self.named_modules() if n]
         leaves = [n for n, m in self.named_modules() if n and isinstance(m, _LEAF_TYPES)]
-        seed = [n for n in leaves if any(k in n.rsplit(".", 1)[-1] for k in ("bn", "relu", "avgpool", "fc", "maxpool"))]
+        seed = [
+            n
+            for n in leaves
+            if any(k in n.rsplit(".", 1)[-1] for k in ("bn", "relu", "avgpool", "fc", "maxpool"))
+        ]
         blocks = ["stem", *self.block_names(), "fc"]
         assert all(b in names for b in blocks)
         return {"blocks": blocks, "all": leaves, "seed": seed}

@@ -93,14 +93,37 @@ def heatmap_figure(
     n = max(len(layers_x), len(layers_y))
     size = float(np.clip(3.5 + 0.12 * n, 5.0, 14.0))
     ratio = len(layers_x) / max(len(layers_y), 1)
-    fig, ax = plt.subplots(figsize=(size + 1.2, float(np.clip(size * ratio, 4.0, 14.0))), layout="constrained")
-    draw_heatmap(ax, matrix, layers_x, layers_y, title=title, xlabel=xlabel, ylabel=ylabel, vmin=vmin, vmax=vmax, cmap=cmap)
+    fig, ax = plt.subplots(
+        figsize=(size + 1.2, float(np.clip(size * ratio, 4.0, 14.0))), layout="constrained"
+    )
+    draw_heatmap(
+        ax,
+        matrix,
+        layers_x,
+        layers_y,
+        title=title,
+        xlabel=xlabel,
+        ylabel=ylabel,
+        vmin=vmin,
+        vmax=vmax,
+        cmap=cmap,
+    )
     if np.isnan(np.asarray(matrix, dtype=float)).any():
-        ax.text(1.0, -0.02, "grey: undefined (constant layer)", transform=ax.transAxes, ha="right", va="top", fontsize=7)
+        ax.text(
+            1.0,
+            -0.02,
+            "grey: undefined (constant layer)",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=7,
+        )
     return fig
 
 
-def save_figure(fig: Figure, path_stem: str | os.PathLike, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
+def save_figure(
+    fig: Figure, path_stem: str | os.PathLike, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150
+) -> list[Path]:
     """Write ``<stem>.png`` and ``<stem>.pdf`` atomically; closes the figure."""
     out = []
     stem = Path(path_stem)
