@@ -61,9 +61,18 @@ class PILImages(Dataset):
 def seed_loader(images, labels, batch_size, workers, pin) -> DataLoader:
     from torchvision import transforms as T
 
-    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
-    return DataLoader(PILImages(images, labels, tf), batch_size=batch_size, shuffle=True, num_workers=workers,
-                      pin_memory=pin, persistent_workers=workers > 0, drop_last=False)
+    tf = T.Compose(
+        [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)]
+    )
+    return DataLoader(
+        PILImages(images, labels, tf),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+        drop_last=False,
+    )
 
 
 def per_image_loader(images, labels, batch_size, workers, pin) -> DataLoader:
@@ -72,15 +81,29 @@ def per_image_loader(images, labels, batch_size, workers, pin) -> DataLoader:
     from vvm.data.cifar import UInt8ImageDataset, uint8_transforms
 
     tf = uint8_transforms(MEAN, STD, [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()])
-    return DataLoader(UInt8ImageDataset(images, labels, tf), batch_size=batch_size, shuffle=True,
-                      num_workers=workers, pin_memory=pin, persistent_workers=workers > 0, drop_last=False)
+    return DataLoader(
+        UInt8ImageDataset(images, labels, tf),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+        drop_last=False,
+    )
 
 
 def resident_batches(images, labels, batch_size, device, channels_last):
     from vvm.train.gpu_data import Augmentation, DeviceBatches
 
-    return DeviceBatches(images.to(device), labels.to(device), batch_size=batch_size, mean=MEAN, std=STD,
-                         augmentation=Augmentation(crop_padding=4, flip=True), channels_last=channels_last)
+    return DeviceBatches(
+        images.to(device),
+        labels.to(device),
+        batch_size=batch_size,
+        mean=MEAN,
+        std=STD,
+        augmentation=Augmentation(crop_padding=4, flip=True),
+        channels_last=channels_last,
+    )
 
 
 class Repeat:
@@ -110,7 +133,9 @@ def build_model(device, channels_last, compile_model):
     return model, step_model, opt
 
 
-def run_steps(model, opt, batches: Iterable, device, amp: bool, channels_last: bool, max_steps: int | None = None):
+def run_steps(
+    model, opt, batches: Iterable, device, amp: bool, channels_last: bool, max_steps: int | None = None
+):
     """Train on ``batches``; returns the number of images. The loss stays on the device (no sync per step)."""
     model.train()
     n = 0
@@ -172,31 +197,55 @@ def time_lightning(images, labels, args, device, amp, channels_last) -> dict:
             sync(device)
             self.times.append(time.perf_counter() - self.t)
 
-    dm = DeviceResidentDataModule(Fake(), batch_size=args.batch_size, seed=0, channels_last=channels_last,
-                                  augmentation=Augmentation(4, True))
+    dm = DeviceResidentDataModule(
+        Fake(),
+        batch_size=args.batch_size,
+        seed=0,
+        channels_last=channels_last,
+        augmentation=Augmentation(4, True),
+    )
     timer = EpochTimer()
-    module = VisionModule(create("r18", num_classes=100, seed=0), epochs=2, compile=args.compile,
-                          channels_last=channels_last)
+    module = VisionModule(
+        create("r18", num_classes=100, seed=0), epochs=2, compile=args.compile, channels_last=channels_last
+    )
     trainer = pl.Trainer(
-        accelerator=device.type, devices=1, precision="bf16-mixed" if amp else "32-true", max_epochs=2,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer], benchmark=device.type == "cuda",
+        accelerator=device.type,
+        devices=1,
+        precision="bf16-mixed" if amp else "32-true",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[timer],
+        benchmark=device.type == "cuda",
     )
     trainer.fit(module, datamodule=dm)
     seconds = timer.times[-1]  # the second epoch: the first one autotunes (and compiles)
-    return {"pipeline": "lightning", "seconds": seconds, "images": len(labels),
-            "images_per_s": len(labels) / seconds, "first_epoch_seconds": timer.times[0]}
+    return {
+        "pipeline": "lightning",
+        "seconds": seconds,
+        "images": len(labels),
+        "images_per_s": len(labels) / seconds,
+        "first_epoch_seconds": timer.times[0],
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=50_000, help="images per epoch (50,000: CIFAR's training split)")
+    p.add_argument(
+        "--images", type=int, default=50_000, help="images per epoch (50,000: CIFAR's training split)"
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps before the timed epoch")
     p.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument(
+        "--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on CUDA, fp32 on CPU"
+    )
     p.add_argument("--no-channels-last", action="store_true", help="default: channels_last on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--json", default=None, help="write the results to this file")
@@ -208,10 +257,12 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"device: {name} ({device}); torch {torch.__version__}; {args.images} images, batch {args.batch_size}, "
-          f"{'bf16 autocast' if amp else 'float32'}{', channels_last' if channels_last else ''}"
-          f"{', torch.compile' if args.compile else ''}; {args.workers} loader workers; CPU threads "
-          f"{torch.get_num_threads()}")
+    print(
+        f"device: {name} ({device}); torch {torch.__version__}; {args.images} images, batch {args.batch_size}, "
+        f"{'bf16 autocast' if amp else 'float32'}{', channels_last' if channels_last else ''}"
+        f"{', torch.compile' if args.compile else ''}; {args.workers} loader workers; CPU threads "
+        f"{torch.get_num_threads()}"
+    )
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -220,7 +271,9 @@ def main() -> None:
     makers = {
         "compute": lambda: Repeat(
             ((images[: args.batch_size].float() / 255 - 0.5) / 0.25).to(device),
-            labels[: args.batch_size].to(device), args.images),
+            labels[: args.batch_size].to(device),
+            args.images,
+        ),
         "seed": lambda: seed_loader(images, labels, args.batch_size, args.workers, pin),
         "per_image": lambda: per_image_loader(images, labels, args.batch_size, args.workers, pin),
         "resident": lambda: resident_batches(images, labels, args.batch_size, device, channels_last),
@@ -242,10 +295,20 @@ def main() -> None:
             print(f"  {r['pipeline']:<10} {r['seconds'] / base:6.2f}x")
     if args.images != 50_000:
         scale = 50_000 / args.images
-        print(f"(scaled to 50,000 images: x{scale:.1f}; e.g. resident ~{by.get('resident', results[0])['seconds'] * scale:.1f} s)")
+        print(
+            f"(scaled to 50,000 images: x{scale:.1f}; e.g. resident ~{by.get('resident', results[0])['seconds'] * scale:.1f} s)"
+        )
     if args.json:
-        meta = {"device": name, "torch": torch.__version__, "images": args.images, "batch_size": args.batch_size,
-                "bf16": amp, "channels_last": channels_last, "compile": args.compile, "workers": args.workers}
+        meta = {
+            "device": name,
+            "torch": torch.__version__,
+            "images": args.images,
+            "batch_size": args.batch_size,
+            "bf16": amp,
+            "channels_last": channels_last,
+            "compile": args.compile,
+            "workers": args.workers,
+        }
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=2)
 

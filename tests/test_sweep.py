@@ -20,6 +20,7 @@ from vvm.io import write_json, write_npz
 from vvm.pipeline import completed_result
 from vvm.sweep import (
     SweepSummary,
+    canonical_family,
     collect_jobs,
     grid_rows,
     model_family,
@@ -114,10 +115,17 @@ def test_resume_requires_the_same_config(sweep2):
     job = sweep_dir / "0"
     cfg = OmegaConf.create(json.loads((job / "result.json").read_text())["config"])
     assert completed_result(job, cfg) is not None
-    for key, value in [("resume", True), ("logger", None), ("paths.data", "/elsewhere")]:
+    for key, value in [
+        ("resume", True),
+        ("logger", None),
+        ("paths.data", "/elsewhere"),
+        ("train.new_key", 1),
+    ]:
         other = cfg.copy()
         OmegaConf.update(other, key, value, force_add=True)
-        assert completed_result(job, other) is not None, key  # these keys do not change the result
+        assert completed_result(job, other) is not None, (
+            key
+        )  # these keys do not change the result (nor new keys)
     for key, value in [("cka.max_samples", 32), ("model.name", "r34"), ("seed", 1)]:
         other = cfg.copy()
         OmegaConf.update(other, key, value)
@@ -260,6 +268,12 @@ def test_variant_rows_when_the_sweep_varies_more(tmp_path):
 )
 def test_model_family(name, family):
     assert model_family(name) == family
+
+
+def test_canonical_family():
+    assert canonical_family("lambda_resnet", "lambda_r26") == "lambda"  # the models' own label, folded
+    assert canonical_family("resnet", "r18") == "resnet" and canonical_family("vit", "vit_l32") == "vit"
+    assert canonical_family("timm", "timm") == "timm" and canonical_family(None, "lambda_r50") == "lambda"
 
 
 def test_callback_fail_on_error(tmp_path):
@@ -435,3 +449,19 @@ def test_ddp_sweep_runs_each_job_once(tmp_path):
     assert [r["status"] for r in read_csv(sweep_dir / "summary.csv")] == ["ok", "ok"]
     assert sorted(p.parent.name for p in sweep_dir.glob("*/train_ddp_process_1.log")) == ["0", "1"]
     assert not (tmp_path / "outputs").exists()  # rank 1 wrote into the job's dir, not a run dir of its own
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_sweep(tmp_path):
+    """The SLURM launcher's code path without SLURM: submitit runs each job in its own process, the failing
+    job is recorded there, and the summary is written here once every job has returned."""
+    sweep_dir = tmp_path / "multirun" / "sl"
+    launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
+    run_vvm(
+        ["-m", "model.name=does_not_exist,r18", *FAST, *launcher, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path,
+    )
+    rows = read_csv(sweep_dir / "summary.csv")
+    assert [(r["model"], r["status"]) for r in rows] == [("does_not_exist", "failed"), ("r18", "ok")]
+    assert (sweep_dir / ".submitit").is_dir()
+    assert_figures(sweep_dir)

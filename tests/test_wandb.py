@@ -100,8 +100,17 @@ def exit_code(records: list) -> int | None:
 
 def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path):
     out = tmp_path / "run"
-    run_cli([*SMALL, "init=pretrained", "train.epochs=2", "cka.every_n_epochs=1", f"paths.checkpoints={tmp_path}/c",
-             f"hydra.run.dir={out}"], cwd=tmp_path)
+    run_cli(
+        [
+            *SMALL,
+            "init=pretrained",
+            "train.epochs=2",
+            "cka.every_n_epochs=1",
+            f"paths.checkpoints={tmp_path}/c",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+    )
     res = json.loads((out / "result.json").read_text())
     assert res["status"] == "ok" and res["trained"] is True
     run_dir, records = offline_run(out)
@@ -119,7 +128,8 @@ def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path):
         prefix = "cka_probe" if r in probes else "cka"
         assert r[f"{prefix}/heatmap/_type"] == "image-file"
         assert (run_dir / "files" / r[f"{prefix}/heatmap/path"]).is_file()
-        assert r[f"{prefix}/table/_type"] == "table-file" and r[f"{prefix}/table/nrows"] == 100  # 10 x 10 layers
+        assert r[f"{prefix}/table/_type"] == "table-file"
+        assert r[f"{prefix}/table/nrows"] == 100  # 10 x 10 layer pairs
         assert -1 <= r[f"{prefix}/mean_offdiag"] <= 1
         table = json.loads((run_dir / "files" / r[f"{prefix}/table/path"]).read_text())
         assert table["columns"] == ["layer_x", "layer_y", "i", "j", "cka", "stderr"]
@@ -140,8 +150,18 @@ def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path):
 
 def test_wandb_finishes_when_training_fails(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli([*SMALL, "init=pretrained", "train.epochs=1", "train.lr=-1", f"paths.checkpoints={tmp_path}/c",
-                    f"hydra.run.dir={out}"], cwd=tmp_path, check=False)
+    proc = run_cli(
+        [
+            *SMALL,
+            "init=pretrained",
+            "train.epochs=1",
+            "train.lr=-1",
+            f"paths.checkpoints={tmp_path}/c",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode != 0 and "Invalid learning rate" in proc.stderr
     res = json.loads((out / "result.json").read_text())
     assert res["status"] == "failed" and "learning rate" in res["error"]
@@ -153,8 +173,17 @@ def test_wandb_finishes_when_training_fails(tmp_path):
 
 def test_csv_logger_gets_training_and_cka_scalars(tmp_path):
     out = tmp_path / "run"
-    run_cli([*SMALL, "logger=csv", "init=pretrained", "train.epochs=1", f"paths.checkpoints={tmp_path}/c",
-             f"hydra.run.dir={out}"], cwd=tmp_path)
+    run_cli(
+        [
+            *SMALL,
+            "logger=csv",
+            "init=pretrained",
+            "train.epochs=1",
+            f"paths.checkpoints={tmp_path}/c",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+    )
     (metrics,) = out.glob("csv/version_*/metrics.csv")
     rows = list(csv.DictReader(metrics.open()))
     cols = set(rows[0])

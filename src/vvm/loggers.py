@@ -137,4 +137,12 @@ def finish_logger(logger: Any, summary: dict[str, Any]) -> None:
         logger.finalize("success" if status == "ok" else "failed")
 
 
-__all__ = ["build_logger", "cka_table_rows", "finish_logger", "is_wandb", "log_cka", "log_config", "wandb_mode"]
+__all__ = [
+    "build_logger",
+    "cka_table_rows",
+    "finish_logger",
+    "is_wandb",
+    "log_cka",
+    "log_config",
+    "wandb_mode",
+]

@@ -208,8 +208,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def completed_result(out_dir: str | Path, cfg: DictConfig | None = None) -> dict[str, Any] | None:
     """The result.json of a finished job in ``out_dir`` (status ok and cka.npz present), else None.
 
-    With ``cfg``, the result must also come from the same config but for ``resume``, ``paths`` and ``logger``:
-    a sweep rerun into the same dir with other overrides recomputes instead of reusing another job's result.
+    With ``cfg``, the result must also come from the same config (see :func:`config_differences`): a sweep rerun
+    into the same dir with other overrides recomputes instead of reusing another job's result.
     """
     out_dir = Path(out_dir)
     res_path, npz_path = out_dir / "result.json", out_dir / "cka.npz"
@@ -221,9 +221,15 @@ def completed_result(out_dir: str | Path, cfg: DictConfig | None = None) -> dict
         return None
     if prev.get("status") != "ok":
         return None
-    if cfg is not None and _job_identity(prev.get("config")) != _job_identity(_container(cfg)):
-        log.warning("resume: %s holds a complete result of a different config; computing it again", out_dir)
-        return None
+    if cfg is not None:
+        diff = config_differences(prev.get("config"), _container(cfg))
+        if diff:
+            log.warning(
+                "resume: %s holds a complete result of a different config (%s); computing it again",
+                out_dir,
+                ", ".join(diff[:5]) + (" ..." if len(diff) > 5 else ""),
+            )
+            return None
     return prev
 
 
@@ -234,12 +240,29 @@ def _container(cfg: DictConfig) -> Any:
         return OmegaConf.to_container(cfg, resolve=False)
 
 
-def _job_identity(config: Any) -> Any:
-    """What makes a job's result: its config without the keys that do not change it (JSON-normalised)."""
-    if not isinstance(config, dict):
-        return None
-    kept = {k: v for k, v in config.items() if k not in ("resume", "paths", "logger")}
-    return json.loads(json.dumps(kept, sort_keys=True, default=str))
+_NOT_IDENTITY = ("resume", "paths", "logger")  # keys that do not change a job's result
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between a stored job config and the current one, ignoring
+    ``resume``, ``paths`` and ``logger``, and keys only one side has (a key added to conf/ since the result was
+    computed is not a difference; a value changed is). ``old`` not a dict: ``["config"]`` (nothing to compare)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return ["config"]  # no stored config to compare with
+    out: list[str] = []
+    for k in old.keys() & new.keys():
+        if not prefix and k in _NOT_IDENTITY:
+            continue
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(old[k], dict) and isinstance(new[k], dict):
+            out += config_differences(old[k], new[k], key)
+        elif _normalised(old[k]) != _normalised(new[k]):
+            out.append(key)
+    return sorted(out)
+
+
+def _normalised(v: Any) -> Any:
+    return json.loads(json.dumps(v, sort_keys=True, default=str))
 
 
 def _is_rank_zero() -> bool:

@@ -24,6 +24,12 @@ Resuming. ``resume=true`` with the same ``hydra.sweep.dir`` reruns the same jobs
 :func:`vvm.pipeline.run` skips a job whose directory already holds a complete result of the same config, and
 the summary covers every job. ``python -m vvm.sweep resume DIR`` rebuilds that command from ``DIR/multirun.yaml``
 and ``python -m vvm.sweep summary DIR`` rewrites the summary of a sweep directory (after a crash or a cancel).
+Jobs are numbered in the order of the sweep, so a resume must sweep the same values (a job whose stored config
+differs is computed again, with a warning naming the keys).
+
+DDP. ``trainer=ddp`` in a local multirun: Lightning starts ranks 1.. by re-running the command line, which would
+be the whole sweep; :func:`single_job_ddp_launch` makes it this job alone. Under ``hydra/launcher=slurm`` SLURM
+starts one task per GPU and Lightning reads the ranks from SLURM.
 """
 
 from __future__ import annotations
@@ -68,6 +74,16 @@ SUMMARY_COLUMNS = (
 )
 # overrides that say which job it is without being a "variant" of the sweep
 _IDENTITY_KEYS = {"model", "init", "model.name", "init.name", "compare", "compare_init", "resume"}
+
+
+def canonical_family(family: str | None, model: str | None = None) -> str:
+    """The summary's row for a job: the model's own ``family`` (from result.json) folded onto the seed's three
+    (``lambda_resnet`` -> ``lambda``), else derived from the model name (a job that failed before building it)."""
+    f = (family or "").lower()
+    for known in FAMILY_ORDER:
+        if f == known or f.startswith(known):
+            return known
+    return f or model_family(model)
 
 
 def model_family(name: str | None) -> str:
@@ -202,7 +218,7 @@ def read_job(sweep_dir: str | Path, job_dir: str | Path) -> JobRecord:
             rec.compare = f"{other.get('model')} · {other.get('init')}"
         cfg = result.get("config") or {}
         rec.logger = cfg.get("logger") if isinstance(cfg.get("logger"), dict) else None
-        rec.family = result.get("family") or model_family(rec.model)
+        rec.family = canonical_family(result.get("family"), rec.model)
         if rec.status == "running":
             rec.status, rec.error = "incomplete", rec.error or "result.json says the job is still running"
     else:

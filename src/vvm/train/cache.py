@@ -2,16 +2,16 @@
 
 A file is named ``<model>-<dataset>-e<epochs>-s<seed>-<hash>.ckpt``, where the hash (8 hex digits) covers
 everything else that changes the trained weights: the model's config, the dataset's config (``limit``,
-``num_classes``, sizes, the training batch size...) and the ``train.*`` recipe. Keys that only change speed
-(``train.compile``, ``train.gpu_resident``, ``train.channels_last``), where files live, and what the CKA pass
-reads (``split``, ``max_samples``, ``eval_batch_size``, ``probe_size``) are left out, as is the Trainer's
-``precision``: a model trained in bf16 on a GPU serves a CPU run of the same recipe. So a sweep over kernels,
-estimators or layers trains each model once.
+``num_classes``, sizes, the training batch size...) and the ``train.*`` recipe. Left out: the keys that only
+change speed or bookkeeping (``train.compile``, ``gpu_resident``, ``channels_last``, ``save_last_every_s``),
+where files live, what the CKA pass reads (``split``, ``max_samples``, ``eval_batch_size``, ``probe_size``),
+and the Trainer's ``precision``: a model trained in bf16 on a GPU serves a CPU run of the same recipe. So a
+sweep over kernels, estimators or layers trains each model once.
 
-Next to it, while a training runs, ``<key>.last.ckpt`` holds the last finished epoch (a Lightning checkpoint:
-weights, optimizer, schedule, loop state); a training that finds it resumes from it, and deletes it once the
-final file is written. Both are written to a temporary file and moved into place with ``os.replace``, so a
-reader never sees half a file.
+Next to it, while a training runs, ``<key>.last.ckpt`` holds a recent finished epoch (a Lightning checkpoint:
+weights, optimizer, schedule, loop state; written at most every ``train.save_last_every_s`` seconds); a
+training that finds it resumes from it, and deletes it once the final file is written. Both are written to a
+temporary file and moved into place with ``os.replace``, so a reader never sees half a file.
 
 The final file holds ``{"state_dict": {"model.net.<key>": tensor}, "dataset_name": ..., "vvm": facts}`` with
 plain values only, which ``torch.load(weights_only=True)`` (and :func:`vvm.models.init.load_checkpoint`)
@@ -31,12 +31,22 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 CACHE_VERSION = 1
-# train.* keys that change how fast a training runs, not the weights it gives
-SPEED_KEYS = frozenset({"compile", "gpu_resident", "channels_last"})
+# train.* keys that change how fast a training runs (or how often it saves its state), not the weights it gives
+SPEED_KEYS = frozenset({"compile", "gpu_resident", "channels_last", "save_last_every_s"})
 # dataset.* keys that do not change the training split (paths, loader workers, the CKA pass, the probe)
 DATASET_IGNORED = frozenset(
-    {"_target_", "root", "train_root", "download", "num_workers", "pin_memory", "eval_batch_size", "split",
-     "max_samples", "probe_size"}
+    {
+        "_target_",
+        "root",
+        "train_root",
+        "download",
+        "num_workers",
+        "pin_memory",
+        "eval_batch_size",
+        "split",
+        "max_samples",
+        "probe_size",
+    }
 )
 
 
@@ -53,8 +63,13 @@ def recipe(cfg: DictConfig, dataset_name: str) -> dict[str, Any]:
     model = {k: v for k, v in _plain(cfg.model).items() if k != "_target_"}
     dataset = {k: v for k, v in _plain(cfg.dataset).items() if k not in DATASET_IGNORED}
     train = {k: v for k, v in _plain(cfg.train).items() if k not in SPEED_KEYS}
-    return {"version": CACHE_VERSION, "seed": cfg.seed, "model": model, "dataset": {"name": dataset_name, **dataset},
-            "train": train}
+    return {
+        "version": CACHE_VERSION,
+        "seed": cfg.seed,
+        "model": model,
+        "dataset": {"name": dataset_name, **dataset},
+        "train": train,
+    }
 
 
 def cache_key(cfg: DictConfig, dataset_name: str) -> str:
@@ -95,9 +110,15 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 
 def save_trained(path: str | Path, net: nn.Module, *, dataset_name: str, facts: dict[str, Any]) -> Path:
     """Write the network's weights and the training's facts (plain values) atomically."""
-    state = {f"model.net.{k}": v.detach().to("cpu", memory_format=torch.contiguous_format)
-             for k, v in net.state_dict().items()}
-    payload = {"state_dict": state, "dataset_name": dataset_name, "vvm": json.loads(json.dumps(facts, default=str))}
+    state = {
+        f"model.net.{k}": v.detach().to("cpu", memory_format=torch.contiguous_format)
+        for k, v in net.state_dict().items()
+    }
+    payload = {
+        "state_dict": state,
+        "dataset_name": dataset_name,
+        "vvm": json.loads(json.dumps(facts, default=str)),
+    }
     return atomic_torch_save(payload, path)
 
 

@@ -252,7 +252,12 @@ class DeviceResidentDataModule(pl.LightningDataModule):
         )
         log.info(
             "training split on %s: %d images %s, %d batches of %d per rank, augmentation %s",
-            device, len(labels), tuple(images.shape[1:]), len(self._train), self.batch_size, self.augmentation,
+            device,
+            len(labels),
+            tuple(images.shape[1:]),
+            len(self._train),
+            self.batch_size,
+            self.augmentation,
         )
         return self._train
 

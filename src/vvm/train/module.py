@@ -53,8 +53,12 @@ class VisionModule(pl.LightningModule):
         return self.model(x)
 
     # ------------------------------------------------------------------ speed options around the fit
-    def on_fit_start(self) -> None:
-        self._channels_last = resolve_auto(self.hparams.channels_last, self.device)
+    def setup(self, stage: str) -> None:
+        # before the strategy moves the model and wraps it in DDP (whose gradient buckets take the parameters'
+        # memory layout as it is then)
+        if stage != "fit":
+            return
+        self._channels_last = resolve_auto(self.hparams.channels_last, self.trainer.strategy.root_device)
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self.hparams.compile and self._compiled is None:
@@ -80,7 +84,9 @@ class VisionModule(pl.LightningModule):
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
             self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         else:
-            self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", sync_dist=True)
+            self.log(
+                f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", sync_dist=True
+            )
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
 

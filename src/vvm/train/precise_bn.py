@@ -101,8 +101,12 @@ class PreciseBN(pl.Callback):
             for bn in bns:
                 bn.running_mean.copy_(trainer.strategy.reduce(bn.running_mean.clone(), reduce_op="mean"))
                 bn.running_var.copy_(trainer.strategy.reduce(bn.running_var.clone(), reduce_op="mean"))
-        log.info("precise BatchNorm: statistics of %d layers re-estimated from %d training images%s", len(bns),
-                 seen, f" per rank x {trainer.world_size}" if trainer.world_size > 1 else "")
+        log.info(
+            "precise BatchNorm: statistics of %d layers re-estimated from %d training images%s",
+            len(bns),
+            seen,
+            f" per rank x {trainer.world_size}" if trainer.world_size > 1 else "",
+        )
 
 
 __all__ = ["PreciseBN", "batchnorms", "recompute_bn_stats"]

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------- loading
 def _init_dict(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg.init, resolve=True) if isinstance(cfg.init, DictConfig) else dict(cfg.init)
+    return (
+        OmegaConf.to_container(cfg.init, resolve=True) if isinstance(cfg.init, DictConfig) else dict(cfg.init)
+    )
 
 
 def is_cifar(model: VisionModel) -> bool:
@@ -104,8 +106,13 @@ def prepare_weights(
             **{k: facts.get(k) for k in ("train_accuracy", "val_accuracy", "train_epochs", "train_seconds")},
         }
 
-    log.info("init=pretrained: no checkpoint at %s, training %s on %s for %d epochs", path, cfg.model.name,
-             dataset_name, int(cfg.train.epochs))
+    log.info(
+        "init=pretrained: no checkpoint at %s, training %s on %s for %d epochs",
+        path,
+        cfg.model.name,
+        dataset_name,
+        int(cfg.train.epochs),
+    )
     trainer, facts = train(model, cfg, datamodule, last=last, logger=logger, callbacks=callbacks)
     if trainer.is_global_zero:
         save_trained(path, model.net, dataset_name=str(dataset_name), facts={**facts, "key": path.stem})
@@ -113,28 +120,51 @@ def prepare_weights(
             last.unlink()
     trainer.strategy.barrier("vvm-checkpoint-saved")
     load_weights(model, {**init_cfg, "checkpoint": str(path)}, dataset_name)
-    log.info("init=pretrained: trained in %.1f s (train acc %s, val acc %s), saved %s", facts["train_seconds"],
-             facts.get("train_accuracy"), facts.get("val_accuracy"), path)
-    return {"weights": f"trained {facts['train_epochs']} epochs, saved to {path}", "trained": True,
-            "checkpoint": str(path), **facts}
+    log.info(
+        "init=pretrained: trained in %.1f s (train acc %s, val acc %s), saved %s",
+        facts["train_seconds"],
+        facts.get("train_accuracy"),
+        facts.get("val_accuracy"),
+        path,
+    )
+    return {
+        "weights": f"trained {facts['train_epochs']} epochs, saved to {path}",
+        "trained": True,
+        "checkpoint": str(path),
+        **facts,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- training
 class SaveLast(pl.Callback):
-    """At the end of every training epoch (after its validation), save the whole training state to ``path``
-    (write to a temporary file, then ``os.replace``), so that an interrupted training resumes from it."""
+    """At the end of a training epoch (after its validation), save the whole training state to ``path``
+    (write to a temporary file, then ``os.replace``), so that an interrupted training resumes from it.
 
-    def __init__(self, path: str | Path) -> None:
+    Saves when ``every_s`` seconds have passed since the last save (0: every epoch; rank 0's clock decides for
+    all ranks), never after the last epoch (the final checkpoint follows).
+    """
+
+    def __init__(self, path: str | Path, every_s: float = 0.0) -> None:
         super().__init__()
         self.path = Path(path)
+        self.every_s = float(every_s)
+        self._last = time.monotonic()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last = time.monotonic()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs:
+            return
+        if not trainer.strategy.broadcast(time.monotonic() - self._last >= self.every_s, src=0):
+            return
         tmp = temporary_path(self.path)
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(tmp, weights_only=False)  # rank 0 writes, every rank waits for it
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
+        self._last = time.monotonic()
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
@@ -168,8 +198,12 @@ def use_device_resident(setting: Any, datamodule: Any, device: Any) -> bool:
             return False
         raise ValueError(f"train.gpu_resident=true: {e} (set train.gpu_resident=false or auto)") from e
     if auto and not images_fit(images, device):
-        log.info("train.gpu_resident=auto: the training split (%.0f MB) does not fit in a quarter of the free "
-                 "memory of %s; using its dataloaders", images.numel() * images.element_size() / 2**20, device)
+        log.info(
+            "train.gpu_resident=auto: the training split (%.0f MB) does not fit in a quarter of the free "
+            "memory of %s; using its dataloaders",
+            images.numel() * images.element_size() / 2**20,
+            device,
+        )
         return False
     return True
 
@@ -198,12 +232,18 @@ def train(
     assert isinstance(train_cfg, dict)
     epochs = int(train_cfg["epochs"])
     module = VisionModule(model, **train_cfg)
-    kw = {**trainer_kwargs(cfg), "max_epochs": epochs, "num_sanity_val_steps": 0, "enable_checkpointing": False}
+    kw = {
+        **trainer_kwargs(cfg),
+        "max_epochs": epochs,
+        "num_sanity_val_steps": 0,
+        "enable_checkpointing": False,
+    }
     out_dir = _output_dir(cfg)
     if out_dir is not None:
         kw.setdefault("default_root_dir", out_dir)
     # PreciseBN first: the CKA callback's hooks must not see its forward passes
-    own = [PreciseBN(int(train_cfg.get("precise_bn") or 0)), *(callbacks or []), SaveLast(last)]
+    save_last = SaveLast(last, every_s=float(train_cfg.get("save_last_every_s") or 0))
+    own = [PreciseBN(int(train_cfg.get("precise_bn") or 0)), *(callbacks or []), save_last]
     trainer = pl.Trainer(**kw, logger=logger if logger else False, callbacks=own)
     device = trainer.strategy.root_device
     resident = use_device_resident(train_cfg.get("gpu_resident", "auto"), datamodule, device)
