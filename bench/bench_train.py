@@ -11,8 +11,9 @@
 - ``lightning``: what ``python -m vvm`` runs: a Lightning Trainer fitting VisionModule on the resident pipeline.
 
 Every pipeline first runs ``--warmup`` steps (cuDNN autotuning, torch.compile), then one timed epoch. On a GPU
-the default is bf16 autocast + channels_last (``--precision fp32`` / ``--no-channels-last`` to compare). On a
-CPU use ``--images N`` to shrink the epoch. Prints seconds per epoch and images/s; ``--json FILE`` saves them.
+the default is bf16 autocast + channels_last (``--precision fp32`` / ``--no-channels-last`` to compare); on a
+CPU, bf16 autocast where the CPU has AMX (as ``train.precision: auto``), and ``--images N`` shrinks the epoch.
+Prints seconds per epoch and images/s; ``--json FILE`` saves them.
 
     python bench/bench_train.py                          # on a GPU: every pipeline, 50,000 images
     python bench/bench_train.py --images 512 --pipelines resident per_image   # a quick CPU check
@@ -233,6 +234,15 @@ def time_lightning(images, labels, args, device, amp, channels_last) -> dict:
     }
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -244,7 +254,10 @@ def main() -> None:
     p.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
-        "--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on CUDA, fp32 on CPU"
+        "--precision",
+        choices=("bf16", "fp32"),
+        default=None,
+        help="default: bf16 on CUDA and on CPUs with AMX (as training does), else fp32",
     )
     p.add_argument("--no-channels-last", action="store_true", help="default: channels_last on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -252,11 +265,18 @@ def main() -> None:
     args = p.parse_args()
 
     device = torch.device(args.device)
-    amp = (args.precision or ("bf16" if device.type == "cuda" else "fp32")) == "bf16"
+    from vvm.train.weights import fit_precision
+
+    auto = (
+        "bf16"
+        if fit_precision("auto", "32-true", device) == "bf16-mixed" or device.type == "cuda"
+        else "fp32"
+    )
+    amp = (args.precision or auto) == "bf16"
     channels_last = device.type == "cuda" and not args.no_channels_last
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(
         f"device: {name} ({device}); torch {torch.__version__}; {args.images} images, batch {args.batch_size}, "
         f"{'bf16 autocast' if amp else 'float32'}{', channels_last' if channels_last else ''}"

@@ -35,6 +35,7 @@ TINY = [
     "cka.batch_size=16",
     "train.batch_size=16",
     "trainer=cpu",
+    "trainer.enable_progress_bar=false",
     "logger=none",
 ]
 
@@ -218,6 +219,22 @@ def test_recompute_bn_stats_averages_batch_statistics():
     torch.testing.assert_close(net[1].running_mean, mean)
     torch.testing.assert_close(net[1].running_var, var)
     assert int(net[1].num_batches_tracked) == 3
+
+
+def test_fit_precision(monkeypatch):
+    from vvm.train import weights
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(weights, "_cpu_has_amx", lambda: True)
+    monkeypatch.setattr(weights, "_cuda_has_bf16", lambda: True)
+    assert weights.fit_precision("auto", "32-true", cpu) == "bf16-mixed"
+    assert weights.fit_precision(None, "32-true", cuda) == "bf16-mixed"
+    assert weights.fit_precision("auto", "16-mixed", cuda) == "16-mixed"  # the trainer's own choice stays
+    assert (
+        weights.fit_precision("32-true", "bf16-mixed", cuda) == "32-true"
+    )  # an explicit train.precision wins
+    monkeypatch.setattr(weights, "_cpu_has_amx", lambda: False)
+    assert weights.fit_precision("auto", "32-true", cpu) == "32-true"
 
 
 # ------------------------------------------------------------------------------------------ the cache

@@ -208,3 +208,22 @@ def test_logger_none_and_mode():
         os.environ.pop("WANDB_MODE", None)
         if saved is not None:
             os.environ["WANDB_MODE"] = saved
+
+
+def test_wandb_under_ddp_logs_from_rank_zero_only(tmp_path):
+    out = tmp_path / "run"
+    args = [*SMALL, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "init=pretrained"]
+    run_cli(
+        [
+            *args,
+            "train.epochs=1",
+            "cka.batch_size=8",
+            f"paths.checkpoints={tmp_path}/c",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+    )
+    assert json.loads((out / "result.json").read_text())["status"] == "ok"
+    _run_dir, records = offline_run(out)  # exactly one run: rank 1 made none
+    assert len([r for r in history(records) if "cka/heatmap/path" in r]) == 1
+    assert exit_code(records) == 0

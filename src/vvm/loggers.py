@@ -61,8 +61,8 @@ def is_wandb(logger: Any) -> bool:
 
 def log_config(logger: Any, cfg: DictConfig) -> None:
     """The resolved config: W&B's run config, or the logger's hyperparameters."""
-    if logger is False or logger is None:
-        return
+    if logger is False or logger is None or not _rank_zero():
+        return  # under DDP only rank 0 logs (W&B's experiment elsewhere is a stand-in without .config)
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # an interpolation that only resolves inside Hydra's runtime
@@ -73,6 +73,12 @@ def log_config(logger: Any, cfg: DictConfig) -> None:
         logger.log_hyperparams(container)
 
 
+def _rank_zero() -> bool:
+    from pytorch_lightning.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def _mean_offdiagonal(matrix: Any) -> float:
     from vvm.callbacks.cka import mean_offdiagonal
 
@@ -80,10 +86,15 @@ def _mean_offdiagonal(matrix: Any) -> float:
 
 
 def cka_table_rows(res: Any) -> list[list[Any]]:
-    """One row per layer pair: ``layer_x, layer_y, i, j, cka, stderr`` (NaN where undefined)."""
+    """One row per layer pair: ``layer_x, layer_y, i, j, cka, stderr``; undefined values are None (an empty
+    cell: the table file stays valid JSON)."""
     m, se = res.matrix.numpy(), res.stderr.numpy()
+
+    def num(v: float) -> float | None:
+        return None if math.isnan(v) else float(v)
+
     return [
-        [lx, ly, i, j, float(m[i, j]), float(se[i, j])]
+        [lx, ly, i, j, num(m[i, j]), num(se[i, j])]
         for i, lx in enumerate(res.layers_x)
         for j, ly in enumerate(res.layers_y)
     ]

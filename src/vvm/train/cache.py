@@ -3,10 +3,10 @@
 A file is named ``<model>-<dataset>-e<epochs>-s<seed>-<hash>.ckpt``, where the hash (8 hex digits) covers
 everything else that changes the trained weights: the model's config, the dataset's config (``limit``,
 ``num_classes``, sizes, the training batch size...) and the ``train.*`` recipe. Left out: the keys that only
-change speed or bookkeeping (``train.compile``, ``gpu_resident``, ``channels_last``, ``save_last_every_s``),
-where files live, what the CKA pass reads (``split``, ``max_samples``, ``eval_batch_size``, ``probe_size``),
-and the Trainer's ``precision``: a model trained in bf16 on a GPU serves a CPU run of the same recipe. So a
-sweep over kernels, estimators or layers trains each model once.
+change speed or bookkeeping (``train.compile``, ``gpu_resident``, ``channels_last``, ``save_last_every_s``,
+``precision``), where files live, what the CKA pass reads (``split``, ``max_samples``, ``eval_batch_size``,
+``probe_size``), and the Trainer's ``precision``: a model trained in bf16 on a GPU serves a CPU run of the same
+recipe. So a sweep over kernels, estimators or layers trains each model once.
 
 Next to it, while a training runs, ``<key>.last.ckpt`` holds a recent finished epoch (a Lightning checkpoint:
 weights, optimizer, schedule, loop state; written at most every ``train.save_last_every_s`` seconds); a
@@ -32,7 +32,7 @@ from torch import nn
 
 CACHE_VERSION = 1
 # train.* keys that change how fast a training runs (or how often it saves its state), not the weights it gives
-SPEED_KEYS = frozenset({"compile", "gpu_resident", "channels_last", "save_last_every_s"})
+SPEED_KEYS = frozenset({"compile", "gpu_resident", "channels_last", "save_last_every_s", "precision"})
 # dataset.* keys that do not change the training split (paths, loader workers, the CKA pass, the probe)
 DATASET_IGNORED = frozenset(
     {

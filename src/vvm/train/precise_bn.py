@@ -96,7 +96,8 @@ class PreciseBN(pl.Callback):
         if not bns or self.images <= 0 or loader is None:
             return
         per_rank = math.ceil(self.images / trainer.world_size)
-        seen = recompute_bn_stats(model, loader, per_rank, device=pl_module.device)
+        with trainer.precision_plugin.forward_context():  # the fit's autocast, if any
+            seen = recompute_bn_stats(model, loader, per_rank, device=pl_module.device)
         if trainer.world_size > 1:
             for bn in bns:
                 bn.running_mean.copy_(trainer.strategy.reduce(bn.running_mean.clone(), reduce_op="mean"))

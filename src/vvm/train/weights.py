@@ -71,6 +71,17 @@ def _published_source(model: VisionModel, init_cfg: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the entry point
+# what result.json repeats from a cached checkpoint's facts (the training that made it)
+CACHED_FACTS = (
+    "train_accuracy",
+    "val_accuracy",
+    "train_loss",
+    "train_epochs",
+    "train_seconds",
+    "train_precision",
+)
+
+
 def prepare_weights(
     model: VisionModel, cfg: DictConfig, datamodule: Any, *, logger: Any = None, callbacks: list | None = None
 ) -> dict[str, Any]:
@@ -103,7 +114,7 @@ def prepare_weights(
             "weights": f"cached checkpoint {path}",
             "trained": False,
             "checkpoint": str(path),
-            **{k: facts.get(k) for k in ("train_accuracy", "val_accuracy", "train_epochs", "train_seconds")},
+            **{k: facts.get(k) for k in CACHED_FACTS},
         }
 
     log.info(
@@ -208,6 +219,36 @@ def use_device_resident(setting: Any, datamodule: Any, device: Any) -> bool:
     return True
 
 
+def fit_precision(setting: Any, trainer_precision: Any, device: Any) -> Any:
+    """``train.precision``: the Trainer's precision for the fit. ``auto``/null: ``trainer.precision``, except
+    that a float32 trainer trains in ``bf16-mixed`` where bf16 is fast: a CUDA GPU that supports it, or a CPU
+    with AMX (bf16 matrix units, Xeon Sapphire Rapids and later; measured 2.5x the float32 speed for r18 on 2
+    cores). Any other value is used as it is. The CKA pass keeps ``trainer.precision``."""
+    if setting is not None and str(setting).lower() != "auto":
+        return setting
+    if trainer_precision not in (None, 32, "32", "32-true"):
+        return trainer_precision
+    kind = getattr(device, "type", None)
+    if (kind == "cuda" and _cuda_has_bf16()) or (kind == "cpu" and _cpu_has_amx()):
+        return "bf16-mixed"
+    return trainer_precision
+
+
+def _cuda_has_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _cpu_has_amx() -> bool:
+    import torch
+
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except Exception:  # an older torch or another platform
+        return False
+
+
 def _metric(metrics: dict[str, Any], key: str) -> float | None:
     v = metrics.get(key)
     return None if v is None else float(v)
@@ -246,6 +287,10 @@ def train(
     own = [PreciseBN(int(train_cfg.get("precise_bn") or 0)), *(callbacks or []), save_last]
     trainer = pl.Trainer(**kw, logger=logger if logger else False, callbacks=own)
     device = trainer.strategy.root_device
+    precision = fit_precision(train_cfg.get("precision"), kw.get("precision"), device)
+    if precision != kw.get("precision"):
+        kw["precision"] = precision
+        trainer = pl.Trainer(**kw, logger=logger if logger else False, callbacks=own)
     resident = use_device_resident(train_cfg.get("gpu_resident", "auto"), datamodule, device)
     dm = datamodule
     if resident:
