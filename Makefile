@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test test-slow test-all lint format bench clean
+.PHONY: install test test-slow test-all lint format bench bench-train clean
 
 ## install: torch from the pinned local wheels, then vvm with its dev extras (editable)
 install:
@@ -29,6 +29,10 @@ format:
 ## bench: CKA pipeline vs plain forward pass (time ratio, peak memory, max error vs float64)
 bench:
 	$(PYTHON) bench/bench_cka.py
+
+## bench-train: one CIFAR-sized training epoch of ResNet-18 through each data pipeline (use a GPU)
+bench-train:
+	$(PYTHON) bench/bench_train.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

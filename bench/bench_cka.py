@@ -18,6 +18,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -50,28 +51,41 @@ def build(model_name: str, device: torch.device):
     return model
 
 
-def time_variant(
-    model, inputs, layers, variant: str, repeats: int, device
-) -> tuple[list[float], StreamingCKA | None]:
-    times = []
-    metric = None
+def _one_round(model, inputs, layers, variant: str, device) -> tuple[float, StreamingCKA | None]:
+    metric = None if variant == "forward" else StreamingCKA(model.net, layers, precision=variant).to(device)
     with torch.no_grad():
-        for r in range(repeats + 1):  # the first round warms up
-            if variant != "forward":
-                metric = StreamingCKA(model.net, layers, precision=variant).to(device)
-            sync(device)
-            t0 = time.perf_counter()
-            if metric is None:
+        sync(device)
+        t0 = time.perf_counter()
+        if metric is None:
+            for x in inputs:
+                model(x)
+        else:
+            with metric.track():
                 for x in inputs:
                     model(x)
-            else:
-                with metric.track():
-                    for x in inputs:
-                        model(x)
-            sync(device)
-            if r:
-                times.append((time.perf_counter() - t0) / len(inputs))
+        sync(device)
+    return (time.perf_counter() - t0) / len(inputs), metric
+
+
+def time_variant(model, inputs, layers, variant: str, repeats: int, device) -> tuple[list[float], StreamingCKA | None]:
+    """Per-batch seconds of ``repeats`` rounds after one warm-up round."""
+    times, metric = [], None
+    for r in range(repeats + 1):
+        t, metric = _one_round(model, inputs, layers, variant, device)
+        if r:
+            times.append(t)
     return times, metric
+
+
+def interleaved(model, inputs, layers, variants: list[str], repeats: int, device) -> dict[str, list[float]]:
+    """The variants in turn, round after round, so that drift in the machine's speed hits all of them alike."""
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(repeats + 1):
+        for v in variants:
+            t, _ = _one_round(model, inputs, layers, v, device)
+            if r:
+                times[v].append(t)
+    return times
 
 
 def reference(model, inputs, layers) -> torch.Tensor:
@@ -129,14 +143,30 @@ def child(args: argparse.Namespace) -> None:
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    time_variant(model, inputs, layers, args.child, 1, device)
-    if device.type == "cuda":
+        time_variant(model, inputs, layers, args.child, 1, device)
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        # CPU: the resident set, sampled every 0.2 ms while the variant runs, minus what it was before
+        base = _rss()
+        state = {"peak": base, "run": True}
+
+        def sample() -> None:
+            while state["run"]:
+                state["peak"] = max(state["peak"], _rss())
+                time.sleep(0.0002)
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        time_variant(model, inputs, layers, args.child, 1, device)
+        state["run"] = False
+        t.join()
+        peak = state["peak"] - base
     print(peak / 2**20)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
 
 
 def main() -> None:
@@ -169,15 +199,18 @@ def main() -> None:
         model = build(name, device)
         layers = resolve_layers(model.net, args.layers)
         inputs = make_inputs(name, args.batch, args.batches, device)
-        fwd, _ = time_variant(model, inputs, layers, "forward", args.repeats, device)
-        t_fwd = statistics.median(fwd)
+        times = interleaved(model, inputs, layers, ["forward", "exact", "fast"], args.repeats, device)
+        t_fwd = statistics.median(times["forward"])
         ref = reference(model, inputs, layers)
         row = {"model": name, "layers": len(layers), "batch": args.batch, "forward_s": t_fwd}
         for variant in ("exact", "fast"):
-            times, metric = time_variant(model, inputs, layers, variant, args.repeats, device)
+            _, metric = _one_round(model, inputs, layers, variant, device)
             err = (metric.compute().matrix - ref).abs().nan_to_num(0).max().item()
-            row[f"{variant}_s"] = statistics.median(times)
-            row[f"{variant}_ratio"] = row[f"{variant}_s"] / t_fwd
+            row[f"{variant}_s"] = statistics.median(times[variant])
+            # the median of the per-round ratios: each round's variants ran back to back
+            row[f"{variant}_ratio"] = statistics.median(
+                [t / f for t, f in zip(times[variant], times["forward"])]
+            )
             row[f"{variant}_max_err"] = err
         if not args.no_memory:
             mem_f = peak_memory_child(args, name, "forward")
