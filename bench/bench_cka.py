@@ -67,7 +67,9 @@ def _one_round(model, inputs, layers, variant: str, device) -> tuple[float, Stre
     return (time.perf_counter() - t0) / len(inputs), metric
 
 
-def time_variant(model, inputs, layers, variant: str, repeats: int, device) -> tuple[list[float], StreamingCKA | None]:
+def time_variant(
+    model, inputs, layers, variant: str, repeats: int, device
+) -> tuple[list[float], StreamingCKA | None]:
     """Per-batch seconds of ``repeats`` rounds after one warm-up round."""
     times, metric = [], None
     for r in range(repeats + 1):

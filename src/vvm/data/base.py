@@ -55,7 +55,9 @@ class VisionDataModule(pl.LightningDataModule):
         super().__init__()
         if num_classes is not None:
             if self.num_classes and num_classes != self.num_classes:
-                raise ValueError(f"dataset {self.name!r} has {self.num_classes} classes, not num_classes={num_classes}")
+                raise ValueError(
+                    f"dataset {self.name!r} has {self.num_classes} classes, not num_classes={num_classes}"
+                )
             self.num_classes = num_classes
         if split not in SPLITS:
             raise ValueError(f"dataset.split={split!r}: use one of {', '.join(SPLITS)}")
@@ -123,7 +125,9 @@ class VisionDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train", augment=True), self.batch_size, shuffle=True, drop_last=False)
+        return self._loader(
+            self.dataset("train", augment=True), self.batch_size, shuffle=True, drop_last=False
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.probe_dataset(), self.eval_batch_size, shuffle=False)
