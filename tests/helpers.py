@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -61,3 +66,27 @@ def make_layer_batches(batch_sizes, dims, seed=0, dtype=torch.float32):
             feats.append(f.to(dtype))
         batches.append(feats)
     return batches
+
+
+def run_vvm(
+    args: list[str],
+    cwd: Path,
+    *,
+    check: bool = True,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """``python -m vvm ARGS`` in a subprocess, with this process's environment (conftest sets WANDB_MODE=offline)
+    or ``env``; with ``check``, a non-zero exit fails the test with the end of its output."""
+    env = {**(os.environ if env is None else env), "HYDRA_FULL_ERROR": "1", "WANDB_SILENT": "true"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "vvm", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vvm failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_vvm
 
 from vvm.io import load_npz
 
@@ -24,19 +22,9 @@ SMALL = [
 ]
 
 
-def run_cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "vvm", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"vvm failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
 def test_cli_writes_every_output(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli([*SMALL, f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_vvm([*SMALL, f"hydra.run.dir={out}"], cwd=tmp_path)
     assert "Testing" in proc.stderr + proc.stdout  # the progress bar over the batches
 
     z = load_npz(out / "cka.npz")
@@ -74,8 +62,8 @@ def test_cli_writes_every_output(tmp_path):
 
 def test_cli_options_and_reproducibility(tmp_path):
     args = [*SMALL, "cka.kernel=rbf", "cka.estimator=biased", "cka.layers=[stem,layer2.*.bn1,fc]", "seed=3"]
-    run_cli([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
-    run_cli([*args, f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
+    run_vvm([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    run_vvm([*args, f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
     a, b = load_npz(tmp_path / "a" / "cka.npz"), load_npz(tmp_path / "b" / "cka.npz")
     assert list(a["layers_x"]) == ["stem", "layer2.0.bn1", "layer2.1.bn1", "fc"]
     assert a["kernel"] == "rbf" and a["estimator"] == "biased"
@@ -83,7 +71,7 @@ def test_cli_options_and_reproducibility(tmp_path):
 
 
 def test_cli_bad_layer_fails_with_helpful_error(tmp_path):
-    proc = run_cli(
+    proc = run_vvm(
         [*SMALL, "cka.layers=[layer9]", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path, check=False
     )
     assert proc.returncode != 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import subprocess
 import sys
 import types
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_vvm
 from omegaconf import OmegaConf
 
 from vvm.io import write_json, write_npz
@@ -39,16 +39,6 @@ FAST = [
     "trainer=cpu",
 ]
 SEED14_MODELS = ["r18", "r34", "r50", "lambda_r26", "lambda_r38", "lambda_r50", "vit_l32"]
-
-
-def run_vvm(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "vvm", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"vvm failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

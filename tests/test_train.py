@@ -4,15 +4,13 @@ interrupted training, CKA during training, and DDP on the CPU."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import run_vvm
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from vvm.train.gpu_data import (
@@ -69,21 +67,6 @@ def build(cfg):
     model = instantiate(cfg.model)
     model.set_data_normalization(dm.mean, dm.std)
     return model, dm
-
-
-def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "vvm", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"vvm failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
 
 
 # ------------------------------------------------------------------------------------------ device pipeline
@@ -401,7 +384,7 @@ def test_explicit_checkpoint_and_published_weights(tmp_path, monkeypatch):
 def test_cli_pretrained_trains_with_cka_probes_then_reuses_the_checkpoint(tmp_path):
     ckpt = tmp_path / "ckpt"
     args = [*TINY, "init=pretrained", "train.epochs=2", "cka.every_n_epochs=1", f"paths.checkpoints={ckpt}"]
-    run_cli([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    run_vvm([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
     a = json.loads((tmp_path / "a" / "result.json").read_text())
     assert a["status"] == "ok" and a["trained"] is True and a["train_epochs"] == 2
     assert a["gpu_resident"] is False  # auto on the CPU: the datamodule's own loaders
@@ -415,7 +398,7 @@ def test_cli_pretrained_trains_with_cka_probes_then_reuses_the_checkpoint(tmp_pa
     obj = torch.load(path, weights_only=True)
     assert obj["dataset_name"] == "synthetic" and obj["vvm"]["train_epochs"] == 2
 
-    run_cli([*args, f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
+    run_vvm([*args, f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
     b = json.loads((tmp_path / "b" / "result.json").read_text())
     assert b["status"] == "ok" and b["trained"] is False
     assert b["weights"] == f"cached checkpoint {path}" and b["checkpoint"] == str(path)
@@ -447,7 +430,7 @@ def test_ddp_on_cpu_trains_and_cka_matches_one_process(tmp_path):
         f"paths.checkpoints={ckpt}",
         f"hydra.run.dir={out}",
     ]
-    run_cli(args, cwd=tmp_path, timeout=240)
+    run_vvm(args, cwd=tmp_path, timeout=240)
     res = json.loads((out / "result.json").read_text())
     assert res["status"] == "ok" and res["trained"] is True and res["train_epochs"] == 1
     assert res["n_samples"] == 32 and res["n_batches"] == 4  # 2 ranks x 2 batches of 8
@@ -499,11 +482,11 @@ def test_acceptance_r18_digits_trains_once_to_90_percent(tmp_path):
         "logger=none",
         f"paths.checkpoints={tmp_path / 'ckpt'}",
     ]
-    run_cli([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path, timeout=900)
+    run_vvm([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path, timeout=900)
     a = json.loads((tmp_path / "a" / "result.json").read_text())
     assert a["status"] == "ok" and a["trained"] is True and a["test_accuracy"] >= 0.9, a
     assert (tmp_path / "a" / "cka.npz").is_file() and Path(a["checkpoint"]).is_file()
-    run_cli([*args, f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path, timeout=900)
+    run_vvm([*args, f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path, timeout=900)
     b = json.loads((tmp_path / "b" / "result.json").read_text())
     assert b["trained"] is False and b["weights"] == f"cached checkpoint {a['checkpoint']}"
     assert b["test_accuracy"] == pytest.approx(a["test_accuracy"])

@@ -12,10 +12,10 @@ import json
 import os
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_vvm
 
 SMALL = [
     "model=r18",
@@ -30,14 +30,10 @@ SMALL = [
 
 
 def run_cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(HYDRA_FULL_ERROR="1", WANDB_SILENT="true")  # no WANDB_MODE: offline must be the default
-    proc = subprocess.run(
-        [sys.executable, "-m", "vvm", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"vvm failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("WANDB_")
+    }  # no WANDB_MODE: offline by default
+    return run_vvm(args, cwd, check=check, timeout=300, env=env)
 
 
 def wandb_records(path: Path) -> list:
