@@ -324,6 +324,26 @@ def test_interrupted_training_resumes_then_the_cache_is_used(tmp_path):
         assert torch.equal(v, model.net.state_dict()[k]), k
 
 
+def test_gradient_clip_val_reaches_the_training_trainer(tmp_path):
+    """train.gradient_clip_val (off in the seed's recipe) is the fit's gradient-norm clip, and part of the
+    checkpoint's recipe."""
+    from vvm.train.cache import cache_key
+    from vvm.train.weights import prepare_weights
+
+    seen = {}
+
+    class Grab(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["clip"] = trainer.gradient_clip_val
+
+    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", "train.epochs=1", "train.gradient_clip_val=0.5")
+    model, dm = build(cfg)
+    prepare_weights(model, cfg, dm, callbacks=[Grab()])
+    assert seen["clip"] == 0.5
+    plain = compose_cfg(tmp_path, *TINY, "init=pretrained", "train.epochs=1")
+    assert cache_key(plain, "synthetic") != cache_key(cfg, "synthetic")
+
+
 @pytest.mark.slow
 def test_resumed_training_equals_uninterrupted(tmp_path):
     from vvm.train.weights import prepare_weights
