@@ -22,7 +22,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from vvm.models.base import VisionModel
-from vvm.models.resnet_cifar import CifarResNet, _conv_bn, _shortcut
+from vvm.models.resnet_cifar import LEAF_TYPES, CifarResNet, _conv_bn, _shortcut
 
 # the paper's lambda layer hyper-parameters for ResNets: 4 heads, |k| = 16, |u| = 1, 23x23 local scope
 NUM_HEADS = 4
@@ -75,33 +75,24 @@ class LambdaBottleneck(nn.Module):
         return self.relu3(out + self.shortcut(x))
 
 
-# what the ``all`` preset records, with the lambda layers as units (their q/k/v projection, norms and positional
-# lambda convolution are internals, and their pool output equals the layer's output)
-_ALL_TYPES = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AdaptiveAvgPool2d, nn.Linear)
-_SEED_KEYS = ("bn", "relu", "avgpool", "fc", "maxpool")
-
-
 class LambdaResNet(CifarResNet):
     """A :class:`CifarResNet` of :class:`LambdaBottleneck` blocks (stem, four stages, pool, linear head)."""
 
     def __init__(self, num_blocks: list[int], num_classes: int = 100) -> None:
         super().__init__(LambdaBottleneck, num_blocks, num_classes)
 
-    def layer_presets(self) -> dict[str, list[str]]:
-        """``blocks``: stem, every residual block, head. ``all``: every conv, BN, ReLU, lambda layer, pool and
-        linear output (not the lambda layer's internals). ``seed``: the seed notebooks' choice, names containing
-        bn, relu, avgpool, fc or maxpool."""
+    def recorded_layers(self) -> list[str]:
+        """Every conv, BN, ReLU, lambda layer, pool and linear output: the lambda layers as units (their q/k/v
+        projection, norms and positional lambda convolution are internals, and their pool output equals the
+        layer's output)."""
         from timm.layers.lambda_layer import LambdaLayer
 
         lambda_internal = tuple(f"{n}." for n, m in self.named_modules() if isinstance(m, LambdaLayer))
-        leaves = [
+        return [
             n
             for n, m in self.named_modules()
-            if n and isinstance(m, (*_ALL_TYPES, LambdaLayer)) and not n.startswith(lambda_internal)
+            if n and isinstance(m, (*LEAF_TYPES, LambdaLayer)) and not n.startswith(lambda_internal)
         ]
-        seed = [n for n in leaves if any(k in n.rsplit(".", 1)[-1] for k in _SEED_KEYS)]
-        blocks = ["stem", *self.block_names(), "fc"]
-        return {"blocks": blocks, "all": leaves, "seed": seed}
 
 
 def lambda_resnet26(num_classes: int = 100) -> LambdaResNet:

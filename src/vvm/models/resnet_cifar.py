@@ -59,7 +59,8 @@ class Bottleneck(nn.Module):
         return self.relu3(out + self.shortcut(x))
 
 
-_LEAF_TYPES = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AdaptiveAvgPool2d, nn.Linear)
+LEAF_TYPES = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AdaptiveAvgPool2d, nn.Linear)
+SEED_KEYS = ("bn", "relu", "avgpool", "fc", "maxpool")  # the seed notebooks' layer selection
 
 
 class CifarResNet(nn.Module):
@@ -90,16 +91,16 @@ class CifarResNet(nn.Module):
     def block_names(self) -> list[str]:
         return [f"layer{i}.{j}" for i in range(1, 5) for j in range(len(getattr(self, f"layer{i}")))]
 
+    def recorded_layers(self) -> list[str]:
+        """What the ``all`` preset records: every conv, BN, ReLU, pool and linear output."""
+        return [n for n, m in self.named_modules() if n and isinstance(m, LEAF_TYPES)]
+
     def layer_presets(self) -> dict[str, list[str]]:
-        """``blocks``: stem, every residual block, head. ``all``: every conv, BN, ReLU, pool and linear output.
-        ``seed``: the seed notebooks' choice, names containing bn, relu, avgpool, fc or maxpool."""
-        names = [n for n, _ in self.named_modules() if n]
-        leaves = [n for n, m in self.named_modules() if n and isinstance(m, _LEAF_TYPES)]
-        seed = [
-            n
-            for n in leaves
-            if any(k in n.rsplit(".", 1)[-1] for k in ("bn", "relu", "avgpool", "fc", "maxpool"))
-        ]
+        """``blocks``: stem, every residual block, head. ``all``: :meth:`recorded_layers`. ``seed``: the seed
+        notebooks' choice among those, names containing bn, relu, avgpool, fc or maxpool."""
+        names = {n for n, _ in self.named_modules() if n}
+        leaves = self.recorded_layers()
+        seed = [n for n in leaves if any(k in n.rsplit(".", 1)[-1] for k in SEED_KEYS)]
         blocks = ["stem", *self.block_names(), "fc"]
         assert all(b in names for b in blocks)
         return {"blocks": blocks, "all": leaves, "seed": seed}
