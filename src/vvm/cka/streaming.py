@@ -207,7 +207,8 @@ class StreamingCKA(Metric):
     def _reset_batch(self) -> None:
         self._kernels: dict[tuple[str, str, int], Tensor] = {}
         self._calls: dict[tuple[str, str], int] = {}
-        self._finished: dict[str, bool] = {"x": False, "y": False}
+        # with one model there is no second forward pass to wait for
+        self._finished: dict[str, bool] = {"x": False, "y": not self._two_models}
         self._batch_n: int | None = None
         self._skip_batch = False
 
@@ -277,9 +278,7 @@ class StreamingCKA(Metric):
                 for name in self._tracked(side):
                     handles.append(modules[name].register_forward_hook(self._make_hook(side, name)))
                 handles.append(net.register_forward_hook(self._make_root_hook(side)))
-            if not self._two_models:
-                self._finished["y"] = True
-            self._reset_batch_keep_sides()
+            self._reset_batch()
             yield self
         finally:
             for h in handles:
@@ -290,12 +289,6 @@ class StreamingCKA(Metric):
                     stacklevel=2,
                 )
             self._reset_batch()
-
-    def _reset_batch_keep_sides(self) -> None:
-        single = not self._two_models
-        self._reset_batch()
-        if single:
-            self._finished["y"] = True
 
     # ------------------------------------------------------------------ per batch
     def _learn_structure(self) -> None:
@@ -362,7 +355,7 @@ class StreamingCKA(Metric):
             self._kernels.clear()  # free the per-batch kernels before the products
             self.update(kx, ky)
         finally:
-            self._reset_batch_keep_sides()
+            self._reset_batch()
 
     def update(self, kx: Tensor, ky: Tensor | None = None) -> None:
         """Add one batch from its kernel matrices: ``kx`` ``[L_x, n, n]``; ``ky`` ``[L_y, n, n]`` or ``None``
