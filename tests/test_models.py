@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from vvm.cka.layers import PRESETS, resolve_layers
+from vvm.cka.presets import PRESETS, resolve_layers
 from vvm.models import count_parameters, create
 from vvm.models.init import (
     CheckpointMismatchError,
@@ -21,7 +21,7 @@ from vvm.models.init import (
     is_cifar_model,
     needs_training,
 )
-from vvm.models.presets import generic_presets
+from vvm.cka.presets import generic_presets
 from vvm.models.timm_models import create_timm
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -20,7 +20,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from vvm.cka.streaming import CKAResult, StreamingCKA
+from vvm.cka import CKAResult, StreamingCKA
 from vvm.io import save_result
 from vvm.plots.heatmap import heatmap_figure, save_figure
 

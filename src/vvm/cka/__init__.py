@@ -1,6 +1,10 @@
 """CKA between layers of vision models: the public, Hydra-free API.
 
 >>> from vvm.cka import cka, StreamingCKA
+
+Layout: ``functional`` (the math on tensors), ``precision`` (autocast and TF32 sealed off), ``bandwidth`` (one
+RBF kernel per layer), ``recorder`` (forward hooks -> per-batch kernels), ``metric`` (float64 states, update,
+compute), ``streaming`` (one or two models), ``presets`` (which layers), ``result`` (what compute returns).
 """
 
 from vvm.cka.functional import (
@@ -16,12 +20,17 @@ from vvm.cka.functional import (
     rbf_from_linear,
     u_centre,
 )
-from vvm.cka.layers import PRESETS, layer_presets, resolve_layers
-from vvm.cka.streaming import CKAResult, StreamingCKA
+from vvm.cka.metric import HSICMetric
+from vvm.cka.presets import PRESETS, layer_presets, resolve_layers
+from vvm.cka.recorder import KernelRecorder
+from vvm.cka.result import CKAResult
+from vvm.cka.streaming import StreamingCKA
 
 __all__ = [
     "PRESETS",
     "CKAResult",
+    "HSICMetric",
+    "KernelRecorder",
     "StreamingCKA",
     "centre_columns",
     "cka",

@@ -16,8 +16,9 @@ Conventions: a representation is an ``n x d`` matrix (any trailing shape is flat
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,11 +43,27 @@ def min_samples(estimator: str) -> int:
     return 4 if estimator == "unbiased" else 2
 
 
+def as_tensor(x: Any) -> Tensor:
+    """A tensor from a tensor, a numpy array or a nested list (numpy inputs are accepted everywhere)."""
+    if isinstance(x, Tensor):
+        return x
+    return torch.as_tensor(np.asarray(x))
+
+
 def flatten_features(x: Tensor) -> Tensor:
     """``[n, ...] -> [n, d]``."""
     if x.dim() == 0:
-        raise ValueError("a representation needs a batch dimension, got a scalar")
+        raise ValueError("a representation needs a batch dimension (n examples first), got a 0-d scalar")
     return x.reshape(x.shape[0], -1)
+
+
+def check_finite(x: Tensor, what: str = "features") -> None:
+    """NaN/inf features have no kernel: an error, never a silent NaN that looks like a constant layer."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(
+            f"{what} hold NaN or inf values (or values too large to square in {x.dtype}); CKA is not defined "
+            "for them: check the inputs or the layer"
+        )
 
 
 def centre_columns(x: Tensor) -> Tensor:
@@ -92,23 +109,43 @@ def median_offdiagonal(d2: Tensor) -> Tensor:
     return (lo + hi) / 2
 
 
-def rbf_from_linear(k: Tensor, frac: float = 1.0) -> Tensor:
-    """RBF kernel from the linear Gram ``K = Xc Xcᵀ`` of the same features.
-
-    ``‖x_i - x_j‖² = K_ii + K_jj - 2 K_ij``; ``σ² = frac² · median`` of the off-diagonal squared distances.
-    When that median is 0 (at least half the examples coincide) the kernel is its σ → 0 limit,
-    ``K_ij = [x_i = x_j]``, never a division by zero.
-    """
-    if frac <= 0:
-        raise ValueError(f"rbf_frac={frac} must be > 0")
-    sq = k.diagonal()
+def squared_distances(k: Tensor) -> Tensor:
+    """``‖x_i - x_j‖² = K_ii + K_jj - 2 K_ij`` from (a stack of) linear Grams ``[..., n, n]``."""
+    sq = k.diagonal(dim1=-2, dim2=-1)
     # squared distances are ≥ 0; rounding in K_ii + K_jj - 2K_ij can leave values of order -eps·K_ii
-    d2 = (sq[:, None] + sq[None, :] - 2 * k).clamp_min_(0)
-    d2.fill_diagonal_(0)
-    sigma2 = frac**2 * median_offdiagonal(d2)
-    if sigma2 > 0:
-        return torch.exp(d2 / (-2 * sigma2))
-    return (d2 == 0).to(k.dtype)
+    d2 = (sq[..., :, None] + sq[..., None, :] - 2 * k).clamp_min_(0)
+    d2.diagonal(dim1=-2, dim2=-1).zero_()
+    return d2
+
+
+def rbf_sigma2(k: Tensor, frac: float = 1.0) -> Tensor:
+    """The median-heuristic bandwidth ``σ² = frac² · median`` of the off-diagonal squared distances, per kernel
+    of a stack ``[L, n, n]`` of linear Grams (returns ``[L]``) or for one Gram (returns a 0-d tensor)."""
+    if not frac > 0:
+        raise ValueError(f"rbf_frac={frac} must be a number > 0")
+    d2 = squared_distances(k)
+    if d2.dim() == 2:
+        return frac**2 * median_offdiagonal(d2)
+    return torch.stack([frac**2 * median_offdiagonal(m) for m in d2])
+
+
+def rbf_kernels(k: Tensor, sigma2: Tensor) -> Tensor:
+    """RBF kernels ``exp(-‖x_i - x_j‖² / (2σ²))`` from a stack of linear Grams ``[L, n, n]`` and ``σ²`` ``[L]``.
+
+    Where ``σ² = 0`` (at least half the examples coincide) the kernel is its σ → 0 limit ``[x_i = x_j]``, never a
+    division by zero.
+    """
+    d2 = squared_distances(k)
+    s2 = sigma2.to(d2.dtype).reshape(-1, *([1] * (d2.dim() - 1))) if d2.dim() == 3 else sigma2.to(d2.dtype)
+    safe = torch.where(s2 > 0, s2, torch.ones_like(s2))
+    return torch.where(s2 > 0, torch.exp(d2 / (-2 * safe)), (d2 == 0).to(d2.dtype))
+
+
+def rbf_from_linear(k: Tensor, frac: float = 1.0, sigma2: Tensor | float | None = None) -> Tensor:
+    """RBF kernel from the linear Gram ``K = Xc Xcᵀ`` of the same features, with ``σ²`` given or, by default,
+    ``frac² · median`` of this Gram's off-diagonal squared distances (Kornblith et al. 2019)."""
+    s2 = rbf_sigma2(k, frac) if sigma2 is None else torch.as_tensor(sigma2, dtype=k.dtype, device=k.device)
+    return rbf_kernels(k, s2)
 
 
 def gram(x: Tensor, kernel: Kernel = "linear", *, rbf_frac: float = 1.0) -> Tensor:
@@ -195,14 +232,90 @@ def cka(
     """
     check_kernel(kernel)
     check_estimator(estimator)
+    x, y = as_tensor(x), as_tensor(y)
+    if x.dim() == 0 or y.dim() == 0:
+        raise ValueError("cka() needs representations with a batch dimension (n examples first), got a 0-d scalar")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must hold the same examples: got n={x.shape[0]} and n={y.shape[0]}")
     n = x.shape[0]
     if n < min_samples(estimator):
         raise ValueError(f"the {estimator} estimator needs n >= {min_samples(estimator)} examples, got n={n}")
+    check_finite(x.double(), "x's features")
+    check_finite(y.double(), "y's features")
     k = gram(x.double(), kernel, rbf_frac=rbf_frac)
     l = gram(y.double(), kernel, rbf_frac=rbf_frac)  # noqa: E741
+    check_finite(k, "x's kernel")
+    check_finite(l, "y's kernel")
     kc = centre_kernel(torch.stack([k, l]), estimator).reshape(2, -1)
     h = kc @ kc.T
     value = cka_from_hsic(h[:1, 1:], h[:1, :1].diagonal(), h[1:, 1:].diagonal())
     return float(value)
+
+
+def delta_stderr(
+    matrix: Tensor,
+    sums: dict[str, Tensor],
+    weight_sum: float,
+    n_batches: int,
+) -> Tensor:
+    """Delta-method standard error of minibatch CKA over ``B`` batches treated as independent draws.
+
+    With batch weights ``w_b`` (vvm weighs each batch by its size), ``CKA = f(ā, b̄, c̄) = ā / sqrt(b̄ c̄)`` where
+    ``ā = Σ w_b a_b / W`` (``a``: cross HSIC, ``b``, ``c``: self HSICs). With the gradient
+    ``g = (1/sqrt(b̄c̄), -f/(2b̄), -f/(2c̄))`` the linearised per-batch value is ``z_b = g·(a_b, b_b, c_b)``
+    (``Σ w_b z_b = 0`` exactly, f being homogeneous of degree 0), and
+    ``se² = B/(B-1) · Σ_b w_b² z_b² / W²``, which is ``Σ z_b² / (B (B-1))`` for equal weights.
+
+    ``sums`` holds ``aa, bb, cc, ab, ac, bc``: the sums ``Σ w_b² a_b²``, ``Σ w_b² a_b b_b``, ... (``bb``/``cc``
+    are vectors over rows/columns) and ``b``/``c``: ``Σ w_b b_b``, ``Σ w_b c_b``. NaN for fewer than two batches.
+    """
+    if n_batches < 2:
+        return torch.full_like(matrix, math.nan)
+    b_m = (sums["b"] / weight_sum)[:, None]
+    c_m = (sums["c"] / weight_sum)[None, :]
+    ga = 1.0 / torch.sqrt(b_m * c_m)
+    gb = -matrix / (2 * b_m)
+    gc = -matrix / (2 * c_m)
+    ss = (
+        ga * ga * sums["aa"]
+        + gb * gb * sums["bb"][:, None]
+        + gc * gc * sums["cc"][None, :]
+        + 2 * ga * gb * sums["ab"]
+        + 2 * ga * gc * sums["ac"]
+        + 2 * gb * gc * sums["bc"]
+    )
+    # Σ w² z² is a sum of squares; the expanded form can round to about -eps·(its terms) when every z_b is 0
+    # (e.g. the diagonal of a symmetric matrix): that is 0, not an error
+    var = ss.clamp_min(0) * (n_batches / (n_batches - 1)) / weight_sum**2
+    return torch.sqrt(var).masked_fill(torch.isnan(matrix), math.nan)
+
+
+def linearised_per_batch(
+    a: Tensor, b: Tensor, c: Tensor, w: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Per-batch CKA ``[B, Lx, Ly]`` and the delta method's weighted linearised values ``w_b z_b`` from the
+    per-batch HSICs ``a`` ``[B, Lx, Ly]``, ``b`` ``[B, Lx]``, ``c`` ``[B, Ly]`` and weights ``w`` ``[B]``
+    (see :func:`delta_stderr`). Two runs over the same batches give a paired standard error of their
+    difference: ``se² = B/(B-1) Σ_b (w_b z^A_b - w_b z^B_b)² / W²``."""
+    W = w.sum()
+    wv = w[:, None, None]
+    a_m = (wv * a).sum(0) / W
+    b_m = (w[:, None] * b).sum(0)[:, None] / W
+    c_m = (w[:, None] * c).sum(0)[None, :] / W
+    f = a_m / torch.sqrt(b_m * c_m)
+    z = a / torch.sqrt(b_m * c_m) - f / (2 * b_m) * b[:, :, None] - f / (2 * c_m) * c[:, None, :]
+    return f, wv * z
+
+
+def paired_difference_stderr(
+    a1: Tensor, b1: Tensor, c1: Tensor, a2: Tensor, b2: Tensor, c2: Tensor, w: Tensor
+) -> Tensor:
+    """Standard error of ``CKA₁ - CKA₂`` when both were estimated on the same batches (weights ``w``): the
+    delta method on the paired per-batch values, so that shared batch-to-batch noise cancels."""
+    nb = w.shape[0]
+    if nb < 2:
+        return torch.full(a1.shape[1:], math.nan, dtype=torch.float64)
+    _, z1 = linearised_per_batch(a1, b1, c1, w)
+    _, z2 = linearised_per_batch(a2, b2, c2, w)
+    d = z1 - z2
+    return torch.sqrt((d * d).sum(0) * (nb / (nb - 1)) / w.sum() ** 2)

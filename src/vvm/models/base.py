@@ -72,7 +72,7 @@ class VisionModel(nn.Module):
         return self.net(self.preprocess(x))
 
     def layer_presets(self) -> dict[str, list[str]]:
-        from vvm.cka.layers import layer_presets
+        from vvm.cka.presets import layer_presets
 
         return layer_presets(self.net)
 

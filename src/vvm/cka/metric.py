@@ -1,0 +1,242 @@
+"""HSICMetric: the float64 sums behind minibatch CKA, as a torchmetrics Metric (states, update, compute).
+
+Minibatch CKA (Nguyen, Raghu & Kornblith 2021), with each batch weighted by its size ``w_b = n_b``::
+
+    CKA_ij = Σ_b w_b HSIC(K_b,i, L_b,j) / sqrt(Σ_b w_b HSIC(K_b,i, K_b,i) · Σ_b w_b HSIC(L_b,j, L_b,j))
+
+Equal batches get equal weights (the paper's estimator); a small ragged batch counts in proportion to the
+examples it holds instead of as much as a full one. Every state is float64 with ``dist_reduce_fx="sum"``, so
+under DDP each rank feeds its own batches and ``compute()`` adds them up. Per-batch values are kept in
+preallocated states indexed by the global batch id when ``max_batches`` is known (each batch is written by the
+one rank that ran it; the others hold zeros there), so they too are summed across ranks.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from vvm.cka.functional import (
+    Estimator,
+    centre_kernel,
+    check_estimator,
+    cka_from_hsic,
+    delta_stderr,
+    hsic_normaliser,
+    min_samples,
+)
+from vvm.cka.precision import matmul_precision, sealed
+from vvm.cka.result import CKAResult
+
+PRECISIONS = ("exact", "fast")
+# keep per-batch HSIC values (for paired differences) only up to this many numbers (64 MiB in float64)
+MAX_PER_BATCH_VALUES = 1 << 23
+
+_MATRIX_SUMS = ("hsic_xy", "sum_aa", "sum_ab", "sum_ac", "sum_bc")
+_X_SUMS = ("hsic_xx", "sum_bb")
+_Y_SUMS = ("hsic_yy", "sum_cc")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not supported: use one of {', '.join(PRECISIONS)}")
+
+
+class HSICMetric(Metric):
+    """Sums of per-batch HSIC between ``L_x`` row kernels and ``L_y`` column kernels, and their CKA.
+
+    ``update(kx, ky)`` takes one batch's kernel stacks (``[L_x, n, n]``, ``[L_y, n, n]``; ``ky=None`` when the
+    columns are the rows: a symmetric matrix from one product). ``compute()`` returns a :class:`CKAResult`.
+    Subclasses (``StreamingCKA``, ``JointCKA``) add the recorder that makes the kernels from forward hooks.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    def __init__(
+        self,
+        layers_x: list[str],
+        layers_y: list[str] | None = None,
+        *,
+        kernel: str = "linear",
+        estimator: Estimator = "unbiased",
+        precision: str = "exact",
+        max_batches: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        check_estimator(estimator)
+        check_precision(precision)
+        self.kernel = kernel
+        self.estimator = estimator
+        self.precision = precision
+        self.max_batches = max_batches
+        self._symmetric = layers_y is None
+        self.set_layers(layers_x, layers_x if layers_y is None else layers_y)
+        # filled in by subclasses that make the kernels
+        self.activation_dtypes: set[str] = set()
+        self.rbf_bandwidth = "fixed"
+        self.sigma2: dict[str, Tensor | None] = {"x": None, "y": None}
+        self._warned_undefined: set[str] = set()
+
+    # ------------------------------------------------------------------ states
+    def set_layers(self, layers_x: list[str], layers_y: list[str]) -> None:
+        """(Re)allocate the states for these rows and columns (before the first update)."""
+        self.layers_x, self.layers_y = list(layers_x), list(layers_y)
+        lx, ly = len(self.layers_x), len(self.layers_y)
+        f64 = torch.float64
+        for name in _MATRIX_SUMS:
+            self.add_state(name, default=torch.zeros(lx, ly, dtype=f64), dist_reduce_fx="sum")
+        for name in _X_SUMS:
+            self.add_state(name, default=torch.zeros(lx, dtype=f64), dist_reduce_fx="sum")
+        for name in _Y_SUMS:
+            self.add_state(name, default=torch.zeros(ly, dtype=f64), dist_reduce_fx="sum")
+        for name in ("n_batches", "n_samples", "weight_sum"):
+            self.add_state(name, default=torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        nb = self.max_batches
+        self._keep_batches = bool(nb) and nb * (lx * ly + lx + ly) <= MAX_PER_BATCH_VALUES
+        if self._keep_batches:
+            self.add_state("batch_w", default=torch.zeros(nb, dtype=f64), dist_reduce_fx="sum")
+            self.add_state("batch_a", default=torch.zeros(nb, lx, ly, dtype=f64), dist_reduce_fx="sum")
+            self.add_state("batch_b", default=torch.zeros(nb, lx, dtype=f64), dist_reduce_fx="sum")
+            self.add_state("batch_c", default=torch.zeros(nb, ly, dtype=f64), dist_reduce_fx="sum")
+        self._next_batch_id = 0
+
+    def reset(self) -> None:
+        super().reset()
+        self._next_batch_id = 0
+
+    @property
+    def work_dtype(self) -> torch.dtype:
+        """float64 for U-centring and the products in exact mode, float32 in fast mode."""
+        return torch.float64 if self.precision == "exact" else torch.float32
+
+    # ------------------------------------------------------------------ update
+    def update(self, kx: Tensor, ky: Tensor | None = None, *, batch_id: int | None = None) -> None:
+        """Add one batch from its kernel matrices: ``kx`` ``[L_x, n, n]``; ``ky`` ``[L_y, n, n]`` or ``None``
+        when the y layers are the x layers. ``batch_id``: the batch's global index (default: a counter)."""
+        if kx.dim() != 3 or (ky is not None and ky.dim() != 3):
+            raise ValueError("update() takes stacks of kernel matrices [L, n, n]")
+        n = kx.shape[-1]
+        if ky is not None and ky.shape[-1] != n:
+            raise ValueError(f"x and y kernels are over different batches: n={n} and n={ky.shape[-1]}")
+        if kx.shape[0] != len(self.layers_x) or (ky is not None and ky.shape[0] != len(self.layers_y)):
+            raise ValueError(
+                f"expected {len(self.layers_x)} x kernels and {len(self.layers_y)} y kernels, "
+                f"got {kx.shape[0]} and {None if ky is None else ky.shape[0]}"
+            )
+        if batch_id is None:
+            batch_id = self._next_batch_id
+        self._next_batch_id = batch_id + 1
+        if n < min_samples(self.estimator):
+            warnings.warn(
+                f"CKA: skipped a batch of {n} examples: the {self.estimator} estimator needs at least "
+                f"{min_samples(self.estimator)}",
+                stacklevel=2,
+            )
+            return
+        if self.hsic_xy.device != kx.device:
+            self.to(kx.device)
+        a, b, c = self._batch_hsic(kx, ky, n)
+        self._accumulate(a, b, c, float(n), batch_id)
+
+    def _batch_hsic(self, kx: Tensor, ky: Tensor | None, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        dtype = self.work_dtype
+        norm = hsic_normaliser(n, self.estimator)
+        with sealed(kx.device.type), matmul_precision(self.precision == "fast"):
+            gx = centre_kernel(kx.to(dtype), self.estimator).reshape(kx.shape[0], -1)
+            if ky is None:
+                a = (gx @ gx.T) / norm
+                b = c = a.diagonal()
+            else:
+                gy = centre_kernel(ky.to(dtype), self.estimator).reshape(ky.shape[0], -1)
+                a = (gx @ gy.T) / norm
+                b = (gx * gx).sum(dim=-1) / norm
+                c = (gy * gy).sum(dim=-1) / norm
+        return a.double(), b.double(), c.double()
+
+    def _accumulate(self, a: Tensor, b: Tensor, c: Tensor, w: float, batch_id: int) -> None:
+        self.hsic_xy += w * a
+        self.hsic_xx += w * b
+        self.hsic_yy += w * c
+        w2 = w * w
+        self.sum_aa += w2 * a * a
+        self.sum_ab += w2 * a * b[:, None]
+        self.sum_ac += w2 * a * c[None, :]
+        self.sum_bc += w2 * b[:, None] * c[None, :]
+        self.sum_bb += w2 * b * b
+        self.sum_cc += w2 * c * c
+        self.n_batches += 1
+        self.n_samples += w
+        self.weight_sum += w
+        if self._keep_batches:
+            if not 0 <= batch_id < self.max_batches:
+                raise ValueError(f"batch_id={batch_id} is outside max_batches={self.max_batches}")
+            if self.batch_w[batch_id] != 0:
+                raise ValueError(f"batch {batch_id} was added twice: every example must count once")
+            self.batch_w[batch_id] = w
+            self.batch_a[batch_id] = a
+            self.batch_b[batch_id] = b
+            self.batch_c[batch_id] = c
+
+    # ------------------------------------------------------------------ result
+    def compute(self) -> CKAResult:
+        """CKA matrix and its delta-method standard error (see :func:`vvm.cka.functional.delta_stderr`)."""
+        nb = int(self.n_batches.item())
+        W = float(self.weight_sum.item())
+        matrix = cka_from_hsic(self.hsic_xy, self.hsic_xx, self.hsic_yy)
+        sums = {
+            "aa": self.sum_aa, "bb": self.sum_bb, "cc": self.sum_cc,
+            "ab": self.sum_ab, "ac": self.sum_ac, "bc": self.sum_bc,
+            "b": self.hsic_xx, "c": self.hsic_yy,
+        }  # fmt: skip
+        stderr = delta_stderr(matrix, sums, W, nb)
+        if self._symmetric and nb >= 2:
+            stderr.fill_diagonal_(0.0)  # CKA of a layer with itself is 1 in every batch: no spread
+            stderr = stderr.masked_fill(torch.isnan(matrix), float("nan"))
+        mean_w = W if W > 0 else 1.0
+        per_batch = {}
+        if self._keep_batches:
+            seen = torch.nonzero(self.batch_w > 0).flatten()
+            per_batch = {
+                "batch_ids": seen.cpu(),
+                "batch_weights": self.batch_w[seen].cpu(),
+                "batch_hsic_xy": self.batch_a[seen].cpu(),
+                "batch_hsic_xx": self.batch_b[seen].cpu(),
+                "batch_hsic_yy": self.batch_c[seen].cpu(),
+            }
+        sig = {k: (None if v is None else v.detach().double().cpu()) for k, v in self.sigma2.items()}
+        res = CKAResult(
+            matrix=matrix.detach().cpu(),
+            stderr=stderr.detach().cpu(),
+            layers_x=list(self.layers_x),
+            layers_y=list(self.layers_y),
+            n_samples=int(round(self.n_samples.item())),
+            n_batches=nb,
+            hsic_xx=(self.hsic_xx / mean_w).detach().cpu().clone(),
+            hsic_yy=(self.hsic_yy / mean_w).detach().cpu().clone(),
+            kernel=self.kernel,
+            estimator=self.estimator,
+            activation_dtype=",".join(sorted(self.activation_dtypes)),
+            rbf_bandwidth=self.rbf_bandwidth,
+            rbf_sigma2_x=sig.get("x"),
+            rbf_sigma2_y=sig.get("x") if self._symmetric else sig.get("y"),
+            **per_batch,
+        )
+        self._warn_undefined(res)
+        return res
+
+    def _warn_undefined(self, res: CKAResult) -> None:
+        """One warning per layer, the first time it is found undefined: NaN means "no CKA", never 0."""
+        fresh = [n for n in res.undefined_x + res.undefined_y if n not in self._warned_undefined]
+        if fresh and res.n_batches > 0:
+            self._warned_undefined.update(fresh)
+            warnings.warn(
+                "CKA is undefined (NaN) for layers whose self-similarity is zero, e.g. constant outputs: "
+                f"{', '.join(dict.fromkeys(fresh))}",
+                stacklevel=3,
+            )

@@ -1,0 +1,48 @@
+"""The arithmetic of the CKA hooks, sealed off from the caller's precision settings.
+
+- :func:`sealed` turns autocast off for the block, so kernels and HSIC products run in the dtypes the mode
+  promises even when the forward pass runs under ``torch.autocast`` (a bf16-mixed Lightning fit, an AMX CPU).
+- :func:`matmul_precision` forces TF32 on (``fast``) or off (``exact``) for float32 CUDA products and leaves the
+  flags exactly as it found them. PyTorch ≥ 2.9 keeps them in ``torch.backends.cuda.matmul.fp32_precision``; the
+  legacy ``allow_tf32`` and ``get_float32_matmul_precision`` raise when read in some states the new API allows
+  (e.g. after ``fp32_precision = "tf32"``), so the new attribute is the only one read and written when it exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@contextlib.contextmanager
+def sealed(device_type: str) -> Iterator[None]:
+    """Autocast disabled for ``device_type`` (and for the CPU) inside the block."""
+    with contextlib.ExitStack() as stack:
+        for dev in dict.fromkeys((device_type, "cpu")):
+            if dev in ("cuda", "cpu", "xpu", "mps"):
+                stack.enter_context(torch.autocast(device_type=dev, enabled=False))
+        yield
+
+
+@contextlib.contextmanager
+def matmul_precision(tf32: bool) -> Iterator[None]:
+    """float32 CUDA matmuls with TF32 (``tf32=True``) or in full float32, restoring the caller's flags."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9
+        prev = matmul.fp32_precision
+        matmul.fp32_precision = "tf32" if tf32 else "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = prev
+        return
+    prev_allow = matmul.allow_tf32  # torch < 2.9: the legacy flag is the state
+    matmul.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = prev_allow

@@ -1,0 +1,263 @@
+"""KernelRecorder: forward hooks that turn tracked layers' outputs into per-batch kernel matrices.
+
+Each hook turns its layer's output into the layer's linear Gram at once (features centred first), so no
+activation outlives its hook. When every tracked model has finished its forward pass on the batch, the
+recorder checks the kernels, and hands them to its owner (a CKA metric) as ``{model: {layer: kernel}}``.
+
+What the hooks guarantee:
+- their arithmetic is sealed: autocast is off and TF32 follows the precision mode, whatever the caller's context
+  (a bf16-mixed fit, ``set_float32_matmul_precision``); low-precision activations are recorded and warned about;
+- a module that runs k times per forward pass gives k layers (``name#0`` .. ``name#k-1``), learnt on the first
+  batch; every later batch must run the same graph;
+- non-finite features are an error naming the layer and the batch; a batch below the estimator's minimum size
+  is skipped with a warning; a masked batch (DDP padding) is computed but handed on as masked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from vvm.cka.functional import linear_gram
+from vvm.cka.precision import LOW_PRECISION, matmul_precision, sealed
+
+# column-block sizes (elements) for the centred Gram: ~1 MiB blocks stay in a CPU's L2 cache; on CUDA only
+# activations above 64M elements (256 MiB in float32) are split, to bound the extra memory
+CPU_CHUNK_ELEMENTS = 1 << 18
+CUDA_CHUNK_ELEMENTS = 1 << 26
+
+BatchKernels = dict[str, dict[str, Tensor]]
+
+
+def first_tensor(out: object, layer: str = "?") -> Tensor:
+    """The representation in a module's output: the output itself, or the first batch-first tensor of a
+    tuple, list or dict (0-d entries such as a loss are passed over)."""
+    items = [out] if isinstance(out, Tensor) else []
+    if isinstance(out, (tuple, list)):
+        items = list(out)
+    elif isinstance(out, dict):
+        items = list(out.values())
+    for item in items:
+        if isinstance(item, Tensor) and item.dim() > 0:
+            return item
+    raise TypeError(
+        f"tracked layer {layer!r} returned {type(out).__name__} with no tensor that has a batch dimension: "
+        "CKA needs [n, ...] outputs; drop the layer from the layer list"
+    )
+
+
+def layer_gram(output: Tensor, *, tf32: bool) -> Tensor:
+    """The float32 linear Gram of one layer's output (features centred first), autocast off."""
+    x = output.detach().reshape(output.shape[0], -1)
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    # CPU: centre and multiply in cache-sized column blocks; CUDA: whole activations unless one is huge
+    chunk = CPU_CHUNK_ELEMENTS if x.device.type == "cpu" else CUDA_CHUNK_ELEMENTS
+    with sealed(x.device.type), matmul_precision(tf32):
+        return linear_gram(x, chunk_elements=chunk)
+
+
+class KernelRecorder:
+    """Hooks on the named modules of one or more models; per batch, one linear Gram per layer.
+
+    Args:
+        models: ``{key: network}``; every batch must go through each network once.
+        modules: ``{key: module names}`` to hook in each network.
+        on_batch: called after every batch with ``(kernels, masked, batch_id)``; ``kernels[key][layer]``.
+        min_n: batches with fewer examples are skipped with a warning.
+        tf32: fast mode (TF32 Grams on CUDA).
+        out_dtype: the dtype the Grams are handed on in.
+    """
+
+    def __init__(
+        self,
+        models: dict[str, nn.Module],
+        modules: dict[str, list[str]],
+        on_batch: Callable[[BatchKernels, bool, int], None],
+        *,
+        min_n: int,
+        tf32: bool,
+        out_dtype: torch.dtype,
+    ) -> None:
+        self.models = models
+        self.modules = modules
+        self.on_batch = on_batch
+        self.min_n = min_n
+        self.tf32 = tf32
+        self.out_dtype = out_dtype
+        self.layers: dict[str, list[str]] | None = None  # expanded names (name#i), learnt on the first batch
+        self._calls_per_batch: dict[tuple[str, str], int] | None = None
+        self.activation_dtypes: set[str] = set()
+        self._warned_low = False
+        self._active = False
+        self._batch_count = 0
+        self._next_id: int | None = None
+        self._mask_next = False
+        self._reset_batch()
+
+    # ------------------------------------------------------------------ control from the owner's caller
+    def mask_next_batch(self) -> None:
+        """The next batch is padding (a DDP rank with no batch left): compute it, add nothing."""
+        self._mask_next = True
+
+    def set_next_batch_id(self, batch_id: int) -> None:
+        """The global index of the next batch (default: batches are numbered in the order they arrive)."""
+        self._next_id = int(batch_id)
+
+    # ------------------------------------------------------------------ hooks
+    def _reset_batch(self) -> None:
+        self._kernels: dict[tuple[str, str, int], Tensor] = {}
+        self._calls: dict[tuple[str, str], int] = {}
+        self._finished = {key: False for key in self.models}
+        self._batch_n: int | None = None
+        self._skip = False
+
+    def _make_hook(self, key: str, name: str):
+        def hook(module: nn.Module, args: object, output: object) -> None:
+            call = self._calls.get((key, name), 0)
+            self._calls[(key, name)] = call + 1
+            t = first_tensor(output, name)
+            n = t.shape[0]
+            if self._batch_n is None:
+                self._batch_n = n
+            elif n != self._batch_n:
+                raise RuntimeError(
+                    f"layer {name!r} saw {n} examples but other layers saw {self._batch_n}: all tracked layers "
+                    "(and all models) must see the same batch"
+                )
+            if n < self.min_n:
+                self._skip = True
+                return
+            self._note_dtype(t.dtype)
+            self._kernels[(key, name, call)] = layer_gram(t, tf32=self.tf32).to(self.out_dtype)
+
+        return hook
+
+    def _note_dtype(self, dtype: torch.dtype) -> None:
+        self.activation_dtypes.add(str(dtype).removeprefix("torch."))
+        if dtype in LOW_PRECISION and not self._warned_low:
+            self._warned_low = True
+            warnings.warn(
+                f"CKA: tracked layers produce {dtype} activations (autocast or a low-precision model); the "
+                "kernels are computed exactly from them, but the representations themselves are rounded: run "
+                "the CKA pass in float32 for float32 representations",
+                stacklevel=3,
+            )
+
+    def _make_root_hook(self, key: str):
+        def hook(module: nn.Module, args: object, output: object) -> None:
+            if self._finished[key]:
+                raise RuntimeError(
+                    f"model {key!r} ran twice before every other model saw the batch: call each model once "
+                    "per batch"
+                )
+            self._finished[key] = True
+            if all(self._finished.values()):
+                self._end_batch()
+
+        return hook
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[KernelRecorder]:
+        """Register the forward hooks for the duration of the block; they are removed on exit."""
+        if self._active:
+            raise RuntimeError("track() is already active on this metric: hooks would be registered twice")
+        handles = []
+        try:
+            for key, net in self.models.items():
+                named = dict(net.named_modules())
+                for name in self.modules[key]:
+                    handles.append(named[name].register_forward_hook(self._make_hook(key, name)))
+                handles.append(net.register_forward_hook(self._make_root_hook(key)))
+            self._active = True
+            self._reset_batch()
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            self._active = False
+            if len(self.models) > 1 and any(self._finished.values()) and self._kernels:
+                warnings.warn(
+                    "CKA: the last batch was seen by only some of the models and was dropped", stacklevel=3
+                )
+            self._reset_batch()
+
+    # ------------------------------------------------------------------ per batch
+    def _learn_structure(self) -> None:
+        """On the first batch: which modules ran, and how often (a module that runs k times gives k layers)."""
+        layers: dict[str, list[str]] = {}
+        for key in self.models:
+            out: list[str] = []
+            for name in self.modules[key]:
+                c = self._calls.get((key, name), 0)
+                if c == 0:
+                    raise RuntimeError(
+                        f"layer {name!r} did not run in the forward pass, so it has no representation: "
+                        "drop it from cka.layers"
+                    )
+                if c > 1:
+                    warnings.warn(
+                        f"CKA: module {name!r} runs {c} times per forward pass; recording each call as "
+                        f"{name}#0 .. {name}#{c - 1}",
+                        stacklevel=4,
+                    )
+                out.extend([f"{name}#{i}" for i in range(c)] if c > 1 else [name])
+            layers[key] = out
+        self._calls_per_batch = dict(self._calls)
+        self.layers = layers
+
+    def _collect(self) -> BatchKernels:
+        assert self._calls_per_batch is not None and self.layers is not None
+        out: BatchKernels = {}
+        for key in self.models:
+            per: dict[str, Tensor] = {}
+            for name in self.modules[key]:
+                c = self._calls_per_batch[(key, name)]
+                for i in range(c):
+                    per[f"{name}#{i}" if c > 1 else name] = self._kernels[(key, name, i)]
+            out[key] = per
+        return out
+
+    def _check_finite(self, kernels: BatchKernels, batch_id: int) -> None:
+        diag = [(key, name, k.diagonal()) for key, per in kernels.items() for name, k in per.items()]
+        if bool(torch.isfinite(torch.cat([d for _, _, d in diag])).all()):
+            return
+        for key, name, d in diag:
+            if not bool(torch.isfinite(d).all()):
+                who = f"model {key!r}, " if len(self.models) > 1 else ""
+                raise ValueError(
+                    f"CKA: layer {name!r} ({who}batch {batch_id}) has non-finite features: NaN or inf, or "
+                    "values too large to square in float32. CKA is not defined for them; check the model "
+                    "and its inputs, or drop the layer"
+                )
+
+    def _end_batch(self) -> None:
+        masked, self._mask_next = self._mask_next, False
+        batch_id = self._batch_count if self._next_id is None else self._next_id
+        self._next_id = None
+        self._batch_count += 1
+        try:
+            if self._skip:
+                warnings.warn(
+                    f"CKA: skipped a batch of {self._batch_n} examples: the estimator needs at least "
+                    f"{self.min_n}",
+                    stacklevel=3,
+                )
+                return
+            if self._calls_per_batch is None:
+                self._learn_structure()
+            elif self._calls != self._calls_per_batch:
+                raise RuntimeError(
+                    "the tracked modules ran a different number of times than on the first batch; CKA needs "
+                    "the same computation graph for every batch"
+                )
+            kernels = self._collect()
+            self._kernels.clear()
+            self._check_finite(kernels, batch_id)
+            self.on_batch(kernels, masked, batch_id)
+        finally:
+            self._reset_batch()
