@@ -76,8 +76,33 @@ def result_arrays(res: Any, **extra: Any) -> dict[str, np.ndarray]:
         "hsic_yy": res.hsic_yy.numpy(),
         "kernel": np.array(res.kernel),
         "estimator": np.array(res.estimator),
+        "activation_dtype": np.array(res.activation_dtype),
+        **_optional_arrays(res),
         **{k: np.asarray(v) for k, v in extra.items()},
     }
+
+
+# what a result holds only sometimes: RBF bandwidths, per-batch HSIC values (for paired differences)
+_OPTIONAL = (
+    "rbf_sigma2_x",
+    "rbf_sigma2_y",
+    "batch_ids",
+    "batch_weights",
+    "batch_hsic_xy",
+    "batch_hsic_xx",
+    "batch_hsic_yy",
+)
+
+
+def _optional_arrays(res: Any) -> dict[str, np.ndarray]:
+    out = {}
+    if res.kernel == "rbf":
+        out["rbf_bandwidth"] = np.array(res.rbf_bandwidth)
+    for key in _OPTIONAL:
+        v = getattr(res, key, None)
+        if v is not None:
+            out[key] = v.numpy()
+    return out
 
 
 def save_result(path: str | os.PathLike, res: Any, **extra: Any) -> Path:

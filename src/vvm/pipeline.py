@@ -136,6 +136,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             estimator=cfg.cka.estimator,
             precision=cfg.cka.precision,
             rbf_frac=cfg.cka.rbf_frac,
+            rbf_bandwidth=cfg.cka.get("rbf_bandwidth", "fixed"),
             every_n_epochs=cfg.cka.get("every_n_epochs", 0),
             title=_title(summary, cfg),
             model_label=label_x,
@@ -178,6 +179,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "layers_x": res.layers_x,
                     "layers_y": res.layers_y,
                     "undefined_layers": sorted(set(res.undefined_x + res.undefined_y)),
+                    "activation_dtype": res.activation_dtype,
                     "mean_cka": mean_offdiagonal(res.matrix.numpy()),
                     "test_accuracy": float(metrics[0]["test/acc"])
                     if metrics and "test/acc" in metrics[0]

@@ -6,11 +6,15 @@
   written under ``cka_epochs/epoch_XXXX/`` and logged at that step, so the logger's step slider shows the
   representations forming.
 
-Under DDP every rank feeds its own batches; ``compute()`` sums the HSIC states over ranks and rank 0 writes.
+Batches come from the datamodule's evaluation loaders (:mod:`vvm.data.batches`): a seeded random permutation
+in balanced batches, whole batches per rank; the callback tells the metric each batch's global id and whether
+it is padding. Under DDP ``compute()`` sums the HSIC states over ranks and rank 0 writes. The compare model runs
+inside the first model's forward pass (a pre-hook), so both run under the same autocast/precision context.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -21,6 +25,7 @@ import pytorch_lightning as pl
 import torch
 
 from vvm.cka import CKAResult, StreamingCKA
+from vvm.data.batches import EvalBatches
 from vvm.io import save_result
 from vvm.plots.heatmap import heatmap_figure, save_figure
 
@@ -52,6 +57,13 @@ def write_cka_outputs(
     return {"npz": npz, "png": png, "pdf": pdf}
 
 
+def _eval_batches(loaders: Any) -> EvalBatches | None:
+    """The batch plan behind an evaluation loader (None for loaders vvm did not make)."""
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+    ds = getattr(loader, "dataset", None)
+    return ds if isinstance(ds, EvalBatches) else None
+
+
 class CKACallback(pl.Callback):
     def __init__(
         self,
@@ -62,6 +74,7 @@ class CKACallback(pl.Callback):
         estimator: str = "unbiased",
         precision: str = "exact",
         rbf_frac: float = 1.0,
+        rbf_bandwidth: str = "fixed",
         every_n_epochs: int = 0,
         title: str | None = None,
         model_label: str = "layer",
@@ -80,7 +93,13 @@ class CKACallback(pl.Callback):
             else other_layers
         )
         self.other_label = other_label or model_label
-        self.options = dict(kernel=kernel, estimator=estimator, precision=precision, rbf_frac=rbf_frac)
+        self.options = dict(
+            kernel=kernel,
+            estimator=estimator,
+            precision=precision,
+            rbf_frac=rbf_frac,
+            rbf_bandwidth=rbf_bandwidth,
+        )
         self.every_n_epochs = int(every_n_epochs or 0)
         self.title = title
         self.model_label = model_label
@@ -88,27 +107,39 @@ class CKACallback(pl.Callback):
             dict[str, Any]
         ] = []  # one entry per CKA pass: stage, epoch, result, paths, seconds
         self._metric: StreamingCKA | None = None
-        self._tracking = None
+        self._pass: contextlib.ExitStack | None = None
+        self._batches: EvalBatches | None = None
         self._t0 = 0.0
 
     # ------------------------------------------------------------------ passes
-    def _start(self, pl_module: pl.LightningModule) -> None:
+    def _start(self, pl_module: pl.LightningModule, loaders: Any) -> None:
         net = pl_module.model.net
         other_net = None
         if self.other is not None:
             self.other.to(pl_module.device).eval()
             other_net = self.other.net
+        self._batches = _eval_batches(loaders)
+        max_batches = len(self._batches.plan) if self._batches is not None else None
         self._metric = StreamingCKA(
-            net, self.layers, other=other_net, other_layers=self.other_layers, **self.options
+            net,
+            self.layers,
+            other=other_net,
+            other_layers=self.other_layers,
+            max_batches=max_batches,
+            **self.options,
         ).to(pl_module.device)
-        self._tracking = self._metric.track()
-        self._tracking.__enter__()
+        self._pass = contextlib.ExitStack()
+        self._pass.enter_context(self._metric.track())
+        if self.other is not None:
+            # the compare model sees the batch inside the first model's forward: same autocast context
+            handle = pl_module.model.register_forward_pre_hook(self._run_other)
+            self._pass.callback(handle.remove)
         self._t0 = time.perf_counter()
 
     def _stop(self) -> None:
-        if self._tracking is not None:
-            self._tracking.__exit__(None, None, None)
-            self._tracking = None
+        if self._pass is not None:
+            self._pass.close()
+            self._pass = None
 
     def _finish(self, trainer: pl.Trainer, stage: str, out_dir: Path) -> CKAResult:
         self._stop()
@@ -145,16 +176,25 @@ class CKACallback(pl.Callback):
             epoch = trainer.current_epoch + 1 if stage == "probe" else None
             log_cka(logger, res, stage=stage, image=paths["png"], step=trainer.global_step, epoch=epoch)
 
-    def _names(self) -> dict[str, str]:
-        return {"model_x": self.model_label, "model_y": self.other_label}
+    def _names(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model_x": self.model_label, "model_y": self.other_label}
+        if self._batches is not None:
+            out["batch_fingerprint"] = self._batches.fingerprint()
+        return out
 
-    def _run_other(self, pl_module: pl.LightningModule, batch: Any) -> None:
-        """Feed the batch's images to the second model (the first one runs in the module's step)."""
-        if self.other is None or self._tracking is None:
-            return
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    def _run_other(self, module: Any, args: tuple) -> None:
+        """Feed the batch's images to the second model, from inside the first model's forward call."""
         with torch.no_grad():
-            self.other(x.to(pl_module.device))
+            self.other(args[0])
+
+    def _before_batch(self, batch_idx: int) -> None:
+        """Tell the metric which batch of the plan comes next, and whether it is padding."""
+        if self._metric is None or self._batches is None:
+            return
+        batch_id, padding = self._batches.batch_info(batch_idx)
+        self._metric.recorder.set_next_batch_id(batch_id)
+        if padding:
+            self._metric.recorder.mask_next_batch()
 
     @property
     def final(self) -> dict[str, Any] | None:
@@ -163,7 +203,7 @@ class CKACallback(pl.Callback):
 
     # ------------------------------------------------------------------ evaluation pass
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start(pl_module)
+        self._start(pl_module, trainer.test_dataloaders)
 
     def on_test_batch_start(
         self,
@@ -173,7 +213,7 @@ class CKACallback(pl.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._run_other(pl_module, batch)
+        self._before_batch(batch_idx)
 
     def on_validation_batch_start(
         self,
@@ -183,7 +223,8 @@ class CKACallback(pl.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._run_other(pl_module, batch)
+        if self._pass is not None:
+            self._before_batch(batch_idx)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer, "final", self.output_dir)
@@ -199,10 +240,10 @@ class CKACallback(pl.Callback):
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._probe_due(trainer):
-            self._start(pl_module)
+            self._start(pl_module, trainer.val_dataloaders)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._tracking is not None:
+        if self._pass is not None:
             out = self.output_dir / "cka_epochs" / f"epoch_{trainer.current_epoch + 1:04d}"
             self._finish(trainer, "probe", out)
 

@@ -13,7 +13,10 @@ one rank that ran it; the others hold zeros there), so they too are summed acros
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -184,6 +187,19 @@ class HSICMetric(Metric):
             self.batch_c[batch_id] = c
 
     # ------------------------------------------------------------------ result
+    def _wrap_compute(self, compute: Callable) -> Callable:
+        """torchmetrics' wrapper, less what does not fit a result object: it would squeeze a 1x1 matrix to a
+        scalar and cache the first result. States are still synced across ranks for the call."""
+
+        @functools.wraps(compute)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            with self.sync_context(
+                dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
+            ):
+                return compute(*args, **kwargs)
+
+        return wrapped
+
     def compute(self) -> CKAResult:
         """CKA matrix and its delta-method standard error (see :func:`vvm.cka.functional.delta_stderr`)."""
         nb = int(self.n_batches.item())

@@ -8,6 +8,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from vvm.data.batches import EvalBatches, balanced_batches, permutation
+
 SPLITS = ("train", "test")
 
 
@@ -27,8 +29,9 @@ class VisionDataModule(pl.LightningDataModule):
     :meth:`build_split` (``"train"`` or ``"test"``, eval transforms for test, training augmentation for train).
 
     Loaders: ``train_dataloader`` (shuffled, augmented, ``batch_size``), ``val_dataloader`` (the ``probe`` subset
-    of the test split, for accuracy and CKA during training), ``test_dataloader`` (the CKA pass: ``split``,
-    ``eval_batch_size``, the first ``max_samples`` of the fixed subset).
+    of the test split, for accuracy and CKA during training), ``test_dataloader`` (the CKA pass over ``split``).
+    Both evaluation loaders follow :mod:`vvm.data.batches`: a seeded random permutation (``cka_shuffle``),
+    ``max_samples`` its first examples, balanced batches of at most ``eval_batch_size``, whole batches per rank.
     """
 
     name: str = "base"
@@ -51,6 +54,7 @@ class VisionDataModule(pl.LightningDataModule):
         download: bool = True,
         pin_memory: bool = False,
         num_classes: int | None = None,
+        cka_shuffle: bool = True,
     ) -> None:
         super().__init__()
         if num_classes is not None:
@@ -67,7 +71,12 @@ class VisionDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.limit = limit
         self.split = split
+        if max_samples is not None and max_samples < 1:
+            raise ValueError(f"cka.max_samples={max_samples}: use a positive number of examples, or null for all")
+        if eval_batch_size < 1:
+            raise ValueError(f"cka.batch_size={eval_batch_size}: use a positive number of examples per batch")
         self.max_samples = max_samples
+        self.cka_shuffle = bool(cka_shuffle)
         self.probe_size = probe_size
         self.seed = seed
         self.download = download
@@ -104,14 +113,36 @@ class VisionDataModule(pl.LightningDataModule):
         return self._cache[key]
 
     def cka_dataset(self) -> Dataset:
-        ds = self.dataset(self.split)
-        if self.max_samples is not None and self.max_samples < len(ds):
-            ds = Subset(ds, list(range(self.max_samples)))
-        return ds
+        """The split the CKA pass reads (after ``limit``); :meth:`cka_batches` chooses and orders examples."""
+        return self.dataset(self.split)
 
     def probe_dataset(self) -> Dataset:
         ds = self.dataset("test")
         return fixed_subset(ds, self.probe_size, self.seed + 1)
+
+    def _eval_batches(self, ds: Dataset, seed: int, max_samples: int | None, name: str) -> EvalBatches:
+        order = permutation(len(ds), seed, self.cka_shuffle)
+        if max_samples is not None:
+            order = order[:max_samples]
+        plan = balanced_batches(order, self.eval_batch_size)
+        return EvalBatches(ds, plan, name=f"{self.name}/{name}/seed{seed}/shuffle{int(self.cka_shuffle)}")
+
+    def cka_batches(self) -> EvalBatches:
+        """The CKA pass: a seeded random permutation of the split, its first ``max_samples``, balanced batches."""
+        return self._eval_batches(self.cka_dataset(), self.seed, self.max_samples, self.split)
+
+    def probe_batches(self) -> EvalBatches:
+        return self._eval_batches(self.probe_dataset(), self.seed + 1, None, "probe")
+
+    def _eval_loader(self, batches: EvalBatches) -> DataLoader:
+        workers = min(self.num_workers, max(len(batches.plan), 1))
+        return DataLoader(
+            batches,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=workers > 0,
+        )
 
     def _loader(self, ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
         return DataLoader(
@@ -130,7 +161,7 @@ class VisionDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.probe_dataset(), self.eval_batch_size, shuffle=False)
+        return self._eval_loader(self.probe_batches())
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.cka_dataset(), self.eval_batch_size, shuffle=False)
+        return self._eval_loader(self.cka_batches())

@@ -1,0 +1,119 @@
+"""The batches of a CKA pass: a seeded random permutation of the split, cut into balanced batches, dealt to
+ranks whole.
+
+Minibatch CKA averages a U-statistic over batches, which assumes each batch is an i.i.d. sample of the split,
+and it should not depend on how many processes computed it. So:
+
+- order: a seeded random permutation of the split (file order is never random: an ImageFolder lists images
+  class by class); ``max_samples`` keeps the permutation's first examples, a random subset;
+- sizes: ``ceil(N / batch_size)`` batches whose sizes differ by at most one (no small ragged last batch);
+- ranks: batch ``b`` of the plan is run by rank ``b mod W``; every rank runs ``ceil(B / W)`` batches, and a rank
+  whose share is short runs a masked copy of batch 0 (labels ``IGNORE_LABEL``) that adds nothing, so every
+  example is counted exactly once for any number of processes;
+- workers: batches are loaded and collated in the DataLoader's workers, worker ``k`` taking every
+  ``num_workers``-th batch, which keeps the plan's order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data._utils.collate import default_collate
+
+# Lightning warns that an IterableDataset's __len__ may be wrong with several workers: EvalBatches shards its
+# batches by worker itself (see __iter__), so the length is exact
+warnings.filterwarnings("ignore", message=r".*IterableDataset. has .__len__. defined", category=UserWarning)
+
+IGNORE_LABEL = -100  # cross-entropy's ignore_index: a masked (padding) batch's labels
+
+
+def permutation(n: int, seed: int, shuffle: bool = True) -> list[int]:
+    """A seeded random order of ``range(n)`` (the identity when ``shuffle`` is false)."""
+    if not shuffle:
+        return list(range(n))
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(n, generator=g).tolist()
+
+
+def balanced_batches(order: list[int], batch_size: int) -> list[list[int]]:
+    """Cut ``order`` into ``ceil(N / batch_size)`` consecutive batches whose sizes differ by at most one."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    n = len(order)
+    if n == 0:
+        return []
+    nb = math.ceil(n / batch_size)
+    base, extra = divmod(n, nb)
+    out, start = [], 0
+    for b in range(nb):
+        size = base + (1 if b < extra else 0)
+        out.append(order[start : start + size])
+        start += size
+    return out
+
+
+def rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class EvalBatches(IterableDataset):
+    """Whole batches of ``dataset`` in the order of ``plan`` (lists of indices), this rank's share.
+
+    Yields collated ``(images, labels)``; a padding batch has every label set to :data:`IGNORE_LABEL`.
+    ``batch_info(i)`` tells the caller the global id of this rank's ``i``-th batch and whether it is padding.
+    """
+
+    def __init__(self, dataset: Dataset, plan: list[list[int]], *, name: str = "") -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.plan = plan
+        self.name = name
+
+    @property
+    def n_examples(self) -> int:
+        return sum(len(b) for b in self.plan)
+
+    def fingerprint(self) -> str:
+        """A hash of the batch plan (which examples meet in which batch) and the split's size: two passes with
+        the same fingerprint ran the same batches, so their per-batch values can be paired."""
+        h = hashlib.sha256(f"{self.name}|{len(self.dataset)}|".encode())
+        for b in self.plan:
+            h.update((",".join(map(str, b)) + ";").encode())
+        return h.hexdigest()[:16]
+
+    def _share(self) -> list[int | None]:
+        """Global batch ids this rank runs, in order (``None``: a masked padding batch)."""
+        rank, world = rank_and_world()
+        per_rank = math.ceil(len(self.plan) / world) if self.plan else 0
+        return [b if b < len(self.plan) else None for b in range(rank, per_rank * world, world)]
+
+    def batch_info(self, i: int) -> tuple[int, bool]:
+        """``(global batch id, is padding)`` of this rank's ``i``-th batch."""
+        b = self._share()[i]
+        return (0, True) if b is None else (b, False)
+
+    def __len__(self) -> int:
+        return len(self._share())
+
+    def _load(self, b: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.plan[0 if b is None else b]
+        batch = default_collate([self.dataset[i] for i in idx])
+        if b is None:
+            images, labels = batch[0], batch[1]
+            return images, torch.full_like(torch.as_tensor(labels), IGNORE_LABEL)
+        return batch
+
+    def __iter__(self):
+        share = self._share()
+        info = get_worker_info()
+        k, nw = (0, 1) if info is None else (info.id, info.num_workers)
+        for j in range(k, len(share), nw):
+            yield self._load(share[j])
