@@ -77,17 +77,29 @@ class VisionModule(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         net = self._compiled if (stage == "train" and self._compiled is not None) else self.model
         logits = net(x)
-        loss = F.cross_entropy(logits, y)
-        acc = (logits.argmax(dim=-1) == y).float().mean()
+        # a masked padding batch of a DDP evaluation pass (labels < 0, see vvm.data.batches) is logged with
+        # weight 0: every rank still logs every key (the epoch-end sync needs them all), and it counts nowhere
+        n = int(y.shape[0]) if stage == "train" or bool((y >= 0).all()) else 0
+        if n == 0:
+            loss = acc = logits.new_zeros(())
+        else:
+            loss = F.cross_entropy(logits, y)
+            acc = (logits.argmax(dim=-1) == y).float().mean()
         if stage == "train":
             # the step loss goes to the logger only: a progress-bar value would sync the GPU every step
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
             self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         else:
             self.log(
-                f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", sync_dist=True
+                f"{stage}/loss",
+                loss,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=stage != "test",
+                sync_dist=True,
+                batch_size=n,
             )
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
