@@ -14,10 +14,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from vvm.cka.layers import PRESETS, resolve_layers
-from vvm.models import count_parameters, create, trained_by_vvm
+from vvm.models import count_parameters, create, create_timm, trained_by_vvm
 from vvm.models.checkpoints import CheckpointMismatchError
 from vvm.models.presets import generic_presets
-from vvm.models.timm_models import create_timm
 from vvm.weights import load_or_train, weights_source
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -220,6 +220,40 @@ def test_fit_precision(monkeypatch):
     assert fit.fit_precision("auto", "32-true", cpu) == "32-true"
 
 
+# ------------------------------------------------------------------------------------------ the settings
+def test_old_spellings_of_speed_switches_name_the_new_key(tmp_path):
+    from vvm.config import moved_overrides
+    from vvm.pipeline import run
+
+    assert moved_overrides(["model=r18", "train.compile=true", "+train.precision=32", "train.epochs=1"]) == [
+        "train.compile moved to train.speed.compile: write train.speed.compile=... instead",
+        "train.precision moved to train.speed.precision: write train.speed.precision=... instead",
+    ]
+    proc = run_vvm(
+        [*TINY, "train.compile=true", f"hydra.run.dir={tmp_path / 'cli'}"], cwd=tmp_path, check=False
+    )
+    assert proc.returncode != 0 and "train.compile moved to train.speed.compile" in proc.stderr
+    cfg = compose_cfg(tmp_path, *TINY, "+train.gpu_resident=false")
+    with pytest.raises(ValueError, match="train.gpu_resident moved to train.speed.gpu_resident"):
+        run(cfg)
+
+
+def test_a_typo_in_train_is_an_error(tmp_path):
+    from vvm.train.module import VisionModule
+    from vvm.weights import load_or_train
+
+    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", "+train.lrr=0.05")
+    model, dm = build(cfg)
+    with pytest.raises(ValueError, match="train.lrr is not a training setting"):
+        load_or_train(model, cfg, dm)
+    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", "+train.speed.compil=true")
+    with pytest.raises(ValueError, match="train.speed.compil is not a speed switch"):
+        load_or_train(model, cfg, dm)
+    with pytest.raises(TypeError, match="lrr"):
+        VisionModule(model, lrr=0.05)
+    assert not (tmp_path / "ckpt").exists()  # nothing trained
+
+
 # ------------------------------------------------------------------------------------------ the cache
 def test_cache_key_follows_the_recipe(tmp_path):
     from vvm.train.cache import cache_key
@@ -251,6 +285,14 @@ def test_cache_key_follows_the_recipe(tmp_path):
         cache_key(compose_cfg(tmp_path, "dataset=digits", "train.epochs=20", o), "digits") for o in differ
     }
     assert base not in keys and len(keys) == len(differ)
+
+
+def test_cache_keys_of_existing_checkpoints_stay(tmp_path):
+    """train.speed.* moved out of train.*: the recipe the key hashes is the same, so are existing keys."""
+    from vvm.train.cache import cache_key
+
+    cfg = compose_cfg(tmp_path, "init=pretrained", "dataset=digits", "train.epochs=20")
+    assert cache_key(cfg, "digits") == "r18-digits-e20-s0-3282d2f7"
 
 
 class Boom(pl.Callback):

@@ -9,8 +9,9 @@ where it stands in tables and figures.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -96,6 +97,21 @@ def create(name: str, *, num_classes: int = 100, seed: int | None = 0, **kwargs)
     return model
 
 
+def create_timm(
+    name: str,
+    *,
+    num_classes: int = 100,
+    seed: int | None = 0,
+    input_size: int | None = None,
+    timm_kwargs: Mapping[str, Any] | None = None,
+) -> VisionModel:
+    """``conf/model/timm.yaml``'s target: the timm model ``name`` (``model.name`` is the timm name itself),
+    through the seeded :func:`create` (``create("timm", arch=name, ...)``)."""
+    return create(
+        "timm", arch=name, num_classes=num_classes, seed=seed, input_size=input_size, timm_kwargs=timm_kwargs
+    )
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -130,6 +146,7 @@ __all__ = [
     "available",
     "count_parameters",
     "create",
+    "create_timm",
     "display_order",
     "families",
     "family_of",

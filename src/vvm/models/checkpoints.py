@@ -196,34 +196,13 @@ def _fetch_published(net: nn.Module, cfg: Mapping[str, Any]) -> dict[str, Tensor
     raise RuntimeError(f"timm's pretrained config for {_arch(cfg)} names no weights (source {load_from!r})")
 
 
-def load_timm_pretrained(model: VisionModel, weights_file: str | Path | None = None) -> list[str]:
-    """Load the published weights of ``model.net``'s timm pretrained config, from ``weights_file`` or the hub.
-
-    Returns the classifier keys that kept their random initialisation because the published head has another
-    number of classes (or none). Any other missing, unexpected or mis-shaped key is an error.
-    """
+def _published_state(
+    net: nn.Module, cfg: Mapping[str, Any], weights_file: str | Path | None
+) -> tuple[dict, str]:
+    """The published state dict (from ``weights_file``, else the hub) and where it came from."""
     import timm
 
-    net = model.net
-    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
-    if not cfg:
-        raise ValueError(f"model {model.name!r} has no timm pretrained config: no published weights to load")
-    if weights_file is not None:
-        path = Path(weights_file).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"init.weights_file={str(path)!r} does not exist: expected the published weights of {_arch(cfg)}, "
-                f"{_hub_hint(cfg)}"
-            )
-        try:
-            state = timm.models.load_state_dict(str(path), weights_only=True)
-        except Exception as err:
-            raise CheckpointMismatchError(
-                f"init.weights_file={str(path)!r} could not be read as weights ({type(err).__name__}: {err}): "
-                f"expected {_hub_hint(cfg)}"
-            ) from err
-        source = str(path)
-    else:
+    if weights_file is None:
         try:
             state = _fetch_published(net, cfg)
         except Exception as err:
@@ -231,7 +210,33 @@ def load_timm_pretrained(model: VisionModel, weights_file: str | Path | None = N
                 f"could not fetch the published weights of {_arch(cfg)} ({type(err).__name__}: {err}). Offline, "
                 f"download {_hub_hint(cfg)} on a machine with internet and pass init.weights_file=/path/to/it"
             ) from err
-        source = cfg.get("hf_hub_id") or cfg.get("url") or _arch(cfg)
+        return state, cfg.get("hf_hub_id") or cfg.get("url") or _arch(cfg)
+    path = Path(weights_file).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"init.weights_file={str(path)!r} does not exist: expected the published weights of {_arch(cfg)}, "
+            f"{_hub_hint(cfg)}"
+        )
+    try:
+        return timm.models.load_state_dict(str(path), weights_only=True), str(path)
+    except Exception as err:
+        raise CheckpointMismatchError(
+            f"init.weights_file={str(path)!r} could not be read as weights ({type(err).__name__}: {err}): "
+            f"expected {_hub_hint(cfg)}"
+        ) from err
+
+
+def load_timm_pretrained(model: VisionModel, weights_file: str | Path | None = None) -> list[str]:
+    """Load the published weights of ``model.net``'s timm pretrained config, from ``weights_file`` or the hub.
+
+    Returns the classifier keys that kept their random initialisation because the published head has another
+    number of classes (or none). Any other missing, unexpected or mis-shaped key is an error.
+    """
+    net = model.net
+    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
+    if not cfg:
+        raise ValueError(f"model {model.name!r} has no timm pretrained config: no published weights to load")
+    state, source = _published_state(net, cfg, weights_file)
     filter_fn = getattr(sys.modules.get(type(net).__module__), "checkpoint_filter_fn", None)
     if callable(filter_fn):
         try:

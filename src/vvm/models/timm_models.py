@@ -9,7 +9,7 @@ resized on the device to 224x224 and re-normalised. Construction never downloads
 Config: ``model=vit_l32``, or ``model=timm model.name=convnext_tiny`` (``model.name`` is any name of
 ``timm.list_models()``, with or without a pretrained tag such as ``convnext_tiny.fb_in22k``; the tag picks the
 weights ``init=pretrained`` loads and their normalisation). In Python: ``create("timm", arch="convnext_tiny")``
-or :func:`create_timm`.
+or :func:`vvm.models.create_timm`.
 """
 
 from __future__ import annotations
@@ -92,20 +92,3 @@ def build_timm(
     its resolution from ``timm_kwargs={"img_size": ...}`` instead."""
     net = timm_net(arch, num_classes=num_classes, **plain(timm_kwargs))
     return wrap_timm(net, name=arch, input_size=input_size)
-
-
-def create_timm(
-    name: str,
-    *,
-    num_classes: int = 100,
-    seed: int | None = 0,
-    input_size: int | None = None,
-    timm_kwargs: Mapping[str, Any] | None = None,
-) -> VisionModel:
-    """``conf/model/timm.yaml``'s target: the timm model ``name``, through the registry's seeded
-    :func:`vvm.models.create` (``create("timm", arch=name, ...)``)."""
-    from vvm.models import create
-
-    return create(
-        "timm", arch=name, num_classes=num_classes, seed=seed, input_size=input_size, timm_kwargs=timm_kwargs
-    )
