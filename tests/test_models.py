@@ -380,7 +380,8 @@ def test_cifar_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="does not fit model 'lambda_r26'"):
         apply_init(create("lambda_r26", num_classes=10), init)
     # no checkpoint: not an error but a training (see test_registry_says_which_models_vvm_trains)
-    assert weights_source(create("r18", num_classes=10), {"name": "pretrained", "checkpoint": None}) == "trained"
+    r18 = create("r18", num_classes=10)
+    assert weights_source(r18, {"name": "pretrained", "checkpoint": None}) == "trained"
     with pytest.raises(FileNotFoundError, match="does not exist"):
         apply_init(
             create("r18", num_classes=10), {"name": "pretrained", "checkpoint": str(tmp_path / "nope.pt")}
