@@ -265,7 +265,7 @@ def main() -> None:
     args = p.parse_args()
 
     device = torch.device(args.device)
-    from vvm.train.weights import fit_precision
+    from vvm.train.fit import fit_precision
 
     auto = (
         "bf16"

@@ -12,11 +12,12 @@ import pytest
 import torch
 from compose import compose_config
 from hydra.utils import instantiate
+from omegaconf import open_dict
 from test_data import _image_folder, make_fake_cifar10, make_fake_cifar100
 
 from vvm.__main__ import CONFIG_DIR
-from vvm.models import count_parameters
-from vvm.models.init import apply_init, is_cifar_model
+from vvm.models import count_parameters, trained_by_vvm
+from vvm.weights import load_or_train
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 INITS = sorted(p.stem for p in (CONFIG_DIR / "init").glob("*.yaml"))
@@ -81,11 +82,12 @@ def test_every_combination_instantiates(model, one_build, data_root, tmp_path):
                 path = tmp_path / f"weights-{nc}.pt"
                 torch.save(vm.net.state_dict(), path)
                 weights[nc] = path
-            key = "checkpoint" if is_cifar_model(vm) else "weights_file"
-            init_cfg = {"name": "pretrained", key: str(weights[nc])}
+            key = "checkpoint" if trained_by_vvm(vm) else "weights_file"
+            with open_dict(cfg):
+                cfg.init[key] = str(weights[nc])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                apply_init(vm, init_cfg, dataset_name=dataset)
+                load_or_train(vm, cfg, dm)
     nets.clear()
     gc.collect()
 

@@ -305,7 +305,9 @@ def test_fast_products_run_inside_the_tf32_switch(monkeypatch):
 
 def _population(n, g):
     z = torch.randn(n, 3, generator=g, dtype=torch.float64)
-    ax = torch.tensor([[1.0, 0.5, 0.0, 2.0], [0.0, 1.0, 1.0, -1.0], [0.3, 0.0, 0.5, 0.2]], dtype=torch.float64)
+    ax = torch.tensor(
+        [[1.0, 0.5, 0.0, 2.0], [0.0, 1.0, 1.0, -1.0], [0.3, 0.0, 0.5, 0.2]], dtype=torch.float64
+    )
     x = z @ ax + 0.8 * torch.randn(n, 4, generator=g, dtype=torch.float64)
     y = torch.tanh(z[:, :2] * 1.5) + 0.6 * torch.randn(n, 2, generator=g, dtype=torch.float64)
     return x, y

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,17 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from vvm.cka.presets import PRESETS, resolve_layers
-from vvm.models import count_parameters, create
-from vvm.models.init import (
-    CheckpointMismatchError,
-    MissingCheckpointError,
-    apply_init,
-    is_cifar_model,
-    needs_training,
-)
-from vvm.cka.presets import generic_presets
-from vvm.models.timm_models import create_timm
+from vvm.cka.presets import PRESETS, generic_presets, resolve_layers
+from vvm.models import count_parameters, create, create_timm, trained_by_vvm
+from vvm.models.checkpoints import CheckpointMismatchError
+from vvm.weights import load_or_train, weights_source
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -313,6 +307,12 @@ def test_model_yamls():
 
 
 # ------------------------------------------------------------------------------------------------------ init
+def apply_init(model, init: dict, dataset_name: str | None = None):
+    """``init`` through the one weights path (:func:`vvm.weights.load_or_train`), measuring ``dataset_name``."""
+    load_or_train(model, OmegaConf.create({"init": init, "seed": 0}), SimpleNamespace(name=dataset_name))
+    return model
+
+
 def test_init_random_changes_nothing():
     model = create("r18", num_classes=10, seed=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -322,14 +322,15 @@ def test_init_random_changes_nothing():
         apply_init(model, {"name": "imagenet"})
 
 
-def test_is_cifar_model_and_needs_training():
+def test_registry_says_which_models_vvm_trains():
     for name in ("r18", "r34", "r50", "lambda_r26", "lambda_r38", "lambda_r50"):
-        assert is_cifar_model(name)
-    assert not is_cifar_model("vit_l32") and not is_cifar_model("convnext_tiny")
-    assert needs_training("r18", {"name": "pretrained", "checkpoint": None})
-    assert not needs_training("r18", {"name": "pretrained", "checkpoint": "x.pt"})
-    assert not needs_training("r18", {"name": "random"})
-    assert not needs_training("vit_l32", {"name": "pretrained", "checkpoint": None})
+        assert trained_by_vvm(name)
+    assert not trained_by_vvm("vit_l32") and not trained_by_vvm("convnext_tiny")
+    r18 = create("r18", num_classes=10)
+    assert weights_source(r18, {"name": "pretrained", "checkpoint": None}) == "trained"
+    assert weights_source(r18, {"name": "pretrained", "checkpoint": "x.pt"}) == "checkpoint"
+    assert weights_source(r18, {"name": "random"}) == "random"
+    assert weights_source(_tiny_vit(), {"name": "pretrained", "checkpoint": None}) == "published"
 
 
 def _same(a: nn.Module, b: nn.Module, skip: tuple[str, ...] = ()) -> bool:
@@ -377,10 +378,9 @@ def test_cifar_checkpoint_errors(tmp_path):
         apply_init(create("r34", num_classes=10), init)
     with pytest.raises(CheckpointMismatchError, match="does not fit model 'lambda_r26'"):
         apply_init(create("lambda_r26", num_classes=10), init)
-    with pytest.raises(MissingCheckpointError, match="init.checkpoint.*train"):
-        apply_init(
-            create("r18", num_classes=10), {"name": "pretrained", "checkpoint": None}, dataset_name="cifar10"
-        )
+    # no checkpoint: not an error but a training (see test_registry_says_which_models_vvm_trains)
+    r18 = create("r18", num_classes=10)
+    assert weights_source(r18, {"name": "pretrained", "checkpoint": None}) == "trained"
     with pytest.raises(FileNotFoundError, match="does not exist"):
         apply_init(
             create("r18", num_classes=10), {"name": "pretrained", "checkpoint": str(tmp_path / "nope.pt")}
@@ -441,11 +441,11 @@ def test_timm_weights_file_errors(tmp_path, monkeypatch):
         apply_init(model, {"name": "pretrained", "weights_file": str(other)})
 
     # no internet and nothing cached: the error says how to get the file
-    import vvm.models.init as init_mod
+    import vvm.models.checkpoints as checkpoints
 
     def offline(net, cfg):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(init_mod, "_fetch_published", offline)
+    monkeypatch.setattr(checkpoints, "_fetch_published", offline)
     with pytest.raises(RuntimeError, match="init.weights_file=/path/to/it"):
         apply_init(model, {"name": "pretrained"})

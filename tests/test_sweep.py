@@ -17,16 +17,9 @@ from helpers import run_vvm
 from omegaconf import OmegaConf
 
 from vvm.io import write_json, write_npz
-from vvm.pipeline import completed_result
-from vvm.sweep import (
-    SweepSummary,
-    canonical_family,
-    collect_jobs,
-    grid_rows,
-    model_family,
-    resume_command,
-    write_summary,
-)
+from vvm.job import completed_result
+from vvm.records import canonical_family, collect_jobs, model_family
+from vvm.sweep import SweepSummary, grid_rows, resume_command, write_summary
 
 FAST = [
     "dataset=synthetic",

@@ -167,7 +167,7 @@ def test_device_batches_shuffle_per_epoch_and_cover_the_split():
 
 def test_gpu_resident_setting():
     from vvm.data import DigitsDataModule
-    from vvm.train.weights import use_device_resident
+    from vvm.train.fit import use_device_resident
 
     dm = DigitsDataModule(limit=20)
     cpu = torch.device("cpu")
@@ -205,19 +205,53 @@ def test_recompute_bn_stats_averages_batch_statistics():
 
 
 def test_fit_precision(monkeypatch):
-    from vvm.train import weights
+    from vvm.train import fit
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(weights, "_cpu_has_amx", lambda: True)
-    monkeypatch.setattr(weights, "_cuda_has_bf16", lambda: True)
-    assert weights.fit_precision("auto", "32-true", cpu) == "bf16-mixed"
-    assert weights.fit_precision(None, "32-true", cuda) == "bf16-mixed"
-    assert weights.fit_precision("auto", "16-mixed", cuda) == "16-mixed"  # the trainer's own choice stays
+    monkeypatch.setattr(fit, "_cpu_has_amx", lambda: True)
+    monkeypatch.setattr(fit, "_cuda_has_bf16", lambda: True)
+    assert fit.fit_precision("auto", "32-true", cpu) == "bf16-mixed"
+    assert fit.fit_precision(None, "32-true", cuda) == "bf16-mixed"
+    assert fit.fit_precision("auto", "16-mixed", cuda) == "16-mixed"  # the trainer's own choice stays
     assert (
-        weights.fit_precision("32-true", "bf16-mixed", cuda) == "32-true"
-    )  # an explicit train.precision wins
-    monkeypatch.setattr(weights, "_cpu_has_amx", lambda: False)
-    assert weights.fit_precision("auto", "32-true", cpu) == "32-true"
+        fit.fit_precision("32-true", "bf16-mixed", cuda) == "32-true"
+    )  # an explicit train.speed.precision wins
+    monkeypatch.setattr(fit, "_cpu_has_amx", lambda: False)
+    assert fit.fit_precision("auto", "32-true", cpu) == "32-true"
+
+
+# ------------------------------------------------------------------------------------------ the settings
+def test_old_spellings_of_speed_switches_name_the_new_key(tmp_path):
+    from vvm.config import moved_overrides
+    from vvm.pipeline import run
+
+    assert moved_overrides(["model=r18", "train.compile=true", "+train.precision=32", "train.epochs=1"]) == [
+        "train.compile moved to train.speed.compile: write train.speed.compile=... instead",
+        "train.precision moved to train.speed.precision: write train.speed.precision=... instead",
+    ]
+    proc = run_vvm(
+        [*TINY, "train.compile=true", f"hydra.run.dir={tmp_path / 'cli'}"], cwd=tmp_path, check=False
+    )
+    assert proc.returncode != 0 and "train.compile moved to train.speed.compile" in proc.stderr
+    cfg = compose_cfg(tmp_path, *TINY, "+train.gpu_resident=false")
+    with pytest.raises(ValueError, match="train.gpu_resident moved to train.speed.gpu_resident"):
+        run(cfg)
+
+
+def test_a_typo_in_train_is_an_error(tmp_path):
+    from vvm.train.module import VisionModule
+    from vvm.weights import load_or_train
+
+    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", "+train.lrr=0.05")
+    model, dm = build(cfg)
+    with pytest.raises(ValueError, match="train.lrr is not a training setting"):
+        load_or_train(model, cfg, dm)
+    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", "+train.speed.compil=true")
+    with pytest.raises(ValueError, match="train.speed.compil is not a speed switch"):
+        load_or_train(model, cfg, dm)
+    with pytest.raises(TypeError, match="lrr"):
+        VisionModule(model, lrr=0.05)
+    assert not (tmp_path / "ckpt").exists()  # nothing trained
 
 
 # ------------------------------------------------------------------------------------------ the cache
@@ -227,9 +261,9 @@ def test_cache_key_follows_the_recipe(tmp_path):
     base = cache_key(compose_cfg(tmp_path, "init=pretrained", "dataset=digits", "train.epochs=20"), "digits")
     assert base.startswith("r18-digits-e20-s0-") and len(base.split("-")[-1]) == 8
     same = [
-        "train.compile=true",
-        "train.save_last_every_s=5",
-        "train.gpu_resident=false",
+        "train.speed.compile=true",
+        "train.speed.save_last_every_s=5",
+        "train.speed.gpu_resident=false",
         "cka.kernel=rbf",
         "cka.max_samples=100",
         "trainer=gpu",
@@ -251,6 +285,14 @@ def test_cache_key_follows_the_recipe(tmp_path):
         cache_key(compose_cfg(tmp_path, "dataset=digits", "train.epochs=20", o), "digits") for o in differ
     }
     assert base not in keys and len(keys) == len(differ)
+
+
+def test_cache_keys_of_existing_checkpoints_stay(tmp_path):
+    """train.speed.* moved out of train.*: the recipe the key hashes is the same, so are existing keys."""
+    from vvm.train.cache import cache_key
+
+    cfg = compose_cfg(tmp_path, "init=pretrained", "dataset=digits", "train.epochs=20")
+    assert cache_key(cfg, "digits") == "r18-digits-e20-s0-3282d2f7"
 
 
 class Boom(pl.Callback):
@@ -276,26 +318,26 @@ RESUME_ARGS = [
     *TINY,
     "init=pretrained",
     "train.epochs=2",
-    "train.gpu_resident=true",
-    "train.channels_last=true",
-    "train.save_last_every_s=0",
+    "train.speed.gpu_resident=true",
+    "train.speed.channels_last=true",
+    "train.speed.save_last_every_s=0",
 ]
 
 
 def interrupt_and_resume(tmp_path: Path):
     """Train with ``RESUME_ARGS``, failing at the start of epoch 1; then train again (it resumes)."""
-    from vvm.train.weights import prepare_weights
+    from vvm.weights import load_or_train
 
     cfg = compose_cfg(tmp_path, *RESUME_ARGS)
     model, dm = build(cfg)
     with pytest.raises(RuntimeError, match="boom"):
-        prepare_weights(model, cfg, dm, callbacks=[Boom(1)])
+        load_or_train(model, cfg, dm, callbacks=[Boom(1)])
     ckpts = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert len(ckpts) == 1 and ckpts[0].endswith(".last.ckpt"), ckpts
 
     model, dm = build(cfg)
     counter = CountBatches()
-    info = prepare_weights(model, cfg, dm, callbacks=[counter])
+    info = load_or_train(model, cfg, dm, callbacks=[counter])
     assert info["trained"] is True and info["gpu_resident"] is True
     assert info["resumed_from"].endswith(".last.ckpt") and info["train_epochs"] == 2
     assert counter.epochs == [1, 1]  # 32 images / 16: epoch 0 was not trained again
@@ -305,7 +347,7 @@ def interrupt_and_resume(tmp_path: Path):
 def test_interrupted_training_resumes_then_the_cache_is_used(tmp_path):
     """gpu_resident=true and channels_last=true: the GPU path's CPU fallback. Epoch 1 fails; the rerun trains
     epoch 1 only; another call loads the cached file and trains nothing."""
-    from vvm.train.weights import prepare_weights
+    from vvm.weights import load_or_train
 
     cfg, info, model = interrupt_and_resume(tmp_path)
     final = Path(info["checkpoint"])
@@ -317,7 +359,7 @@ def test_interrupted_training_resumes_then_the_cache_is_used(tmp_path):
 
     model3, dm3 = build(cfg)
     counter = CountBatches()
-    info3 = prepare_weights(model3, cfg, dm3, callbacks=[counter])
+    info3 = load_or_train(model3, cfg, dm3, callbacks=[counter])
     assert info3["trained"] is False and info3["weights"] == f"cached checkpoint {final}"
     assert counter.epochs == [] and info3["train_accuracy"] == info["train_accuracy"]
     for k, v in model3.net.state_dict().items():
@@ -328,7 +370,7 @@ def test_gradient_clip_val_reaches_the_training_trainer(tmp_path):
     """train.gradient_clip_val (off in the seed's recipe) is the fit's gradient-norm clip, and part of the
     checkpoint's recipe."""
     from vvm.train.cache import cache_key
-    from vvm.train.weights import prepare_weights
+    from vvm.weights import load_or_train
 
     seen = {}
 
@@ -338,7 +380,7 @@ def test_gradient_clip_val_reaches_the_training_trainer(tmp_path):
 
     cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", "train.epochs=1", "train.gradient_clip_val=0.5")
     model, dm = build(cfg)
-    prepare_weights(model, cfg, dm, callbacks=[Grab()])
+    load_or_train(model, cfg, dm, callbacks=[Grab()])
     assert seen["clip"] == 0.5
     plain = compose_cfg(tmp_path, *TINY, "init=pretrained", "train.epochs=1")
     assert cache_key(plain, "synthetic") != cache_key(cfg, "synthetic")
@@ -346,19 +388,19 @@ def test_gradient_clip_val_reaches_the_training_trainer(tmp_path):
 
 @pytest.mark.slow
 def test_resumed_training_equals_uninterrupted(tmp_path):
-    from vvm.train.weights import prepare_weights
+    from vvm.weights import load_or_train
 
     _, _, resumed = interrupt_and_resume(tmp_path / "a")
     cfg = compose_cfg(tmp_path / "b", *RESUME_ARGS)
     model, dm = build(cfg)
-    info = prepare_weights(model, cfg, dm)
+    info = load_or_train(model, cfg, dm)
     assert info["resumed_from"] is None
     for k, v in model.net.state_dict().items():
         torch.testing.assert_close(v, resumed.net.state_dict()[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
 def test_explicit_checkpoint_and_published_weights(tmp_path, monkeypatch):
-    from vvm.train import weights
+    from vvm import weights
     from vvm.train.cache import save_trained
 
     cfg = compose_cfg(tmp_path, *TINY)
@@ -369,7 +411,7 @@ def test_explicit_checkpoint_and_published_weights(tmp_path, monkeypatch):
     path = save_trained(tmp_path / "mine.ckpt", trained.net, dataset_name="synthetic", facts={"note": "test"})
     cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", f"init.checkpoint={path}")
     model, dm = build(cfg)
-    info = weights.prepare_weights(model, cfg, dm)
+    info = weights.load_or_train(model, cfg, dm)
     assert info == {"weights": f"checkpoint {path}", "trained": False, "checkpoint": str(path)}
     for k, v in model.net.state_dict().items():
         assert torch.equal(v, trained.net.state_dict()[k]), k
@@ -386,17 +428,18 @@ def test_explicit_checkpoint_and_published_weights(tmp_path, monkeypatch):
     )
     model, dm = build(cfg)
     with pytest.raises(ValueError, match="synthetic"):
-        weights.prepare_weights(model, cfg, dm)
+        weights.load_or_train(model, cfg, dm)
 
     # a model with published weights (vit_l32, timm): the models' loader, no training
     calls = []
-    monkeypatch.setattr(weights, "is_cifar", lambda m: False)
-    monkeypatch.setattr(weights, "load_weights", lambda m, init, ds: calls.append((init["name"], ds)))
+    monkeypatch.setattr(weights, "trained_by_vvm", lambda m: False)
+    monkeypatch.setattr(weights, "load_timm_pretrained", lambda m, file: calls.append((m.name, file)))
     cfg = compose_cfg(tmp_path, *TINY, "init=pretrained")
     model, dm = build(cfg)
-    info = weights.prepare_weights(model, cfg, dm, callbacks=[Boom(0)])
-    assert calls == [("pretrained", "synthetic")]
-    assert info["trained"] is False and info["weights"].startswith("published weights")
+    model.net.pretrained_cfg = {"hf_hub_id": "timm/published"}
+    info = weights.load_or_train(model, cfg, dm, callbacks=[Boom(0)])
+    assert calls == [("r18", None)]
+    assert info["trained"] is False and info["weights"] == "published weights (timm/published)"
     assert not (tmp_path / "ckpt").exists()
 
 
@@ -436,7 +479,7 @@ def test_ddp_on_cpu_trains_and_cka_matches_one_process(tmp_path):
     from vvm.cka.streaming import StreamingCKA
     from vvm.data import SyntheticDataModule
     from vvm.models import create
-    from vvm.models.init import load_checkpoint
+    from vvm.models.checkpoints import load_checkpoint
 
     ckpt, out = tmp_path / "ckpt", tmp_path / "ddp"
     args = [
@@ -475,13 +518,13 @@ def test_ddp_on_cpu_trains_and_cka_matches_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_compiled_training_step_on_cpu(tmp_path):
-    """train.compile=true: the training steps run through torch.compile (inductor: a minute on 2 cores); the
+    """train.speed.compile=true: the training steps run through torch.compile (inductor: a minute on 2 cores); the
     saved weights keep the network's own keys and CKA's hooks (validation, test) stay eager."""
-    from vvm.train.weights import prepare_weights
+    from vvm.weights import load_or_train
 
-    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", "train.epochs=1", "train.compile=true")
+    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", "train.epochs=1", "train.speed.compile=true")
     model, dm = build(cfg)
-    info = prepare_weights(model, cfg, dm)
+    info = load_or_train(model, cfg, dm)
     assert info["trained"] is True
     state = torch.load(info["checkpoint"], weights_only=True)["state_dict"]
     assert set(state) == {f"model.net.{k}" for k in model.net.state_dict()}

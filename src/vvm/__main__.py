@@ -1,8 +1,10 @@
-"""``python -m vvm`` / ``vvm``: compose conf/ with Hydra and run one job (or a sweep with ``-m``)."""
+"""``python -m vvm`` / ``vvm``: compose conf/ with Hydra and run one job (or a sweep with ``-m``) through
+:func:`vvm.job.run_job`."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -28,14 +30,19 @@ CONFIG_DIR = config_dir()
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    # in a multirun (-m) a failing job is recorded in its result.json and the sweep goes on (see vvm.sweep)
-    from vvm.sweep import run_job
+    # in a multirun (-m) a failing job is recorded in its result.json and the sweep goes on (see vvm.job)
+    from vvm.job import run_job
 
     summary = run_job(cfg)
     return summary.get("mean_cka") if summary else None
 
 
 def main() -> None:
+    from vvm.config import moved_overrides
+
+    errors = moved_overrides(sys.argv[1:])
+    if errors:  # Hydra would only say that the old key is not in the config
+        sys.exit("vvm: " + "; ".join(errors))
     _hydra_main()
 
 

@@ -1,4 +1,5 @@
-"""Atomic file writes and the on-disk form of a CKA result (cka.npz, result.json)."""
+"""Atomic file writes, the process that writes them, and the on-disk form of a CKA result (cka.npz,
+result.json)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import contextlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,19 +14,39 @@ from typing import Any
 import numpy as np
 
 
+def temporary_path(path: str | os.PathLike) -> Path:
+    """A hidden sibling of ``path``, unique to this process, ending in ``path``'s suffix (some writers read the
+    format off the name), for write-then-rename."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` (never a half file)."""
+def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` (never a half file), after
+    an ``fsync`` of what was written when asked."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = temporary_path(path)
     try:
-        yield Path(tmp)
+        yield tmp
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is the one that writes files and logs (rank 0, or the only process)."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -18,7 +18,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from vvm.cka.result import mean_offdiagonal
+from vvm.config import container
+from vvm.io import is_rank_zero
 
 SUMMARY_KEYS = (
     "status",
@@ -61,28 +65,13 @@ def is_wandb(logger: Any) -> bool:
 
 def log_config(logger: Any, cfg: DictConfig) -> None:
     """The resolved config: W&B's run config, or the logger's hyperparameters."""
-    if logger is False or logger is None or not _rank_zero():
+    if logger is False or logger is None or not is_rank_zero():
         return  # under DDP only rank 0 logs (W&B's experiment elsewhere is a stand-in without .config)
-    try:
-        container = OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # an interpolation that only resolves inside Hydra's runtime
-        container = OmegaConf.to_container(cfg, resolve=False)
+    values = container(cfg)  # unresolved where an interpolation only resolves inside Hydra's runtime
     if is_wandb(logger):
-        logger.experiment.config.update(container, allow_val_change=True)
+        logger.experiment.config.update(values, allow_val_change=True)
     else:
-        logger.log_hyperparams(container)
-
-
-def _rank_zero() -> bool:
-    from pytorch_lightning.utilities import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
-
-
-def _mean_offdiagonal(matrix: Any) -> float:
-    from vvm.callbacks.cka import mean_offdiagonal
-
-    return mean_offdiagonal(matrix)
+        logger.log_hyperparams(values)
 
 
 def cka_table_rows(res: Any) -> list[list[Any]]:
@@ -110,7 +99,7 @@ def log_cka(
     summary scalars, under ``cka/`` for the final pass and ``cka_<stage>/`` for the others (``cka_probe/``:
     the passes during training, at ``epoch``)."""
     prefix = "cka" if stage == "final" else f"cka_{stage}"
-    mean = _mean_offdiagonal(res.matrix.numpy())
+    mean = mean_offdiagonal(res.matrix.numpy())
     scalars: dict[str, Any] = {f"{prefix}/mean_offdiag": mean, f"{prefix}/n_samples": res.n_samples}
     if is_wandb(logger):
         import wandb

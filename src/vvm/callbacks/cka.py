@@ -15,27 +15,18 @@ inside the first model's forward pass (a pre-hook), so both run under the same a
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 
 from vvm.cka import CKAResult, StreamingCKA
+from vvm.cka.result import mean_offdiagonal
 from vvm.data.batches import EvalBatches
 from vvm.io import save_result
 from vvm.plots.heatmap import heatmap_figure, save_figure
-
-
-def mean_offdiagonal(matrix: np.ndarray) -> float:
-    """Mean of the off-diagonal entries that are defined (NaN when none is)."""
-    m = np.asarray(matrix, dtype=float)
-    mask = ~np.eye(*m.shape, dtype=bool) if m.shape[0] == m.shape[1] else np.ones(m.shape, dtype=bool)
-    vals = m[mask & ~np.isnan(m)]
-    return float(vals.mean()) if vals.size else math.nan
 
 
 def write_cka_outputs(

@@ -9,7 +9,6 @@ the split) decides, broadcast to the other ranks, so any number of processes use
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from vvm.cka.functional import rbf_kernels, rbf_sigma2

@@ -234,7 +234,9 @@ def cka(
     check_estimator(estimator)
     x, y = as_tensor(x), as_tensor(y)
     if x.dim() == 0 or y.dim() == 0:
-        raise ValueError("cka() needs representations with a batch dimension (n examples first), got a 0-d scalar")
+        raise ValueError(
+            "cka() needs representations with a batch dimension (n examples first), got a 0-d scalar"
+        )
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must hold the same examples: got n={x.shape[0]} and n={y.shape[0]}")
     n = x.shape[0]
@@ -290,9 +292,7 @@ def delta_stderr(
     return torch.sqrt(var).masked_fill(torch.isnan(matrix), math.nan)
 
 
-def linearised_per_batch(
-    a: Tensor, b: Tensor, c: Tensor, w: Tensor
-) -> tuple[Tensor, Tensor]:
+def linearised_per_batch(a: Tensor, b: Tensor, c: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     """Per-batch CKA ``[B, Lx, Ly]`` and the delta method's weighted linearised values ``w_b z_b`` from the
     per-batch HSICs ``a`` ``[B, Lx, Ly]``, ``b`` ``[B, Lx]``, ``c`` ``[B, Ly]`` and weights ``w`` ``[B]``
     (see :func:`delta_stderr`). Two runs over the same batches give a paired standard error of their

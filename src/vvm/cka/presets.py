@@ -217,26 +217,8 @@ def _first_of(names: Sequence[str], candidates: Sequence[str], modules: dict[str
     return None
 
 
-def generic_presets(net: nn.Module, input_size: int | Sequence[int] | None = None) -> dict[str, list[str]]:
-    """The ``blocks``, ``all`` and ``seed`` presets of ``net`` by the rules of this module's docstring.
-
-    ``input_size`` (an int or ``(C, H, W)``) is the input of the dry run; by default the ViT's
-    ``patch_embed.img_size``, else timm's ``pretrained_cfg["input_size"]``, else 3x224x224.
-    """
-    modules = dict(net.named_modules())
-    names = [n for n in modules if n]
-    ran = dry_run(net, input_size)
-    if ran is None:
-        skip = _structural_exclusions(net)
-
-        def usable(n: str) -> bool:
-            return n not in skip
-    else:
-        calls, not_batch_first = ran
-
-        def usable(n: str) -> bool:
-            return calls.get(n, 0) > 0 and n not in not_batch_first
-
+def _blocks_preset(net: nn.Module, names: list[str], modules: dict[str, nn.Module]) -> list[str]:
+    """The ``blocks`` preset by structure alone: stem, the finest blocks, final norm, classifier."""
     top = [n for n in names if "." not in n]
     blocks: list[str] = []
     stem = _first_of(top, _STEM_NAMES, modules)
@@ -268,7 +250,30 @@ def generic_presets(net: nn.Module, input_size: int | Sequence[int] | None = Non
     head = classifier if classifier in modules else _first_of(top, _HEAD_NAMES, modules)
     if head is not None and not isinstance(modules[head], nn.Identity) and head not in blocks:
         blocks.append(head)
-    blocks = [n for n in dict.fromkeys(blocks) if usable(n)]
+    return list(dict.fromkeys(blocks))
+
+
+def generic_presets(net: nn.Module, input_size: int | Sequence[int] | None = None) -> dict[str, list[str]]:
+    """The ``blocks``, ``all`` and ``seed`` presets of ``net`` by the rules of this module's docstring.
+
+    ``input_size`` (an int or ``(C, H, W)``) is the input of the dry run; by default the ViT's
+    ``patch_embed.img_size``, else timm's ``pretrained_cfg["input_size"]``, else 3x224x224.
+    """
+    modules = dict(net.named_modules())
+    names = [n for n in modules if n]
+    ran = dry_run(net, input_size)
+    if ran is None:
+        skip = _structural_exclusions(net)
+
+        def usable(n: str) -> bool:
+            return n not in skip
+    else:
+        calls, not_batch_first = ran
+
+        def usable(n: str) -> bool:
+            return calls.get(n, 0) > 0 and n not in not_batch_first
+
+    blocks = [n for n in _blocks_preset(net, names, modules) if usable(n)]
 
     every = [n for n in names if (_is_typed_layer(modules[n]) or _is_composite(modules[n])) and usable(n)]
 

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
-import torch
+import numpy as np
 from torch import Tensor
+
+
+def mean_offdiagonal(matrix: Any) -> float:
+    """Mean of the defined entries of a CKA matrix (NaN when none is), leaving out the diagonal of a square
+    one; every entry of a non-square (cross-model) matrix counts."""
+    m = np.asarray(matrix.numpy() if isinstance(matrix, Tensor) else matrix, dtype=float)
+    mask = ~np.eye(*m.shape, dtype=bool) if m.shape[0] == m.shape[1] else np.ones(m.shape, dtype=bool)
+    vals = m[mask & ~np.isnan(m)]
+    return float(vals.mean()) if vals.size else math.nan
 
 
 @dataclass
@@ -50,11 +60,7 @@ class CKAResult:
 
     def mean_offdiagonal(self) -> float:
         """Mean of the defined entries, leaving out the diagonal of a square matrix (NaN when none is defined)."""
-        m = self.matrix.double()
-        if m.shape[0] == m.shape[1]:
-            m = m.masked_fill(torch.eye(m.shape[0], dtype=torch.bool), math.nan)
-        vals = m[~torch.isnan(m)]
-        return float(vals.mean()) if vals.numel() else math.nan
+        return mean_offdiagonal(self.matrix)
 
     def __repr__(self) -> str:
         return (

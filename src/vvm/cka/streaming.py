@@ -131,7 +131,6 @@ class StreamingCKA(HSICMetric):
         self.update(kx, ky, batch_id=batch_id)
 
 
-
 def _stack(per_layer: dict[str, Tensor], names: list[str]) -> Tensor:
     import torch
 

@@ -19,9 +19,10 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.transforms import v2
 
+from vvm.data.augmentation import Augmentation
 from vvm.data.base import VisionDataModule
 
-OFFLINE_HINT = "use dataset=digits to run offline"
+OFFLINE_HINT = "use dataset=digits to run offline"  # the way out every dataset on disk offers
 
 
 class UInt8ImageDataset(Dataset):
@@ -75,6 +76,7 @@ class CIFARDataModule(VisionDataModule):
     label_key: str = "labels"
     meta_key: str = "label_names"
     image_size = 32
+    augmentation = Augmentation(crop_padding=4, flip=True)  # the seed's: flip + 4-pixel padded crop
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -159,7 +161,7 @@ class CIFARDataModule(VisionDataModule):
         return self._limit_tensors(*self._load(split))
 
     def build_split(self, split: str, train_transform: bool) -> Dataset:
-        augment = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if train_transform else []
+        augment = self.augmentation.transforms(self.image_size) if train_transform else []
         return UInt8ImageDataset(*self._load(split), uint8_transforms(self.mean, self.std, augment))
 
 

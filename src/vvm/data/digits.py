@@ -6,8 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
+from vvm.data.augmentation import Augmentation
 from vvm.data.base import VisionDataModule
 from vvm.data.cifar import UInt8ImageDataset, uint8_transforms
 
@@ -44,6 +44,7 @@ class DigitsDataModule(VisionDataModule):
     # mean/std of the train split after the uint8 round trip (/255); tests recompute them
     mean = (0.3054, 0.3054, 0.3054)
     std = (0.3237, 0.3237, 0.3237)
+    augmentation = Augmentation(crop_padding=2)  # no flips: a flipped 2 is not a 2
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -61,5 +62,5 @@ class DigitsDataModule(VisionDataModule):
         return self._limit_tensors(*self._load(split))
 
     def build_split(self, split: str, train_transform: bool) -> Dataset:
-        augment = [v2.RandomCrop(self.image_size, padding=2)] if train_transform else []
+        augment = self.augmentation.transforms(self.image_size) if train_transform else []
         return UInt8ImageDataset(*self._load(split), uint8_transforms(self.mean, self.std, augment))

@@ -9,8 +9,7 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from vvm.data.base import VisionDataModule
-
-OFFLINE_HINT = "use dataset=digits to run offline"
+from vvm.data.cifar import OFFLINE_HINT
 
 
 class ImageNetDataModule(VisionDataModule):

@@ -7,6 +7,7 @@ import math
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from vvm.data.augmentation import Augmentation
 from vvm.data.base import VisionDataModule
 
 
@@ -41,6 +42,7 @@ class SyntheticDataModule(VisionDataModule):
     name = "synthetic"
     mean = (0.5, 0.5, 0.5)
     std = (0.25, 0.25, 0.25)
+    augmentation = Augmentation()  # its training split is not augmented
 
     def __init__(
         self,

@@ -111,4 +111,4 @@ def build(name: str, num_classes: int = 100) -> VisionModel:
     """The registry's builder: ``name`` is one of ``lambda_r26``, ``lambda_r38``, ``lambda_r50``."""
     if name not in BLOCK_COUNTS:
         raise ValueError(f"unknown Lambda-ResNet {name!r}: choose one of {', '.join(BLOCK_COUNTS)}")
-    return VisionModel(LambdaResNet(BLOCK_COUNTS[name], num_classes), name=name, family="lambda_resnet")
+    return VisionModel(LambdaResNet(BLOCK_COUNTS[name], num_classes), name=name)

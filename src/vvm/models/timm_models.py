@@ -4,12 +4,12 @@
 Each network keeps its own input resolution and normalisation: ``input_size`` and ``mean``/``std`` come from
 the timm pretrained config of the model (for a ViT its ``patch_embed.img_size``), so 32x32 CIFAR images are
 resized on the device to 224x224 and re-normalised. Construction never downloads anything: weights are random
-(seeded by :func:`vvm.models.create`) until :func:`vvm.models.init.apply_init` loads the published ones.
+(seeded by :func:`vvm.models.create`) until :func:`vvm.weights.load_or_train` loads the published ones.
 
 Config: ``model=vit_l32``, or ``model=timm model.name=convnext_tiny`` (``model.name`` is any name of
 ``timm.list_models()``, with or without a pretrained tag such as ``convnext_tiny.fb_in22k``; the tag picks the
 weights ``init=pretrained`` loads and their normalisation). In Python: ``create("timm", arch="convnext_tiny")``
-or :func:`create_timm`.
+or :func:`vvm.models.create_timm`.
 """
 
 from __future__ import annotations
@@ -20,23 +20,11 @@ from typing import Any
 
 from torch import nn
 
+from vvm.config import plain
 from vvm.models.base import VisionModel
 
 # the seed's ViT-L/32: ImageNet-21k weights (Google's original release, no classifier head)
 VIT_L32 = "vit_large_patch32_224.orig_in21k"
-
-
-def _plain(kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
-    if kwargs is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(kwargs, DictConfig):
-            return dict(OmegaConf.to_container(kwargs, resolve=True))  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return dict(kwargs)
 
 
 def timm_net(arch: str, *, num_classes: int, **timm_kwargs: Any) -> nn.Module:
@@ -67,9 +55,7 @@ def model_input_size(net: nn.Module) -> int:
     return int(size[0])
 
 
-def wrap_timm(
-    net: nn.Module, *, name: str, family: str = "timm", input_size: int | None = None
-) -> VisionModel:
+def wrap_timm(net: nn.Module, *, name: str, input_size: int | None = None) -> VisionModel:
     """Put a timm network behind :class:`VisionModel` with the network's own resolution and normalisation."""
     cfg = getattr(net, "pretrained_cfg", None) or {}
     return VisionModel(
@@ -78,7 +64,6 @@ def wrap_timm(
         input_size=int(input_size) if input_size is not None else model_input_size(net),
         mean=cfg.get("mean"),
         std=cfg.get("std"),
-        family=family,
     )
 
 
@@ -90,7 +75,7 @@ def build_vit_l32(num_classes: int = 100, input_size: int | None = None) -> Visi
     published weights are resampled to it when loaded)."""
     kwargs = {"img_size": int(input_size)} if input_size is not None else {}
     net = timm_net(VIT_L32, num_classes=num_classes, **kwargs)
-    return wrap_timm(net, name="vit_l32", family="vit")
+    return wrap_timm(net, name="vit_l32")
 
 
 def build_timm(
@@ -105,22 +90,5 @@ def build_timm(
 
     ``input_size`` only changes the resolution images are resized to; a ViT-like model with a fixed grid takes
     its resolution from ``timm_kwargs={"img_size": ...}`` instead."""
-    net = timm_net(arch, num_classes=num_classes, **_plain(timm_kwargs))
-    return wrap_timm(net, name=arch, family="timm", input_size=input_size)
-
-
-def create_timm(
-    name: str,
-    *,
-    num_classes: int = 100,
-    seed: int | None = 0,
-    input_size: int | None = None,
-    timm_kwargs: Mapping[str, Any] | None = None,
-) -> VisionModel:
-    """``conf/model/timm.yaml``'s target: the timm model ``name``, through the registry's seeded
-    :func:`vvm.models.create` (``create("timm", arch=name, ...)``)."""
-    from vvm.models import create
-
-    return create(
-        "timm", arch=name, num_classes=num_classes, seed=seed, input_size=input_size, timm_kwargs=timm_kwargs
-    )
+    net = timm_net(arch, num_classes=num_classes, **plain(timm_kwargs))
+    return wrap_timm(net, name=arch, input_size=input_size)

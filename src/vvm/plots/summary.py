@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -62,41 +63,7 @@ def summary_figure(
             if c >= len(panels):
                 ax.set_visible(False)
                 continue
-            p = panels[c]
-            head = p.title if not p.subtitle else f"{p.title}\n{p.subtitle}"
-            if p.matrix is not None and p.note is None:
-                m = np.asarray(p.matrix, dtype=float)
-                any_nan |= bool(np.isnan(m).any())
-                draw_heatmap(
-                    ax,
-                    m,
-                    p.layers_x,
-                    p.layers_y,
-                    vmin=vmin,
-                    vmax=vmax,
-                    cmap=cmap,
-                    cbar=False,
-                    max_ticks=max_ticks,
-                )
-                ax.tick_params(labelsize=5, length=2)
-                ax.set_title(head, fontsize=8)
-            else:
-                ax.set_facecolor("#f4f4f4")
-                ax.set_box_aspect(1)  # the size of a heatmap panel
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.text(
-                    0.5,
-                    0.5,
-                    textwrap.fill(p.note or "no result", 34, max_lines=8, placeholder=" ..."),
-                    ha="center",
-                    va="center",
-                    fontsize=6.5,
-                    color="#b2182b",
-                    transform=ax.transAxes,
-                    wrap=True,
-                )
-                ax.set_title(head, fontsize=8)
+            any_nan |= _draw_panel(ax, panels[c], vmin=vmin, vmax=vmax, cmap=cmap, max_ticks=max_ticks)
             if c == 0:
                 ax.set_ylabel(label, fontsize=12, fontweight="bold")
     cax = fig.add_subplot(gs[:, ncols])
@@ -106,3 +73,33 @@ def summary_figure(
     if title:
         fig.suptitle(title, fontsize=12)
     return fig
+
+
+def _draw_panel(ax: Axes, p: Panel, *, vmin: float, vmax: float, cmap: str, max_ticks: int) -> bool:
+    """One panel: the heatmap, or the note (an error) on grey; returns whether the heatmap has NaNs."""
+    head = p.title if not p.subtitle else f"{p.title}\n{p.subtitle}"
+    if p.matrix is not None and p.note is None:
+        m = np.asarray(p.matrix, dtype=float)
+        draw_heatmap(
+            ax, m, p.layers_x, p.layers_y, vmin=vmin, vmax=vmax, cmap=cmap, cbar=False, max_ticks=max_ticks
+        )
+        ax.tick_params(labelsize=5, length=2)
+        ax.set_title(head, fontsize=8)
+        return bool(np.isnan(m).any())
+    ax.set_facecolor("#f4f4f4")
+    ax.set_box_aspect(1)  # the size of a heatmap panel
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(
+        0.5,
+        0.5,
+        textwrap.fill(p.note or "no result", 34, max_lines=8, placeholder=" ..."),
+        ha="center",
+        va="center",
+        fontsize=6.5,
+        color="#b2182b",
+        transform=ax.transAxes,
+        wrap=True,
+    )
+    ax.set_title(head, fontsize=8)
+    return False

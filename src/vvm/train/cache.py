@@ -2,37 +2,37 @@
 
 A file is named ``<model>-<dataset>-e<epochs>-s<seed>-<hash>.ckpt``, where the hash (8 hex digits) covers
 everything else that changes the trained weights: the model's config, the dataset's config (``limit``,
-``num_classes``, sizes, the training batch size...) and the ``train.*`` recipe. Left out: the keys that only
-change speed or bookkeeping (``train.compile``, ``gpu_resident``, ``channels_last``, ``save_last_every_s``,
-``precision``), where files live, what the CKA pass reads (``split``, ``max_samples``, ``eval_batch_size``,
+``num_classes``, sizes, the training batch size...) and the ``train.*`` recipe. Left out: the speed switches
+under ``train.speed`` (``compile``, ``gpu_resident``, ``channels_last``, ``save_last_every_s``, ``precision``:
+they change how fast a training runs, not the weights it gives), where files live, what the CKA pass reads (``split``, ``max_samples``, ``eval_batch_size``,
 ``probe_size``), and the Trainer's ``precision``: a model trained in bf16 on a GPU serves a CPU run of the same
 recipe. So a sweep over kernels, estimators or layers trains each model once.
 
 Next to it, while a training runs, ``<key>.last.ckpt`` holds a recent finished epoch (a Lightning checkpoint:
-weights, optimizer, schedule, loop state; written at most every ``train.save_last_every_s`` seconds); a
+weights, optimizer, schedule, loop state; written at most every ``train.speed.save_last_every_s`` seconds); a
 training that finds it resumes from it, and deletes it once the final file is written. Both are written to a
 temporary file and moved into place with ``os.replace``, so a reader never sees half a file.
 
 The final file holds ``{"state_dict": {"model.net.<key>": tensor}, "dataset_name": ..., "vvm": facts}`` with
-plain values only, which ``torch.load(weights_only=True)`` (and :func:`vvm.models.init.load_checkpoint`)
-reads.
+plain values only, which ``torch.load(weights_only=True)`` (and
+:func:`vvm.models.checkpoints.load_checkpoint`) reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
+from vvm.config import plain
+from vvm.io import atomic_path
+
 CACHE_VERSION = 1
-# train.* keys that change how fast a training runs (or how often it saves its state), not the weights it gives
-SPEED_KEYS = frozenset({"compile", "gpu_resident", "channels_last", "save_last_every_s", "precision"})
 # dataset.* keys that do not change the training split (paths, loader workers, the CKA pass, the probe)
 DATASET_IGNORED = frozenset(
     {
@@ -50,19 +50,11 @@ DATASET_IGNORED = frozenset(
 )
 
 
-def _plain(node: Any) -> Any:
-    if node is None:
-        return {}
-    if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)
-    return dict(node)
-
-
 def recipe(cfg: DictConfig, dataset_name: str) -> dict[str, Any]:
     """What the cache key's hash covers (see the module docstring)."""
-    model = {k: v for k, v in _plain(cfg.model).items() if k != "_target_"}
-    dataset = {k: v for k, v in _plain(cfg.dataset).items() if k not in DATASET_IGNORED}
-    train = {k: v for k, v in _plain(cfg.train).items() if k not in SPEED_KEYS}
+    model = {k: v for k, v in plain(cfg.model).items() if k != "_target_"}
+    dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in DATASET_IGNORED}
+    train = {k: v for k, v in plain(cfg.train).items() if k != "speed"}  # the recipe alone
     return {
         "version": CACHE_VERSION,
         "seed": cfg.seed,
@@ -86,26 +78,11 @@ def cache_paths(cfg: DictConfig, dataset_name: str) -> tuple[Path, Path]:
     return root / f"{key}.ckpt", root / f"{key}.last.ckpt"
 
 
-def temporary_path(path: Path) -> Path:
-    """A hidden sibling of ``path``, unique to this process, for write-then-rename."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary sibling, fsync, then ``os.replace``: ``path`` is whole or absent."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def save_trained(path: str | Path, net: nn.Module, *, dataset_name: str, facts: dict[str, Any]) -> Path:
@@ -130,12 +107,10 @@ def read_facts(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
-    "SPEED_KEYS",
     "atomic_torch_save",
     "cache_key",
     "cache_paths",
     "read_facts",
     "recipe",
     "save_trained",
-    "temporary_path",
 ]

@@ -22,7 +22,6 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -30,41 +29,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vvm.data import CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule, SyntheticDataModule
+from vvm.data.augmentation import Augmentation
+
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Augmentation:
-    """Training augmentation in batched form: ``crop_padding`` pixels of zero padding then a random crop back to
-    the original size (torchvision's ``RandomCrop(size, padding=p)``), and ``flip``: a horizontal flip with
-    probability 1/2 (``RandomHorizontalFlip``)."""
-
-    crop_padding: int = 0
-    flip: bool = False
-
-
-# the per-image augmentation of each datamodule (vvm.data), restated for batches
+# each datamodule's own augmentation (vvm.data), by dataset name, for datamodules that do not carry it
 AUGMENTATIONS: dict[str, Augmentation] = {
-    "cifar10": Augmentation(crop_padding=4, flip=True),
-    "cifar100": Augmentation(crop_padding=4, flip=True),
-    "digits": Augmentation(crop_padding=2, flip=False),  # a flipped 2 is not a 2
-    "synthetic": Augmentation(),  # its training split is not augmented
+    dm.name: dm.augmentation
+    for dm in (CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule, SyntheticDataModule)
 }
 
 
 def augmentation_for(datamodule: Any) -> Augmentation:
-    """The datamodule's own ``device_augmentation`` when it has one, else :data:`AUGMENTATIONS` by name."""
-    own = getattr(datamodule, "device_augmentation", None)
+    """The datamodule's own ``augmentation``, else :data:`AUGMENTATIONS` by its name."""
+    own = getattr(datamodule, "augmentation", None)
     if isinstance(own, Augmentation):
         return own
-    if callable(own):
-        return own()
     name = getattr(datamodule, "name", None)
     if name in AUGMENTATIONS:
         return AUGMENTATIONS[name]
     warnings.warn(
-        f"no device augmentation is known for dataset {name!r}: training on it without augmentation (add it to "
-        "vvm.train.gpu_data.AUGMENTATIONS, or use train.gpu_resident=false for its own per-image transforms)",
+        f"no augmentation is declared for dataset {name!r}: training on it without augmentation (give its "
+        "datamodule an `augmentation`, or use train.speed.gpu_resident=false for its own per-image transforms)",
         stacklevel=2,
     )
     return Augmentation()

@@ -25,10 +25,11 @@ class VisionModule(pl.LightningModule):
     """SGD (lr 0.1, momentum 0.9, weight decay 5e-4) with a cosine schedule over ``epochs``, cross-entropy,
     top-1 accuracy for train, validation and test.
 
-    Speed options, which do not change the recipe: ``channels_last`` (``"auto"``: on CUDA) converts the model
-    and its inputs to channels_last memory format for the fit, and back afterwards; ``compile`` runs the
-    training steps through ``torch.compile`` (validation and test stay eager, so CKA's forward hooks see every
-    module). Mixed precision is the Trainer's ``precision`` (``bf16-mixed`` in conf/trainer/gpu.yaml).
+    Speed options (``train.speed.*``), which do not change the recipe: ``channels_last`` (``"auto"``: on
+    CUDA) converts the model and its inputs to channels_last memory format for the fit, and back afterwards;
+    ``compile`` runs the training steps through ``torch.compile`` (validation and test stay eager, so CKA's
+    forward hooks see every module). Mixed precision is the fit Trainer's ``precision``
+    (``train.speed.precision``). Every argument is explicit: an unknown one is an error.
     """
 
     def __init__(
@@ -41,7 +42,6 @@ class VisionModule(pl.LightningModule):
         weight_decay: float = 5e-4,
         compile: bool = False,
         channels_last: bool | str = "auto",
-        **_: object,
     ) -> None:
         super().__init__()
         self.model = model
@@ -99,7 +99,9 @@ class VisionModule(pl.LightningModule):
                 sync_dist=True,
                 batch_size=n,
             )
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
+        self.log(
+            f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n
+        )
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

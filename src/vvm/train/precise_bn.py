@@ -3,11 +3,10 @@
 BatchNorm's running mean and variance are exponential averages (momentum 0.1) of batch statistics taken while
 the weights were changing. After 100 epochs of a cosine schedule they have caught up with the final weights;
 after a short training (a few epochs on digits: a few dozen steps at lr 0.1) they have not, and the model in
-eval mode is far worse than in train mode (measured: r18 on digits after 4 epochs, 43% test accuracy with the
-running averages, 98% with re-estimated ones). So after the fit, with the final weights frozen, the
-statistics are re-estimated as the plain average over ``images`` training images (``momentum=None``), in
-train mode without gradients; under DDP each rank averages its own share and the ranks' averages are
-averaged. The weights are untouched; only the BatchNorm buffers change.
+eval mode is far worse than in train mode (docs/benchmarks.md has the numbers). So after the fit, with the
+final weights frozen, the statistics are re-estimated as the plain average over ``images`` training images
+(``momentum=None``), in train mode without gradients; under DDP each rank averages its own share and the
+ranks' averages are averaged. The weights are untouched; only the BatchNorm buffers change.
 """
 
 from __future__ import annotations

@@ -1,37 +1,22 @@
-"""Initialisation of a built model (the ``init`` config group): ``random`` or ``pretrained``.
+"""Loading weights into a built :class:`VisionModel`: plain functions, no decisions (those are
+:func:`vvm.weights.load_or_train`'s).
 
-Public API::
-
-    apply_init(model, init_cfg, *, dataset_name=None) -> VisionModel
-        init_cfg: a mapping / DictConfig with ``name`` ("random" | "pretrained") and optional ``checkpoint``
-        and ``weights_file`` (or just the name as a string). Loads weights into ``model.net`` in place and
-        returns ``model``.
-    is_cifar_model(name_or_model) -> bool          r18 r34 r50 lambda_r26 lambda_r38 lambda_r50
-    needs_training(model_or_name, init_cfg) -> bool a CIFAR model with init=pretrained and no checkpoint
-    load_checkpoint(model, path, *, dataset_name=None) -> None
-    load_timm_pretrained(model, weights_file=None) -> list[str]   (the classifier keys left at random init)
-    MissingCheckpointError (ValueError), CheckpointMismatchError (ValueError)
-
-What ``init=pretrained`` means depends on the model:
-
-- ``random``: nothing: the weights are the seeded construction of :func:`vvm.models.create`.
-- CIFAR models (the ResNets and Lambda-ResNets, which have no published weights): weights trained on the chosen
-  dataset, from ``init.checkpoint``: either a state dict of the network (``model.net.state_dict()``) or a
-  Lightning checkpoint whose ``state_dict`` holds ``model.net.*`` keys (``net.*`` and ``module.*`` prefixes are
-  accepted too). Read with ``torch.load(weights_only=True)``, so a checkpoint must hold tensors and plain
-  containers only. Every key and shape must match (a checkpoint of another architecture or trained with another
-  number of classes is an error naming the difference). If the checkpoint records its dataset (a top-level
-  ``dataset_name`` or ``hyper_parameters.dataset_name``), it must be ``dataset_name``. With no checkpoint,
-  :func:`apply_init` raises :class:`MissingCheckpointError`: the caller trains one first (:func:`needs_training`
-  says when) and passes its path.
-- timm models (``vit_l32``, ``timm``): the published weights of the timm pretrained config the network was built
-  with (``vit_large_patch32_224.orig_in21k`` for ``vit_l32``), from ``init.weights_file`` when given (a
+- :func:`load_checkpoint`: a vvm checkpoint into ``model.net``: either a state dict of the network
+  (``model.net.state_dict()``) or a Lightning checkpoint whose ``state_dict`` holds ``model.net.*`` keys
+  (``net.*`` and ``module.*`` prefixes are accepted too). Read with ``torch.load(weights_only=True)``, so a
+  checkpoint must hold tensors and plain containers only. Every key and shape must match (a checkpoint of another
+  architecture or trained with another number of classes is an error naming the difference). If the checkpoint
+  records its dataset (a top-level ``dataset_name`` or ``hyper_parameters.dataset_name``), it must be the run's.
+- :func:`load_timm_pretrained`: the published weights of the timm pretrained config the network was built with
+  (``vit_large_patch32_224.orig_in21k`` for ``vit_l32``), from ``weights_file`` when given (a
   ``.safetensors``/``.pth``/``.bin`` file, as downloaded from the Hugging Face hub, read by
   ``timm.models.load_state_dict(weights_only=True)``), else from the hub (or its local cache) through timm. The
   model's checkpoint filter (timm's ``checkpoint_filter_fn``) is applied, then every key must match except the
   classifier: when the published head has another number of classes (ImageNet-21k ViT weights ship without
-  one), the head keeps its seeded random initialisation and a warning says so. A timm model may also take an
-  ``init.checkpoint`` (a vvm-trained state dict), which then wins over the published weights.
+  one), the head keeps its seeded random initialisation and a warning says so.
+
+Both raise :class:`CheckpointMismatchError` when weights do not fit, ``FileNotFoundError`` for a missing file;
+fetching published weights that cannot be reached raises ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -49,99 +34,20 @@ from torch import Tensor, nn
 from vvm.models.base import VisionModel
 
 __all__ = [
-    "CIFAR_MODELS",
-    "INITS",
     "CheckpointMismatchError",
-    "MissingCheckpointError",
-    "apply_init",
-    "is_cifar_model",
     "load_checkpoint",
     "load_timm_pretrained",
-    "needs_training",
+    "published_source",
+    "read_checkpoint",
 ]
 
-INITS = ("random", "pretrained")
-CIFAR_MODELS = frozenset({"r18", "r34", "r50", "lambda_r26", "lambda_r38", "lambda_r50"})
 # prefixes of the network's keys in the checkpoints we accept: Lightning module (self.model = VisionModel),
 # a VisionModel state dict, DataParallel/DDP
 _PREFIXES = ("model.net.", "net.", "module.")
 
 
-class MissingCheckpointError(ValueError):
-    """A CIFAR model asked for ``init=pretrained`` without ``init.checkpoint``: train one first."""
-
-
 class CheckpointMismatchError(ValueError):
     """A checkpoint or weights file that does not fit the model (keys, shapes, dataset)."""
-
-
-def is_cifar_model(name_or_model: str | VisionModel) -> bool:
-    """True for the models that exist only as CIFAR networks (r18 r34 r50 lambda_r26 lambda_r38 lambda_r50):
-    their ``pretrained`` weights are weights trained on the chosen dataset, not published ones."""
-    name = name_or_model.name if isinstance(name_or_model, VisionModel) else str(name_or_model)
-    return name in CIFAR_MODELS
-
-
-def _cfg_get(init_cfg: Mapping[str, Any] | str | None, key: str) -> Any:
-    if init_cfg is None:
-        return "random" if key == "name" else None
-    if isinstance(init_cfg, str):
-        return init_cfg if key == "name" else None
-    return init_cfg.get(key, None)
-
-
-def needs_training(model_or_name: str | VisionModel, init_cfg: Mapping[str, Any] | str | None) -> bool:
-    """Whether the caller has to train the model before :func:`apply_init`: a CIFAR model with
-    ``init=pretrained`` and no ``init.checkpoint``."""
-    return (
-        _cfg_get(init_cfg, "name") == "pretrained"
-        and _cfg_get(init_cfg, "checkpoint") is None
-        and is_cifar_model(model_or_name)
-    )
-
-
-def apply_init(
-    model: VisionModel, init_cfg: Mapping[str, Any] | str | None, *, dataset_name: str | None = None
-) -> VisionModel:
-    """Initialise ``model`` as ``init_cfg`` says (see the module docstring) and return it (changed in place).
-
-    Raises :class:`MissingCheckpointError` for a CIFAR model with ``init=pretrained`` and no checkpoint,
-    :class:`CheckpointMismatchError` when weights do not fit, ``FileNotFoundError`` for a missing file and
-    ``RuntimeError`` when published weights cannot be fetched.
-    """
-    name = _cfg_get(init_cfg, "name")
-    if name not in INITS:
-        raise ValueError(f"init={name!r} is not known: use one of {', '.join(INITS)}")
-    if name == "random":
-        return model  # the seeded construction is the initialisation
-    checkpoint = _cfg_get(init_cfg, "checkpoint")
-    weights_file = _cfg_get(init_cfg, "weights_file")
-    data = f" on {dataset_name!r}" if dataset_name else " on the chosen dataset"
-    if is_cifar_model(model):
-        if weights_file is not None:
-            raise ValueError(
-                f"init.weights_file is for timm models with published weights; {model.name} has none: pass the "
-                f"weights it was trained with{data} as init.checkpoint"
-            )
-        if checkpoint is None:
-            raise MissingCheckpointError(
-                f"model {model.name!r} with init=pretrained needs weights trained{data}, and init.checkpoint is "
-                "null: pass init.checkpoint=/path/to/checkpoint (a state dict of the network or a Lightning "
-                "checkpoint with model.net.* keys), or let the run train one first (init=pretrained without a "
-                "checkpoint trains the model before measuring CKA)"
-            )
-        load_checkpoint(model, checkpoint, dataset_name=dataset_name)
-        return model
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint, dataset_name=dataset_name)
-        return model
-    if getattr(model.net, "pretrained_cfg", None):
-        load_timm_pretrained(model, weights_file)
-        return model
-    raise ValueError(
-        f"model {model.name!r} (family {model.family!r}) has no published weights vvm knows how to load: pass "
-        "init.checkpoint=/path/to/state_dict.pt or use init=random"
-    )
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -290,34 +196,13 @@ def _fetch_published(net: nn.Module, cfg: Mapping[str, Any]) -> dict[str, Tensor
     raise RuntimeError(f"timm's pretrained config for {_arch(cfg)} names no weights (source {load_from!r})")
 
 
-def load_timm_pretrained(model: VisionModel, weights_file: str | Path | None = None) -> list[str]:
-    """Load the published weights of ``model.net``'s timm pretrained config, from ``weights_file`` or the hub.
-
-    Returns the classifier keys that kept their random initialisation because the published head has another
-    number of classes (or none). Any other missing, unexpected or mis-shaped key is an error.
-    """
+def _published_state(
+    net: nn.Module, cfg: Mapping[str, Any], weights_file: str | Path | None
+) -> tuple[dict, str]:
+    """The published state dict (from ``weights_file``, else the hub) and where it came from."""
     import timm
 
-    net = model.net
-    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
-    if not cfg:
-        raise ValueError(f"model {model.name!r} has no timm pretrained config: no published weights to load")
-    if weights_file is not None:
-        path = Path(weights_file).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"init.weights_file={str(path)!r} does not exist: expected the published weights of {_arch(cfg)}, "
-                f"{_hub_hint(cfg)}"
-            )
-        try:
-            state = timm.models.load_state_dict(str(path), weights_only=True)
-        except Exception as err:
-            raise CheckpointMismatchError(
-                f"init.weights_file={str(path)!r} could not be read as weights ({type(err).__name__}: {err}): "
-                f"expected {_hub_hint(cfg)}"
-            ) from err
-        source = str(path)
-    else:
+    if weights_file is None:
         try:
             state = _fetch_published(net, cfg)
         except Exception as err:
@@ -325,7 +210,33 @@ def load_timm_pretrained(model: VisionModel, weights_file: str | Path | None = N
                 f"could not fetch the published weights of {_arch(cfg)} ({type(err).__name__}: {err}). Offline, "
                 f"download {_hub_hint(cfg)} on a machine with internet and pass init.weights_file=/path/to/it"
             ) from err
-        source = cfg.get("hf_hub_id") or cfg.get("url") or _arch(cfg)
+        return state, cfg.get("hf_hub_id") or cfg.get("url") or _arch(cfg)
+    path = Path(weights_file).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"init.weights_file={str(path)!r} does not exist: expected the published weights of {_arch(cfg)}, "
+            f"{_hub_hint(cfg)}"
+        )
+    try:
+        return timm.models.load_state_dict(str(path), weights_only=True), str(path)
+    except Exception as err:
+        raise CheckpointMismatchError(
+            f"init.weights_file={str(path)!r} could not be read as weights ({type(err).__name__}: {err}): "
+            f"expected {_hub_hint(cfg)}"
+        ) from err
+
+
+def load_timm_pretrained(model: VisionModel, weights_file: str | Path | None = None) -> list[str]:
+    """Load the published weights of ``model.net``'s timm pretrained config, from ``weights_file`` or the hub.
+
+    Returns the classifier keys that kept their random initialisation because the published head has another
+    number of classes (or none). Any other missing, unexpected or mis-shaped key is an error.
+    """
+    net = model.net
+    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
+    if not cfg:
+        raise ValueError(f"model {model.name!r} has no timm pretrained config: no published weights to load")
+    state, source = _published_state(net, cfg, weights_file)
     filter_fn = getattr(sys.modules.get(type(net).__module__), "checkpoint_filter_fn", None)
     if callable(filter_fn):
         try:
@@ -353,3 +264,12 @@ def load_timm_pretrained(model: VisionModel, weights_file: str | Path | None = N
             stacklevel=2,
         )
     return reinit
+
+
+def published_source(model: VisionModel, weights_file: str | Path | None = None) -> str:
+    """Where :func:`load_timm_pretrained` takes the weights from: ``weights_file``, else the hub id or url of
+    the network's pretrained config."""
+    if weights_file:
+        return str(weights_file)
+    pcfg = dict(getattr(model.net, "pretrained_cfg", None) or {})
+    return str(pcfg.get("hf_hub_id") or pcfg.get("url") or pcfg.get("architecture") or model.name)

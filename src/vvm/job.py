@@ -1,0 +1,198 @@
+"""One job as Hydra runs it: :func:`run_job` around :func:`vvm.pipeline.run`.
+
+Resuming. ``resume=true``: a job whose output dir already holds a complete result of the same config (see
+:func:`completed_result`) is skipped; its result.json is returned with ``resumed: true``.
+
+Failing jobs. Hydra's sweeper raises the first failed job's exception once a batch of jobs has returned, and then
+``on_multirun_end`` never runs. So in multirun mode a job's exception is caught after :func:`vvm.pipeline.run`
+has recorded it in ``result.json`` (status ``failed``, the error and traceback), logged to the job's log, and
+the job returns normally: the next job runs and the summary (:mod:`vvm.sweep`) lists the failure. A single run
+(no ``-m``) re-raises, so it still exits non-zero. Interrupts (Ctrl-C, SLURM's kill) are not caught.
+
+DDP. ``trainer=ddp`` in a local multirun: Lightning starts ranks 1.. by re-running the command line, which would
+be the whole sweep; :func:`single_job_ddp_launch` makes it this job alone. Under ``hydra/launcher=slurm`` SLURM
+starts one task per GPU and Lightning reads the ranks from SLURM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from vvm.config import container
+from vvm.io import load_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------- the task
+def run_job(cfg: DictConfig) -> dict[str, Any] | None:
+    """The Hydra task: :func:`vvm.pipeline.run`, unless ``resume=true`` finds the job done; in a multirun a
+    failure is recorded and the sweep goes on."""
+    from vvm.pipeline import run
+
+    if cfg.get("resume"):
+        out_dir = Path(cfg.paths.output_dir)
+        previous = completed_result(out_dir, cfg)
+        if previous is not None:
+            log.info("resume: %s already has a complete result, skipping", out_dir)
+            return {**previous, "resumed": True}
+    if not in_multirun():
+        return run(cfg)
+    try:
+        with single_job_ddp_launch():
+            return run(cfg)
+    except Exception as e:
+        record_job_failure(e)
+        return None
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (``-m``)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:
+        return False
+
+
+def record_job_failure(exc: BaseException) -> None:
+    """Log a multirun job's failure; write a minimal failed result.json when the pipeline could not write one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    log.error(
+        "job failed, the sweep goes on (recorded in %s): %s: %s\n%s",
+        out_dir / "result.json",
+        type(exc).__name__,
+        exc,
+        "".join(traceback.format_exception(exc)),
+    )
+    if not (out_dir / "result.json").is_file():
+        choices = HydraConfig.get().runtime.choices
+        write_json(
+            out_dir / "result.json",
+            {
+                "model": choices.get("model"),
+                "init": choices.get("init"),
+                "dataset": choices.get("dataset"),
+                "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": "".join(traceback.format_exception(exc)),
+                "output_dir": str(out_dir),
+            },
+        )
+
+
+# ---------------------------------------------------------------------------------------------- DDP in a sweep
+_DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextlib.contextmanager
+def single_job_ddp_launch() -> Iterator[None]:
+    """Make Lightning's DDP launcher start this job's ranks, not the whole sweep again (multirun jobs only).
+
+    Lightning starts ranks 1.. by re-running ``sys.argv`` with ``hydra.run.dir=<HydraConfig's run.dir>``; in a
+    multirun that command is the sweep itself, so every rank would run every job (and its own summary). While the
+    job runs, ``sys.argv`` is this job's own overrides (a single run) and ``run.dir`` its output dir. Afterwards
+    the DDP state this process set up (process group, LOCAL_RANK, MASTER_PORT, ...) is cleared, so the next job
+    starts fresh ranks. Processes started by a cluster (SLURM tasks, torchrun) are left alone.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    if "LOCAL_RANK" in os.environ or not HydraConfig.initialized():
+        yield
+        return
+    hc = HydraConfig.get()
+    argv, run_dir = list(sys.argv), hc.run.dir
+    sys.argv = [argv[0], *[str(o) for o in hc.overrides.task]]
+    with read_write(hc):
+        hc.run.dir = hc.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        with read_write(hc):
+            hc.run.dir = run_dir
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for k in _DDP_ENV:
+            os.environ.pop(k, None)
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def completed_result(out_dir: str | Path, cfg: DictConfig | None = None) -> dict[str, Any] | None:
+    """The result.json of a finished job in ``out_dir`` (status ok and cka.npz present), else None.
+
+    With ``cfg``, the result must also come from the same config (see :func:`config_differences`): a sweep rerun
+    into the same dir with other overrides recomputes instead of reusing another job's result.
+    """
+    out_dir = Path(out_dir)
+    res_path, npz_path = out_dir / "result.json", out_dir / "cka.npz"
+    if not (res_path.is_file() and npz_path.is_file()):
+        return None
+    try:
+        prev = load_json(res_path)
+    except ValueError:
+        return None
+    if prev.get("status") != "ok":
+        return None
+    if cfg is not None:
+        diff = config_differences(prev.get("config"), container(cfg))
+        if diff:
+            log.warning(
+                "resume: %s holds a complete result of a different config (%s); computing it again",
+                out_dir,
+                ", ".join(diff[:5]) + (" ..." if len(diff) > 5 else ""),
+            )
+            return None
+    return prev
+
+
+_NOT_IDENTITY = ("resume", "paths", "logger")  # keys that do not change a job's result
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between a stored job config and the current one, ignoring
+    ``resume``, ``paths`` and ``logger``, and keys only one side has (a key added to conf/ since the result was
+    computed is not a difference; a value changed is). ``old`` not a dict: ``["config"]`` (nothing to compare)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return ["config"]  # no stored config to compare with
+    out: list[str] = []
+    for k in old.keys() & new.keys():
+        if not prefix and k in _NOT_IDENTITY:
+            continue
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(old[k], dict) and isinstance(new[k], dict):
+            out += config_differences(old[k], new[k], key)
+        elif _normalised(old[k]) != _normalised(new[k]):
+            out.append(key)
+    return sorted(out)
+
+
+def _normalised(v: Any) -> Any:
+    return json.loads(json.dumps(v, sort_keys=True, default=str))
+
+
+__all__ = [
+    "completed_result",
+    "config_differences",
+    "in_multirun",
+    "record_job_failure",
+    "run_job",
+    "single_job_ddp_launch",
+]

@@ -1,0 +1,219 @@
+"""A sweep's jobs read back from their files alone (result.json, cka.npz, Hydra's ``.hydra/`` record): what
+:mod:`vvm.sweep` summarises. A job that died before writing anything is still listed, from Hydra's record."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from vvm.io import load_json, load_npz
+from vvm.models import family_of
+
+# overrides that say which job it is without being a "variant" of the sweep
+_IDENTITY_KEYS = {"model", "init", "model.name", "init.name", "compare", "compare_init", "resume"}
+
+
+def canonical_family(family: str | None, model: str | None = None) -> str:
+    """The summary's row for a job: the model's own ``family`` (from result.json) by its first word
+    (``lambda_resnet`` -> ``lambda``), else the family of the model's name (a job that failed before building
+    it)."""
+    return family.lower().split("_")[0] if family else model_family(model)
+
+
+def model_family(name: str | None) -> str:
+    """The summary's row for a model name: its family in the registry (see :func:`vvm.models.family_of`: resnet
+    for r18 and resnet50, lambda for lambda_r26, vit for vit_l32 and deit_small, else other)."""
+    return canonical_family(family_of(name))
+
+
+# ---------------------------------------------------------------------------------------------- job records
+@dataclass
+class JobRecord:
+    """What one job left in its directory, read back from the files alone."""
+
+    job: str
+    output_dir: Path
+    model: str | None = None
+    family: str = "other"
+    init: str | None = None
+    compare: str | None = None  # cross-model CKA (compare=<model>): "<model> · <init>" of the columns
+    dataset: str | None = None
+    status: str = (
+        "incomplete"  # ok | failed | incomplete (no result: killed, still running, or never finished)
+    )
+    error: str | None = None
+    seconds: float | None = None
+    samples: int | None = None
+    accuracy: float | None = None
+    mean_cka: float | None = None
+    kernel: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    variant: str = ""
+    matrix: Any = None
+    layers_x: list[str] = field(default_factory=list)
+    layers_y: list[str] = field(default_factory=list)
+    logger: dict[str, Any] | None = None  # the job's resolved logger config (W&B project, group, mode)
+
+    @property
+    def layers(self) -> int | str | None:
+        if not self.layers_x:
+            return None
+        nx, ny = len(self.layers_x), len(self.layers_y)
+        return nx if nx == ny else f"{nx}x{ny}"
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "model": self.model,
+            "family": self.family,
+            "init": self.init,
+            "compare": self.compare,
+            "dataset": self.dataset,
+            "variant": self.variant,
+            "status": self.status,
+            "layers": self.layers,
+            "samples": self.samples,
+            "accuracy": self.accuracy,
+            "mean_cka": self.mean_cka,
+            "seconds": None if self.seconds is None else round(self.seconds, 2),
+            "error": " ".join(self.error.split()) if self.error else None,  # one line per job
+            "output_dir": str(self.output_dir),
+        }
+
+
+def job_sort_key(rel: str) -> tuple:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in Path(rel).parts)
+
+
+def job_dirs(sweep_dir: str | Path) -> list[Path]:
+    """The job directories of a sweep: those holding Hydra's ``.hydra/`` record or a ``result.json``."""
+    sweep_dir = Path(sweep_dir)
+    found = {p.parent for p in sweep_dir.glob("**/.hydra") if p.is_dir()}
+    found |= {p.parent for p in sweep_dir.glob("**/result.json")}
+    found = {d for d in found if d != sweep_dir and ".submitit" not in d.relative_to(sweep_dir).parts}
+    return sorted(found, key=lambda d: job_sort_key(str(d.relative_to(sweep_dir))))
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception:
+        return None
+
+
+def read_job(sweep_dir: str | Path, job_dir: str | Path) -> JobRecord:
+    """One job's record from its files: result.json and cka.npz, else Hydra's ``.hydra/`` files."""
+    job_dir = Path(job_dir)
+    rec = JobRecord(job=str(job_dir.relative_to(sweep_dir)), output_dir=job_dir)
+    overrides = _read_yaml(job_dir / ".hydra" / "overrides.yaml")
+    rec.overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
+
+    # what the job was, from Hydra's record (there even when the job died before writing anything)
+    hydra_cfg = _read_yaml(job_dir / ".hydra" / "hydra.yaml") or {}
+    choices = (hydra_cfg.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
+    task_cfg = _read_yaml(job_dir / ".hydra" / "config.yaml") or {}
+    rec.model = _literal((task_cfg.get("model") or {}).get("name")) or choices.get("model")
+    rec.init = _literal((task_cfg.get("init") or {}).get("name")) or choices.get("init")
+    rec.dataset = choices.get("dataset")
+
+    result: dict[str, Any] | None = None
+    res_path = job_dir / "result.json"
+    if res_path.is_file():
+        try:
+            result = load_json(res_path)
+        except ValueError as e:
+            rec.error = f"result.json is unreadable: {e}"
+    elif rec.error is None:
+        rec.error = "no result.json: the job was killed, is still running, or never started its pipeline"
+
+    if result is not None:
+        _read_result(rec, result)
+    else:
+        rec.family = model_family(rec.model)
+        if task_cfg.get("logger"):
+            rec.logger = task_cfg.get("logger")
+    if rec.status == "ok":
+        _read_matrix(rec, job_dir / "cka.npz")
+    return rec
+
+
+def _read_result(rec: JobRecord, result: dict[str, Any]) -> None:
+    """What result.json says about the job, into ``rec``."""
+    rec.model = result.get("model") or rec.model
+    rec.init = result.get("init") or rec.init
+    rec.dataset = result.get("dataset") or rec.dataset
+    rec.status = str(result.get("status") or "incomplete")
+    rec.error = result.get("error")
+    secs = result.get("seconds")
+    rec.seconds = secs.get("total") if isinstance(secs, dict) else secs
+    rec.samples = result.get("n_samples")
+    rec.accuracy = result.get("test_accuracy")
+    mean = result.get("mean_cka")
+    rec.mean_cka = None if mean is None or (isinstance(mean, float) and math.isnan(mean)) else mean
+    rec.kernel = result.get("kernel")
+    other = result.get("compare")
+    if isinstance(other, dict):
+        rec.compare = f"{other.get('model')} · {other.get('init')}"
+    cfg = result.get("config") or {}
+    rec.logger = cfg.get("logger") if isinstance(cfg.get("logger"), dict) else None
+    rec.family = canonical_family(result.get("family"), rec.model)
+    if rec.status == "running":
+        rec.status, rec.error = "incomplete", rec.error or "result.json says the job is still running"
+
+
+def _read_matrix(rec: JobRecord, npz_path: Path) -> None:
+    """The CKA matrix and layer names of a job that finished ok; a missing or unreadable file makes it
+    incomplete."""
+    try:
+        z = load_npz(npz_path)
+        rec.matrix = z["cka"]
+        rec.layers_x = [str(s) for s in z["layers_x"]]
+        rec.layers_y = [str(s) for s in z["layers_y"]]
+        if rec.samples is None and "n_samples" in z:
+            rec.samples = int(z["n_samples"])
+    except (OSError, KeyError, ValueError) as e:
+        rec.status = "incomplete"
+        rec.error = f"cka.npz is missing or unreadable: {type(e).__name__}: {e}"
+
+
+def _literal(v: Any) -> str | None:
+    """A config value as written, unless it is an interpolation (then the caller falls back)."""
+    return None if v is None or (isinstance(v, str) and "${" in v) else str(v)
+
+
+def _override_items(overrides: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for o in overrides:
+        if "=" in o:
+            k, v = o.split("=", 1)
+            out[k.lstrip("+~")] = v
+    return out
+
+
+def collect_jobs(sweep_dir: str | Path) -> list[JobRecord]:
+    """Every job of a sweep directory, in job order, with ``variant`` naming the swept values that are not the
+    model or the init (say ``dataset=digits`` when the sweep also sweeps datasets)."""
+    sweep_dir = Path(sweep_dir)
+    jobs = [read_job(sweep_dir, d) for d in job_dirs(sweep_dir)]
+    items = [_override_items(j.overrides) for j in jobs]
+    keys = sorted({k for it in items for k in it} - _IDENTITY_KEYS)
+    varying = [k for k in keys if len({it.get(k) for it in items}) > 1]
+    for j, it in zip(jobs, items):
+        j.variant = ", ".join(f"{k}={it[k]}" for k in varying if k in it)
+    return jobs
+
+
+__all__ = [
+    "JobRecord",
+    "canonical_family",
+    "collect_jobs",
+    "job_dirs",
+    "job_sort_key",
+    "model_family",
+    "read_job",
+]

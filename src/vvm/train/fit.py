@@ -1,0 +1,286 @@
+"""The fit: a :class:`~vvm.train.module.VisionModule` trained with the seed's recipe (``cfg.train``) by a
+Lightning Trainer built once from ``cfg.trainer``, with the speed switches of ``cfg.train.speed`` (precision,
+device-resident data, channels_last, compile) and :class:`SaveLast` for resuming.
+
+Which weights a job needs, and whether a fit is due at all, is :func:`vvm.weights.load_or_train`'s decision.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from vvm.config import MOVED_KEYS, SPEED_KEYS, moved_key_error, plain
+from vvm.io import temporary_path
+from vvm.models.base import VisionModel
+from vvm.train.module import VisionModule, resolve_auto
+
+log = logging.getLogger(__name__)
+
+# train.* keys that the fit reads (the datamodule's batch size, the Trainer's clip, PreciseBN), not the module
+FIT_KEYS = ("batch_size", "gradient_clip_val", "precise_bn")
+MODULE_KEYS = ("epochs", "lr", "momentum", "weight_decay")
+
+
+# ---------------------------------------------------------------------------------------------- from the config
+def trainer_factory(cfg: DictConfig) -> functools.partial:
+    """``cfg.trainer`` (``_target_: pytorch_lightning.Trainer``, ``_partial_: true``) instantiated: a Trainer
+    waiting for the arguments of its use (callbacks, logger, the fit's precision...)."""
+    factory = instantiate(cfg.trainer)
+    if not isinstance(factory, functools.partial):
+        raise ValueError("cfg.trainer must instantiate to a partial Trainer (_partial_: true)")
+    return factory
+
+
+def vision_module(model: VisionModel, train_cfg: Any) -> VisionModule:
+    """The LightningModule for ``model`` from ``cfg.train``: its recipe keys and ``speed.compile`` /
+    ``speed.channels_last``. A key that is neither (a typo, an old spelling) is an error naming it."""
+    recipe = plain(train_cfg)
+    speed = plain(recipe.pop("speed", None))
+    for key in recipe:
+        if f"train.{key}" in MOVED_KEYS:
+            raise ValueError(moved_key_error(f"train.{key}"))
+        if key not in MODULE_KEYS + FIT_KEYS:
+            raise ValueError(
+                f"train.{key} is not a training setting: the recipe has {', '.join(MODULE_KEYS + FIT_KEYS)}, "
+                f"the speed switches are train.speed.{{{','.join(SPEED_KEYS)}}}"
+            )
+    unknown = sorted(set(speed) - set(SPEED_KEYS))
+    if unknown:
+        raise ValueError(
+            f"train.speed.{unknown[0]} is not a speed switch: use one of {', '.join(SPEED_KEYS)}"
+        )
+    return VisionModule(
+        model,
+        **{k: recipe[k] for k in MODULE_KEYS if k in recipe},
+        compile=bool(speed.get("compile", False)),
+        channels_last=speed.get("channels_last", "auto"),
+    )
+
+
+def _output_dir(cfg: DictConfig) -> str | None:
+    try:
+        return str(cfg.paths.output_dir)
+    except Exception:  # composed without Hydra's runtime (no ${hydra:...})
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- speed choices
+def planned_device(accelerator: Any) -> torch.device:
+    """The device a Trainer with ``accelerator`` will train on, known before the Trainer is built."""
+    a = str(accelerator or "auto").lower()
+    if a in ("gpu", "cuda") or (a == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    if a == "mps" or (a == "auto" and torch.backends.mps.is_available()):
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def fit_precision(setting: Any, trainer_precision: Any, device: Any) -> Any:
+    """``train.speed.precision``: the Trainer's precision for the fit. ``auto``/null: ``trainer.precision``,
+    except that a float32 trainer trains in ``bf16-mixed`` where bf16 is fast: a CUDA GPU that supports it, or
+    a CPU with AMX (bf16 matrix units, Xeon Sapphire Rapids and later; see docs/benchmarks.md). Any other value
+    is used as it is. The CKA pass keeps ``trainer.precision``."""
+    if setting is not None and str(setting).lower() != "auto":
+        return setting
+    if trainer_precision not in (None, 32, "32", "32-true"):
+        return trainer_precision
+    kind = getattr(device, "type", None)
+    if (kind == "cuda" and _cuda_has_bf16()) or (kind == "cpu" and _cpu_has_amx()):
+        return "bf16-mixed"
+    return trainer_precision
+
+
+def _cuda_has_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except Exception:  # an older torch or another platform
+        return False
+
+
+def use_device_resident(setting: Any, datamodule: Any, device: Any) -> bool:
+    """``train.speed.gpu_resident``: ``auto`` keeps the training split on the device when the device is a GPU,
+    the datamodule has an in-memory form (``as_tensors``) and it takes at most a quarter of the free memory;
+    ``true`` does so on any device (the CPU too), ``false`` never."""
+    from vvm.train.gpu_data import images_fit
+
+    auto = setting is None or (isinstance(setting, str) and setting.lower() == "auto")
+    if not resolve_auto(setting, device):
+        return False
+    try:
+        images, _labels = datamodule.as_tensors("train")
+    except NotImplementedError as e:
+        if auto:
+            log.info("train.speed.gpu_resident=auto: %s; using its dataloaders", e)
+            return False
+        raise ValueError(
+            f"train.speed.gpu_resident=true: {e} (set train.speed.gpu_resident=false or auto)"
+        ) from e
+    if auto and not images_fit(images, device):
+        log.info(
+            "train.speed.gpu_resident=auto: the training split (%.0f MB) does not fit in a quarter of the free "
+            "memory of %s; using its dataloaders",
+            images.numel() * images.element_size() / 2**20,
+            device,
+        )
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- the fit
+class SaveLast(pl.Callback):
+    """At the end of a training epoch (after its validation), save the whole training state to ``path``
+    (write to a temporary file, then ``os.replace``), so that an interrupted training resumes from it.
+
+    Saves when ``every_s`` seconds have passed since the last save (0: every epoch; rank 0's clock decides for
+    all ranks), never after the last epoch (the final checkpoint follows).
+    """
+
+    def __init__(self, path: str | Path, every_s: float = 0.0) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.every_s = float(every_s)
+        self._last = time.monotonic()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs:
+            return
+        if not trainer.strategy.broadcast(time.monotonic() - self._last >= self.every_s, src=0):
+            return
+        tmp = temporary_path(self.path)
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp, weights_only=False)  # rank 0 writes, every rank waits for it
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        self._last = time.monotonic()
+
+
+def fit_trainer(
+    cfg: DictConfig, *, last: Path, logger: Any = None, callbacks: list | None = None
+) -> pl.Trainer:
+    """The fit's Trainer, built once: ``cfg.trainer`` with the recipe's epochs and clip, the fit's precision,
+    and the callbacks PreciseBN (first: the CKA callback's hooks must not see its forward passes), ``callbacks``
+    and :class:`SaveLast`."""
+    from vvm.train.precise_bn import PreciseBN
+
+    train_cfg = plain(cfg.train)
+    speed = plain(train_cfg.get("speed"))
+    factory = trainer_factory(cfg)
+    device = planned_device(factory.keywords.get("accelerator"))
+    kw: dict[str, Any] = {
+        "max_epochs": int(train_cfg["epochs"]),
+        "num_sanity_val_steps": 0,
+        "enable_checkpointing": False,
+        # not in the seed's recipe (null): the Lambda-ResNets' first steps need it (README)
+        "gradient_clip_val": train_cfg.get("gradient_clip_val"),
+        "precision": fit_precision(speed.get("precision"), factory.keywords.get("precision"), device),
+    }
+    out_dir = _output_dir(cfg)
+    if out_dir is not None and "default_root_dir" not in factory.keywords:
+        kw["default_root_dir"] = out_dir
+    save_last = SaveLast(last, every_s=float(speed.get("save_last_every_s") or 0))
+    own = [PreciseBN(int(train_cfg.get("precise_bn") or 0)), *(callbacks or []), save_last]
+    return factory(**kw, logger=logger if logger else False, callbacks=own)
+
+
+def training_data(datamodule: Any, cfg: DictConfig, device: torch.device) -> tuple[Any, bool]:
+    """The datamodule the fit reads, and whether its training split is device-resident."""
+    from vvm.train.gpu_data import DeviceResidentDataModule
+
+    speed = plain(cfg.train.get("speed"))
+    if not use_device_resident(speed.get("gpu_resident", "auto"), datamodule, device):
+        return datamodule, False
+    resident = DeviceResidentDataModule(
+        datamodule,
+        batch_size=int(getattr(datamodule, "batch_size", cfg.train.get("batch_size", 256))),
+        seed=int(cfg.seed),
+        channels_last=resolve_auto(speed.get("channels_last", "auto"), device),
+    )
+    return resident, True
+
+
+def train(
+    model: VisionModel,
+    cfg: DictConfig,
+    datamodule: Any,
+    *,
+    last: Path,
+    logger: Any = None,
+    callbacks: list | None = None,
+) -> tuple[pl.Trainer, dict[str, Any]]:
+    """Fit ``model`` with the seed's recipe (``cfg.train``) on ``datamodule``'s training split, resuming from
+    ``last`` when it exists; returns the Trainer and the facts of the training. Afterwards every rank holds
+    rank 0's weights (the BatchNorm statistics of a rank are its own until then)."""
+    module = vision_module(model, cfg.train)
+    trainer = fit_trainer(cfg, last=last, logger=logger, callbacks=callbacks)
+    device = trainer.strategy.root_device
+    dm, resident = training_data(datamodule, cfg, device)
+    ckpt_path = str(last) if last.is_file() else None
+    if ckpt_path:
+        log.info("resuming the interrupted training from %s", ckpt_path)
+    t = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    seconds = time.perf_counter() - t
+    if trainer.interrupted:
+        raise RuntimeError(f"training was interrupted; rerun the job to resume from {last}")
+    share_rank_zero_buffers(trainer, model)
+    m = trainer.callback_metrics
+    facts = {
+        "train_epochs": int(trainer.current_epoch),
+        "train_seconds": round(seconds, 3),
+        "train_accuracy": _metric(m, "train/acc"),
+        "train_loss": _metric(m, "train/loss"),
+        "val_accuracy": _metric(m, "val/acc"),
+        "gpu_resident": resident,
+        "resumed_from": ckpt_path,
+        "train_device": str(device),
+        "train_precision": str(trainer.precision),
+    }
+    return trainer, facts
+
+
+def share_rank_zero_buffers(trainer: pl.Trainer, model: VisionModel) -> None:
+    """Under DDP the parameters agree on every rank, the buffers (BatchNorm statistics) need not: give every
+    rank rank 0's, so that all ranks measure the weights rank 0 saves."""
+    if trainer.world_size <= 1:
+        return
+    ours = dict(model.net.named_buffers())
+    theirs = trainer.strategy.broadcast({k: v.detach().cpu() for k, v in ours.items()}, src=0)
+    with torch.no_grad():
+        for k, v in ours.items():
+            v.copy_(theirs[k])
+
+
+def _metric(metrics: dict[str, Any], key: str) -> float | None:
+    v = metrics.get(key)
+    return None if v is None else float(v)
+
+
+__all__ = [
+    "SaveLast",
+    "fit_precision",
+    "fit_trainer",
+    "planned_device",
+    "share_rank_zero_buffers",
+    "train",
+    "trainer_factory",
+    "use_device_resident",
+    "vision_module",
+]

@@ -1,0 +1,152 @@
+"""The weights a job measures: the one place that decides what ``init`` means for a model.
+
+:func:`weights_source` decides, :func:`load_or_train` does it:
+
+- ``random``: nothing to do, the seeded construction of :func:`vvm.models.create` is the initialisation.
+- ``checkpoint``: ``init=pretrained`` with ``init.checkpoint``: load that file (any model), through
+  :func:`vvm.models.checkpoints.load_checkpoint`.
+- ``published``: ``init=pretrained`` on a model with published weights (``vit_l32``, ``timm``): those weights,
+  from ``init.weights_file`` or the hub (:func:`vvm.models.checkpoints.load_timm_pretrained`); nothing trains.
+- ``trained``: ``init=pretrained`` on a model vvm trains (r18 r34 r50 lambda_r*, see
+  :func:`vvm.models.trained_by_vvm`): the cached checkpoint of this recipe under ``paths.checkpoints`` (see
+  :mod:`vvm.train.cache`); when there is none, train with the seed's recipe (:func:`vvm.train.fit.train`),
+  resuming from ``<key>.last.ckpt`` when an earlier training was interrupted, and save the result atomically.
+  The trained model keeps its weights in memory.
+
+:func:`load_or_train` returns the facts that go into result.json: ``weights`` (a sentence), ``trained``,
+``checkpoint``, and after a training (or from the cached file) ``train_accuracy``, ``val_accuracy``,
+``train_epochs``, ``train_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from vvm.config import plain
+from vvm.models import trained_by_vvm
+from vvm.models.base import VisionModel
+from vvm.models.checkpoints import load_checkpoint, load_timm_pretrained, published_source
+from vvm.train.cache import cache_paths, read_facts, save_trained
+
+log = logging.getLogger(__name__)
+
+INITS = ("random", "pretrained")
+# what result.json repeats from a cached checkpoint's facts (the training that made it)
+CACHED_FACTS = (
+    "train_accuracy",
+    "val_accuracy",
+    "train_loss",
+    "train_epochs",
+    "train_seconds",
+    "train_precision",
+)
+
+
+def weights_source(model: VisionModel, init: Any) -> str:
+    """Where the weights ``init`` (a mapping with ``name`` and optional ``checkpoint``, ``weights_file``) asks
+    for come from: ``random``, ``checkpoint``, ``published`` or ``trained`` (see the module docstring)."""
+    init = plain(init)
+    name = init.get("name")
+    if name not in INITS:
+        raise ValueError(f"init={name!r} is not known: use one of {', '.join(INITS)}")
+    if name == "random":
+        return "random"
+    if trained_by_vvm(model) and init.get("weights_file") is not None:
+        raise ValueError(
+            f"init.weights_file is for timm models with published weights; {model.name} has none: pass the "
+            "weights it was trained with as init.checkpoint"
+        )
+    if init.get("checkpoint") is not None:
+        return "checkpoint"
+    if trained_by_vvm(model):
+        return "trained"
+    if getattr(model.net, "pretrained_cfg", None):
+        return "published"
+    raise ValueError(
+        f"model {model.name!r} (family {model.family!r}) has no published weights vvm knows how to load: pass "
+        "init.checkpoint=/path/to/state_dict.pt or use init=random"
+    )
+
+
+def load_or_train(
+    model: VisionModel, cfg: DictConfig, datamodule: Any, *, logger: Any = None, callbacks: list | None = None
+) -> dict[str, Any]:
+    """Put the weights ``cfg.init`` asks for into ``model``; returns facts for result.json.
+
+    ``logger`` and ``callbacks`` (the CKA callback, whose ``every_n_epochs`` probes run during the fit) go to
+    the training Trainer when a training is needed.
+    """
+    init = plain(cfg.init)
+    source = weights_source(model, init)
+    dataset_name = getattr(datamodule, "name", None)
+    if source == "random":
+        return {"weights": f"random (seed {cfg.seed})", "trained": False}
+    if source == "checkpoint":
+        path = Path(str(init["checkpoint"])).expanduser()
+        load_checkpoint(model, path, dataset_name=dataset_name)
+        return {"weights": f"checkpoint {path}", "trained": False, "checkpoint": str(path)}
+    if source == "published":
+        load_timm_pretrained(model, init.get("weights_file"))
+        where = published_source(model, init.get("weights_file"))
+        return {"weights": f"published weights ({where})", "trained": False}
+    path, last = cache_paths(cfg, str(dataset_name))
+    if path.is_file():
+        log.info("init=pretrained: using the cached checkpoint %s", path)
+        load_checkpoint(model, path, dataset_name=dataset_name)
+        facts = read_facts(path)
+        return {
+            "weights": f"cached checkpoint {path}",
+            "trained": False,
+            "checkpoint": str(path),
+            **{k: facts.get(k) for k in CACHED_FACTS},
+        }
+    return train_and_save(model, cfg, datamodule, path, last, logger=logger, callbacks=callbacks)
+
+
+def train_and_save(
+    model: VisionModel,
+    cfg: DictConfig,
+    datamodule: Any,
+    path: Path,
+    last: Path,
+    *,
+    logger: Any = None,
+    callbacks: list | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` (it keeps the trained weights), save them to the cache file ``path`` on rank 0."""
+    from vvm.train.fit import train
+
+    dataset_name = str(getattr(datamodule, "name", None))
+    log.info(
+        "init=pretrained: no checkpoint at %s, training %s on %s for %d epochs",
+        path,
+        cfg.model.name,
+        dataset_name,
+        int(cfg.train.epochs),
+    )
+    trainer, facts = train(model, cfg, datamodule, last=last, logger=logger, callbacks=callbacks)
+    if trainer.is_global_zero:
+        save_trained(path, model.net, dataset_name=dataset_name, facts={**facts, "key": path.stem})
+        if last.exists():
+            last.unlink()
+    trainer.strategy.barrier("vvm-checkpoint-saved")
+    log.info(
+        "init=pretrained: trained in %.1f s (train acc %s, val acc %s), saved %s",
+        facts["train_seconds"],
+        facts.get("train_accuracy"),
+        facts.get("val_accuracy"),
+        path,
+    )
+    return {
+        "weights": f"trained {facts['train_epochs']} epochs, saved to {path}",
+        "trained": True,
+        "checkpoint": str(path),
+        **facts,
+    }
+
+
+__all__ = ["CACHED_FACTS", "INITS", "load_or_train", "train_and_save", "weights_source"]

@@ -1,0 +1,149 @@
+"""The shape of the package, read from its source with ``ast``: no import cycle between modules (lazy imports
+inside functions count), imports point down the layers of docs/architecture.md, no file above 400 lines and no
+function above 60.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+MAX_FILE_LINES = 400
+MAX_FUNCTION_LINES = 60
+
+# imports point down this list (a module may import from its own layer or any layer below, never above)
+LAYERS = (
+    ("vvm.cka", "vvm.config", "vvm.io"),  # the engine, and helpers with no vvm imports
+    ("vvm.models", "vvm.data"),
+    ("vvm.train", "vvm.callbacks", "vvm.plots", "vvm.loggers", "vvm.diff"),
+    ("vvm.weights",),
+    ("vvm.pipeline",),
+    ("vvm.job", "vvm.records", "vvm.sweep"),
+    ("vvm.__main__", "vvm"),
+)
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in sorted((SRC / "vvm").rglob("*.py"))}
+
+
+def imports_of(module: str) -> set[str]:
+    """The vvm modules ``module`` imports anywhere in its file (top level or inside functions)."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            # `from vvm.models import create` names a module when create is one, else the package
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in MODULES:  # `import vvm.models.base as b` -> vvm.models.base
+                name = name.rpartition(".")[0]
+            # importing vvm.models.base runs vvm.models/__init__ first: an edge too, from outside the package
+            parents = [name.rsplit(".", k)[0] for k in range(1, name.count("."))]
+            for target in [name, *parents]:
+                if target and target != module and not module.startswith(target + "."):
+                    out.add(target)
+    return out
+
+
+GRAPH = {m: imports_of(m) for m in MODULES}
+
+
+def cycles() -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in GRAPH[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(GRAPH):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_import_graph_is_read():
+    assert "vvm.models.base" in GRAPH["vvm.weights"] and "vvm.weights" in GRAPH["vvm.pipeline"]
+    assert "vvm.pipeline" in GRAPH["vvm.job"]  # a lazy import inside a function counts
+
+
+def test_no_import_cycle():
+    found = cycles()
+    assert not found, f"import cycles: {found}"
+
+
+def layer(module: str) -> int:
+    best = None
+    for i, members in enumerate(LAYERS):
+        for m in members:
+            if (module == m or module.startswith(m + ".")) and (best is None or len(m) > best[1]):
+                best = (i, len(m))
+    assert best is not None, f"{module} is in no layer of LAYERS"
+    return best[0]
+
+
+def test_imports_point_down():
+    upward = [f"{m} -> {t}" for m in sorted(GRAPH) for t in sorted(GRAPH[m]) if layer(t) > layer(m)]
+    assert not upward, upward
+
+
+def test_the_engine_imports_nothing_from_outside_it():
+    outside = [f"{m} -> {t}" for m in GRAPH if m.startswith("vvm.cka") for t in GRAPH[m] if t != "vvm"]
+    outside = [e for e in outside if not e.split(" -> ")[1].startswith("vvm.cka")]
+    assert not outside, outside
+
+
+def sizes() -> list[tuple[str, str, int, int]]:
+    """``(module, what, lines, limit)`` for every file and every function of src/vvm."""
+    out = []
+    for module, path in MODULES.items():
+        text = path.read_text()
+        out.append((module, str(path.relative_to(SRC)), len(text.splitlines()), MAX_FILE_LINES))
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                what = f"{path.relative_to(SRC)}::{node.name} (line {node.lineno})"
+                out.append((module, what, node.end_lineno - node.lineno + 1, MAX_FUNCTION_LINES))
+    return out
+
+
+def test_files_and_functions_are_short():
+    long = [f"{what}: {n} lines > {limit}" for m, what, n, limit in sizes() if n > limit]
+    assert not long, "\n".join(long)
