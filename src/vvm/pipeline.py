@@ -27,7 +27,7 @@ from vvm.weights import load_or_train
 
 log = logging.getLogger(__name__)
 # cka.* keys that the dataset reads (through interpolations in conf/dataset/), not the CKA callback
-CKA_DATA_KEYS = ("batch_size", "max_samples")
+CKA_DATA_KEYS = ("batch_size", "max_samples", "shuffle")
 
 
 def summarise_config(cfg: DictConfig) -> dict[str, Any]:
