@@ -58,6 +58,14 @@ class CKAResult:
         self.undefined_x = [n for n, h in zip(self.layers_x, self.hsic_xx.tolist()) if not h > 0]
         self.undefined_y = [n for n, h in zip(self.layers_y, self.hsic_yy.tolist()) if not h > 0]
 
+    def interval(self, level: float = 0.95) -> tuple[Tensor, Tensor]:
+        """``matrix ± t · stderr`` with ``t`` the Student quantile for ``n_batches - 1`` degrees of freedom: the
+        interval treats batches as i.i.d. draws (random batches of the split) and the delta method as exact."""
+        from scipy.stats import t as student_t
+
+        q = float(student_t.ppf(0.5 + level / 2, max(self.n_batches - 1, 1)))
+        return self.matrix - q * self.stderr, self.matrix + q * self.stderr
+
     def mean_offdiagonal(self) -> float:
         """Mean of the defined entries, leaving out the diagonal of a square matrix (NaN when none is defined)."""
         return mean_offdiagonal(self.matrix)
