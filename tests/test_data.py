@@ -392,4 +392,4 @@ def test_dataset_configs_instantiate(name, cifar_root, imagenet_root, tmp_path):
     dm = instantiate(cfg.dataset)
     assert isinstance(dm, VisionDataModule) and dm.name == name
     assert dm.num_classes == cfg.dataset.num_classes and dm.split == "test"
-    assert len(dm.cka_dataset()) == 5
+    assert dm.cka_batches().n_examples == 5  # max_samples: a random subset of the split
