@@ -45,6 +45,7 @@ DATASET_IGNORED = frozenset(
         "eval_batch_size",
         "split",
         "max_samples",
+        "cka_shuffle",
         "probe_size",
     }
 )
