@@ -4,10 +4,11 @@ Workload: torchvision ResNet-18 with the CIFAR stem (conv1 3x3 stride 1, maxpool
 random init, eval mode, 49 layers (every conv, every BN, every residual block layerX.Y and the head fc),
 float32 inputs of batch 64, 4 batches per round.
 
-Every tool is timed as (its time for the 4 batches) / (the BARE network's forward pass over the same 4 batches:
-no hooks, no vvm preprocessing, torch.no_grad). The tools run interleaved, round after round
-(forward, vvm exact, vvm fast, peer, sketch, forward, ...), and the table shows the median of the per-round
-ratios: on a shared, noisy machine only ratios measured side by side mean anything.
+Every tool is timed as (its time for the 4 batches, result included) / (the BARE network's forward pass over the
+same 4 batches: no hooks, no vvm preprocessing, torch.no_grad). The tools run interleaved batch by batch
+(batch 1: forward, vvm exact, vvm fast, peer, sketch; batch 2: forward, ...), over >= 5 rounds after a warm-up
+round, and the table shows the median of the per-round ratios (and their range): on a shared, noisy machine
+only ratios measured side by side mean anything.
 
 - vvm exact / fast: ``StreamingCKA(net, layers, precision=...)``, ``with m.track(): net(x)``, ``m.compute()``.
 - pytorch-cka 1.1.3: its published algorithm, reimplemented here in a few lines (:class:`PeerCKA`): the hooks
@@ -100,7 +101,12 @@ def oracle(net: nn.Module, layers: list[str], inputs: list[Tensor]) -> Tensor:
             k = k * (1 - torch.eye(n, dtype=k.dtype))
             r = k.sum(-1)
             s = r.sum(-1)
-            kt = k - r[:, :, None] / (n - 2) - r[:, None, :] / (n - 2) + (s / ((n - 1) * (n - 2)))[:, None, None]
+            kt = (
+                k
+                - r[:, :, None] / (n - 2)
+                - r[:, None, :] / (n - 2)
+                + (s / ((n - 1) * (n - 2)))[:, None, None]
+            )
             kt = kt * (1 - torch.eye(n, dtype=k.dtype))
             g = kt.reshape(L, -1)
             xy += (g @ g.T) / (n * (n - 3))
@@ -111,17 +117,19 @@ def oracle(net: nn.Module, layers: list[str], inputs: list[Tensor]) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- tools
+# A tool: built before the clock starts; ``step(x)`` registers its hooks, runs the batch and removes them;
+# ``result()`` returns the CKA matrix. The harness interleaves the tools batch by batch.
 class VvmTool:
     def __init__(self, net: nn.Module, layers: list[str], precision: str) -> None:
         self.net = net
         self.m = StreamingCKA(net, layers, precision=precision)
 
-    def run(self, inputs: list[Tensor]) -> Tensor:
-        with torch.no_grad():
-            with self.m.track():
-                for x in inputs:
-                    self.net(x)
-            return self.m.compute().matrix
+    def step(self, x: Tensor) -> None:
+        with torch.no_grad(), self.m.track():
+            self.net(x)
+
+    def result(self) -> Tensor:
+        return self.m.compute().matrix
 
 
 class PeerCKA:
@@ -129,8 +137,9 @@ class PeerCKA:
 
     def __init__(self, net: nn.Module, layers: list[str], clone: bool = False) -> None:
         self.net, self.layers, self.clone = net, layers, clone
+        self.xy = torch.zeros(len(layers), len(layers))  # float32 sums, as pytorch-cka
 
-    def run(self, inputs: list[Tensor]) -> Tensor:
+    def step(self, x: Tensor) -> None:
         feats: dict[str, Tensor] = {}
 
         def fn(name):
@@ -140,29 +149,27 @@ class PeerCKA:
 
             return hook
 
-        L = len(self.layers)
-        xy = torch.zeros(L, L)  # float32 sums, as pytorch-cka
         handles = hook_all(self.net, self.layers, fn)
         try:
             with torch.inference_mode():
-                for x in inputs:
-                    feats.clear()
-                    self.net(x)
-                    k = torch.stack([feats[name] @ feats[name].T for name in self.layers])  # uncentred
-                    n = k.shape[-1]
-                    diag = k.diagonal(dim1=-2, dim2=-1)
-                    tot = k.sum(dim=(-2, -1)) - diag.sum(-1)
-                    col = k.sum(dim=-2) - diag
-                    trace = torch.einsum("aij,bij->ab", k, k) - diag @ diag.T
-                    h = trace + torch.outer(tot, tot) / ((n - 1) * (n - 2)) - (2 / (n - 2)) * (col @ col.T)
-                    xy += h / (n * (n - 3))
+                self.net(x)
+                k = torch.stack([feats[name] @ feats[name].T for name in self.layers])  # uncentred
+                n = k.shape[-1]
+                diag = k.diagonal(dim1=-2, dim2=-1)
+                tot = k.sum(dim=(-2, -1)) - diag.sum(-1)
+                col = k.sum(dim=-2) - diag
+                trace = torch.einsum("aij,bij->ab", k, k) - diag @ diag.T
+                h = trace + torch.outer(tot, tot) / ((n - 1) * (n - 2)) - (2 / (n - 2)) * (col @ col.T)
+                self.xy += h / (n * (n - 3))
         finally:
             for hd in handles:
                 hd.remove()
-        d = xy.diagonal()
+
+    def result(self) -> Tensor:
+        d = self.xy.diagonal()
         den = torch.sqrt(torch.clamp(d[:, None] * d[None, :], min=0.0))
         den = torch.where(den == 0, 1e-6, den)
-        return torch.clamp(xy / den, 0.0, 1.0).double()
+        return torch.clamp(self.xy / den, 0.0, 1.0).double()
 
 
 class SketchCKA:
@@ -170,8 +177,9 @@ class SketchCKA:
 
     def __init__(self, net: nn.Module, layers: list[str]) -> None:
         self.net, self.layers = net, layers
+        self.xy = torch.zeros(len(layers), len(layers), dtype=torch.float64)
 
-    def run(self, inputs: list[Tensor]) -> Tensor:
+    def step(self, x: Tensor) -> None:
         grams: dict[str, Tensor] = {}
 
         def fn(name):
@@ -182,39 +190,39 @@ class SketchCKA:
 
             return hook
 
-        L = len(self.layers)
-        xy = torch.zeros(L, L, dtype=torch.float64)
         handles = hook_all(self.net, self.layers, fn)
         try:
             with torch.no_grad():
-                for x in inputs:
-                    grams.clear()
-                    self.net(x)
-                    k = torch.stack([grams[name] for name in self.layers])
-                    n = k.shape[-1]
-                    k.diagonal(dim1=-2, dim2=-1).zero_()
-                    r = k.sum(-1)
-                    s = r.sum(-1)
-                    k -= r[:, :, None] / (n - 2)
-                    k -= r[:, None, :] / (n - 2)
-                    k += (s / ((n - 1) * (n - 2)))[:, None, None]
-                    k.diagonal(dim1=-2, dim2=-1).zero_()
-                    g = k.reshape(L, -1)
-                    xy += (g @ g.T).double() / (n * (n - 3))
+                self.net(x)
+                k = torch.stack([grams[name] for name in self.layers])
+                n = k.shape[-1]
+                k.diagonal(dim1=-2, dim2=-1).zero_()
+                r = k.sum(-1)
+                s = r.sum(-1)
+                k -= r[:, :, None] / (n - 2)
+                k -= r[:, None, :] / (n - 2)
+                k += (s / ((n - 1) * (n - 2)))[:, None, None]
+                k.diagonal(dim1=-2, dim2=-1).zero_()
+                g = k.reshape(len(self.layers), -1)
+                self.xy += (g @ g.T).double() / (n * (n - 3))
         finally:
             for hd in handles:
                 hd.remove()
-        return cka_from_sums(xy, xy.diagonal(), xy.diagonal())
+
+    def result(self) -> Tensor:
+        return cka_from_sums(self.xy, self.xy.diagonal(), self.xy.diagonal())
 
 
 class ForwardTool:
     def __init__(self, net: nn.Module, layers: list[str]) -> None:
         self.net = net
 
-    def run(self, inputs: list[Tensor]) -> None:
+    def step(self, x: Tensor) -> None:
         with torch.no_grad():
-            for x in inputs:
-                self.net(x)
+            self.net(x)
+
+    def result(self) -> None:
+        return None
 
 
 TOOLS: dict[str, Callable] = {
@@ -226,24 +234,39 @@ TOOLS: dict[str, Callable] = {
 
 
 # ----------------------------------------------------------------------------------------------- harness
+def run_tool(tool, inputs: list[Tensor]) -> Tensor | None:
+    for x in inputs:
+        tool.step(x)
+    return tool.result()
+
+
 def interleaved(
     net: nn.Module, layers: list[str], inputs: list[Tensor], tools: dict[str, Callable], rounds: int
 ) -> tuple[dict[str, list[float]], dict[str, Tensor]]:
-    """Seconds per round of the bare forward and of every tool, in turn, after one warm-up round; a tool is
-    built before its clock starts (hooks, states) and its result is computed inside it. Returns the times and
-    each tool's last result."""
-    times: dict[str, list[float]] = {"forward": [], **{k: [] for k in tools}}
+    """Seconds per round (all batches plus the result) of the bare forward and of every tool, after one warm-up
+    round. Interleaved batch by batch (batch 1: forward, tool 1, tool 2, ...; batch 2: ...), so that the load
+    that other jobs put on a shared machine, which swings within seconds, hits every tool alike. Returns the
+    times and each tool's last result."""
+    names = ["forward", *tools]
+    makers = {"forward": ForwardTool, **tools}
+    times: dict[str, list[float]] = {k: [] for k in names}
     results: dict[str, Tensor] = {}
     for r in range(rounds + 1):
-        for name, make in [("forward", ForwardTool), *tools.items()]:
-            tool = make(net, layers)
+        objs = {k: makers[k](net, layers) for k in names}
+        spent = dict.fromkeys(names, 0.0)
+        for x in inputs:
+            for k in names:
+                t0 = time.perf_counter()
+                objs[k].step(x)
+                spent[k] += time.perf_counter() - t0
+        for k in names:
             t0 = time.perf_counter()
-            out = tool.run(inputs)
-            dt = time.perf_counter() - t0
-            if r:
-                times[name].append(dt)
+            out = objs[k].result()
+            spent[k] += time.perf_counter() - t0
             if out is not None:
-                results[name] = out
+                results[k] = out
+            if r:
+                times[k].append(spent[k])
     return times, results
 
 
@@ -273,7 +296,7 @@ def summarise(times: dict[str, list[float]], results: dict[str, Tensor], ref: Te
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| tool | s / 4 batches | time / bare forward (median; min-max) | max abs error vs float64 |",
+        "| tool | s / round | time / bare forward (median; min-max) | max abs error vs float64 |",
         "| --- | --- | --- | --- |",
     ]
     for r in rows:
@@ -291,7 +314,9 @@ def describe() -> str:
 
 
 def main(tools: dict[str, Callable] | None = None, doc: str | None = None) -> None:
-    p = argparse.ArgumentParser(description=doc or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=doc or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up round (default 5)")
     p.add_argument("--batch", type=int, default=BATCH)
     p.add_argument("--batches", type=int, default=N_BATCHES)
@@ -302,7 +327,9 @@ def main(tools: dict[str, Callable] | None = None, doc: str | None = None) -> No
     layers = peer_layers(net)
     inputs = make_inputs(args.batch, args.batches)
     print(f"# {describe()}")
-    print(f"# ResNet-18 CIFAR stem, random init, eval; batch {args.batch} x {args.batches} batches; {len(layers)} layers:")
+    print(
+        f"# ResNet-18 CIFAR stem, random init, eval; batch {args.batch} x {args.batches} batches; {len(layers)} layers:"
+    )
     print("# " + " ".join(layers))
     times, results = interleaved(net, layers, inputs, tools, args.rounds)
     ref = oracle(net, layers, inputs)
@@ -311,9 +338,11 @@ def main(tools: dict[str, Callable] | None = None, doc: str | None = None) -> No
     notes = {}
     if tools is TOOLS:
         # what the peer's error is made of: the same algorithm on cloned features (no in-place aliasing)
-        clone_err = max_err(PeerCKA(net, layers, clone=True).run(inputs), ref)
+        clone_err = max_err(run_tool(PeerCKA(net, layers, clone=True), inputs), ref)
         notes["peer_err_with_cloned_features"] = clone_err
-        print(f"\n# pytorch-cka's algorithm on cloned features (no in-place aliasing): max error {clone_err:.1e}")
+        print(
+            f"\n# pytorch-cka's algorithm on cloned features (no in-place aliasing): max error {clone_err:.1e}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
