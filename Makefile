@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test test-slow test-all lint format bench bench-train clean
+.PHONY: install test test-slow test-all lint format bench bench-peers bench-train clean
 
 ## install: torch from the pinned local wheels, then vvm with its dev extras (editable)
 install:
@@ -29,6 +29,12 @@ format:
 ## bench: CKA pipeline vs plain forward pass (time ratio, peak memory, max error vs float64)
 bench:
 	$(PYTHON) bench/bench_cka.py
+
+## bench-peers: vvm exact/fast vs pytorch-cka's algorithm and a 40-line sketch, ResNet-18 CIFAR, 49 layers, CPU
+## (interleaved batch by batch; ratios to the bare forward pass; max error vs float64). Quick: batch 64 x 1, 5 rounds;
+## the issue-13 numbers: python bench/bench_peers.py (batch 64 x 4 batches)
+bench-peers:
+	PYTHONPATH=src $(PYTHON) bench/bench_peers.py --batches 1 --rounds 5
 
 ## bench-train: one CIFAR-sized training epoch of ResNet-18 through each data pipeline (use a GPU)
 bench-train:
