@@ -326,6 +326,56 @@ def check_job(cfg: DictConfig, dm: Any, models: Any) -> None:
             check_writable(cfg.paths.checkpoints, "paths.checkpoints", need_bytes=5 * size)
 
 
+# ---------------------------------------------------------------------------------------------- command line
+def unknown_overrides(overrides: list[str], config_dir: str | Path) -> list[str]:
+    """Errors for command-line overrides of keys the config lacks (``cka.kernal=rbf``), naming the closest
+    known key; Hydra alone would only suggest adding ``+``. Nothing when the config cannot be composed here
+    (Hydra then reports)."""
+    plain_keys = []
+    groups = []
+    for o in overrides:
+        if o.startswith("-") or "=" not in o:
+            continue
+        key, value = o.split("=", 1)
+        if key.startswith(("+", "~", "hydra.", "hydra/")):
+            continue
+        if "." in key:
+            plain_keys.append(key)
+        else:
+            groups.append(f"{key}={value.split(',')[0]}")
+    if not plain_keys:
+        return []
+    try:
+        cfg = _compose(groups, config_dir)
+    except Exception:  # noqa: BLE001 - Hydra reports what it cannot compose
+        return []
+    errors = []
+    for key in plain_keys:
+        if OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent)
+        known = set(node.keys()) if isinstance(node, DictConfig) else set()
+        known |= known_keys(cfg, parent) or set() if "." not in parent else set()
+        errors.append(f"{key} is not a setting of {parent}: {closest(leaf, known, parent + '.')}")
+    return errors
+
+
+_MISSING = object()
+
+
+def _compose(overrides: list[str], config_dir: str | Path) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 __all__ = [
     "CKA_DATA_KEYS",
     "ConfigError",
@@ -338,4 +388,5 @@ __all__ = [
     "check_writable",
     "closest",
     "known_keys",
+    "unknown_overrides",
 ]

@@ -145,8 +145,13 @@ class SaveLast(pl.Callback):
     """At the end of a training epoch (after its validation), save the whole training state to ``path``
     (write to a temporary file, then ``os.replace``), so that an interrupted training resumes from it.
 
-    Saves when ``every_s`` seconds have passed since the last save (0: every epoch; rank 0's clock decides for
-    all ranks), never after the last epoch (the final checkpoint follows).
+    Saves at the end of the first epoch, then whenever ``every_s`` seconds have passed since the last save (0:
+    every epoch; rank 0's clock decides for all ranks), never after the last epoch (the final checkpoint
+    follows). The checkpoint also holds the random number generators' states (torch, CUDA, numpy, random) as
+    they were when it was saved, and a resumed fit starts from them, so the data order and the augmentations
+    of the epochs that follow are those of an uninterrupted run: resumed equals uninterrupted (one process;
+    under DDP every rank gets rank 0's states). A save that fails (a full disk) is a warning: the training
+    goes on, without a resume point.
     """
 
     def __init__(self, path: str | Path, every_s: float = 0.0) -> None:
@@ -154,6 +159,31 @@ class SaveLast(pl.Callback):
         self.path = Path(path)
         self.every_s = float(every_s)
         self._last = time.monotonic()
+        self._saved = False
+        self._rng: dict[str, Any] | None = None
+        self._fit_started = False
+
+    def state_dict(self) -> dict[str, Any]:
+        from lightning_fabric.utilities.seed import _collect_rng_states
+
+        return {"rng": _collect_rng_states(include_cuda=torch.cuda.is_available())}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._rng = state_dict.get("rng")
+        if self._fit_started:  # strategies that restore callbacks after on_fit_start
+            self._restore_rng()
+
+    def _restore_rng(self) -> None:
+        from lightning_fabric.utilities.seed import _set_rng_states
+
+        if self._rng is not None:
+            _set_rng_states(self._rng)
+            self._rng = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # before the training loop draws the first data order of the resumed epoch
+        self._fit_started = True
+        self._restore_rng()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last = time.monotonic()
@@ -161,14 +191,24 @@ class SaveLast(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs:
             return
-        if not trainer.strategy.broadcast(time.monotonic() - self._last >= self.every_s, src=0):
+        due = not self._saved or time.monotonic() - self._last >= self.every_s
+        if not trainer.strategy.broadcast(due, src=0):
             return
         tmp = temporary_path(self.path)
-        if trainer.is_global_zero:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp, weights_only=False)  # rank 0 writes, every rank waits for it
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        try:
+            if trainer.is_global_zero:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(tmp, weights_only=False)  # rank 0 writes, every rank waits for it
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
+        except OSError as e:
+            if trainer.world_size > 1:
+                raise
+            tmp.unlink(missing_ok=True)
+            log.warning(
+                "could not save the training state to %s (%s); training goes on without it", self.path, e
+            )
+        self._saved = True
         self._last = time.monotonic()
 
 
