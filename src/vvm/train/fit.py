@@ -10,10 +10,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
@@ -164,9 +166,7 @@ class SaveLast(pl.Callback):
         self._fit_started = False
 
     def state_dict(self) -> dict[str, Any]:
-        from lightning_fabric.utilities.seed import _collect_rng_states
-
-        return {"rng": _collect_rng_states(include_cuda=torch.cuda.is_available())}
+        return {"rng": rng_states()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._rng = state_dict.get("rng")
@@ -174,10 +174,8 @@ class SaveLast(pl.Callback):
             self._restore_rng()
 
     def _restore_rng(self) -> None:
-        from lightning_fabric.utilities.seed import _set_rng_states
-
         if self._rng is not None:
-            _set_rng_states(self._rng)
+            set_rng_states(self._rng)
             self._rng = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -210,6 +208,32 @@ class SaveLast(pl.Callback):
             )
         self._saved = True
         self._last = time.monotonic()
+
+
+def rng_states() -> dict[str, Any]:
+    """The global random number generators' states as tensors and plain values (a checkpoint that
+    ``torch.load(weights_only=True)`` reads)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, state, gauss_py = random.getstate()
+    out = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": [int(version), torch.tensor(state, dtype=torch.int64), gauss_py],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Put back what :func:`rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, state, gauss_py = states["python"]
+    random.setstate((version, tuple(int(v) for v in state.tolist()), gauss_py))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def fit_trainer(
