@@ -22,7 +22,7 @@ from helpers import run_vvm
 from hydra.utils import instantiate
 
 from vvm import pipeline, validate, weights
-from vvm.io import remove_stale_temporaries, temporary_path
+from vvm.io import remove_stale_temporaries, temporary_path, write_json
 from vvm.validate import ConfigError, check_config, check_plan, check_writable, unknown_overrides
 
 TINY = [
@@ -228,3 +228,73 @@ def test_interrupt_writes_status_interrupted_and_the_resume_command(tmp_path, mo
     res = json.loads((tmp_path / "run" / "result.json").read_text())
     assert res["status"] == "interrupted"
     assert res["resume"].startswith("python -m vvm")
+
+
+# ---------------------------------------------------------------------------------------------- 6. damaged files
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty"])
+def test_damaged_cache_file_is_moved_aside(tmp_path, damage, caplog):
+    path = tmp_path / "r18-x.ckpt"
+    torch.save({"state_dict": {"a": torch.zeros(100)}}, path)
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "random": os.urandom(4000), "empty": b""}[damage])
+    assert not weights.readable_cache_file(path)
+    assert not path.exists()
+    aside = list(tmp_path.glob("r18-x.ckpt.corrupt-*"))
+    assert len(aside) == 1 and "moved it to" in caplog.text and "trained again" in caplog.text
+
+
+def test_user_checkpoint_is_never_moved_and_a_directory_is_named(tmp_path):
+    from vvm.models import create
+    from vvm.models.checkpoints import CheckpointMismatchError, load_checkpoint
+
+    model = create("r18", num_classes=10)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        load_checkpoint(model, tmp_path)
+    bad = tmp_path / "mine.pt"
+    bad.write_bytes(b"")
+    with pytest.raises(CheckpointMismatchError):
+        load_checkpoint(model, bad)
+    assert bad.exists() and not list(tmp_path.glob("*.corrupt-*"))
+
+
+# ---------------------------------------------------------------------------------------------- 7. offline
+def test_wandb_online_without_network_falls_back_to_offline_quickly(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from vvm import loggers
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # nothing listens: no network
+    cfg = OmegaConf.create(
+        {
+            "_target_": "pytorch_lightning.loggers.WandbLogger",
+            "project": "vvm",
+            "save_dir": str(tmp_path),
+            "mode": "online",
+        }
+    )
+    t = time.perf_counter()
+    with pytest.warns(UserWarning, match="logging offline instead: upload later with `wandb sync"):
+        logger = loggers.build_logger(cfg)
+    assert time.perf_counter() - t < 15
+    assert logger._wandb_init["mode"] == "offline"
+
+
+def test_hub_goes_offline_when_unreachable(monkeypatch):
+    from vvm.models import checkpoints
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    t = time.perf_counter()
+    checkpoints._offline_unless_reachable("https://huggingface.co")
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and time.perf_counter() - t < 15
+
+
+# ---------------------------------------------------------------------------------------------- 9. umask
+@pytest.mark.parametrize("mask", [0o022, 0o002])
+def test_files_honour_the_umask(tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        p = write_json(tmp_path / "result.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~mask
