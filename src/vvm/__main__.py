@@ -41,7 +41,11 @@ def main() -> None:
     from vvm.config import moved_overrides
 
     errors = moved_overrides(sys.argv[1:])
-    if errors:  # Hydra would only say that the old key is not in the config
+    if not errors:
+        from vvm.validate import unknown_overrides
+
+        errors = unknown_overrides(sys.argv[1:], CONFIG_DIR)
+    if errors:  # Hydra would only say that the key is not in the config (or to add +)
         sys.exit("vvm: " + "; ".join(errors))
     _hydra_main()
 

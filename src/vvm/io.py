@@ -4,9 +4,13 @@ result.json)."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
+import re
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +20,83 @@ import numpy as np
 
 def temporary_path(path: str | os.PathLike) -> Path:
     """A hidden sibling of ``path``, unique to this process, ending in ``path``'s suffix (some writers read the
-    format off the name), for write-then-rename."""
+    format off the name), for write-then-rename: ``.<name>.<host>-<pid>.tmp<suffix>``."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    return path.with_name(f".{path.name}.{_host()}-{os.getpid()}.tmp{path.suffix}")
+
+
+def _host() -> str:
+    return re.sub(r"[^\w]", "_", socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+# a temporary file of another host (a shared file system) is left alone unless it is older than this
+FOREIGN_TMP_AGE_S = 24 * 3600
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings of ``path`` (see :func:`temporary_path`) that a killed process left
+    behind: those of this host whose process is gone, and those of other hosts not touched for a day.
+    Returns what was removed."""
+    path = Path(path)
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:(?P<host>\w+)-)?(?P<pid>\d+)\.tmp")
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
+        m = pattern.match(tmp.name)
+        if m is None or int(m["pid"]) == os.getpid():
+            continue
+        ours = m["host"] in (None, _host())
+        try:
+            stale = (
+                not _pid_alive(int(m["pid"]))
+                if ours
+                else time.time() - tmp.stat().st_mtime > FOREIGN_TMP_AGE_S
+            )
+            if stale:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            continue
+    return removed
+
+
+def host_reachable(url: str, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds; through the proxy when
+    ``HTTPS_PROXY``/``https_proxy`` names one (the connection the libraries would make first)."""
+    from urllib.parse import urlsplit
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    target = urlsplit(proxy if proxy else url)
+    host = target.hostname
+    port = target.port or (443 if target.scheme == "https" else 80)
+    if not host:
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode a plain ``open()`` would: ``0o666 & ~umask`` (some writers create 0600 files)."""
+    os.chmod(path, 0o666 & ~current_umask())
 
 
 @contextlib.contextmanager
@@ -30,6 +108,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
     tmp = temporary_path(path)
     try:
         yield tmp
+        honour_umask(tmp)
         if fsync:
             fd = os.open(tmp, os.O_RDONLY)
             try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from omegaconf import DictConfig
 
 from vvm.cka.result import mean_offdiagonal
 from vvm.config import container
-from vvm.io import is_rank_zero
+from vvm.io import host_reachable, is_rank_zero
 
 SUMMARY_KEYS = (
     "status",
@@ -55,8 +56,39 @@ def build_logger(cfg: DictConfig | None) -> Any:
         mode = wandb_mode(cfg)
         os.environ.setdefault("WANDB_SILENT", "true")
         Path(cfg.save_dir).mkdir(parents=True, exist_ok=True)
+        if mode == "online":
+            return online_or_offline(cfg)
         return instantiate(cfg, mode=mode)
     return instantiate(cfg)
+
+
+WANDB_INIT_TIMEOUT_S = 10.0  # how long an online run may take to start before vvm logs offline instead
+
+
+def online_or_offline(cfg: DictConfig) -> Any:
+    """An online W&B logger whose run has started, or, when W&B cannot be reached within a few seconds (no
+    network, a firewall), an offline one, with a warning that names ``wandb sync``."""
+    import wandb
+    from hydra.utils import instantiate
+
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    why = None
+    if not host_reachable(base, timeout=5.0):
+        why = f"{base} cannot be reached"
+    else:
+        try:
+            logger = instantiate(
+                cfg, mode="online", settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S)
+            )
+            _ = logger.experiment  # starts the run now, within the timeout
+            return logger
+        except Exception as e:  # noqa: BLE001 - any failure to start online: log offline
+            why = f"the online run did not start ({type(e).__name__}: {e})"
+    warnings.warn(
+        f"W&B: {why}; logging offline instead: upload later with `wandb sync {cfg.save_dir}/wandb/offline-run-*`",
+        stacklevel=2,
+    )
+    return instantiate(cfg, mode="offline")
 
 
 def is_wandb(logger: Any) -> bool:
@@ -144,5 +176,6 @@ __all__ = [
     "is_wandb",
     "log_cka",
     "log_config",
+    "online_or_offline",
     "wandb_mode",
 ]

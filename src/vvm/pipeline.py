@@ -5,8 +5,13 @@ The CLI (``python -m vvm``, through :func:`vvm.job.run_job`), the sweep and the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import shlex
+import signal
+import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -23,11 +28,10 @@ from vvm.io import is_rank_zero, write_json
 from vvm.loggers import build_logger, finish_logger, log_config
 from vvm.models.base import VisionModel
 from vvm.train.fit import trainer_factory, vision_module
+from vvm.validate import CKA_DATA_KEYS, check_config, check_job
 from vvm.weights import load_or_train
 
 log = logging.getLogger(__name__)
-# cka.* keys that the dataset reads (through interpolations in conf/dataset/), not the CKA callback
-CKA_DATA_KEYS = ("batch_size", "max_samples", "shuffle")
 
 
 def summarise_config(cfg: DictConfig) -> dict[str, Any]:
@@ -99,47 +103,121 @@ class Models:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one job and return what result.json holds. Writes into ``cfg.paths.output_dir``."""
+    """Run one job and return what result.json holds. Writes into ``cfg.paths.output_dir``.
+
+    Every setting is checked before any work (:mod:`vvm.validate`). An interrupt (Ctrl-C, SIGTERM) records
+    status ``interrupted`` and the command that resumes (a training resumes from its last saved epoch)."""
     t_start = time.perf_counter()
     out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {**summarise_config(cfg), "status": "running", "output_dir": str(out_dir)}
     timings: dict[str, float] = {}
     logger = None
     try:
-        check_moved_keys(cfg)
-        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-        t = time.perf_counter()
-        dm, models = build(cfg, summary)
-        timings["build"] = time.perf_counter() - t
-        logger = build_logger(cfg.get("logger"))
-        if logger:
-            log_config(logger, cfg)
-        cka_cb = cka_callback(cfg, out_dir, summary, models.other)
-        t = time.perf_counter()
-        summary.update(prepare_weights(cfg, dm, models, summary, logger=logger, cka_cb=cka_cb))
-        timings["weights"] = time.perf_counter() - t
-        trainer = cka_trainer(cfg, out_dir, cka_cb, logger)
-        t = time.perf_counter()
-        metrics = trainer.test(vision_module(models.model, cfg.train), datamodule=dm, verbose=False)
-        timings["cka"] = time.perf_counter() - t
-        if trainer.is_global_zero and cka_cb.final is not None:
-            summary.update(result_facts(cka_cb.final, metrics))
+        with sigterm_as_interrupt():
+            check_moved_keys(cfg)
+            check_config(cfg)
+            pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+            t = time.perf_counter()
+            dm, models = build(cfg, summary)
+            check_job(cfg, dm, models)
+            timings["build"] = time.perf_counter() - t
+            logger = build_logger(cfg.get("logger"))
+            if logger:
+                log_config(logger, cfg)
+            summary.update(measure(cfg, out_dir, dm, models, summary, timings, logger))
         summary["status"] = "ok"
         return summary
-    except Exception as e:
-        summary["status"] = "failed"
-        summary["error"] = f"{type(e).__name__}: {e}"
-        summary["traceback"] = traceback.format_exc()
+    except BaseException as e:
+        interrupted = is_interrupt(e)
+        summary["status"] = "interrupted" if interrupted else "failed"
+        summary["error"] = (
+            f"{type(e).__name__}: {e}" if not interrupted else "interrupted (Ctrl-C or SIGTERM)"
+        )
+        if interrupted:
+            summary["resume"] = resume_command()
+            log.error("interrupted: resume with `%s`", summary["resume"])
+        else:
+            summary["traceback"] = traceback.format_exc()
         raise
     finally:
         timings["total"] = time.perf_counter() - t_start
         summary["seconds"] = timings
         summary["config"] = container(cfg)
-        if is_rank_zero():
-            write_json(out_dir / "result.json", summary)
+        _write_result(out_dir, summary)
         if logger:
             finish_logger(logger, summary)
+
+
+def measure(
+    cfg: DictConfig,
+    out_dir: Path,
+    dm: Any,
+    models: Models,
+    summary: dict[str, Any],
+    timings: dict,
+    logger: Any,
+) -> dict[str, Any]:
+    """The weights, then the CKA pass; returns the facts for result.json."""
+    facts: dict[str, Any] = {}
+    cka_cb = cka_callback(cfg, out_dir, summary, models.other)
+    t = time.perf_counter()
+    facts.update(prepare_weights(cfg, dm, models, summary, logger=logger, cka_cb=cka_cb))
+    timings["weights"] = time.perf_counter() - t
+    trainer = cka_trainer(cfg, out_dir, cka_cb, logger)
+    t = time.perf_counter()
+    metrics = trainer.test(vision_module(models.model, cfg.train), datamodule=dm, verbose=False)
+    timings["cka"] = time.perf_counter() - t
+    if trainer.is_global_zero and cka_cb.final is not None:
+        facts.update(result_facts(cka_cb.final, metrics))
+    return facts
+
+
+def _write_result(out_dir: Path, summary: dict[str, Any]) -> None:
+    if not is_rank_zero():
+        return
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "result.json", summary)
+    except OSError as e:  # an unwritable run directory: the error that says so is already on its way
+        log.error("could not write %s: %s", out_dir / "result.json", e)
+
+
+def is_interrupt(e: BaseException) -> bool:
+    """Ctrl-C (KeyboardInterrupt; Lightning turns one during a fit into SystemExit(1)) or SIGTERM."""
+    return isinstance(e, (KeyboardInterrupt, SystemExit)) or type(e).__name__ == "SIGTERMException"
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While the job runs, SIGTERM (SLURM's cancel, ``kill``) raises KeyboardInterrupt as Ctrl-C does, so the
+    job records that it was interrupted instead of vanishing. Lightning's own handler runs first during a fit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def resume_command() -> str:
+    """The command that takes an interrupted job up again: the same command line (a training resumes from its
+    ``<key>.last.ckpt``); in a multirun, ``python -m vvm.sweep resume <sweep dir>``."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            return f"python -m vvm.sweep resume {shlex.quote(str(hc.sweep.dir))}"
+        return shlex.join(["python", "-m", "vvm", *[str(o) for o in hc.overrides.task]])
+    except Exception:  # composed without Hydra's runtime
+        return shlex.join(["python", "-m", "vvm", *sys.argv[1:]])
 
 
 def build(cfg: DictConfig, summary: dict[str, Any]) -> tuple[Any, Models]:
@@ -217,4 +295,12 @@ def result_facts(final: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[s
     }
 
 
-__all__ = ["cka_callback", "cka_trainer", "compare_config", "run", "summarise_config"]
+__all__ = [
+    "cka_callback",
+    "cka_trainer",
+    "compare_config",
+    "is_interrupt",
+    "resume_command",
+    "run",
+    "summarise_config",
+]

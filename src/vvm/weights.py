@@ -21,15 +21,25 @@
 from __future__ import annotations
 
 import logging
+import os
+import pickle
+import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from vvm.config import plain
+from vvm.io import remove_stale_temporaries
 from vvm.models import trained_by_vvm
 from vvm.models.base import VisionModel
-from vvm.models.checkpoints import load_checkpoint, load_timm_pretrained, published_source
+from vvm.models.checkpoints import (
+    CheckpointMismatchError,
+    load_checkpoint,
+    load_timm_pretrained,
+    published_source,
+)
 from vvm.train.cache import cache_paths, read_facts, save_trained
 
 log = logging.getLogger(__name__)
@@ -94,10 +104,17 @@ def load_or_train(
         where = published_source(model, init.get("weights_file"))
         return {"weights": f"published weights ({where})", "trained": False}
     path, last = cache_paths(cfg, str(dataset_name))
-    if path.is_file():
+    for p in (path, last):
+        remove_stale_temporaries(p)
+    if path.is_file() and readable_cache_file(path):
         log.info("init=pretrained: using the cached checkpoint %s", path)
-        load_checkpoint(model, path, dataset_name=dataset_name)
-        facts = read_facts(path)
+        try:
+            load_checkpoint(model, path, dataset_name=dataset_name)
+            facts = read_facts(path)
+        except CheckpointMismatchError as e:
+            if not cached_checkpoint_damaged(path, e):
+                raise
+            return train_and_save(model, cfg, datamodule, path, last, logger=logger, callbacks=callbacks)
         return {
             "weights": f"cached checkpoint {path}",
             "trained": False,
@@ -128,9 +145,16 @@ def train_and_save(
         dataset_name,
         int(cfg.train.epochs),
     )
+    if last.is_file():
+        readable_cache_file(last)
     trainer, facts = train(model, cfg, datamodule, last=last, logger=logger, callbacks=callbacks)
     if trainer.is_global_zero:
-        save_trained(path, model.net, dataset_name=dataset_name, facts={**facts, "key": path.stem})
+        saved = save_or_keep(
+            path, model.net, cfg, dataset_name=dataset_name, facts={**facts, "key": path.stem}
+        )
+        if saved != path:
+            facts["checkpoint_error"] = f"could not save to paths.checkpoints; kept at {saved}"
+            path = saved
         if last.exists():
             last.unlink()
     trainer.strategy.barrier("vvm-checkpoint-saved")
@@ -149,4 +173,70 @@ def train_and_save(
     }
 
 
-__all__ = ["CACHED_FACTS", "INITS", "load_or_train", "train_and_save", "weights_source"]
+def readable_cache_file(path: Path) -> bool:
+    """Whether the cache file ``path`` (vvm's own: ``<key>.ckpt`` or ``<key>.last.ckpt``) reads as a torch file;
+    one that does not (truncated, empty, random bytes) is moved aside to ``<name>.corrupt-<time>`` with a
+    warning, so that the model is trained again (or resumed from the other file)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return True
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(
+            e
+        ):  # objects beyond plain values: a Lightning last.ckpt holds some
+            return True
+        cached_checkpoint_damaged(path, e)
+        return False
+    except Exception as e:  # noqa: BLE001 - anything torch cannot read is damage here
+        cached_checkpoint_damaged(path, e)
+        return False
+
+
+def cached_checkpoint_damaged(path: Path, err: BaseException) -> bool:
+    """Move the damaged cache file ``path`` aside (never a file the user named: only the cache's own) and warn.
+    Returns whether it was moved (false when ``err`` is not about the file's bytes)."""
+    text = str(err)
+    if isinstance(err, CheckpointMismatchError) and "not a readable torch file" not in text:
+        return False
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    log.warning(
+        "the cached checkpoint %s could not be read (%s: %s); moved it to %s and %s",
+        path,
+        type(err).__name__,
+        text[:200],
+        aside,
+        "the training resumes from its last saved epoch or starts again"
+        if path.name.endswith(".last.ckpt")
+        else "the model is trained again",
+    )
+    return True
+
+
+def save_or_keep(path: Path, net: Any, cfg: DictConfig, *, dataset_name: str, facts: dict[str, Any]) -> Path:
+    """Save the trained weights to the cache file ``path``; when that fails (a full disk, a folder that became
+    unwritable), keep them in the run directory instead and say where. Returns the file written."""
+    try:
+        return save_trained(path, net, dataset_name=dataset_name, facts=facts)
+    except OSError as e:
+        kept = Path(str(cfg.paths.output_dir)) / path.name
+        try:
+            save_trained(kept, net, dataset_name=dataset_name, facts=facts)
+        except OSError as e2:
+            raise OSError(
+                f"the trained weights could not be saved to paths.checkpoints ({path}: {e}) nor to the run "
+                f"directory ({kept}: {e2})"
+            ) from e
+        log.warning(
+            "could not save the trained weights to paths.checkpoints (%s: %s); kept them in the run directory: "
+            "%s. Move that file to %s to reuse it, or pass init.checkpoint=%s",
+            path,
+            e,
+            kept,
+            path,
+            kept,
+        )
+        return kept
+
+
+__all__ = ["CACHED_FACTS", "INITS", "load_or_train", "save_or_keep", "train_and_save", "weights_source"]

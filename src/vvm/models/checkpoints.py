@@ -87,6 +87,11 @@ def _recorded_dataset(obj: Mapping[str, Any]) -> str | None:
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], str | None]:
     """The network state dict in checkpoint ``path`` and the dataset it records (or None)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"init.checkpoint={str(path)!r} is a directory: name the checkpoint file itself (a state dict of the "
+            "network, or a Lightning checkpoint with model.net.* keys)"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"init.checkpoint={str(path)!r} does not exist: expected a state dict of the network "
@@ -186,6 +191,7 @@ def _fetch_published(net: nn.Module, cfg: Mapping[str, Any]) -> dict[str, Tensor
         )
         return twin.state_dict()
     if load_from == "hf-hub":
+        _offline_unless_reachable("https://huggingface.co")
         if isinstance(loc, (list, tuple)):
             return timm.models.load_state_dict_from_hf(*loc)
         return timm.models.load_state_dict_from_hf(loc, weights_only=True)
@@ -194,6 +200,25 @@ def _fetch_published(net: nn.Module, cfg: Mapping[str, Any]) -> dict[str, Tensor
     if load_from == "file":
         return timm.models.load_state_dict(loc, weights_only=True)
     raise RuntimeError(f"timm's pretrained config for {_arch(cfg)} names no weights (source {load_from!r})")
+
+
+def _offline_unless_reachable(url: str) -> None:
+    """Without a connection to ``url`` (tried for a few seconds), switch the Hugging Face hub to offline mode:
+    its local cache still serves, and a miss fails at once instead of after a minute of retries."""
+    import os
+
+    from vvm.io import host_reachable
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return
+    if not host_reachable(url, timeout=5.0):
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            import huggingface_hub.constants as hc
+
+            hc.HF_HUB_OFFLINE = True
+        except Exception:  # noqa: BLE001 - an older hub reads the variable itself
+            pass
 
 
 def _published_state(

@@ -10,10 +10,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
@@ -145,8 +147,13 @@ class SaveLast(pl.Callback):
     """At the end of a training epoch (after its validation), save the whole training state to ``path``
     (write to a temporary file, then ``os.replace``), so that an interrupted training resumes from it.
 
-    Saves when ``every_s`` seconds have passed since the last save (0: every epoch; rank 0's clock decides for
-    all ranks), never after the last epoch (the final checkpoint follows).
+    Saves at the end of the first epoch, then whenever ``every_s`` seconds have passed since the last save (0:
+    every epoch; rank 0's clock decides for all ranks), never after the last epoch (the final checkpoint
+    follows). The checkpoint also holds the random number generators' states (torch, CUDA, numpy, random) as
+    they were when it was saved, and a resumed fit starts from them, so the data order and the augmentations
+    of the epochs that follow are those of an uninterrupted run: resumed equals uninterrupted (one process;
+    under DDP every rank gets rank 0's states). A save that fails (a full disk) is a warning: the training
+    goes on, without a resume point.
     """
 
     def __init__(self, path: str | Path, every_s: float = 0.0) -> None:
@@ -154,6 +161,27 @@ class SaveLast(pl.Callback):
         self.path = Path(path)
         self.every_s = float(every_s)
         self._last = time.monotonic()
+        self._saved = False
+        self._rng: dict[str, Any] | None = None
+        self._fit_started = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._rng = state_dict.get("rng")
+        if self._fit_started:  # strategies that restore callbacks after on_fit_start
+            self._restore_rng()
+
+    def _restore_rng(self) -> None:
+        if self._rng is not None:
+            set_rng_states(self._rng)
+            self._rng = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # before the training loop draws the first data order of the resumed epoch
+        self._fit_started = True
+        self._restore_rng()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last = time.monotonic()
@@ -161,15 +189,51 @@ class SaveLast(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs:
             return
-        if not trainer.strategy.broadcast(time.monotonic() - self._last >= self.every_s, src=0):
+        due = not self._saved or time.monotonic() - self._last >= self.every_s
+        if not trainer.strategy.broadcast(due, src=0):
             return
         tmp = temporary_path(self.path)
-        if trainer.is_global_zero:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp, weights_only=False)  # rank 0 writes, every rank waits for it
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        try:
+            if trainer.is_global_zero:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(tmp, weights_only=False)  # rank 0 writes, every rank waits for it
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
+        except OSError as e:
+            if trainer.world_size > 1:
+                raise
+            tmp.unlink(missing_ok=True)
+            log.warning(
+                "could not save the training state to %s (%s); training goes on without it", self.path, e
+            )
+        self._saved = True
         self._last = time.monotonic()
+
+
+def rng_states() -> dict[str, Any]:
+    """The global random number generators' states as tensors and plain values (a checkpoint that
+    ``torch.load(weights_only=True)`` reads)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, state, gauss_py = random.getstate()
+    out = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": [int(version), torch.tensor(state, dtype=torch.int64), gauss_py],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Put back what :func:`rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, state, gauss_py = states["python"]
+    random.setstate((version, tuple(int(v) for v in state.tolist()), gauss_py))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def fit_trainer(

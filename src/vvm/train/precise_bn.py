@@ -59,10 +59,11 @@ def recompute_bn_stats(model: nn.Module, batches, max_images: int, device: torch
 
 class PreciseBN(pl.Callback):
     """Re-estimate the BatchNorm statistics of ``pl_module.model`` from ``images`` training images (this rank's
-    training loader; averaged over ranks) once the last training epoch's steps are done: before that epoch's
-    validation (so the reported validation accuracy and the last CKA probe see the final statistics), or at
-    the end of the fit when no validation runs. List it before the CKA callback, whose hooks must not see
-    these forward passes."""
+    training loader; averaged over ranks) before every validation of the fit, so that the validation accuracy
+    (progress bar, logger) describes the weights as they are, not running averages that lag them; and, once the
+    last epoch's steps are done, for good (before that epoch's validation, or at the end of the fit when no
+    validation runs). Costs one forward pass without gradients over ``images`` images per validation; the
+    weights are untouched. List it before the CKA callback, whose hooks must not see these forward passes."""
 
     def __init__(self, images: int) -> None:
         super().__init__()
@@ -71,24 +72,30 @@ class PreciseBN(pl.Callback):
 
     def _last_epoch_done(self, trainer: pl.Trainer) -> bool:
         return (
-            trainer.state.fn == "fit"
-            and not trainer.sanity_checking
-            and trainer.max_epochs is not None
+            trainer.max_epochs is not None
             and trainer.current_epoch == trainer.max_epochs - 1
             and bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
         )
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
         if self._last_epoch_done(trainer):
             self.recompute(trainer, pl_module)
+        elif not self.done:
+            self.estimate(trainer, pl_module, final=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.recompute(trainer, pl_module)
 
     def recompute(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The final estimate (once)."""
         if self.done:
             return
         self.done = True
+        self.estimate(trainer, pl_module, final=True)
+
+    def estimate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, final: bool) -> None:
         model = pl_module.model
         bns = batchnorms(model)
         loader = trainer.train_dataloader
@@ -101,8 +108,9 @@ class PreciseBN(pl.Callback):
             for bn in bns:
                 bn.running_mean.copy_(trainer.strategy.reduce(bn.running_mean.clone(), reduce_op="mean"))
                 bn.running_var.copy_(trainer.strategy.reduce(bn.running_var.clone(), reduce_op="mean"))
-        log.info(
-            "precise BatchNorm: statistics of %d layers re-estimated from %d training images%s",
+        (log.info if final else log.debug)(
+            "precise BatchNorm%s: statistics of %d layers re-estimated from %d training images%s",
+            "" if final else " (for validation)",
             len(bns),
             seen,
             f" per rank x {trainer.world_size}" if trainer.world_size > 1 else "",
