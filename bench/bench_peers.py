@@ -39,7 +39,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
-from vvm.cka import StreamingCKA
+from vvm.cka import StreamingCKA, recorder
 
 BATCH = 64
 N_BATCHES = 4
@@ -120,13 +120,20 @@ def oracle(net: nn.Module, layers: list[str], inputs: list[Tensor]) -> Tensor:
 # A tool: built before the clock starts; ``step(x)`` registers its hooks, runs the batch and removes them;
 # ``result()`` returns the CKA matrix. The harness interleaves the tools batch by batch.
 class VvmTool:
-    def __init__(self, net: nn.Module, layers: list[str], precision: str) -> None:
+    def __init__(
+        self, net: nn.Module, layers: list[str], precision: str, gram_threads: int | None = None
+    ) -> None:
         self.net = net
         self.m = StreamingCKA(net, layers, precision=precision)
+        self.gram_threads = gram_threads
 
     def step(self, x: Tensor) -> None:
-        with torch.no_grad(), self.m.track():
-            self.net(x)
+        prev, recorder.CPU_GRAM_THREADS = recorder.CPU_GRAM_THREADS, self.gram_threads
+        try:
+            with torch.no_grad(), self.m.track():
+                self.net(x)
+        finally:
+            recorder.CPU_GRAM_THREADS = prev
 
     def result(self) -> Tensor:
         return self.m.compute().matrix
@@ -227,6 +234,7 @@ class ForwardTool:
 
 TOOLS: dict[str, Callable] = {
     "vvm exact": lambda net, layers: VvmTool(net, layers, "exact"),
+    "vvm exact, 1 Gram thread": lambda net, layers: VvmTool(net, layers, "exact", gram_threads=1),
     "vvm fast": lambda net, layers: VvmTool(net, layers, "fast"),
     "pytorch-cka 1.1.3 (reimpl.)": PeerCKA,
     "sketch (centred f32 Gram, one GEMM)": SketchCKA,

@@ -46,3 +46,21 @@ def matmul_precision(tf32: bool) -> Iterator[None]:
         yield
     finally:
         matmul.allow_tf32 = prev_allow
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """``n`` intra-op threads for the block (``None``: leave torch's setting), restored after.
+
+    A hook's Gram on a CPU is a few dozen small operations per layer; each forks and joins the OpenMP workers,
+    and on a busy machine every join waits for a worker that other processes pushed off its core.
+    """
+    prev = torch.get_num_threads()
+    if n is None or n == prev:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)

@@ -23,12 +23,14 @@ import torch
 from torch import Tensor, nn
 
 from vvm.cka.functional import linear_gram
-from vvm.cka.precision import LOW_PRECISION, matmul_precision, sealed
+from vvm.cka.precision import LOW_PRECISION, cpu_threads, matmul_precision, sealed
 
 # column-block sizes (elements) for the centred Gram: ~1 MiB blocks stay in a CPU's L2 cache; on CUDA only
 # activations above 64M elements (256 MiB in float32) are split, to bound the extra memory
 CPU_CHUNK_ELEMENTS = 1 << 18
 CUDA_CHUNK_ELEMENTS = 1 << 26
+# intra-op threads for a hook's Gram on a CPU (None: torch's setting); see docs/benchmarks.md for the measurement
+CPU_GRAM_THREADS: int | None = None
 
 BatchKernels = dict[str, dict[str, Tensor]]
 
@@ -56,8 +58,9 @@ def layer_gram(output: Tensor, *, tf32: bool) -> Tensor:
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
     # CPU: centre and multiply in cache-sized column blocks; CUDA: whole activations unless one is huge
-    chunk = CPU_CHUNK_ELEMENTS if x.device.type == "cpu" else CUDA_CHUNK_ELEMENTS
-    with sealed(x.device.type), matmul_precision(tf32):
+    on_cpu = x.device.type == "cpu"
+    chunk = CPU_CHUNK_ELEMENTS if on_cpu else CUDA_CHUNK_ELEMENTS
+    with sealed(x.device.type), matmul_precision(tf32), cpu_threads(CPU_GRAM_THREADS if on_cpu else None):
         return linear_gram(x, chunk_elements=chunk)
 
 
