@@ -19,7 +19,7 @@ LAYERS = (
     ("vvm.train", "vvm.callbacks", "vvm.plots", "vvm.loggers", "vvm.diff", "vvm.validate"),
     ("vvm.weights",),
     ("vvm.pipeline",),
-    ("vvm.job", "vvm.records", "vvm.sweep"),
+    ("vvm.job", "vvm.records", "vvm.sweep", "vvm.joint"),
     ("vvm.__main__", "vvm"),
 )
 

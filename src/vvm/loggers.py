@@ -169,6 +169,40 @@ def finish_logger(logger: Any, summary: dict[str, Any]) -> None:
         logger.finalize("success" if status == "ok" else "failed")
 
 
+def log_files_run(
+    *,
+    run_dir: str | Path,
+    name: str,
+    job_type: str,
+    images: dict[str, str | Path],
+    tables: dict[str, Any],
+    project: str = "vvm",
+    group: str | None = None,
+    mode: str | None = None,
+    config: dict[str, Any] | None = None,
+    summary: dict[str, Any] | None = None,
+) -> Path | None:
+    """A W&B run of its own for files made outside a job (a sweep's joint CKA): ``images`` (key -> file) and
+    ``tables`` (key -> pandas DataFrame), in ``run_dir``; offline unless ``mode``/``$WANDB_MODE`` says otherwise.
+    Returns the W&B run directory; W&B trouble is an exception for the caller to report."""
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=project, group=group, job_type=job_type, name=name, dir=str(run_dir),
+        mode=mode or os.environ.get("WANDB_MODE") or "offline", config=config or {}, reinit="finish_previous",
+    )  # fmt: skip
+    try:
+        payload: dict[str, Any] = {k: wandb.Image(str(v)) for k, v in images.items()}
+        payload.update({k: wandb.Table(dataframe=t.astype(str)) for k, t in tables.items()})
+        run.log(payload)
+        run.summary.update(summary or {})
+        return Path(run.dir).parent
+    finally:
+        run.finish()
+
+
 __all__ = [
     "build_logger",
     "cka_table_rows",
@@ -176,6 +210,7 @@ __all__ = [
     "is_wandb",
     "log_cka",
     "log_config",
+    "log_files_run",
     "online_or_offline",
     "wandb_mode",
 ]

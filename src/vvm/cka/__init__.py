@@ -4,7 +4,8 @@
 
 Layout: ``functional`` (the math on tensors), ``precision`` (autocast and TF32 sealed off), ``bandwidth`` (one
 RBF kernel per layer), ``recorder`` (forward hooks -> per-batch kernels), ``metric`` (float64 states, update,
-compute), ``streaming`` (one or two models), ``presets`` (which layers), ``result`` (what compute returns).
+compute), ``streaming`` (one or two models), ``joint`` (every layer of several models against every other, one
+product), ``presets`` (which layers), ``result`` (what compute returns).
 """
 
 from vvm.cka.functional import (
@@ -20,6 +21,7 @@ from vvm.cka.functional import (
     rbf_from_linear,
     u_centre,
 )
+from vvm.cka.joint import JointCKA, JointResult
 from vvm.cka.metric import HSICMetric
 from vvm.cka.presets import PRESETS, layer_presets, resolve_layers
 from vvm.cka.recorder import KernelRecorder
@@ -30,6 +32,8 @@ __all__ = [
     "PRESETS",
     "CKAResult",
     "HSICMetric",
+    "JointCKA",
+    "JointResult",
     "KernelRecorder",
     "StreamingCKA",
     "centre_columns",

@@ -69,15 +69,20 @@ class HSICMetric(Metric):
         estimator: Estimator = "unbiased",
         precision: str = "exact",
         max_batches: int | None = None,
+        block_layers: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         check_estimator(estimator)
         check_precision(precision)
+        if block_layers is not None and block_layers < 1:
+            raise ValueError(f"block_layers={block_layers} must be at least 1 (or None: one product)")
         self.kernel = kernel
         self.estimator = estimator
         self.precision = precision
         self.max_batches = max_batches
+        # centre and multiply in blocks of this many layers (None: the whole stack at once), see _blocked_hsic
+        self.block_layers = block_layers
         self._symmetric = layers_y is None
         self.set_layers(layers_x, layers_x if layers_y is None else layers_y)
         # filled in by subclasses that make the kernels
@@ -119,9 +124,12 @@ class HSICMetric(Metric):
         return torch.float64 if self.precision == "exact" else torch.float32
 
     # ------------------------------------------------------------------ update
-    def update(self, kx: Tensor, ky: Tensor | None = None, *, batch_id: int | None = None) -> None:
+    def update(
+        self, kx: Tensor, ky: Tensor | None = None, *, batch_id: int | None = None, overwrite: bool = False
+    ) -> None:
         """Add one batch from its kernel matrices: ``kx`` ``[L_x, n, n]``; ``ky`` ``[L_y, n, n]`` or ``None``
-        when the y layers are the x layers. ``batch_id``: the batch's global index (default: a counter)."""
+        when the y layers are the x layers. ``batch_id``: the batch's global index (default: a counter).
+        ``overwrite``: with ``block_layers``, the caller's stacks may be centred in place (no second copy)."""
         if kx.dim() != 3 or (ky is not None and ky.dim() != 3):
             raise ValueError("update() takes stacks of kernel matrices [L, n, n]")
         n = kx.shape[-1]
@@ -144,7 +152,11 @@ class HSICMetric(Metric):
             return
         if self.hsic_xy.device != kx.device:
             self.to(kx.device)
-        a, b, c = self._batch_hsic(kx, ky, n)
+        big = max(kx.shape[0], 0 if ky is None else ky.shape[0])
+        if self.block_layers is not None and big > self.block_layers:
+            a, b, c = self._blocked_hsic(kx, ky, n, overwrite)
+        else:
+            a, b, c = self._batch_hsic(kx, ky, n)
         self._accumulate(a, b, c, float(n), batch_id)
 
     def _batch_hsic(self, kx: Tensor, ky: Tensor | None, n: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -160,6 +172,35 @@ class HSICMetric(Metric):
                 a = (gx @ gy.T) / norm
                 b = (gx * gx).sum(dim=-1) / norm
                 c = (gy * gy).sum(dim=-1) / norm
+        return a.double(), b.double(), c.double()
+
+    def _centred_rows(self, k: Tensor, overwrite: bool) -> Tensor:
+        """``G`` ``[L, n²]``: the centred kernels, ``block_layers`` at a time (into ``k`` itself when allowed)."""
+        dtype, step = self.work_dtype, int(self.block_layers or k.shape[0])
+        in_place = overwrite and k.dtype == dtype and k.is_contiguous()
+        g = k if in_place else torch.empty(k.shape, dtype=dtype, device=k.device)
+        for i in range(0, k.shape[0], step):
+            g[i : i + step] = centre_kernel(k[i : i + step].to(dtype), self.estimator)
+        return g.reshape(k.shape[0], -1)
+
+    def _blocked_hsic(
+        self, kx: Tensor, ky: Tensor | None, n: int, overwrite: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`_batch_hsic` in blocks of ``block_layers`` layers: the centring's temporaries are one block,
+        not the whole stack; ``a`` is filled one block of rows at a time. Same values up to rounding."""
+        norm = hsic_normaliser(n, self.estimator)
+        step = int(self.block_layers or kx.shape[0])
+        with sealed(kx.device.type), matmul_precision(self.precision == "fast"):
+            gx = self._centred_rows(kx, overwrite)
+            gy = gx if ky is None else self._centred_rows(ky, overwrite)
+            a = torch.empty(gx.shape[0], gy.shape[0], dtype=gx.dtype, device=gx.device)
+            for i in range(0, gx.shape[0], step):
+                a[i : i + step] = gx[i : i + step] @ gy.T
+            a /= norm
+            if ky is None:
+                b = c = a.diagonal()
+            else:
+                b, c = (torch.cat([(r * r).sum(-1) for r in g.split(step)]) / norm for g in (gx, gy))
         return a.double(), b.double(), c.double()
 
     def _accumulate(self, a: Tensor, b: Tensor, c: Tensor, w: float, batch_id: int) -> None:

@@ -1,0 +1,383 @@
+"""``python -m vvm.joint <sweep_dir>``: CKA between every layer of every finished job's model, in one pass.
+
+Each finished job's model is rebuilt from the config stored in its result.json, with the weights that job used
+(:func:`vvm.weights.load_or_train`: random seeded init, ``init.checkpoint``, published weights, or the cached
+checkpoint of its training; the joint pass never trains: a job whose checkpoint is gone is skipped with a note).
+Failed and unfinished jobs are skipped with a note that names them. Then one pass over the data of the first
+job (its dataset, seed and CKA settings; ``--layers``, ``--batch-size``, ``--max-samples``, ``--seed`` override
+them) with :class:`vvm.cka.JointCKA` writes, into ``<sweep dir>/joint/`` (or ``--out``):
+
+- ``joint.npz``: ``cka`` (float64 ΣL x ΣL), ``cka_stderr``, ``layers`` (``<job tag>/<layer>``), ``models`` (job
+  tags), ``model_index``, ``n_samples``, ``n_batches`` and what each model was (``jobs``, ``model_names``,
+  ``families``, ``inits``);
+- ``joint.png/pdf`` (the block matrix), ``pairs/<A>__<B>.png`` (every cross-model block),
+  ``correspondence.png/pdf`` (best-matching layer of B for each layer of A, on relative depth);
+- ``joint.csv``: one row per pair of models: the block's mean CKA, its mean of row maxima and, for two models
+  of one architecture, Kornblith et al. (2019)'s layer-identification accuracy;
+- with ``--logger wandb`` (or ``auto`` when the jobs logged to W&B): the figures and the table in a W&B run.
+
+Job tags are the jobs' ``tag`` less the dataset they share (``r18-pretrained``), with the job number added where
+tags repeat (``r18-pretrained-0``, ``-1``, ``-2`` for ``seed=0,1,2``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vvm.cka.joint import JointCKA, JointResult, move_models
+from vvm.cka.presets import PRESETS
+from vvm.io import load_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JointJob:
+    """A finished job of the sweep, as the joint pass uses it."""
+
+    job: str
+    tag: str
+    model: str
+    init: str
+    family: str
+    cfg: DictConfig
+    result: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------- the jobs
+def read_jobs(sweep_dir: str | Path, only: Sequence[str] | None = None) -> tuple[list[JointJob], list[str]]:
+    """The sweep's finished jobs (``only``: these job names) with unique tags, and a note per skipped job."""
+    from vvm.records import job_dirs, read_job
+
+    sweep_dir = Path(sweep_dir)
+    jobs, notes = [], []
+    for d in job_dirs(sweep_dir):
+        rel = str(d.relative_to(sweep_dir))
+        if only is not None and rel not in only:
+            continue
+        rec = read_job(sweep_dir, d)
+        if rec.status != "ok":
+            error = " ".join(str(rec.error or "no error recorded").split())[:300]
+            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: it is {rec.status}: {error}")
+            continue
+        result = load_json(d / "result.json")
+        config = result.get("config")
+        if not isinstance(config, dict) or "model" not in config:
+            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: its result.json holds no config")
+            continue
+        tag = str(result.get("tag") or f"{rec.model}-{rec.init}")
+        jobs.append(
+            JointJob(rel, tag, str(rec.model), str(rec.init), rec.family, OmegaConf.create(config), result)
+        )
+    unique_tags(jobs)
+    return jobs, notes
+
+
+def unique_tags(jobs: list[JointJob]) -> None:
+    """Drop the dataset suffix every tag shares, add the job number to tags that repeat; no ``/``."""
+    suffixes = {f"-{j.result.get('dataset')}" for j in jobs}
+    if len(suffixes) == 1 and all(j.tag.endswith(s) and j.tag != s for j in jobs for s in suffixes):
+        for j in jobs:
+            j.tag = j.tag[: -len(next(iter(suffixes)))]
+    counts = Counter(j.tag for j in jobs)
+    for j in jobs:
+        j.tag = (f"{j.tag}-{j.job}" if counts[j.tag] > 1 else j.tag).replace("/", "_")
+
+
+def rebuild_model(job: JointJob) -> tuple[Any, str | None]:
+    """The job's model with the weights it used, or ``(None, note)``; never trains."""
+    from hydra.utils import instantiate
+
+    from vvm.train.cache import cache_paths
+    from vvm.weights import load_or_train, weights_source
+
+    cfg = copy.deepcopy(job.cfg)
+    try:
+        dm = instantiate(cfg.dataset)
+        model = instantiate(cfg.model)
+        model.set_data_normalization(dm.mean, dm.std)
+        if weights_source(model, cfg.init) == "trained" and not cache_paths(cfg, dm.name)[0].is_file():
+            used = job.result.get("checkpoint")
+            if not used or not Path(used).is_file():
+                return None, (
+                    f"job {job.job} ({job.tag}) skipped: the checkpoint it was trained into "
+                    f"({used or cache_paths(cfg, dm.name)[0]}) is gone, and the joint pass never trains: rerun "
+                    "the job (resume=true) to train it again"
+                )
+            with open_dict(cfg):
+                cfg.init.checkpoint = used
+        load_or_train(model, cfg, dm)
+    except Exception as e:  # a model that cannot be rebuilt (offline weights, a missing file) is a note
+        return (
+            None,
+            f"job {job.job} ({job.tag}) skipped: its model could not be rebuilt: {type(e).__name__}: {e}",
+        )
+    return model, None
+
+
+# ---------------------------------------------------------------------------------------------- the pass
+def pass_config(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[DictConfig, list[str]]:
+    """The first job's config with the command line's overrides; a note when the jobs' data differ."""
+    cfg = copy.deepcopy(jobs[0].cfg)
+    notes = []
+
+    def data_of(c: DictConfig) -> dict[str, Any]:
+        return {k: v for k, v in OmegaConf.to_container(c.dataset).items() if k not in ("seed", "batch_size")}
+
+    differ = [j.job for j in jobs[1:] if data_of(j.cfg) != data_of(cfg)]
+    if differ:
+        notes.append(
+            f"jobs {', '.join(differ)} ran on other data settings; the joint pass uses job {jobs[0].job}'s"
+        )
+    with open_dict(cfg):
+        for key, path in (("batch_size", "dataset.eval_batch_size"), ("max_samples", "dataset.max_samples"),
+                          ("seed", "dataset.seed"), ("layers", "cka.layers")):  # fmt: skip
+            if overrides.get(key) is not None:
+                OmegaConf.update(cfg, path, overrides[key])
+    return cfg, notes
+
+
+def parse_layers(text: str | None) -> str | list[str] | None:
+    """``blocks`` (a preset) or ``stem,layer1.*,fc`` (names and globs)."""
+    if text is None or text in PRESETS:
+        return text
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def run_pass(
+    models: dict[str, Any], cfg: DictConfig, device: str, *, progress: bool = True
+) -> tuple[JointResult, Any]:
+    """One pass of every model over the CKA batches of ``cfg``'s dataset (the EvalBatches plan)."""
+    from hydra.utils import instantiate
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    dm = instantiate(cfg.dataset)
+    batches = dm.cka_batches()
+    move_models(models, device)
+    layers = cfg.cka.layers if isinstance(cfg.cka.layers, str) else list(cfg.cka.layers)
+    options = {
+        k: cfg.cka[k]
+        for k in ("kernel", "estimator", "precision", "rbf_frac", "rbf_bandwidth")
+        if k in cfg.cka
+    }
+    metric = JointCKA(models, layers, max_batches=len(batches.plan), **options).to(device)
+    loader = DataLoader(batches, batch_size=None, num_workers=0)
+    with metric.track():
+        for i, (x, _) in enumerate(tqdm(loader, total=len(batches), desc="joint CKA", disable=not progress)):
+            batch_id, padding = batches.batch_info(i)
+            metric.recorder.set_next_batch_id(batch_id)
+            if padding:
+                metric.recorder.mask_next_batch()
+            metric.feed(x.to(device))
+    return metric.compute(), batches
+
+
+# ---------------------------------------------------------------------------------------------- the files
+def pair_rows(res: JointResult, jobs: list[JointJob]) -> list[dict[str, Any]]:
+    """One row per pair of models (A before B in job order)."""
+    from vvm.cka.joint import layer_identification, mean_row_max
+
+    by_tag = {j.tag: j for j in jobs}
+    rows = []
+    for a_i, a in enumerate(res.models):
+        for b in res.models[a_i + 1 :]:
+            ja, jb = by_tag[a], by_tag[b]
+            block = res.block(a, b).numpy()
+            ident = (
+                layer_identification(block, res.layers_of(a), res.layers_of(b))
+                if ja.model == jb.model
+                else None
+            )
+            rows.append({
+                "model_a": a, "model_b": b, "job_a": ja.job, "job_b": jb.job, "arch_a": ja.model,
+                "arch_b": jb.model, "family_a": ja.family, "family_b": jb.family, "init_a": ja.init,
+                "init_b": jb.init, "layers_a": block.shape[0], "layers_b": block.shape[1],
+                "mean_cka": float(np.nanmean(block)) if not np.isnan(block).all() else None,
+                "mean_row_max": mean_row_max(block), "layer_identification": ident,
+            })  # fmt: skip
+    return rows
+
+
+def correspondence_panels(res: JointResult, jobs: list[JointJob]) -> list[Any]:
+    """One panel per family pair; a curve per pair of models, A the one of the earlier family."""
+    from vvm.cka.joint import best_matches
+    from vvm.plots.joint import CorrespondencePanel, Curve
+    from vvm.sweep import FAMILY_ORDER
+
+    by_tag = {j.tag: j for j in jobs}
+    rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    panels: dict[tuple[str, str], CorrespondencePanel] = {}
+    for a_i, a in enumerate(res.models):
+        for b in res.models[a_i + 1 :]:
+            if rank.get(by_tag[b].family, 99) < rank.get(by_tag[a].family, 99):
+                a, b = b, a
+            fa, fb = by_tag[a].family, by_tag[b].family
+            panel = panels.setdefault((fa, fb), CorrespondencePanel(
+                f"{fa} vs {fb}", f"layer of A ({fa}), relative depth", f"best match in B ({fb}), relative depth"))  # fmt: skip
+            block = res.block(a, b).numpy()
+            best = best_matches(block)
+            ok = best >= 0
+            x = np.arange(block.shape[0]) / max(block.shape[0] - 1, 1)
+            inits = {by_tag[a].init, by_tag[b].init}
+            kind = inits.pop() if len(inits) == 1 else "mixed"
+            panel.curves.append(Curve(f"{a} vs {b}", x[ok], best[ok] / max(block.shape[1] - 1, 1), kind))
+    return list(panels.values())
+
+
+def write_outputs(
+    res: JointResult, jobs: list[JointJob], out: Path, *, title: str, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """joint.npz, joint.csv, joint.png/pdf, pairs/<A>__<B>.png, correspondence.png/pdf."""
+    import pandas as pd
+
+    from vvm.io import write_bytes, write_npz
+    from vvm.plots.heatmap import heatmap_figure, save_figure
+    from vvm.plots.joint import correspondence_figure, joint_figure
+
+    by_tag = {j.tag: j for j in jobs}
+    files: dict[str, Any] = {"npz": write_npz(
+        out / "joint.npz", cka=res.matrix.numpy(), cka_stderr=res.stderr.numpy(), layers=np.array(res.layers_x),
+        models=np.array(res.models), model_index=res.model_index.numpy(), n_samples=res.n_samples,
+        n_batches=res.n_batches, hsic_diag=res.hsic_xx.numpy(), kernel=res.kernel, estimator=res.estimator,
+        jobs=np.array([by_tag[m].job for m in res.models]), model_names=np.array([by_tag[m].model for m in res.models]),
+        families=np.array([by_tag[m].family for m in res.models]), inits=np.array([by_tag[m].init for m in res.models]),
+        **extra,
+    )}  # fmt: skip
+    table = pd.DataFrame(pair_rows(res, jobs))
+    files["csv"] = write_bytes(out / "joint.csv", table.to_csv(index=False).encode())
+    files["png"], files["pdf"] = save_figure(
+        joint_figure(res.matrix.numpy(), res.models, res.model_index.numpy(), title=title), out / "joint"
+    )
+    files["pairs"] = []
+    for a_i, a in enumerate(res.models):
+        for b in res.models[a_i + 1 :]:
+            fig = heatmap_figure(
+                res.block(a, b).numpy(),
+                res.layers_of(a),
+                res.layers_of(b),
+                title=f"{a} vs {b}",
+                xlabel=b,
+                ylabel=a,
+            )
+            files["pairs"].append(save_figure(fig, out / "pairs" / f"{a}__{b}", formats=("png",))[0])
+    if len(res.models) > 1:
+        fig = correspondence_figure(correspondence_panels(res, jobs), title=f"best-matching layers\n{title}")
+        files["correspondence_png"], files["correspondence_pdf"] = save_figure(fig, out / "correspondence")
+    files["table"] = table
+    return files
+
+
+def log_to_wandb(files: dict[str, Any], jobs: list[JointJob], out: Path, sweep_dir: Path) -> Path | None:
+    """The figures and the table in a W&B run (project and mode of the jobs' loggers; offline by default)."""
+    from vvm.loggers import log_files_run
+    from vvm.sweep import sweep_name
+
+    loggers = [j.cfg.get("logger") or {} for j in jobs]
+    projects = {str(lg.get("project")) for lg in loggers if lg.get("project")}
+    modes = {str(lg.get("mode")) for lg in loggers if lg.get("mode") and "${" not in str(lg.get("mode"))}
+    images = {"joint/matrix": files["png"], **{f"joint/pairs/{p.stem}": p for p in files["pairs"]}}
+    if "correspondence_png" in files:
+        images["joint/correspondence"] = files["correspondence_png"]
+    try:
+        return log_files_run(
+            run_dir=out, name=f"joint-{sweep_name(sweep_dir)}", job_type="joint-cka", images=images,
+            tables={"joint/pairs": files["table"]}, project=projects.pop() if len(projects) == 1 else "vvm",
+            group=f"sweep-{sweep_name(sweep_dir)}", mode=modes.pop() if len(modes) == 1 else None,
+            config={"sweep_dir": str(sweep_dir), "models": [j.tag for j in jobs]},
+        )  # fmt: skip
+    except Exception as e:  # W&B must not lose the files already written
+        log.warning("joint CKA: could not log to W&B (%s: %s); the files are written", type(e).__name__, e)
+        return None
+
+
+def uses_wandb(jobs: list[JointJob]) -> bool:
+    return any(str((j.cfg.get("logger") or {}).get("_target_", "")).endswith("WandbLogger") for j in jobs)
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device: str | None = None,
+                jobs: Sequence[str] | None = None, logger: str = "auto", progress: bool = True,
+                **overrides: Any) -> dict[str, Any]:  # fmt: skip
+    """Rebuild the sweep's models, run the joint pass, write the files (see the module docstring).
+    ``overrides``: ``layers``, ``batch_size``, ``max_samples``, ``seed``. Returns the result, files, notes."""
+    sweep_dir = Path(sweep_dir)
+    found, notes = read_jobs(sweep_dir, jobs)
+    models, used = {}, []
+    for job in found:
+        model, note = rebuild_model(job)
+        if model is None:
+            notes.append(note)
+            continue
+        models[job.tag] = model
+        used.append(job)
+    for note in notes:
+        log.warning("joint CKA: %s", note)
+    if not used:
+        raise RuntimeError(
+            f"no finished job in {sweep_dir} could be rebuilt: {'; '.join(notes) or 'no jobs'}"
+        )
+    cfg, data_notes = pass_config(used, {**overrides, "layers": parse_layers(overrides.get("layers"))})
+    notes += data_notes
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    res, batches = run_pass(models, cfg, device, progress=progress)
+    out = Path(out) if out is not None else sweep_dir / "joint"
+    title = (
+        f"{res.kernel} CKA, {len(used)} models, {used[0].result.get('dataset')} ({res.n_samples} examples)"
+    )
+    extra = {"notes": np.array(notes, dtype=str), "batch_fingerprint": batches.fingerprint()}
+    files = write_outputs(res, used, out, title=title, extra=extra)
+    if logger == "wandb" or (logger == "auto" and uses_wandb(used)):
+        files["wandb"] = log_to_wandb(files, used, out, sweep_dir)
+    log.info("joint CKA: %d models, %d layers -> %s", len(used), len(res.layers_x), out)
+    return {"result": res, "jobs": used, "files": files, "notes": notes, "out": out}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m vvm.joint", description="Joint CKA over every finished job of a sweep."
+    )
+    p.add_argument("sweep_dir")
+    p.add_argument("--layers", help="a preset (blocks, all, seed) or names/globs: stem,layer1.*,fc")
+    p.add_argument(
+        "--batch-size", type=int, help="examples per CKA batch (default: the sweep's cka.batch_size)"
+    )
+    p.add_argument(
+        "--max-samples", type=int, help="examples in the pass (default: the sweep's cka.max_samples)"
+    )
+    p.add_argument("--seed", type=int, help="the data order's seed (default: the first job's seed)")
+    p.add_argument("--jobs", help="only these jobs, e.g. 0,1,2 (fewer models when they do not fit together)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when there is one)")
+    p.add_argument("--out", help="output directory (default: <sweep dir>/joint)")
+    p.add_argument("--logger", choices=("auto", "wandb", "none"), default="auto",
+                   help="auto: W&B when the sweep's jobs logged to W&B (offline unless WANDB_MODE=online)")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    if not Path(args.sweep_dir).is_dir():
+        p.error(f"{args.sweep_dir} is not a directory")
+    out = joint_sweep(
+        args.sweep_dir, out=args.out, device=args.device, logger=args.logger, progress=not args.no_progress,
+        jobs=args.jobs.split(",") if args.jobs else None, layers=args.layers, batch_size=args.batch_size,
+        max_samples=args.max_samples, seed=args.seed,
+    )  # fmt: skip
+    print(f"joint CKA of {len(out['jobs'])} models written to {out['out']}")
+    for note in out["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Figures of a joint CKA pass: the whole block matrix with the models' boundaries and names, and the layer
+correspondence between models on a relative-depth axis (one panel per pair of model families)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from vvm.plots.heatmap import NAN_COLOUR, draw_heatmap, plt
+
+# line colours of the correspondence plot, by the inits of the two models
+INIT_COLOURS = {"pretrained": "#1f77b4", "random": "#ff7f0e", "mixed": "#2ca02c"}
+
+
+def joint_figure(
+    matrix: np.ndarray, models: Sequence[str], model_index: Sequence[int], *, title: str
+) -> Figure:
+    """The ΣL x ΣL matrix (first layer at the bottom left), white lines at the models' boundaries, each model's
+    name beside its block on both axes; layer names are left out (``pairs/`` has them)."""
+    m = np.asarray(matrix, dtype=float)
+    idx = np.asarray(model_index)
+    total = len(idx)
+    size = float(np.clip(4.0 + 0.05 * total + 0.6 * len(models), 6.0, 16.0))
+    fig, ax = plt.subplots(figsize=(size + 1.5, size), layout="constrained")
+    draw_heatmap(ax, m, [""] * total, [""] * total, title=title, show_ticks=False)
+    starts = [int(np.argmax(idx == k)) for k in range(len(models))]
+    ends = [s + int((idx == k).sum()) for k, s in enumerate(starts)]
+    for b in starts[1:]:
+        ax.axhline(b, color="white", lw=1.2)
+        ax.axvline(b, color="white", lw=1.2)
+    centres = [(s + e) / 2 for s, e in zip(starts, ends)]
+    fs = max(5, min(10, int(300 / max(len(models), 1) / max(max(len(s) for s in models), 1) * 2)))
+    ax.set_xticks(centres)
+    ax.set_xticklabels(models, rotation=90, fontsize=fs)
+    ax.set_yticks(centres)
+    ax.set_yticklabels(models, fontsize=fs)
+    ax.tick_params(length=0)
+    if np.isnan(m).any():
+        ax.text(1.0, -0.01, "grey: undefined (constant layer)", transform=ax.transAxes, ha="right", va="top",
+                fontsize=7, color=NAN_COLOUR)  # fmt: skip
+    return fig
+
+
+@dataclass
+class Curve:
+    """One pair of models: for every layer of A (relative depth ``x``), the relative depth ``y`` of its best
+    match in B; ``inits``: ``pretrained``, ``random`` or ``mixed``."""
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    inits: str
+
+
+@dataclass
+class CorrespondencePanel:
+    title: str
+    xlabel: str
+    ylabel: str
+    curves: list[Curve] = field(default_factory=list)
+
+
+def correspondence_figure(panels: Sequence[CorrespondencePanel], *, title: str) -> Figure:
+    """One panel per family pair: the best-matching layer of B for every layer of A, both on a relative-depth
+    axis [0, 1]; the dashed diagonal is "same depth"; colours tell pretrained pairs from random ones."""
+    n = max(len(panels), 1)
+    cols = min(n, 3)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.2 * cols, 4.0 * rows), layout="constrained", squeeze=False
+    )
+    for ax in axes.flat[len(panels) :]:
+        ax.set_axis_off()
+    for ax, panel in zip(axes.flat, panels):
+        ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=0.8)
+        styles = ("-", "--", ":", "-.")
+        for k, c in enumerate(panel.curves):
+            ax.plot(c.x, c.y, marker="o", ms=2.5, lw=1.2, color=INIT_COLOURS.get(c.inits, "0.3"),
+                    ls=styles[k % len(styles)], label=f"{c.label} ({c.inits})")  # fmt: skip
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_aspect("equal")
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_xlabel(panel.xlabel, fontsize=8)
+        ax.set_ylabel(panel.ylabel, fontsize=8)
+        ax.legend(fontsize=6, loc="upper left")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+__all__ = ["CorrespondencePanel", "Curve", "correspondence_figure", "joint_figure"]
