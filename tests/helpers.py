@@ -68,6 +68,38 @@ def make_layer_batches(batch_sizes, dims, seed=0, dtype=torch.float32):
     return batches
 
 
+def latent_population(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A synthetic problem with a known structure: X (4-d) and Y (2-d) share a 3-d latent, plus noise."""
+    z = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    ax = torch.tensor(
+        [[1.0, 0.5, 0.0, 2.0], [0.0, 1.0, 1.0, -1.0], [0.3, 0.0, 0.5, 0.2]], dtype=torch.float64
+    )
+    x = z @ ax + 0.8 * torch.randn(n, 4, generator=g, dtype=torch.float64)
+    y = torch.tanh(z[:, :2] * 1.5) + 0.6 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return x, y
+
+
+class Capture:
+    """Records every named layer's output as it arrived (for an independent float64 computation)."""
+
+    def __init__(self, net: nn.Module, names: list[str], *, to_cpu_double: bool = False) -> None:
+        self.outs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        self.to_cpu_double = to_cpu_double
+        mods = dict(net.named_modules())
+        self.handles = [mods[n].register_forward_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name: str):
+        def hook(module, args, out):
+            out = out.detach()
+            self.outs[name].append(out.double().cpu() if self.to_cpu_double else out.clone())
+
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 def run_vvm(
     args: list[str],
     cwd: Path,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from compose import compose_config
+from helpers import latent_population
 
 from vvm.cka import StreamingCKA
 from vvm.cka.functional import gram
@@ -85,15 +86,7 @@ def test_difference_map(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- standard error
 def _population(n, seed):
-    """A synthetic problem with a known structure: X and Y share a 3-d latent, plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, 3, generator=g, dtype=torch.float64)
-    ax = torch.tensor(
-        [[1.0, 0.5, 0.0, 2.0], [0.0, 1.0, 1.0, -1.0], [0.3, 0.0, 0.5, 0.2]], dtype=torch.float64
-    )
-    x = z @ ax + 0.8 * torch.randn(n, 4, generator=g, dtype=torch.float64)
-    y = torch.tanh(z[:, :2] * 1.5) + 0.6 * torch.randn(n, 2, generator=g, dtype=torch.float64)
-    return x, y
+    return latent_population(n, torch.Generator().manual_seed(seed))
 
 
 def _estimate(n_batches, batch, seed):

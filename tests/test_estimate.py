@@ -14,7 +14,7 @@ import pytest
 import reference as ref
 import torch
 from compose import compose_config
-from helpers import Replay, make_layer_batches, run_vvm
+from helpers import Capture, Replay, latent_population, make_layer_batches, run_vvm
 from PIL import Image
 from torch import nn
 
@@ -165,25 +165,6 @@ def test_ddp_two_processes_equal_one(tmp_path, n, batch):
 # ---------------------------------------------------------------------------------------------- sealed hooks
 
 
-class _Capture:
-    """Records every tracked layer's output as it arrived (for an independent float64 computation)."""
-
-    def __init__(self, net, names):
-        self.outs = {n: [] for n in names}
-        mods = dict(net.named_modules())
-        self.handles = [mods[n].register_forward_hook(self._hook(n)) for n in names]
-
-    def _hook(self, name):
-        def hook(m, a, out):
-            self.outs[name].append(out.detach().clone())
-
-        return hook
-
-    def close(self):
-        for h in self.handles:
-            h.remove()
-
-
 def _mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(20, 300), nn.ReLU(), nn.Linear(300, 300), nn.Tanh(), nn.Linear(300, 50))
@@ -192,7 +173,7 @@ def _mlp():
 def test_hooks_are_exact_under_bf16_autocast():
     net = _mlp()
     names = ["0", "2", "4"]
-    cap = _Capture(net, names)
+    cap = Capture(net, names)
     m = StreamingCKA(net, names, precision="exact")
     g = torch.Generator().manual_seed(1)
     with pytest.warns(UserWarning, match="bfloat16 activations") as rec, m.track(), torch.no_grad():
@@ -303,16 +284,6 @@ def test_fast_products_run_inside_the_tf32_switch(monkeypatch):
 # ---------------------------------------------------------------------------------------------- ragged batches
 
 
-def _population(n, g):
-    z = torch.randn(n, 3, generator=g, dtype=torch.float64)
-    ax = torch.tensor(
-        [[1.0, 0.5, 0.0, 2.0], [0.0, 1.0, 1.0, -1.0], [0.3, 0.0, 0.5, 0.2]], dtype=torch.float64
-    )
-    x = z @ ax + 0.8 * torch.randn(n, 4, generator=g, dtype=torch.float64)
-    y = torch.tanh(z[:, :2] * 1.5) + 0.6 * torch.randn(n, 2, generator=g, dtype=torch.float64)
-    return x, y
-
-
 class _Pair(StreamingCKA):
     def __init__(self):
         two = nn.ModuleDict({"a": nn.Identity(), "b": nn.Identity()})
@@ -333,11 +304,11 @@ def test_ragged_last_batch_costs_nothing():
     ragged batch leaves the spread of the estimate within 5% of the spread without it (paired draws, so the
     ratio is measured precisely), and 95% intervals (Student t, B - 1 degrees of freedom) cover the truth."""
     g = torch.Generator().manual_seed(0)
-    x, y = _population(32 * 1500, g)
+    x, y = latent_population(32 * 1500, g)
     truth = float(_estimate(x, y, [32] * 1500).matrix[0, 0])
     clean, ragged, covered = [], [], []
     for _ in range(300):
-        x, y = _population(32 * 20 + 5, g)
+        x, y = latent_population(32 * 20 + 5, g)
         clean.append(float(_estimate(x, y, [32] * 20).matrix[0, 0]))
         res = _estimate(x, y, [32] * 20 + [5])
         ragged.append(float(res.matrix[0, 0]))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import reference as ref
 import torch
-from helpers import run_vvm
+from helpers import Capture, run_vvm
 
 from vvm.cka import StreamingCKA
 from vvm.cka.precision import matmul_precision
@@ -23,26 +23,9 @@ pytestmark = [
 LAYERS = ["stem", "layer1.0", "layer2.0", "layer3.0", "layer4.1", "fc"]
 
 
-class _Capture:
-    def __init__(self, net, names):
-        self.outs = {n: [] for n in names}
-        mods = dict(net.named_modules())
-        self.handles = [mods[n].register_forward_hook(self._hook(n)) for n in names]
-
-    def _hook(self, name):
-        def hook(m, a, out):
-            self.outs[name].append(out.detach().double().cpu())
-
-        return hook
-
-    def close(self):
-        for h in self.handles:
-            h.remove()
-
-
 def _run_on_cuda(precision, autocast=False, batches=3, n=128):
     model = create("r18", num_classes=10, seed=0).eval().cuda()
-    cap = _Capture(model.net, LAYERS)
+    cap = Capture(model.net, LAYERS, to_cpu_double=True)
     m = StreamingCKA(model.net, LAYERS, precision=precision)
     g = torch.Generator(device="cuda").manual_seed(0)
     with torch.no_grad(), m.track():
