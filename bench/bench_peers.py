@@ -121,19 +121,30 @@ def oracle(net: nn.Module, layers: list[str], inputs: list[Tensor]) -> Tensor:
 # ``result()`` returns the CKA matrix. The harness interleaves the tools batch by batch.
 class VvmTool:
     def __init__(
-        self, net: nn.Module, layers: list[str], precision: str, gram_threads: int | None = None
+        self,
+        net: nn.Module,
+        layers: list[str],
+        precision: str,
+        gram_threads: int | None = None,
+        chunk: int | None = None,
     ) -> None:
         self.net = net
         self.m = StreamingCKA(net, layers, precision=precision)
-        self.gram_threads = gram_threads
+        self.settings = {
+            "CPU_GRAM_THREADS": gram_threads,
+            "CPU_CHUNK_ELEMENTS": chunk or recorder.CPU_CHUNK_ELEMENTS,
+        }
 
     def step(self, x: Tensor) -> None:
-        prev, recorder.CPU_GRAM_THREADS = recorder.CPU_GRAM_THREADS, self.gram_threads
+        prev = {k: getattr(recorder, k) for k in self.settings}
+        for k, v in self.settings.items():
+            setattr(recorder, k, v)
         try:
             with torch.no_grad(), self.m.track():
                 self.net(x)
         finally:
-            recorder.CPU_GRAM_THREADS = prev
+            for k, v in prev.items():
+                setattr(recorder, k, v)
 
     def result(self) -> Tensor:
         return self.m.compute().matrix
@@ -235,6 +246,8 @@ class ForwardTool:
 TOOLS: dict[str, Callable] = {
     "vvm exact": lambda net, layers: VvmTool(net, layers, "exact"),
     "vvm exact, 1 Gram thread": lambda net, layers: VvmTool(net, layers, "exact", gram_threads=1),
+    "vvm exact, 2^20-element blocks": lambda net, layers: VvmTool(net, layers, "exact", chunk=1 << 20),
+    "vvm exact, whole layers": lambda net, layers: VvmTool(net, layers, "exact", chunk=1 << 40),
     "vvm fast": lambda net, layers: VvmTool(net, layers, "fast"),
     "pytorch-cka 1.1.3 (reimpl.)": PeerCKA,
     "sketch (centred f32 Gram, one GEMM)": SketchCKA,
