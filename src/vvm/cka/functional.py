@@ -50,6 +50,17 @@ def as_tensor(x: Any) -> Tensor:
     return torch.as_tensor(np.asarray(x))
 
 
+def representation(out: object) -> Tensor | None:
+    """The representation in a module's output: the output itself, or the first tensor with a batch dimension
+    in a tuple, list or dict (0-d entries such as a loss are passed over); None when there is none."""
+    items = [out] if isinstance(out, Tensor) else []
+    if isinstance(out, (tuple, list)):
+        items = list(out)
+    elif isinstance(out, dict):
+        items = list(out.values())
+    return next((t for t in items if isinstance(t, Tensor) and t.dim() > 0), None)
+
+
 def flatten_features(x: Tensor) -> Tensor:
     """``[n, ...] -> [n, d]``."""
     if x.dim() == 0:

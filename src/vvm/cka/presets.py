@@ -47,6 +47,8 @@ from torch.nn.modules import batchnorm as _bn
 from torch.nn.modules import conv as _conv
 from torch.nn.modules import pooling as _pool
 
+from vvm.cka.functional import representation
+
 __all__ = ["PRESETS", "LayerSpec", "dry_run", "generic_presets", "layer_presets", "resolve_layers"]
 
 PRESETS = ("blocks", "all", "seed")
@@ -140,8 +142,8 @@ def dry_run(
     def make_hook(name: str):
         def hook(module: nn.Module, args: object, output: object) -> None:
             calls[name] = calls.get(name, 0) + 1
-            t = _first_tensor(output)
-            if t is None or t.dim() == 0 or t.shape[0] != _DRY_BATCH:
+            t = representation(output)
+            if t is None or t.shape[0] != _DRY_BATCH:
                 not_batch_first.add(name)
 
         return hook
@@ -173,16 +175,6 @@ def dry_run(
         for m, training in modes.items():
             m.train(training)
     return calls, not_batch_first
-
-
-def _first_tensor(out: object) -> torch.Tensor | None:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        return next((o for o in out if isinstance(o, torch.Tensor)), None)
-    if isinstance(out, dict):
-        return next((o for o in out.values() if isinstance(o, torch.Tensor)), None)
-    return None
 
 
 def _structural_exclusions(net: nn.Module) -> set[str]:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from vvm.cka.functional import linear_gram
+from vvm.cka.functional import linear_gram, representation
 from vvm.cka.precision import LOW_PRECISION, cpu_threads, matmul_precision, sealed
 
 # column-block sizes (elements) for the centred Gram: ~1 MiB blocks stay in a CPU's L2 cache; on CUDA only
@@ -36,20 +36,14 @@ BatchKernels = dict[str, dict[str, Tensor]]
 
 
 def first_tensor(out: object, layer: str = "?") -> Tensor:
-    """The representation in a module's output: the output itself, or the first batch-first tensor of a
-    tuple, list or dict (0-d entries such as a loss are passed over)."""
-    items = [out] if isinstance(out, Tensor) else []
-    if isinstance(out, (tuple, list)):
-        items = list(out)
-    elif isinstance(out, dict):
-        items = list(out.values())
-    for item in items:
-        if isinstance(item, Tensor) and item.dim() > 0:
-            return item
-    raise TypeError(
-        f"tracked layer {layer!r} returned {type(out).__name__} with no tensor that has a batch dimension: "
-        "CKA needs [n, ...] outputs; drop the layer from the layer list"
-    )
+    """The representation in a module's output (:func:`~vvm.cka.functional.representation`), or an error."""
+    t = representation(out)
+    if t is None:
+        raise TypeError(
+            f"tracked layer {layer!r} returned {type(out).__name__} with no tensor that has a batch dimension: "
+            "CKA needs [n, ...] outputs; drop the layer from the layer list"
+        )
+    return t
 
 
 def layer_gram(output: Tensor, *, tf32: bool) -> Tensor:
