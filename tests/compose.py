@@ -1,23 +1,19 @@
-"""Compose vvm's configs in-process (Hydra's compose API), as the CLI would, with outputs in a temp dir."""
+"""Compose vvm's configs in-process (Hydra's compose API), as the CLI would, with outputs in a temp dir: as typed
+settings (:func:`compose_settings`, what the job runs on) or the composed config before conversion."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from vvm.__main__ import CONFIG_DIR
+from vvm.schema import compose, compose_config
+from vvm.settings import JobSettings
 
 
-def compose_config(overrides: list[str], out_dir: Path | None = None) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    if out_dir is not None:
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(out_dir)
-    return cfg
+def compose_settings(overrides: list[str], out_dir: Path | None = None) -> JobSettings:
+    return compose(list(overrides), output_dir=out_dir)
+
+
+def compose_cfg(overrides: list[str], out_dir: Path | None = None) -> DictConfig:
+    return compose_config(list(overrides), output_dir=out_dir)

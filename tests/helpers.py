@@ -35,7 +35,7 @@ class Replay(nn.Module):
 
     def layer_presets(self) -> dict[str, list[str]]:
         names = [f"l{i}" for i in range(self.n_layers)]
-        return {"blocks": names, "all": names, "seed": names}
+        return {"blocks": names, "all": names, "term_project": names}
 
 
 class Twice(nn.Module):
@@ -122,3 +122,66 @@ def run_vvm(
     if check and proc.returncode != 0:
         raise AssertionError(f"vvm failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def model_settings(name: str, *, num_classes: int = 10, seed: int = 0, **options):
+    """The settings of model ``name`` (a registered model, else a timm architecture), as ``model=...`` makes."""
+    from vvm.schema.models import model_settings_classes
+
+    classes = model_settings_classes()
+    cls = classes.get(name, classes["timm"])
+    return cls(name=name, num_classes=num_classes, seed=seed, **options)
+
+
+def init_settings(init: dict):
+    """``{"name": "pretrained", "checkpoint": ...}`` as :class:`vvm.settings.InitSettings`."""
+    from vvm.settings import InitName, InitSettings
+
+    return InitSettings(
+        name=InitName(init["name"]), checkpoint=init.get("checkpoint"), weights_file=init.get("weights_file")
+    )
+
+
+def build_job(job):
+    """The job's datamodule and first model, as :func:`vvm.pipeline.run` builds them (seeded)."""
+    import pytorch_lightning as pl
+
+    from vvm.pipeline import build_datamodule, build_model
+
+    pl.seed_everything(int(job.seed), verbose=False)
+    dm = build_datamodule(job)
+    return dm, build_model(job.model, dm)
+
+
+def weights_of(job, dm, model, *, callbacks=(), logger=None, trains: bool = True) -> dict:
+    """``job.init``'s weights into ``model`` through :func:`vvm.weights.load_or_train`, training with the
+    job's recipe when it must (``trains=False``: never); returns the facts."""
+    from vvm.pipeline import checkpoint_cache
+    from vvm.train.fit import Fit, trainer_factory
+    from vvm.weights import load_or_train
+
+    fit = None
+    if trains:
+        fit = Fit(
+            job.train, trainer_factory(job.trainer), dm, seed=job.seed, logger=logger,
+            callbacks=list(callbacks), output_dir=job.paths.output_dir,
+        )  # fmt: skip
+    return load_or_train(
+        model, job.model, job.init, dataset_name=dm.name, cache=checkpoint_cache(job, job.model), fit=fit,
+        keep_dir=job.paths.output_dir,
+    )  # fmt: skip
+
+
+def compose_error(overrides: list[str], out_dir: Path) -> str:
+    """The message (with its causes) of the error that composing ``overrides`` into settings raises."""
+    from compose import compose_settings
+
+    try:
+        compose_settings(overrides, out_dir)
+    except Exception as e:  # noqa: BLE001 - the test reads the message
+        parts = []
+        while e is not None:
+            parts.append(str(e))
+            e = e.__cause__ or e.__context__
+        return "\n".join(parts)
+    raise AssertionError(f"{overrides} composed without an error")

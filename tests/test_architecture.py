@@ -1,6 +1,6 @@
 """The shape of the package, read from its source with ``ast``: no import cycle between modules (lazy imports
-inside functions count), imports point down the layers of docs/architecture.md, no file above 400 lines and no
-function above 60.
+inside functions count), imports point down the layers of docs/architecture.md, nothing below the job-assembly
+layer imports omegaconf or hydra, no file above 400 lines and no function above 60.
 """
 
 from __future__ import annotations
@@ -14,14 +14,23 @@ MAX_FUNCTION_LINES = 60
 
 # imports point down this list (a module may import from its own layer or any layer below, never above)
 LAYERS = (
-    ("vvm.cka", "vvm.config", "vvm.io"),  # the engine, and helpers with no vvm imports
+    ("vvm.cka", "vvm.io", "vvm.settings"),  # the engine, helpers with no vvm imports, the typed settings
     ("vvm.models", "vvm.data"),
-    ("vvm.train", "vvm.callbacks", "vvm.plots", "vvm.loggers", "vvm.diff", "vvm.validate"),
+    ("vvm.train", "vvm.callbacks", "vvm.plots", "vvm.loggers", "vvm.diff"),
     ("vvm.weights",),
-    ("vvm.pipeline",),
-    ("vvm.job", "vvm.records", "vvm.sweep", "vvm.joint"),
+    ("vvm.pipeline", "vvm.preflight"),
+    (
+        "vvm.schema",
+        "vvm.job",
+        "vvm.records",
+        "vvm.sweep",
+        "vvm.joint",
+    ),  # job assembly: the config is read here
     ("vvm.__main__", "vvm"),
 )
+# the first layer allowed to import omegaconf or hydra (the config is turned into settings there, once)
+JOB_ASSEMBLY = 5
+CONFIG_LIBRARIES = ("omegaconf", "hydra", "antlr4")
 
 
 def module_name(path: Path) -> str:
@@ -32,6 +41,17 @@ def module_name(path: Path) -> str:
 
 
 MODULES = {module_name(p): p for p in sorted((SRC / "vvm").rglob("*.py"))}
+
+
+def third_party_imports(path: Path) -> set[str]:
+    """The top-level packages outside vvm a file imports anywhere in it (``TYPE_CHECKING`` blocks too)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+    return out - {"vvm"}
 
 
 def imports_of(module: str) -> set[str]:
@@ -123,6 +143,31 @@ def layer(module: str) -> int:
 def test_imports_point_down():
     upward = [f"{m} -> {t}" for m in sorted(GRAPH) for t in sorted(GRAPH[m]) if layer(t) > layer(m)]
     assert not upward, upward
+
+
+def config_imports(modules: dict[str, Path]) -> list[str]:
+    """``module -> library`` for every module below the job-assembly layer that imports a config library."""
+    return [
+        f"{m} -> {lib}"
+        for m, path in sorted(modules.items())
+        if layer(m) < JOB_ASSEMBLY
+        for lib in sorted(third_party_imports(path) & set(CONFIG_LIBRARIES))
+    ]
+
+
+def test_nothing_below_the_job_layer_reads_the_config():
+    """weights, train/, callbacks/, models/, data/, plots/, loggers, io, diff, cka/, settings/ and the pipeline
+    receive objects: none imports omegaconf or hydra."""
+    found = config_imports(MODULES)
+    assert not found, found
+
+
+def test_the_config_rule_catches_an_import(tmp_path):
+    """The rule above fails for a module of a lower layer that imports omegaconf (checked on a copy)."""
+    bad = tmp_path / "weights.py"
+    bad.write_text(MODULES["vvm.weights"].read_text() + "\nfrom omegaconf import DictConfig  # noqa\n")
+    assert config_imports({"vvm.weights": bad}) == ["vvm.weights -> omegaconf"]
+    assert config_imports({"vvm.job": MODULES["vvm.job"]}) == []  # the job layer may
 
 
 def test_the_engine_imports_nothing_from_outside_it():

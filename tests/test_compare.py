@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from compose import compose_config
+from compose import compose_settings
 from helpers import latent_population
 
 from vvm.cka import StreamingCKA
@@ -22,7 +22,7 @@ FAST = ["dataset=digits", "dataset.limit=96", "cka.batch_size=32", "logger=none"
 
 
 def test_compare_two_models_rectangular(tmp_path):
-    cfg = compose_config([*FAST, "model=r18", "compare=r34", "compare_init=random"], tmp_path)
+    cfg = compose_settings([*FAST, "model=r18", "compare=r34", "compare_init=random"], tmp_path)
     summary = run(cfg)
     z = load_npz(tmp_path / "cka.npz")
     assert z["cka"].shape == (10, 18)  # r18 blocks x r34 blocks
@@ -36,8 +36,8 @@ def test_compare_two_models_rectangular(tmp_path):
 
 
 def test_compare_with_itself_reproduces_single_run(tmp_path):
-    run(compose_config([*FAST, "model=r18"], tmp_path / "single"))
-    run(compose_config([*FAST, "model=r18", "compare=r18"], tmp_path / "pair"))
+    run(compose_settings([*FAST, "model=r18"], tmp_path / "single"))
+    run(compose_settings([*FAST, "model=r18", "compare=r18"], tmp_path / "pair"))
     single = load_npz(tmp_path / "single" / "cka.npz")
     pair = load_npz(tmp_path / "pair" / "cka.npz")
     np.testing.assert_allclose(pair["cka"], single["cka"], rtol=0, atol=1e-12)
@@ -71,15 +71,15 @@ def test_each_model_gets_its_own_preprocessing(tmp_path):
 
 
 def test_difference_map(tmp_path):
-    run(compose_config([*FAST, "seed=1"], tmp_path / "a"))
-    run(compose_config([*FAST, "seed=2"], tmp_path / "b"))
+    run(compose_settings([*FAST, "seed=1"], tmp_path / "a"))
+    run(compose_settings([*FAST, "seed=2"], tmp_path / "b"))
     d = cka_difference(tmp_path / "a", tmp_path / "b")
     a, b = load_npz(tmp_path / "a" / "cka.npz"), load_npz(tmp_path / "b" / "cka.npz")
     np.testing.assert_array_equal(d["diff"], a["cka"] - b["cka"])
     diff_main([str(tmp_path / "a"), str(tmp_path / "b" / "cka.npz"), "--out", str(tmp_path / "d")])
     assert load_npz(tmp_path / "d" / "diff.npz")["diff"].shape == (10, 10)
     assert (tmp_path / "d" / "diff.png").is_file() and (tmp_path / "d" / "diff.pdf").is_file()
-    run(compose_config([*FAST, "cka.layers=[stem,fc]"], tmp_path / "c"))
+    run(compose_settings([*FAST, "cka.layers=[stem,fc]"], tmp_path / "c"))
     with pytest.raises(ValueError, match="different layers_x"):
         cka_difference(tmp_path / "a", tmp_path / "c")
 

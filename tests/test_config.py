@@ -3,6 +3,7 @@ weights (faked on disk: a state dict saved to a file stands in for a trained che
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import warnings
@@ -10,16 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from compose import compose_config
-from hydra.utils import instantiate
-from omegaconf import open_dict
+from compose import compose_settings
 from test_data import _image_folder, make_fake_cifar10, make_fake_cifar100
 
-from vvm.__main__ import CONFIG_DIR
-from vvm.models import count_parameters, trained_by_vvm
+from vvm.data import DATASETS as REGISTERED
+from vvm.models import count_parameters, from_settings, registry, trained_by_vvm
+from vvm.pipeline import build_datamodule
+from vvm.schema import CONFIG_DIR
 from vvm.weights import load_or_train
 
-MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+MODELS = sorted(registry())
 INITS = sorted(p.stem for p in (CONFIG_DIR / "init").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
 
@@ -27,7 +28,7 @@ DATASETS = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
 def test_config_groups_are_complete():
     assert set(MODELS) >= {"r18", "r34", "r50", "lambda_r26", "lambda_r38", "lambda_r50", "vit_l32", "timm"}
     assert set(INITS) == {"random", "pretrained"}
-    assert set(DATASETS) == {"cifar100", "cifar10", "imagenet", "digits", "synthetic"}
+    assert set(DATASETS) == {"cifar100", "cifar10", "imagenet", "digits", "synthetic"} == set(REGISTERED)
 
 
 @pytest.fixture(scope="module")
@@ -61,20 +62,20 @@ def test_every_combination_instantiates(model, one_build, data_root, tmp_path):
     nets: dict[int, torch.nn.Module] = {}
     weights: dict[int, Path] = {}
     for init, dataset in itertools.product(INITS, DATASETS):
-        cfg = compose_config(_overrides(model, init, dataset, data_root), tmp_path / f"{init}-{dataset}")
-        assert cfg.model._target_ and cfg.dataset._target_ and cfg.init.name == init
-        dm = instantiate(cfg.dataset)
-        assert dm.num_classes == cfg.dataset.num_classes
+        job = compose_settings(_overrides(model, init, dataset, data_root), tmp_path / f"{init}-{dataset}")
+        assert type(job.dataset) is REGISTERED[dataset].settings and job.init.name == init
+        dm = build_datamodule(job)
+        assert dm.num_classes == job.dataset.num_classes
         x, y = next(iter(dm.test_dataloader()))
         assert x.dim() == 4 and x.shape[1] == 3 and y.dtype == torch.int64
-        nc = int(cfg.dataset.num_classes)
-        assert cfg.model.num_classes == nc
+        nc = int(job.dataset.num_classes)
+        assert job.model.num_classes == nc
         if one_build and nets:
             nc = next(iter(nets))
         if nc not in nets:
             nets.clear()
             gc.collect()
-            nets[nc] = instantiate(cfg.model)
+            nets[nc] = from_settings(job.model)
         vm = nets[nc]
         assert count_parameters(vm) > 0
         if init == "pretrained":
@@ -83,11 +84,10 @@ def test_every_combination_instantiates(model, one_build, data_root, tmp_path):
                 torch.save(vm.net.state_dict(), path)
                 weights[nc] = path
             key = "checkpoint" if trained_by_vvm(vm) else "weights_file"
-            with open_dict(cfg):
-                cfg.init[key] = str(weights[nc])
+            init = dataclasses.replace(job.init, **{key: str(weights[nc])})
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                load_or_train(vm, cfg, dm)
+                load_or_train(vm, job.model, init, dataset_name=dm.name)
     nets.clear()
     gc.collect()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import struct
 import urllib.error
@@ -24,9 +25,6 @@ from vvm.data import (
     UInt8ImageDataset,
     VisionDataModule,
 )
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # fake CIFAR in the official format: Python 2 pickles, whose str keys load as b"data" with encoding="bytes"
@@ -377,8 +375,9 @@ def test_uint8_dataset_rejects_float_images():
 
 @pytest.mark.parametrize("name", ["cifar100", "cifar10", "imagenet", "digits", "synthetic"])
 def test_dataset_configs_instantiate(name, cifar_root, imagenet_root, tmp_path):
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+    from compose import compose_settings
+
+    from vvm.pipeline import build_datamodule
 
     data = tmp_path / "data"
     if name.startswith("cifar"):
@@ -386,10 +385,9 @@ def test_dataset_configs_instantiate(name, cifar_root, imagenet_root, tmp_path):
     overrides = [f"dataset={name}", f"paths.data={data}", "cka.max_samples=5"]
     if name == "imagenet":
         overrides += [f"dataset.root={imagenet_root / 'val'}", "dataset.num_classes=3"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    assert {"num_classes", "root", "limit", "split", "max_samples", "seed"} <= set(cfg.dataset)
-    dm = instantiate(cfg.dataset)
+    job = compose_settings(overrides, tmp_path / "run")
+    assert {"num_classes", "root", "limit", "split"} <= {f.name for f in dataclasses.fields(job.dataset)}
+    dm = build_datamodule(job)
     assert isinstance(dm, VisionDataModule) and dm.name == name
-    assert dm.num_classes == cfg.dataset.num_classes and dm.split == "test"
+    assert dm.num_classes == job.dataset.num_classes and dm.split == "test"
     assert dm.cka_batches().n_examples == 5  # max_samples: a random subset of the split

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import reference as ref
 import torch
-from compose import compose_config
+from compose import compose_settings
 from helpers import Capture, Replay, latent_population, make_layer_batches, run_vvm
 from PIL import Image
 from torch import nn
@@ -41,7 +41,7 @@ def _class_sorted_imagefolder(root, classes=16, per_class=12, size=24, seed=0):
 
 
 def _imagefolder_cka(root, out, *extra):
-    cfg = compose_config(
+    cfg = compose_settings(
         [
             "model=timm",
             "model.name=resnet18",
@@ -192,7 +192,7 @@ def test_hooks_are_exact_under_bf16_autocast():
 
 def test_compare_model_runs_under_the_same_precision_context(tmp_path):
     """A bf16-mixed CPU pass: both models of a comparison see the batch inside the same autocast context."""
-    cfg = compose_config(
+    cfg = compose_settings(
         [
             "model=r18",
             "compare=r34",
@@ -340,7 +340,7 @@ def test_rbf_bandwidth_fixed_per_layer_or_per_batch(mode):
 
 
 def test_npz_records_bandwidth_and_activation_dtype(tmp_path):
-    cfg = compose_config(
+    cfg = compose_settings(
         [
             "model=r18",
             "dataset=synthetic",
@@ -385,7 +385,7 @@ def test_difference_carries_a_paired_or_independent_stderr(tmp_path):
     from vvm.diff import cka_difference, write_difference
 
     for name, extra in (("a", ["model.seed=0"]), ("b", ["model.seed=1"]), ("c", ["model.seed=1", "seed=5"])):
-        run(compose_config([*DIFF_BASE, *extra], tmp_path / name))
+        run(compose_settings([*DIFF_BASE, *extra], tmp_path / name))
     za, zb, zc = (np.load(tmp_path / n / "cka.npz") for n in "abc")
     assert str(za["batch_fingerprint"]) == str(zb["batch_fingerprint"]) != str(zc["batch_fingerprint"])
 
@@ -426,9 +426,9 @@ def test_difference_of_different_models_warns_and_names_plainly(tmp_path):
     from vvm.diff import cka_difference
 
     small = [*DIFF_BASE, "dataset.test_size=16", "cka.batch_size=8"]
-    run(compose_config([*small, "cka.layers=[layer1,layer2]"], tmp_path / "a"))
-    run(compose_config([*small, "model=r34", "cka.layers=[layer1,layer2]"], tmp_path / "b"))
-    run(compose_config([*small, "cka.layers=[layer1,layer3]"], tmp_path / "c"))
+    run(compose_settings([*small, "cka.layers=[layer1,layer2]"], tmp_path / "a"))
+    run(compose_settings([*small, "model=r34", "cka.layers=[layer1,layer2]"], tmp_path / "b"))
+    run(compose_settings([*small, "cka.layers=[layer1,layer3]"], tmp_path / "c"))
     with pytest.warns(UserWarning, match="different models"):
         cka_difference(tmp_path / "a", tmp_path / "b")
     with pytest.raises(ValueError) as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,13 +18,14 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from compose import compose_config
-from helpers import run_vvm
-from hydra.utils import instantiate
+from compose import compose_settings
+from helpers import build_job, compose_error, run_vvm, weights_of
 
-from vvm import pipeline, validate, weights
+from vvm import pipeline, preflight, weights
 from vvm.io import remove_stale_temporaries, temporary_path, write_json
-from vvm.validate import ConfigError, check_config, check_plan, check_writable, unknown_overrides
+from vvm.preflight import check_plan, check_writable
+from vvm.schema import CONFIG_DIR, override_errors
+from vvm.settings import CKASettings, ConfigError
 
 TINY = [
     "model=r18",
@@ -44,9 +46,10 @@ TINY = [
 
 
 def tiny(tmp_path: Path, *extra: str):
-    cfg = compose_config([*TINY, f"paths.checkpoints={tmp_path / 'ckpt'}", *extra], out_dir=tmp_path / "run")
-    pl.seed_everything(0, verbose=False)
-    return cfg, instantiate(cfg.dataset), instantiate(cfg.model)
+    job = compose_settings(
+        [*TINY, f"paths.checkpoints={tmp_path / 'ckpt'}", *extra], out_dir=tmp_path / "run"
+    )
+    return (job, *build_job(job))
 
 
 # ---------------------------------------------------------------------------------------------- 1. writable
@@ -57,9 +60,9 @@ def test_unwritable_checkpoints_is_an_error_before_training(tmp_path):
         check_writable(a_file, "paths.checkpoints")
     with pytest.raises(ConfigError, match=r"paths.checkpoints='/proc/vvm' is not writable"):
         check_writable("/proc/vvm", "paths.checkpoints")
-    cfg = compose_config([*TINY, f"paths.checkpoints={a_file}"], out_dir=tmp_path / "run")
+    job = compose_settings([*TINY, f"paths.checkpoints={a_file}"], out_dir=tmp_path / "run")
     with pytest.raises(ConfigError, match="paths.checkpoints"):
-        pipeline.run(cfg)
+        pipeline.run(job)
     res = json.loads((tmp_path / "run" / "result.json").read_text())
     assert res["status"] == "failed" and "weights" not in res["seconds"]  # nothing trained
 
@@ -70,7 +73,7 @@ def test_full_disk_is_an_error_before_training(tmp_path):
 
 
 def test_failed_save_keeps_the_weights_in_the_run_dir(tmp_path, monkeypatch, caplog):
-    cfg, _dm, model = tiny(tmp_path)
+    _job, _dm, model = tiny(tmp_path)
     real = weights.save_trained
     target = tmp_path / "ckpt" / "k.ckpt"
 
@@ -80,7 +83,9 @@ def test_failed_save_keeps_the_weights_in_the_run_dir(tmp_path, monkeypatch, cap
         return real(path, *a, **kw)
 
     monkeypatch.setattr(weights, "save_trained", failing)
-    kept = weights.save_or_keep(target, model.net, cfg, dataset_name="synthetic", facts={})
+    kept = weights.save_or_keep(
+        target, model.net, keep_dir=tmp_path / "run", dataset_name="synthetic", facts={}
+    )
     assert kept == tmp_path / "run" / "k.ckpt" and kept.is_file() and not target.exists()
     assert "kept them in the run directory" in caplog.text and str(kept) in caplog.text
 
@@ -89,61 +94,82 @@ def test_failed_save_keeps_the_weights_in_the_run_dir(tmp_path, monkeypatch, cap
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("cka.kernel=rbff", r"cka.kernel='rbff' is not supported: use one of linear, rbf"),
-        ("cka.estimator=nope", r"cka.estimator='nope' is not supported"),
-        ("cka.precision=half", r"cka.precision='half' is not supported"),
-        ("cka.rbf_frac=NaN", r"cka.rbf_frac=nan: .* finite number > 0"),
-        ("cka.rbf_frac=-1", r"cka.rbf_frac=-1"),
-        ("cka.rbf_bandwidth=sometimes", r"cka.rbf_bandwidth='sometimes' is not supported"),
-        ("cka.batch_size=0", r"cka.batch_size=0: the unbiased estimator needs at least 4 examples per batch"),
+        (
+            "cka.kernel=rbff",
+            r"Invalid value 'rbff', expected one of \[linear, rbf\]\n\s+full_key: cka.kernel",
+        ),
+        ("cka.estimator=nope", r"expected one of \[unbiased, biased\]\n\s+full_key: cka.estimator"),
+        ("cka.precision=half", r"expected one of \[exact, fast\]\n\s+full_key: cka.precision"),
+        ("cka.rbf_frac=NaN", r"cka.rbf_frac=nan must be a finite number"),
+        ("cka.rbf_frac=-1", r"cka.rbf_frac=-1.0 must be > 0"),
+        ("cka.rbf_bandwidth=sometimes", r"expected one of \[fixed, per_batch\]"),
+        ("cka.batch_size=0", r"cka.batch_size=0 must be >= 1"),
         ("cka.batch_size=-1", r"cka.batch_size=-1: the unbiased estimator needs at least 4"),
         ("cka.batch_size=3", r"cka.batch_size=3: the unbiased estimator needs at least 4"),
+        (
+            "cka.batch_size=abc",
+            r"'abc' of type 'str' could not be converted to Integer\n\s+full_key: cka.batch_size",
+        ),
         ("cka.max_samples=0", r"cka.max_samples=0: the unbiased estimator needs at least 4"),
         ("cka.max_samples=-5", r"cka.max_samples=-5"),
+        ("cka.shuffle=maybe", r"full_key: cka.shuffle"),
         ("train.epochs=0", r"train.epochs=0 with init=pretrained: r18 is trained by vvm"),
+        ("train.epochs=-1", r"train.epochs=-1 must be >= 0"),
+        (
+            "train.speed.gpu_resident=sometimes",
+            r"train.speed.gpu_resident='sometimes' must be one of auto, true",
+        ),
+        ("model.name=r34", r"model.name='r34': model=r18 builds r18; use model=r34"),
         ("+cka.kernal=rbf", r"cka.kernal is not a setting of cka: did you mean cka.kernel\?"),
         ("+train.epoch=3", r"did you mean train.epochs\?"),
         ("+train.speed.compil=true", r"did you mean train.speed.compile\?"),
         ("+dataset.limt=3", r"did you mean dataset.limit\?"),
         ("+model.sed=3", r"did you mean model.seed\?"),
-        ("+trainer.max_epoch=3", r"did you mean trainer.max_epochs\?"),
+        ("+trainer.max_epoch=3", r"trainer.max_epoch is not a setting of trainer"),
         ("+init.chekpoint=x", r"did you mean init.checkpoint\?"),
         ("+sed=1", r"did you mean seed\?"),
     ],
 )
 def test_bad_settings_are_errors_naming_the_key(tmp_path, override, message):
-    cfg = compose_config([*TINY, override], out_dir=tmp_path / "run")
-    with pytest.raises(ConfigError, match=message):
-        check_config(cfg)
+    """Refused when the config is composed (Hydra's type and enum checks, then the schema's keys, ranges and
+    rules), each naming the full key."""
+    assert re.search(message, compose_error([*TINY, override], tmp_path / "run")), override
+
+
+def test_booleans_take_booleans_only(tmp_path):
+    """``cka.shuffle=off`` is false (a bool node reads on/off, yes/no), not a truthy string."""
+    assert compose_settings([*TINY, "cka.shuffle=off"], tmp_path).cka.shuffle is False
+    assert compose_settings([*TINY, "cka.shuffle=true"], tmp_path).cka.shuffle is True
 
 
 def test_biased_estimator_minimum_is_two(tmp_path):
-    check_config(compose_config([*TINY, "cka.estimator=biased", "cka.batch_size=2"], out_dir=tmp_path))
-    with pytest.raises(ConfigError, match="biased estimator needs at least 2"):
-        check_config(compose_config([*TINY, "cka.estimator=biased", "cka.batch_size=1"], out_dir=tmp_path))
+    compose_settings([*TINY, "cka.estimator=biased", "cka.batch_size=2"], tmp_path)
+    assert "biased estimator needs at least 2" in compose_error(
+        [*TINY, "cka.estimator=biased", "cka.batch_size=1"], tmp_path
+    )
 
 
 def test_epochs_zero_is_fine_where_nothing_trains(tmp_path):
-    check_config(compose_config([*TINY, "init=random", "train.epochs=0"], out_dir=tmp_path))
+    compose_settings([*TINY, "init=random", "train.epochs=0"], tmp_path)
 
 
 def test_a_plan_whose_batches_are_all_too_small_is_an_error(tmp_path):
     # 5 examples in batches of at most 4: balanced sizes 3 and 2, both below the unbiased minimum of 4
-    cfg, dm, _ = tiny(tmp_path, "cka.batch_size=4", "cka.max_samples=5")
+    job, dm, _ = tiny(tmp_path, "cka.batch_size=4", "cka.max_samples=5")
     with pytest.raises(ConfigError, match=r"batches of \[2, 3\].*needs at least 4 examples per batch"):
-        check_plan(dm, cfg)
+        check_plan(dm, job.cka)
 
 
 def test_bad_settings_fail_before_training(tmp_path):
     """The whole job: a bad layer name is an error before any training, with nothing in the cache."""
-    cfg = compose_config(
+    job = compose_settings(
         [*TINY, f"paths.checkpoints={tmp_path / 'ckpt'}", "cka.layers=[stem,layer9]"], tmp_path
     )
     t = time.perf_counter()
     with pytest.raises(
         ConfigError, match=r"cka.layers=\['stem', 'layer9'\]: layer 'layer9' matches no module"
     ):
-        pipeline.run(cfg)
+        pipeline.run(job)
     assert time.perf_counter() - t < 60 and not list((tmp_path / "ckpt").glob("*"))
 
 
@@ -157,18 +183,23 @@ def test_layers_that_never_run_are_an_error(tmp_path):
             return self.used(x)
 
     model = type("M", (), {"net": Unused(), "name": "m", "input_size": 8})()
-    validate.check_layers(model, ["used"], {"kernel": "linear"})
+    preflight.check_layers(model, ["used"], CKASettings())
     with pytest.raises(ConfigError, match="spare never run in a forward pass"):
-        validate.check_layers(model, ["used", "spare"], {"kernel": "linear"})
+        preflight.check_layers(model, ["used", "spare"], CKASettings())
 
 
 def test_unknown_command_line_key_names_the_closest(tmp_path):
-    from vvm.__main__ import CONFIG_DIR
-
-    assert unknown_overrides(["cka.kernal=rbf", "dataset=digits"], CONFIG_DIR) == [
+    assert override_errors(["cka.kernal=rbf", "dataset=digits"], CONFIG_DIR) == [
         "cka.kernal is not a setting of cka: did you mean cka.kernel?"
     ]
-    assert unknown_overrides(["cka.kernel=rbf", "train.epochs=3"], CONFIG_DIR) == []
+    assert (
+        override_errors(["cka.kernel=rbf", "train.epochs=3", "model=timm", "model.input_size=3"], CONFIG_DIR)
+        == []
+    )
+    assert override_errors(["model=r18,timm", "model.input_size=3"], CONFIG_DIR) == [
+        "model.input_size is not a setting of model (r18): the known keys are model.name, model.num_classes, "
+        "model.seed"
+    ]
     proc = run_vvm(["cka.kernal=rbf"], tmp_path, check=False, timeout=120)
     assert proc.returncode == 1 and "did you mean cka.kernel?" in proc.stderr
 
@@ -184,8 +215,8 @@ class InterruptAt(pl.Callback):
 
 
 def _train(tmp_path: Path, ckpt: str, callbacks=()):
-    cfg, dm, model = tiny(tmp_path, f"paths.checkpoints={tmp_path / ckpt}")
-    weights.load_or_train(model, cfg, dm, callbacks=list(callbacks))
+    job, dm, model = tiny(tmp_path, f"paths.checkpoints={tmp_path / ckpt}")
+    weights_of(job, dm, model, callbacks=callbacks)
     return {k: v.clone() for k, v in model.net.state_dict().items()}
 
 
@@ -217,17 +248,17 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
 
 
 def test_interrupt_writes_status_interrupted_and_the_resume_command(tmp_path, monkeypatch):
-    cfg = compose_config([*TINY, "init=random"], out_dir=tmp_path / "run")
+    job = compose_settings([*TINY, "init=random"], out_dir=tmp_path / "run")
 
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "measure", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(cfg)
+        pipeline.run(job, resume_command="python -m vvm init=random hydra.run.dir=x")
     res = json.loads((tmp_path / "run" / "result.json").read_text())
     assert res["status"] == "interrupted"
-    assert res["resume"].startswith("python -m vvm")
+    assert res["resume"] == "python -m vvm init=random hydra.run.dir=x"
 
 
 # ---------------------------------------------------------------------------------------------- 6. damaged files
@@ -259,22 +290,14 @@ def test_user_checkpoint_is_never_moved_and_a_directory_is_named(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- 7. offline
 def test_wandb_online_without_network_falls_back_to_offline_quickly(tmp_path, monkeypatch):
-    from omegaconf import OmegaConf
-
     from vvm import loggers
+    from vvm.settings import WandbSettings
 
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # nothing listens: no network
-    cfg = OmegaConf.create(
-        {
-            "_target_": "pytorch_lightning.loggers.WandbLogger",
-            "project": "vvm",
-            "save_dir": str(tmp_path),
-            "mode": "online",
-        }
-    )
+    settings = WandbSettings(project="vvm", save_dir=str(tmp_path), mode="online")
     t = time.perf_counter()
     with pytest.warns(UserWarning, match="logging offline instead: upload later with `wandb sync"):
-        logger = loggers.build_logger(cfg)
+        logger = loggers.build_logger(settings)
     assert time.perf_counter() - t < 15
     assert logger._wandb_init["mode"] == "offline"
 

@@ -216,7 +216,7 @@ SWEEP_JOBS = [
 def sweep(tmp_path_factory):
     """Three r18 trained for one epoch from seeds 0, 1, 2 and a random r18 (jobs 0-3, each run by the pipeline
     as a sweep's job would be), a failed job (4), a compare= run outside the sweep; then the CLI's joint pass."""
-    from compose import compose_config
+    from compose import compose_settings
     from test_sweep import fake_job
 
     from vvm.joint import main
@@ -226,10 +226,10 @@ def sweep(tmp_path_factory):
     sweep_dir = root / "multirun" / "2026-01-02" / "03-04-05"
     common = [*DIGITS, *TRAIN, f"paths.checkpoints={root / 'checkpoints'}"]
     for job, overrides in enumerate(SWEEP_JOBS):
-        run(compose_config([*common, *overrides], sweep_dir / str(job)))
+        run(compose_settings([*common, *overrides], sweep_dir / str(job)))
     fake_job(sweep_dir, "4", "vit_l32", "pretrained", status="failed")
     compare = ["model=r18", "init=random", "compare=r18", "compare_init=pretrained", "seed=0"]
-    run(compose_config([*common, *compare], root / "compare"))
+    run(compose_settings([*common, *compare], root / "compare"))
     assert main([str(sweep_dir), "--logger", "none", "--no-progress"]) == 0
     return sweep_dir, root
 

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from helpers import init_settings, model_settings
 from torch import nn
 
 from vvm.cka.presets import PRESETS, generic_presets, resolve_layers
-from vvm.models import count_parameters, create, create_timm, trained_by_vvm
+from vvm.models import count_parameters, create, from_settings, registry, trained_by_vvm
 from vvm.models.checkpoints import CheckpointMismatchError
 from vvm.weights import load_or_train, weights_source
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+
+def create_timm(arch: str, **kw):
+    return create("timm", arch=arch, **kw)
+
 
 # parameter counts with 100 classes (the paper's ImageNet LambdaResNet-50 has 15.0M with 1000 classes: 13.14M
 # + 2048 * 900 for the larger head)
@@ -143,8 +143,12 @@ def test_lambda_resnet_presets_resolve_and_fire():
     assert len(presets["blocks"]) == 2 + 8
     assert "layer1.0.lambda_layer" in presets["all"] and "layer4.1.relu3" in presets["all"]
     assert not any(".lambda_layer." in n for n in presets["all"])  # the lambda layer is one unit
-    assert "layer2.0.bn2" in presets["seed"] and "avgpool" in presets["seed"] and "fc" in presets["seed"]
-    assert not any("conv" in n or "lambda" in n for n in presets["seed"])
+    assert (
+        "layer2.0.bn2" in presets["term_project"]
+        and "avgpool" in presets["term_project"]
+        and "fc" in presets["term_project"]
+    )
+    assert not any("conv" in n or "lambda" in n for n in presets["term_project"])
 
 
 def test_seeded_construction_is_reproducible():
@@ -188,7 +192,7 @@ def test_generic_presets_tiny_vit():
         assert f"blocks.1.{sub}" in presets["all"], sub
     assert not any(n.endswith(("attn_drop", "drop_path1", "ls1")) for n in presets["all"])
     assert {"blocks.0.drop_path1", "blocks.0.drop_path2", "blocks.0.attn.qkv", "blocks.0.mlp.act"} <= set(
-        presets["seed"]
+        presets["term_project"]
     )
     # fused attention skips attn_drop, so no preset may name it (StreamingCKA raises on a silent module)
     assert net.blocks[0].attn.fused_attn
@@ -196,7 +200,7 @@ def test_generic_presets_tiny_vit():
     # nor Identity stand-ins other than drop_path
     assert not any(
         n.endswith(("q_norm", "k_norm", "attn.norm", "mlp.norm", "norm_pre", "fc_norm"))
-        for n in presets["seed"]
+        for n in presets["term_project"]
     )
 
 
@@ -204,7 +208,7 @@ def test_generic_presets_drive_streaming_cka():
     from vvm.cka.streaming import StreamingCKA
 
     model = _tiny_vit().eval()
-    metric = StreamingCKA(model.net, "seed")
+    metric = StreamingCKA(model.net, "term_project")
     with metric.track(), torch.no_grad():
         for _ in range(2):
             model.net(torch.randn(6, 3, 32, 32))
@@ -224,7 +228,7 @@ def test_vit_l32_presets_on_meta_device():
     presets = _assert_presets_fire(model.net, torch.empty(3, 3, 224, 224, device="meta"))
     assert presets["blocks"] == ["patch_embed", *[f"blocks.{i}" for i in range(24)], "norm", "head"]
     assert len(presets["all"]) == 1 + 24 * 9 + 2  # patch_embed.proj, 9 per block, norm, head
-    assert len(presets["seed"]) == 1 + 24 * 10 + 1  # patch_embed.proj, 10 per block, norm
+    assert len(presets["term_project"]) == 1 + 24 * 10 + 1  # patch_embed.proj, 10 per block, norm
 
 
 @pytest.mark.slow
@@ -261,7 +265,7 @@ def test_generic_presets_torchvision_resnet():
     net = torchvision.models.resnet18(num_classes=5).eval()
     presets = _assert_presets_fire(net, torch.randn(2, 3, 64, 64))
     assert presets["blocks"] == ["maxpool", *[f"layer{i}.{j}" for i in range(1, 5) for j in (0, 1)], "fc"]
-    assert "layer1.0.relu" in presets["seed"]  # runs twice: StreamingCKA records relu#0, relu#1
+    assert "layer1.0.relu" in presets["term_project"]  # runs twice: StreamingCKA records relu#0, relu#1
 
 
 def test_generic_presets_skip_modules_that_do_not_run():
@@ -276,7 +280,7 @@ def test_generic_presets_skip_modules_that_do_not_run():
             return self.fc(self.blocks(x).mean((2, 3)))
 
     p = generic_presets(Net(), input_size=8)
-    assert "unused_fc" not in p["all"] and "unused_fc" not in p["seed"]
+    assert "unused_fc" not in p["all"] and "unused_fc" not in p["term_project"]
     assert p["blocks"] == ["blocks.0", "blocks.1", "fc"]
 
 
@@ -288,28 +292,36 @@ def test_generic_presets_skip_modules_that_do_not_run():
         (["model=timm", "model.name=convnext_atto"], "convnext_atto", "timm"),
     ],
 )
-def test_model_configs_instantiate(overrides, name, family):
-    from hydra import compose, initialize_config_dir
+def test_model_configs_build(overrides, name, family, tmp_path):
+    from compose import compose_settings
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*overrides, "dataset=synthetic", "init=pretrained"])
-    assert cfg.init.name == "pretrained" and cfg.init.checkpoint is None and cfg.init.weights_file is None
-    model = instantiate(cfg.model)
+    job = compose_settings([*overrides, "dataset=synthetic", "init=pretrained"], tmp_path)
+    assert job.init.name == "pretrained" and job.init.checkpoint is None and job.init.weights_file is None
+    model = from_settings(job.model)
     assert model.name == name and model.family == family
-    assert model.net(torch.randn(2, 3, 32, 32)).shape == (2, cfg.dataset.num_classes)
+    assert model.net(torch.randn(2, 3, 32, 32)).shape == (2, job.dataset.num_classes)
 
 
-def test_model_yamls():
-    for name in ("lambda_r26", "lambda_r38", "lambda_r50", "vit_l32"):
-        cfg = OmegaConf.load(CONF / "model" / f"{name}.yaml")
-        assert cfg._target_ == "vvm.models.create" and cfg.name == name
-    assert OmegaConf.load(CONF / "model" / "timm.yaml").name == "convnext_tiny"
+def test_model_nodes_come_from_the_registry():
+    """model=<name> and compare=<name> exist for every registered model, with the builder's own options."""
+    from dataclasses import fields
+
+    from vvm.schema.models import model_settings_classes
+
+    classes = model_settings_classes()
+    assert list(classes) == list(registry())
+    assert {f.name for f in fields(classes["vit_l32"])} == {"name", "num_classes", "seed", "input_size"}
+    assert {f.name for f in fields(classes["r18"])} == {"name", "num_classes", "seed"}
+    timm_fields = {f.name: f for f in fields(classes["timm"])}
+    assert timm_fields["name"].default == "convnext_tiny" and "timm_kwargs" in timm_fields
+    assert all(classes[n].__doc__ for n in classes)  # what model=<name> is, from the registry
 
 
 # ------------------------------------------------------------------------------------------------------ init
 def apply_init(model, init: dict, dataset_name: str | None = None):
     """``init`` through the one weights path (:func:`vvm.weights.load_or_train`), measuring ``dataset_name``."""
-    load_or_train(model, OmegaConf.create({"init": init, "seed": 0}), SimpleNamespace(name=dataset_name))
+    settings = model_settings(model.name, num_classes=10)
+    load_or_train(model, settings, init_settings(init), dataset_name=dataset_name)
     return model
 
 
@@ -318,19 +330,21 @@ def test_init_random_changes_nothing():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert apply_init(model, {"name": "random"}) is model
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    with pytest.raises(ValueError, match="random, pretrained"):
-        apply_init(model, {"name": "imagenet"})
 
 
 def test_registry_says_which_models_vvm_trains():
     for name in ("r18", "r34", "r50", "lambda_r26", "lambda_r38", "lambda_r50"):
         assert trained_by_vvm(name)
     assert not trained_by_vvm("vit_l32") and not trained_by_vvm("convnext_tiny")
-    r18 = create("r18", num_classes=10)
-    assert weights_source(r18, {"name": "pretrained", "checkpoint": None}) == "trained"
-    assert weights_source(r18, {"name": "pretrained", "checkpoint": "x.pt"}) == "checkpoint"
-    assert weights_source(r18, {"name": "random"}) == "random"
-    assert weights_source(_tiny_vit(), {"name": "pretrained", "checkpoint": None}) == "published"
+    r18 = model_settings("r18")
+    assert weights_source(r18, init_settings({"name": "pretrained", "checkpoint": None})) == "trained"
+    assert weights_source(r18, init_settings({"name": "pretrained", "checkpoint": "x.pt"})) == "checkpoint"
+    assert weights_source(r18, init_settings({"name": "random"})) == "random"
+    vit = model_settings("vit_tiny_patch16_224")
+    assert weights_source(vit, init_settings({"name": "pretrained", "checkpoint": None})) == "published"
+    assert weights_source(model_settings("vit_l32"), init_settings({"name": "pretrained"})) == "published"
+    with pytest.raises(ValueError, match="no published weights"):
+        weights_source(model_settings("no_such_arch_xyz"), init_settings({"name": "pretrained"}))
 
 
 def _same(a: nn.Module, b: nn.Module, skip: tuple[str, ...] = ()) -> bool:
@@ -379,8 +393,7 @@ def test_cifar_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="does not fit model 'lambda_r26'"):
         apply_init(create("lambda_r26", num_classes=10), init)
     # no checkpoint: not an error but a training (see test_registry_says_which_models_vvm_trains)
-    r18 = create("r18", num_classes=10)
-    assert weights_source(r18, {"name": "pretrained", "checkpoint": None}) == "trained"
+    assert weights_source(model_settings("r18"), init_settings({"name": "pretrained"})) == "trained"
     with pytest.raises(FileNotFoundError, match="does not exist"):
         apply_init(
             create("r18", num_classes=10), {"name": "pretrained", "checkpoint": str(tmp_path / "nope.pt")}
@@ -441,11 +454,11 @@ def test_timm_weights_file_errors(tmp_path, monkeypatch):
         apply_init(model, {"name": "pretrained", "weights_file": str(other)})
 
     # no internet and nothing cached: the error says how to get the file
-    import vvm.models.checkpoints as checkpoints
+    import timm.models
 
-    def offline(net, cfg):
+    def offline(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(checkpoints, "_fetch_published", offline)
+    monkeypatch.setattr(timm.models, "load_pretrained", offline)
     with pytest.raises(RuntimeError, match="init.weights_file=/path/to/it"):
         apply_init(model, {"name": "pretrained"})

@@ -182,7 +182,9 @@ def test_presets_and_globs_resolve():
         "layer1.1.bn1",
         "layer1.1.bn2",
     ]
-    assert all(any(k in n for k in ("bn", "relu", "avgpool", "fc")) for n in resolve_layers(net, "seed"))
+    assert all(
+        any(k in n for k in ("bn", "relu", "avgpool", "fc")) for n in resolve_layers(net, "term_project")
+    )
 
 
 def test_reset_and_reuse():

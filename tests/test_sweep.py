@@ -1,5 +1,5 @@
 """Sweeps: a 2-job multirun end to end (summary.png/pdf/csv), a failing job that does not stop the sweep,
-resume, the summary read back from files, and the seed14 / SLURM launcher configs composed."""
+resume, the summary read back from files, and the term_project / SLURM launcher configs composed."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ FAST = [
     "logger=none",
     "trainer=cpu",
 ]
-SEED14_MODELS = ["r18", "r34", "r50", "lambda_r26", "lambda_r38", "lambda_r50", "vit_l32"]
+TERM_PROJECT_MODELS = ["r18", "r34", "r50", "lambda_r26", "lambda_r38", "lambda_r50", "vit_l32"]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -96,23 +96,24 @@ def test_resume_skips_complete_jobs(sweep2):
 def test_resume_requires_the_same_config(sweep2):
     sweep_dir, _ = sweep2
     job = sweep_dir / "0"
-    cfg = OmegaConf.create(json.loads((job / "result.json").read_text())["config"])
-    assert completed_result(job, cfg) is not None
+    config = json.loads((job / "result.json").read_text())["config"]
+    assert completed_result(job, config) is not None
+
+    def changed(key: str, value) -> dict:
+        other = OmegaConf.create(config)
+        OmegaConf.update(other, key, value, force_add=True)
+        return OmegaConf.to_container(other)
+
     for key, value in [
         ("resume", True),
         ("logger", None),
         ("paths.data", "/elsewhere"),
         ("train.new_key", 1),
     ]:
-        other = cfg.copy()
-        OmegaConf.update(other, key, value, force_add=True)
-        assert completed_result(job, other) is not None, (
-            key
-        )  # these keys do not change the result (nor new keys)
+        # these keys do not change the result (nor new keys)
+        assert completed_result(job, changed(key, value)) is not None, key
     for key, value in [("cka.max_samples", 32), ("model.name", "r34"), ("seed", 1)]:
-        other = cfg.copy()
-        OmegaConf.update(other, key, value)
-        assert completed_result(job, other) is None, key  # another job's result is not reused
+        assert completed_result(job, changed(key, value)) is None, key  # another job's result is not reused
 
 
 def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
@@ -123,7 +124,10 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "job failed, the sweep goes on" in proc.stdout + proc.stderr
     rows = read_csv(sweep_dir / "summary.csv")
     assert [(r["model"], r["status"]) for r in rows] == [("does_not_exist", "failed"), ("r18", "ok")]
-    assert "model 'does_not_exist' is not known" in rows[0]["error"] and "\n" not in rows[0]["error"]
+    assert (
+        "model.name='does_not_exist': model=r18 builds r18" in rows[0]["error"]
+        and "\n" not in rows[0]["error"]
+    )
     assert rows[0]["layers"] == "" and rows[0]["family"] == "other"
     failed = json.loads((sweep_dir / "0" / "result.json").read_text())
     assert failed["status"] == "failed" and "Traceback" in failed["traceback"]
@@ -176,9 +180,9 @@ def fake_job(
 
 
 @pytest.fixture
-def fake_seed14(tmp_path) -> Path:
+def fake_term_project(tmp_path) -> Path:
     sweep_dir = tmp_path / "multirun" / "2026-01-02" / "03-04-05"
-    jobs = [(m, i) for m in SEED14_MODELS for i in ("pretrained", "random")]
+    jobs = [(m, i) for m in TERM_PROJECT_MODELS for i in ("pretrained", "random")]
     for k, (m, i) in enumerate(jobs):
         status = (
             "failed"
@@ -193,12 +197,12 @@ def fake_seed14(tmp_path) -> Path:
     return sweep_dir
 
 
-def test_summary_from_files(fake_seed14):
-    out = write_summary(fake_seed14)
+def test_summary_from_files(fake_term_project):
+    out = write_summary(fake_term_project)
     assert {"csv", "png", "pdf"} <= set(out["files"])
-    rows = read_csv(fake_seed14 / "summary.csv")
+    rows = read_csv(fake_term_project / "summary.csv")
     assert [r["job"] for r in rows] == [str(k) for k in range(14)]  # numeric order: 2 before 10
-    assert [r["model"] for r in rows[::2]] == SEED14_MODELS
+    assert [r["model"] for r in rows[::2]] == TERM_PROJECT_MODELS
     by = {(r["model"], r["init"]): r for r in rows}
     assert by[("vit_l32", "pretrained")]["status"] == "failed"
     assert (
@@ -211,11 +215,11 @@ def test_summary_from_files(fake_seed14):
     assert by[("r18", "pretrained")]["status"] == "ok" and by[("r18", "pretrained")]["layers"] == "3"
     assert {r["family"] for r in rows} == {"resnet", "lambda", "vit"}
     assert sorted(j.job for j in out["failed"]) == ["12", "5"]
-    assert_figures(fake_seed14)
+    assert_figures(fake_term_project)
 
 
-def test_grid_rows_one_family_per_row(fake_seed14):
-    rows = grid_rows(collect_jobs(fake_seed14))
+def test_grid_rows_one_family_per_row(fake_term_project):
+    rows = grid_rows(collect_jobs(fake_term_project))
     assert [label for label, _ in rows] == ["resnet", "lambda", "vit"]
     assert [p.title for p in rows[0][1]] == [
         f"{m} · {i}" for m in ("r18", "r34", "r50") for i in ("pretrained", "random")
@@ -301,11 +305,7 @@ def fake_wandb(monkeypatch, fail: bool = False) -> list[dict]:
 
 
 def test_summary_logged_to_wandb_only_when_jobs_used_it(tmp_path, monkeypatch):
-    wandb_logger = {
-        "_target_": "pytorch_lightning.loggers.WandbLogger",
-        "project": "vvm",
-        "group": "r18-random-digits",
-    }
+    wandb_logger = {"project": "vvm", "group": "r18-random-digits"}
     sweep_dir = tmp_path / "multirun" / "2026-01-02" / "03-04-05"
     fake_job(sweep_dir, "0", "r18", "random", logger={**wandb_logger, "mode": "offline"})
     fake_job(
@@ -337,22 +337,21 @@ def test_summary_logged_to_wandb_only_when_jobs_used_it(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------ configs
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from vvm.schema import compose_config
 
-    from vvm.__main__ import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    return compose_config(overrides)
 
 
-def test_seed14_expands_to_14_composable_jobs():
+def test_term_project_expands_to_14_composable_jobs():
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    cfg = compose(["+sweep=seed14", "dataset=digits"])
+    cfg = compose(["+sweep=term_project", "dataset=digits"])
     params = cfg.hydra.sweeper.params
-    assert params.model.split(",") == SEED14_MODELS and params.init.split(",") == ["pretrained", "random"]
+    assert params.model.split(",") == TERM_PROJECT_MODELS and params.init.split(",") == [
+        "pretrained",
+        "random",
+    ]
     parsed = OverridesParser.create().parse_overrides(
         [f"{k}={v}" for k, v in params.items()] + ["dataset=digits"]
     )
@@ -364,7 +363,7 @@ def test_seed14_expands_to_14_composable_jobs():
     )
     assert len(only_random) == 7 and all("init=random" in job for job in only_random)  # the command line wins
     for job in batch[::2] + batch[1:2]:  # every model once, and the random init: each composes
-        job_cfg = compose(["+sweep=seed14", *job])
+        job_cfg = compose(["+sweep=term_project", *job])
         assert job_cfg.model.name == job[0].split("=")[1] and job_cfg.hydra.callbacks.sweep_summary
 
 
@@ -397,7 +396,7 @@ def test_resume_command_from_multirun_yaml(tmp_path):
                 "hydra": {
                     "overrides": {
                         "hydra": ["hydra.sweep.dir=old", "hydra.mode=MULTIRUN", "hydra/launcher=slurm"],
-                        "task": ["+sweep=seed14", "dataset=digits", "resume=false"],
+                        "task": ["+sweep=term_project", "dataset=digits", "resume=false"],
                     }
                 }
             }
@@ -409,7 +408,7 @@ def test_resume_command_from_multirun_yaml(tmp_path):
         "-m",
         "vvm",
         "-m",
-        "+sweep=seed14",
+        "+sweep=term_project",
         "dataset=digits",
         "resume=true",
         "hydra/launcher=slurm",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import run_vvm
+from helpers import build_job, compose_error, run_vvm, weights_of
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from vvm.train.gpu_data import (
@@ -38,35 +38,22 @@ TINY = [
 ]
 
 
-def compose_cfg(tmp_path: Path, *overrides: str):
-    """The job's config as the CLI composes it, with Hydra's runtime set (``tag``, ``${hydra:...}``)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
+def compose_job(tmp_path: Path, *overrides: str):
+    """The job's settings as the CLI composes them, writing into ``tmp_path``."""
+    from compose import compose_settings
 
-    from vvm.__main__ import CONFIG_DIR
-
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                f"paths.output_dir={tmp_path / 'run'}",
-                f"paths.checkpoints={tmp_path / 'ckpt'}",
-                *overrides,
-            ],
-            return_hydra_config=True,
-        )
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_settings([f"paths.checkpoints={tmp_path / 'ckpt'}", *overrides], out_dir=tmp_path / "run")
 
 
-def build(cfg):
-    from hydra.utils import instantiate
-
-    pl.seed_everything(int(cfg.seed), verbose=False)
-    dm = instantiate(cfg.dataset)
-    model = instantiate(cfg.model)
-    model.set_data_normalization(dm.mean, dm.std)
+def build(job):
+    dm, model = build_job(job)
     return model, dm
+
+
+def cache_key(job) -> str:
+    from vvm.pipeline import checkpoint_cache
+
+    return checkpoint_cache(job, job.model).key
 
 
 # ------------------------------------------------------------------------------------------ device pipeline
@@ -221,34 +208,22 @@ def test_fit_precision(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ the settings
-def test_old_spellings_of_speed_switches_name_the_new_key(tmp_path):
-    from vvm.config import moved_overrides
-    from vvm.pipeline import run
+def test_speed_switches_are_found_under_train_speed(tmp_path):
+    """A speed switch written at the recipe's level names where it lives; a recipe typo is refused before any
+    training."""
+    from vvm.schema import CONFIG_DIR, override_errors
+    from vvm.train.module import VisionModule
 
-    assert moved_overrides(["model=r18", "train.compile=true", "+train.precision=32", "train.epochs=1"]) == [
-        "train.compile moved to train.speed.compile: write train.speed.compile=... instead",
-        "train.precision moved to train.speed.precision: write train.speed.precision=... instead",
+    assert override_errors(["train.compile=true", "+train.precision=32"], CONFIG_DIR) == [
+        "train.compile is not a setting of train: did you mean train.speed.compile?",
+        "train.precision is not a setting of train: did you mean train.speed.precision?",
     ]
     proc = run_vvm(
         [*TINY, "train.compile=true", f"hydra.run.dir={tmp_path / 'cli'}"], cwd=tmp_path, check=False
     )
-    assert proc.returncode != 0 and "train.compile moved to train.speed.compile" in proc.stderr
-    cfg = compose_cfg(tmp_path, *TINY, "+train.gpu_resident=false")
-    with pytest.raises(ValueError, match="train.gpu_resident moved to train.speed.gpu_resident"):
-        run(cfg)
-
-
-def test_a_typo_in_train_is_an_error(tmp_path):
-    from vvm.train.module import VisionModule
-    from vvm.weights import load_or_train
-
-    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", "+train.lrr=0.05")
-    model, dm = build(cfg)
-    with pytest.raises(ValueError, match="train.lrr is not a training setting"):
-        load_or_train(model, cfg, dm)
-    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", "+train.speed.compil=true")
-    with pytest.raises(ValueError, match="train.speed.compil is not a speed switch"):
-        load_or_train(model, cfg, dm)
+    assert proc.returncode != 0 and "did you mean train.speed.compile?" in proc.stderr
+    assert "did you mean train.lr?" in compose_error([*TINY, "init=pretrained", "+train.lrr=0.05"], tmp_path)
+    model, _ = build(compose_job(tmp_path, *TINY))
     with pytest.raises(TypeError, match="lrr"):
         VisionModule(model, lrr=0.05)
     assert not (tmp_path / "ckpt").exists()  # nothing trained
@@ -256,9 +231,8 @@ def test_a_typo_in_train_is_an_error(tmp_path):
 
 # ------------------------------------------------------------------------------------------ the cache
 def test_cache_key_follows_the_recipe(tmp_path):
-    from vvm.train.cache import cache_key
 
-    base = cache_key(compose_cfg(tmp_path, "init=pretrained", "dataset=digits", "train.epochs=20"), "digits")
+    base = cache_key(compose_job(tmp_path, "init=pretrained", "dataset=digits", "train.epochs=20"))
     assert base.startswith("r18-digits-e20-s0-") and len(base.split("-")[-1]) == 8
     same = [
         "train.speed.compile=true",
@@ -271,7 +245,7 @@ def test_cache_key_follows_the_recipe(tmp_path):
         "dataset.num_workers=3",
     ]
     for o in same:
-        assert cache_key(compose_cfg(tmp_path, "dataset=digits", "train.epochs=20", o), "digits") == base, o
+        assert cache_key(compose_job(tmp_path, "dataset=digits", "train.epochs=20", o)) == base, o
     differ = [
         "train.lr=0.05",
         "train.batch_size=128",
@@ -281,18 +255,28 @@ def test_cache_key_follows_the_recipe(tmp_path):
         "train.epochs=21",
         "model=r34",
     ]
-    keys = {
-        cache_key(compose_cfg(tmp_path, "dataset=digits", "train.epochs=20", o), "digits") for o in differ
-    }
+    keys = {cache_key(compose_job(tmp_path, "dataset=digits", "train.epochs=20", o)) for o in differ}
     assert base not in keys and len(keys) == len(differ)
 
 
 def test_cache_keys_of_existing_checkpoints_stay(tmp_path):
-    """train.speed.* moved out of train.*: the recipe the key hashes is the same, so are existing keys."""
-    from vvm.train.cache import cache_key
-
-    cfg = compose_cfg(tmp_path, "init=pretrained", "dataset=digits", "train.epochs=20")
-    assert cache_key(cfg, "digits") == "r18-digits-e20-s0-3282d2f7"
+    """The typed settings hash the same recipe as the config nodes did: existing checkpoints keep their keys."""
+    job = compose_job(tmp_path, "init=pretrained", "dataset=digits", "train.epochs=20")
+    assert cache_key(job) == "r18-digits-e20-s0-3282d2f7"
+    # computed with the config-node code before the typed settings (commit 4972723)
+    same = {
+        ("dataset=synthetic", "train.epochs=20"): "r18-synthetic-e20-s0-5b39b4db",
+        (
+            "model=lambda_r26",
+            "dataset=cifar100",
+            "dataset.limit=1000",
+        ): "lambda_r26-cifar100-e100-s0-21054f9e",
+        ("model=r50", "dataset=imagenet", "train.epochs=3", "seed=4", "train.gradient_clip_val=1.0"): (
+            "r50-imagenet-e3-s4-487df6f7"
+        ),
+    }
+    for overrides, key in same.items():
+        assert cache_key(compose_job(tmp_path, "init=pretrained", *overrides)) == key, overrides
 
 
 class Boom(pl.Callback):
@@ -326,30 +310,26 @@ RESUME_ARGS = [
 
 def interrupt_and_resume(tmp_path: Path):
     """Train with ``RESUME_ARGS``, failing at the start of epoch 1; then train again (it resumes)."""
-    from vvm.weights import load_or_train
-
-    cfg = compose_cfg(tmp_path, *RESUME_ARGS)
-    model, dm = build(cfg)
+    job = compose_job(tmp_path, *RESUME_ARGS)
+    model, dm = build(job)
     with pytest.raises(RuntimeError, match="boom"):
-        load_or_train(model, cfg, dm, callbacks=[Boom(1)])
+        weights_of(job, dm, model, callbacks=[Boom(1)])
     ckpts = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert len(ckpts) == 1 and ckpts[0].endswith(".last.ckpt"), ckpts
 
-    model, dm = build(cfg)
+    model, dm = build(job)
     counter = CountBatches()
-    info = load_or_train(model, cfg, dm, callbacks=[counter])
+    info = weights_of(job, dm, model, callbacks=[counter])
     assert info["trained"] is True and info["gpu_resident"] is True
     assert info["resumed_from"].endswith(".last.ckpt") and info["train_epochs"] == 2
     assert counter.epochs == [1, 1]  # 32 images / 16: epoch 0 was not trained again
-    return cfg, info, model
+    return job, info, model
 
 
 def test_interrupted_training_resumes_then_the_cache_is_used(tmp_path):
     """gpu_resident=true and channels_last=true: the GPU path's CPU fallback. Epoch 1 fails; the rerun trains
     epoch 1 only; another call loads the cached file and trains nothing."""
-    from vvm.weights import load_or_train
-
-    cfg, info, model = interrupt_and_resume(tmp_path)
+    job, info, model = interrupt_and_resume(tmp_path)
     final = Path(info["checkpoint"])
     assert [p.name for p in final.parent.iterdir()] == [final.name]  # .last.ckpt removed, no temporary left
     assert 0 <= info["train_accuracy"] <= 1 and 0 <= info["val_accuracy"] <= 1
@@ -357,9 +337,9 @@ def test_interrupted_training_resumes_then_the_cache_is_used(tmp_path):
     # precise BatchNorm: statistics re-estimated from the 32 training images (2 batches), not 4 training steps
     assert int(model.net.stem.bn.num_batches_tracked) == 2
 
-    model3, dm3 = build(cfg)
+    model3, dm3 = build(job)
     counter = CountBatches()
-    info3 = load_or_train(model3, cfg, dm3, callbacks=[counter])
+    info3 = weights_of(job, dm3, model3, callbacks=[counter])
     assert info3["trained"] is False and info3["weights"] == f"cached checkpoint {final}"
     assert counter.epochs == [] and info3["train_accuracy"] == info["train_accuracy"]
     for k, v in model3.net.state_dict().items():
@@ -367,33 +347,28 @@ def test_interrupted_training_resumes_then_the_cache_is_used(tmp_path):
 
 
 def test_gradient_clip_val_reaches_the_training_trainer(tmp_path):
-    """train.gradient_clip_val (off in the seed's recipe) is the fit's gradient-norm clip, and part of the
-    checkpoint's recipe."""
-    from vvm.train.cache import cache_key
-    from vvm.weights import load_or_train
-
+    """train.gradient_clip_val (off in the term project's recipe) is the fit's gradient-norm clip, and part of
+    the checkpoint's recipe."""
     seen = {}
 
     class Grab(pl.Callback):
         def on_train_start(self, trainer, pl_module):
             seen["clip"] = trainer.gradient_clip_val
 
-    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", "train.epochs=1", "train.gradient_clip_val=0.5")
-    model, dm = build(cfg)
-    load_or_train(model, cfg, dm, callbacks=[Grab()])
+    job = compose_job(tmp_path, *TINY, "init=pretrained", "train.epochs=1", "train.gradient_clip_val=0.5")
+    model, dm = build(job)
+    weights_of(job, dm, model, callbacks=[Grab()])
     assert seen["clip"] == 0.5
-    plain = compose_cfg(tmp_path, *TINY, "init=pretrained", "train.epochs=1")
-    assert cache_key(plain, "synthetic") != cache_key(cfg, "synthetic")
+    plain = compose_job(tmp_path, *TINY, "init=pretrained", "train.epochs=1")
+    assert cache_key(plain) != cache_key(job)
 
 
 @pytest.mark.slow
 def test_resumed_training_equals_uninterrupted(tmp_path):
-    from vvm.weights import load_or_train
-
     _, _, resumed = interrupt_and_resume(tmp_path / "a")
-    cfg = compose_cfg(tmp_path / "b", *RESUME_ARGS)
-    model, dm = build(cfg)
-    info = load_or_train(model, cfg, dm)
+    job = compose_job(tmp_path / "b", *RESUME_ARGS)
+    model, dm = build(job)
+    info = weights_of(job, dm, model)
     assert info["resumed_from"] is None
     for k, v in model.net.state_dict().items():
         torch.testing.assert_close(v, resumed.net.state_dict()[k], atol=1e-5, rtol=1e-4, msg=k)
@@ -403,22 +378,21 @@ def test_explicit_checkpoint_and_published_weights(tmp_path, monkeypatch):
     from vvm import weights
     from vvm.train.cache import save_trained
 
-    cfg = compose_cfg(tmp_path, *TINY)
-    trained, _ = build(cfg)
+    trained, _ = build(compose_job(tmp_path, *TINY))
     with torch.no_grad():
         for p in trained.net.parameters():
             p.add_(1.0)
     path = save_trained(tmp_path / "mine.ckpt", trained.net, dataset_name="synthetic", facts={"note": "test"})
-    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", f"init.checkpoint={path}")
-    model, dm = build(cfg)
-    info = weights.load_or_train(model, cfg, dm)
+    job = compose_job(tmp_path, *TINY, "init=pretrained", f"init.checkpoint={path}")
+    model, dm = build(job)
+    info = weights_of(job, dm, model)
     assert info == {"weights": f"checkpoint {path}", "trained": False, "checkpoint": str(path)}
     for k, v in model.net.state_dict().items():
         assert torch.equal(v, trained.net.state_dict()[k]), k
     assert not (tmp_path / "ckpt").exists()  # nothing trained, nothing cached
 
     # a checkpoint trained on another dataset is refused
-    cfg = compose_cfg(
+    job = compose_job(
         tmp_path,
         "dataset=digits",
         "dataset.limit=40",
@@ -426,18 +400,19 @@ def test_explicit_checkpoint_and_published_weights(tmp_path, monkeypatch):
         "init=pretrained",
         f"init.checkpoint={path}",
     )
-    model, dm = build(cfg)
+    model, dm = build(job)
     with pytest.raises(ValueError, match="synthetic"):
-        weights.load_or_train(model, cfg, dm)
+        weights_of(job, dm, model)
 
     # a model with published weights (vit_l32, timm): the models' loader, no training
     calls = []
     monkeypatch.setattr(weights, "trained_by_vvm", lambda m: False)
+    monkeypatch.setattr(weights, "published_arch", lambda m: "timm/published")
     monkeypatch.setattr(weights, "load_timm_pretrained", lambda m, file: calls.append((m.name, file)))
-    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained")
-    model, dm = build(cfg)
+    job = compose_job(tmp_path, *TINY, "init=pretrained")
+    model, dm = build(job)
     model.net.pretrained_cfg = {"hf_hub_id": "timm/published"}
-    info = weights.load_or_train(model, cfg, dm, callbacks=[Boom(0)])
+    info = weights_of(job, dm, model, callbacks=[Boom(0)])
     assert calls == [("r18", None)]
     assert info["trained"] is False and info["weights"] == "published weights (timm/published)"
     assert not (tmp_path / "ckpt").exists()
@@ -511,11 +486,9 @@ def test_ddp_on_cpu_trains_and_cka_matches_one_process(tmp_path):
 def test_compiled_training_step_on_cpu(tmp_path):
     """train.speed.compile=true: the training steps run through torch.compile (inductor: a minute on 2 cores); the
     saved weights keep the network's own keys and CKA's hooks (validation, test) stay eager."""
-    from vvm.weights import load_or_train
-
-    cfg = compose_cfg(tmp_path, *TINY, "init=pretrained", "train.epochs=1", "train.speed.compile=true")
-    model, dm = build(cfg)
-    info = load_or_train(model, cfg, dm)
+    job = compose_job(tmp_path, *TINY, "init=pretrained", "train.epochs=1", "train.speed.compile=true")
+    model, dm = build(job)
+    info = weights_of(job, dm, model)
     assert info["trained"] is True
     state = torch.load(info["checkpoint"], weights_only=True)["state_dict"]
     assert set(state) == {f"model.net.{k}" for k in model.net.state_dict()}

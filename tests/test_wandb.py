@@ -116,20 +116,28 @@ def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path):
     assert run.display_name == "r18-pretrained-synthetic-s0"
     assert set(run.tags) == {"r18", "pretrained", "synthetic"}
 
-    rows = history(records)
-    probes = [r for r in rows if "cka_probe/heatmap/path" in r]
-    finals = [r for r in rows if "cka/heatmap/path" in r]
-    assert [r["epoch"] for r in probes] == [1, 2] and len(finals) == 1
-    for r in probes + finals:
-        prefix = "cka_probe" if r in probes else "cka"
-        assert r[f"{prefix}/heatmap/_type"] == "image-file"
-        assert (run_dir / "files" / r[f"{prefix}/heatmap/path"]).is_file()
-        assert r[f"{prefix}/table/_type"] == "table-file"
-        assert r[f"{prefix}/table/nrows"] == 100  # 10 x 10 layer pairs
-        assert -1 <= r[f"{prefix}/mean_offdiag"] <= 1
-        table = json.loads((run_dir / "files" / r[f"{prefix}/table/path"]).read_text())
-        assert table["columns"] == ["layer_x", "layer_y", "i", "j", "cka", "stderr"]
-        assert table["data"][0][:2] == ["stem", "stem"] and table["data"][0][4] == pytest.approx(1.0)
+    rows = history(records)  # Lightning's WandbLogger: scalars, the image and the table each in a row
+
+    def having(key: str) -> list[dict]:
+        return [r for r in rows if key in r]
+
+    assert [r["epoch"] for r in having("cka_probe/mean_offdiag")] == [1, 2] and len(
+        having("cka/mean_offdiag")
+    ) == 1
+    for prefix, n in (("cka_probe", 2), ("cka", 1)):
+        images, tables = having(f"{prefix}/heatmap/filenames"), having(f"{prefix}/table/path")
+        assert len(images) == len(tables) == n
+        for r in images:
+            assert r[f"{prefix}/heatmap/_type"] == "images/separated" and r[f"{prefix}/heatmap/count"] == 1
+            assert (run_dir / "files" / r[f"{prefix}/heatmap/filenames"][0]).is_file()
+            assert "mean off-diagonal CKA" in r[f"{prefix}/heatmap/captions"][0]
+        for r in tables:
+            assert r[f"{prefix}/table/_type"] == "table-file"
+            assert r[f"{prefix}/table/nrows"] == 100  # 10 x 10 layer pairs
+            table = json.loads((run_dir / "files" / r[f"{prefix}/table/path"]).read_text())
+            assert table["columns"] == ["layer_x", "layer_y", "i", "j", "cka", "stderr"]
+            assert table["data"][0][:2] == ["stem", "stem"] and table["data"][0][4] == pytest.approx(1.0)
+        assert all(-1 <= r[f"{prefix}/mean_offdiag"] <= 1 for r in having(f"{prefix}/mean_offdiag"))
     assert len(list((run_dir / "files" / "media" / "images").rglob("*.png"))) == 3
     assert len(list((run_dir / "files" / "media" / "table").rglob("*.table.json"))) == 3
     assert any("train/acc" in r for r in rows) and any("val/acc" in r for r in rows)  # Lightning's curves
@@ -151,20 +159,20 @@ def test_wandb_finishes_when_training_fails(tmp_path):
             *SMALL,
             "init=pretrained",
             "train.epochs=1",
-            "train.lr=-1",
+            "train.speed.precision=bogus",  # a Trainer that cannot be built: the fit fails after W&B started
             f"paths.checkpoints={tmp_path}/c",
             f"hydra.run.dir={out}",
         ],
         cwd=tmp_path,
         check=False,
     )
-    assert proc.returncode != 0 and "Invalid learning rate" in proc.stderr
+    assert proc.returncode != 0 and "bogus" in proc.stderr
     res = json.loads((out / "result.json").read_text())
-    assert res["status"] == "failed" and "learning rate" in res["error"]
+    assert res["status"] == "failed" and "bogus" in res["error"]
     _run_dir, records = offline_run(out)
-    assert exit_code(records) == 1  # wandb.finish ran, with the failure's exit code
+    assert exit_code(records) == 1  # the W&B run finished, with the failure's exit code
     summary = items(records, "summary")
-    assert summary["status"] == "failed" and "learning rate" in summary["error"]
+    assert summary["status"] == "failed" and "bogus" in summary["error"]
 
 
 def test_csv_logger_gets_training_and_cka_scalars(tmp_path):
@@ -189,17 +197,16 @@ def test_csv_logger_gets_training_and_cka_scalars(tmp_path):
 
 
 def test_logger_none_and_mode():
-    from omegaconf import OmegaConf
-
     from vvm.loggers import build_logger, wandb_mode
+    from vvm.settings import WandbSettings
 
     assert build_logger(None) is False
-    assert wandb_mode(OmegaConf.create({"mode": "online"})) == "online"
+    assert wandb_mode(WandbSettings(mode="online")) == "online"
     saved = os.environ.pop("WANDB_MODE", None)
     try:
-        assert wandb_mode(OmegaConf.create({"mode": None})) == "offline"
+        assert wandb_mode(WandbSettings(mode="")) == "offline"
         os.environ["WANDB_MODE"] = "online"
-        assert wandb_mode(OmegaConf.create({})) == "online"
+        assert wandb_mode(None) == "online"
     finally:
         os.environ.pop("WANDB_MODE", None)
         if saved is not None:
@@ -221,5 +228,5 @@ def test_wandb_under_ddp_logs_from_rank_zero_only(tmp_path):
     )
     assert json.loads((out / "result.json").read_text())["status"] == "ok"
     _run_dir, records = offline_run(out)  # exactly one run: rank 1 made none
-    assert len([r for r in history(records) if "cka/heatmap/path" in r]) == 1
+    assert len([r for r in history(records) if "cka/heatmap/filenames" in r]) == 1
     assert exit_code(records) == 0

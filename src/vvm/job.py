@@ -1,4 +1,5 @@
-"""One job as Hydra runs it: :func:`run_job` around :func:`vvm.pipeline.run`.
+"""One job as Hydra runs it: the composed config turned into typed settings once (:func:`vvm.schema.to_settings`),
+then :func:`vvm.pipeline.run` on them.
 
 Resuming. ``resume=true``: a job whose output dir already holds a complete result of the same config (see
 :func:`completed_result`) is skipped; its result.json is returned with ``resumed: true``.
@@ -20,40 +21,71 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from vvm.config import container
 from vvm.io import load_json, write_json
+from vvm.schema import record, to_settings
+from vvm.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- the task
 def run_job(cfg: DictConfig) -> dict[str, Any] | None:
-    """The Hydra task: :func:`vvm.pipeline.run`, unless ``resume=true`` finds the job done; in a multirun a
-    failure is recorded and the sweep goes on."""
+    """The Hydra task: the config as settings, then :func:`vvm.pipeline.run`, unless ``resume=true`` finds the
+    job done; in a multirun a failure (a bad setting too) is recorded and the sweep goes on."""
     from vvm.pipeline import run
 
-    if cfg.get("resume"):
-        out_dir = Path(cfg.paths.output_dir)
-        previous = completed_result(out_dir, cfg)
+    try:
+        job = to_settings(cfg)
+    except ConfigError as e:
+        if in_multirun():
+            record_job_failure(
+                e, model=OmegaConf.select(cfg, "model.name", default=None, throw_on_resolution_failure=False)
+            )
+            return None
+        raise SystemExit(f"vvm: {e}") from None
+    if job.resume:
+        out_dir = Path(job.paths.output_dir)
+        previous = completed_result(out_dir, record(job))
         if previous is not None:
             log.info("resume: %s already has a complete result, skipping", out_dir)
             return {**previous, "resumed": True}
     if not in_multirun():
-        return run(cfg)
+        return run(job, resume_command=resume_command())
     try:
         with single_job_ddp_launch():
-            return run(cfg)
+            return run(job, resume_command=resume_command())
     except Exception as e:
         record_job_failure(e)
         return None
+
+
+def resume_command() -> str:
+    """The command that takes an interrupted job up again: the same command line, in the same run directory (a
+    training resumes from its ``<key>.last.ckpt``); in a multirun, ``python -m vvm.sweep resume <sweep dir>``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():  # composed without Hydra's runtime
+        return shlex.join(["python", "-m", "vvm", *sys.argv[1:]])
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        return f"python -m vvm.sweep resume {shlex.quote(str(hc.sweep.dir))}"
+    task = [str(o) for o in hc.overrides.task]
+    run_dir = (
+        []
+        if any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra)
+        else [f"hydra.run.dir={hc.runtime.output_dir}"]
+    )
+    return shlex.join(["python", "-m", "vvm", *task, *[str(o) for o in hc.overrides.hydra], *run_dir])
 
 
 def in_multirun() -> bool:
@@ -67,7 +99,7 @@ def in_multirun() -> bool:
         return False
 
 
-def record_job_failure(exc: BaseException) -> None:
+def record_job_failure(exc: BaseException, *, model: str | None = None) -> None:
     """Log a multirun job's failure; write a minimal failed result.json when the pipeline could not write one."""
     from hydra.core.hydra_config import HydraConfig
 
@@ -84,7 +116,7 @@ def record_job_failure(exc: BaseException) -> None:
         write_json(
             out_dir / "result.json",
             {
-                "model": choices.get("model"),
+                "model": model or choices.get("model"),
                 "init": choices.get("init"),
                 "dataset": choices.get("dataset"),
                 "status": "failed",
@@ -135,11 +167,12 @@ def single_job_ddp_launch() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------- resume
-def completed_result(out_dir: str | Path, cfg: DictConfig | None = None) -> dict[str, Any] | None:
+def completed_result(out_dir: str | Path, config: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The result.json of a finished job in ``out_dir`` (status ok and cka.npz present), else None.
 
-    With ``cfg``, the result must also come from the same config (see :func:`config_differences`): a sweep rerun
-    into the same dir with other overrides recomputes instead of reusing another job's result.
+    With ``config`` (the job's settings as plain values, :func:`vvm.schema.record`), the result must also come
+    from the same settings (see :func:`config_differences`): a sweep rerun into the same dir with other overrides
+    recomputes instead of reusing another job's result.
     """
     out_dir = Path(out_dir)
     res_path, npz_path = out_dir / "result.json", out_dir / "cka.npz"
@@ -151,8 +184,8 @@ def completed_result(out_dir: str | Path, cfg: DictConfig | None = None) -> dict
         return None
     if prev.get("status") != "ok":
         return None
-    if cfg is not None:
-        diff = config_differences(prev.get("config"), container(cfg))
+    if config is not None:
+        diff = config_differences(prev.get("config"), config)
         if diff:
             log.warning(
                 "resume: %s holds a complete result of a different config (%s); computing it again",
@@ -190,6 +223,7 @@ def _normalised(v: Any) -> Any:
 
 __all__ = [
     "completed_result",
+    "resume_command",
     "config_differences",
     "in_multirun",
     "record_job_failure",

@@ -23,7 +23,7 @@ tags repeat (``r18-pretrained-0``, ``-1``, ``-2`` for ``seed=0,1,2``).
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import logging
 import sys
 from collections import Counter
@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vvm.cka.joint import JointCKA, JointResult, move_models
 from vvm.cka.presets import PRESETS
 from vvm.io import load_json
+from vvm.settings import JobSettings, WandbSettings, plain
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class JointJob:
     model: str
     init: str
     family: str
-    cfg: DictConfig
+    settings: JobSettings
     result: dict[str, Any]
 
 
@@ -60,6 +60,7 @@ class JointJob:
 def read_jobs(sweep_dir: str | Path, only: Sequence[str] | None = None) -> tuple[list[JointJob], list[str]]:
     """The sweep's finished jobs (``only``: these job names) with unique tags, and a note per skipped job."""
     from vvm.records import job_dirs, read_job
+    from vvm.schema import from_record
 
     sweep_dir = Path(sweep_dir)
     jobs, notes = [], []
@@ -77,10 +78,13 @@ def read_jobs(sweep_dir: str | Path, only: Sequence[str] | None = None) -> tuple
         if not isinstance(config, dict) or "model" not in config:
             notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: its result.json holds no config")
             continue
+        try:
+            settings = from_record(config, str(result.get("dataset")))
+        except Exception as e:  # noqa: BLE001 - a config this vvm cannot read is a note, not the end
+            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: its stored config does not read: {e}")
+            continue
         tag = str(result.get("tag") or f"{rec.model}-{rec.init}")
-        jobs.append(
-            JointJob(rel, tag, str(rec.model), str(rec.init), rec.family, OmegaConf.create(config), result)
-        )
+        jobs.append(JointJob(rel, tag, str(rec.model), str(rec.init), rec.family, settings, result))
     unique_tags(jobs)
     return jobs, notes
 
@@ -97,28 +101,21 @@ def unique_tags(jobs: list[JointJob]) -> None:
 
 
 def rebuild_model(job: JointJob) -> tuple[Any, str | None]:
-    """The job's model with the weights it used, or ``(None, note)``; never trains."""
-    from hydra.utils import instantiate
+    """The job's model with the weights it used, or ``(None, note)``; never trains (no ``fit``): a trained
+    model comes from its cached checkpoint, else from the file the job recorded."""
+    from vvm.pipeline import build_datamodule, build_model, checkpoint_cache
+    from vvm.weights import WeightsUnavailable, load_or_train
 
-    from vvm.train.cache import cache_paths
-    from vvm.weights import load_or_train, weights_source
-
-    cfg = copy.deepcopy(job.cfg)
+    s = job.settings
     try:
-        dm = instantiate(cfg.dataset)
-        model = instantiate(cfg.model)
-        model.set_data_normalization(dm.mean, dm.std)
-        if weights_source(model, cfg.init) == "trained" and not cache_paths(cfg, dm.name)[0].is_file():
-            used = job.result.get("checkpoint")
-            if not used or not Path(used).is_file():
-                return None, (
-                    f"job {job.job} ({job.tag}) skipped: the checkpoint it was trained into "
-                    f"({used or cache_paths(cfg, dm.name)[0]}) is gone, and the joint pass never trains: rerun "
-                    "the job (resume=true) to train it again"
-                )
-            with open_dict(cfg):
-                cfg.init.checkpoint = used
-        load_or_train(model, cfg, dm)
+        dm = build_datamodule(s)
+        model = build_model(s.model, dm)
+        load_or_train(
+            model, s.model, s.init, dataset_name=dm.name, cache=checkpoint_cache(s, s.model),
+            known_checkpoint=job.result.get("checkpoint"),
+        )  # fmt: skip
+    except WeightsUnavailable as e:
+        return None, f"job {job.job} ({job.tag}) skipped: {e} (the joint pass never trains)"
     except Exception as e:  # a model that cannot be rebuilt (offline weights, a missing file) is a note
         return (
             None,
@@ -128,25 +125,20 @@ def rebuild_model(job: JointJob) -> tuple[Any, str | None]:
 
 
 # ---------------------------------------------------------------------------------------------- the pass
-def pass_config(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[DictConfig, list[str]]:
-    """The first job's config with the command line's overrides; a note when the jobs' data differ."""
-    cfg = copy.deepcopy(jobs[0].cfg)
+def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[JobSettings, list[str]]:
+    """The first job's settings with the command line's overrides; a note when the jobs' data differ."""
+    first = jobs[0].settings
     notes = []
-
-    def data_of(c: DictConfig) -> dict[str, Any]:
-        return {k: v for k, v in OmegaConf.to_container(c.dataset).items() if k not in ("seed", "batch_size")}
-
-    differ = [j.job for j in jobs[1:] if data_of(j.cfg) != data_of(cfg)]
+    differ = [j.job for j in jobs[1:] if plain(j.settings.dataset) != plain(first.dataset)]
     if differ:
         notes.append(
             f"jobs {', '.join(differ)} ran on other data settings; the joint pass uses job {jobs[0].job}'s"
         )
-    with open_dict(cfg):
-        for key, path in (("batch_size", "dataset.eval_batch_size"), ("max_samples", "dataset.max_samples"),
-                          ("seed", "dataset.seed"), ("layers", "cka.layers")):  # fmt: skip
-            if overrides.get(key) is not None:
-                OmegaConf.update(cfg, path, overrides[key])
-    return cfg, notes
+    cka = {k: overrides[k] for k in ("batch_size", "max_samples", "layers") if overrides.get(k) is not None}
+    seed = overrides.get("seed")
+    return dataclasses.replace(
+        first, cka=dataclasses.replace(first.cka, **cka), seed=first.seed if seed is None else int(seed)
+    ), notes
 
 
 def parse_layers(text: str | None) -> str | list[str] | None:
@@ -157,23 +149,19 @@ def parse_layers(text: str | None) -> str | list[str] | None:
 
 
 def run_pass(
-    models: dict[str, Any], cfg: DictConfig, device: str, *, progress: bool = True
+    models: dict[str, Any], settings: JobSettings, device: str, *, progress: bool = True
 ) -> tuple[JointResult, Any]:
-    """One pass of every model over the CKA batches of ``cfg``'s dataset (the EvalBatches plan)."""
-    from hydra.utils import instantiate
+    """One pass of every model over the CKA batches of ``settings``' dataset (the EvalBatches plan)."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    dm = instantiate(cfg.dataset)
-    batches = dm.cka_batches()
+    from vvm.pipeline import build_datamodule
+
+    batches = build_datamodule(settings).cka_batches()
     move_models(models, device)
-    layers = cfg.cka.layers if isinstance(cfg.cka.layers, str) else list(cfg.cka.layers)
-    options = {
-        k: cfg.cka[k]
-        for k in ("kernel", "estimator", "precision", "rbf_frac", "rbf_bandwidth")
-        if k in cfg.cka
-    }
-    metric = JointCKA(models, layers, max_batches=len(batches.plan), **options).to(device)
+    metric = JointCKA(
+        models, settings.cka.layer_spec(), max_batches=len(batches.plan), **settings.cka.engine_options()
+    ).to(device)
     loader = DataLoader(batches, batch_size=None, num_workers=0)
     with metric.track():
         for i, (x, _) in enumerate(tqdm(loader, total=len(batches), desc="joint CKA", disable=not progress)):
@@ -285,9 +273,9 @@ def log_to_wandb(files: dict[str, Any], jobs: list[JointJob], out: Path, sweep_d
     from vvm.loggers import log_files_run
     from vvm.sweep import sweep_name
 
-    loggers = [j.cfg.get("logger") or {} for j in jobs]
-    projects = {str(lg.get("project")) for lg in loggers if lg.get("project")}
-    modes = {str(lg.get("mode")) for lg in loggers if lg.get("mode") and "${" not in str(lg.get("mode"))}
+    loggers = [j.settings.logger for j in jobs if isinstance(j.settings.logger, WandbSettings)]
+    projects = {lg.project for lg in loggers}
+    modes = {lg.mode for lg in loggers}
     images = {"joint/matrix": files["png"], **{f"joint/pairs/{p.stem}": p for p in files["pairs"]}}
     if "correspondence_png" in files:
         images["joint/correspondence"] = files["correspondence_png"]
@@ -304,7 +292,7 @@ def log_to_wandb(files: dict[str, Any], jobs: list[JointJob], out: Path, sweep_d
 
 
 def uses_wandb(jobs: list[JointJob]) -> bool:
-    return any(str((j.cfg.get("logger") or {}).get("_target_", "")).endswith("WandbLogger") for j in jobs)
+    return any(isinstance(j.settings.logger, WandbSettings) for j in jobs)
 
 
 # ---------------------------------------------------------------------------------------------- entry points
@@ -329,10 +317,10 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
         raise RuntimeError(
             f"no finished job in {sweep_dir} could be rebuilt: {'; '.join(notes) or 'no jobs'}"
         )
-    cfg, data_notes = pass_config(used, {**overrides, "layers": parse_layers(overrides.get("layers"))})
+    settings, data_notes = pass_settings(used, {**overrides, "layers": parse_layers(overrides.get("layers"))})
     notes += data_notes
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    res, batches = run_pass(models, cfg, device, progress=progress)
+    res, batches = run_pass(models, settings, device, progress=progress)
     out = Path(out) if out is not None else sweep_dir / "joint"
     title = (
         f"{res.kernel} CKA, {len(used)} models, {used[0].result.get('dataset')} ({res.n_samples} examples)"

@@ -19,11 +19,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
 from vvm.cka.result import mean_offdiagonal
-from vvm.config import container
 from vvm.io import host_reachable, is_rank_zero
+from vvm.settings import CSVSettings, WandbSettings
 
 SUMMARY_KEYS = (
     "status",
@@ -38,38 +36,50 @@ SUMMARY_KEYS = (
 )
 
 
-def wandb_mode(cfg: DictConfig | dict | None) -> str:
-    """``logger.mode`` when set (its default is ``${oc.env:WANDB_MODE,offline}``), else ``$WANDB_MODE``, else
-    offline."""
-    mode = cfg.get("mode") if cfg is not None else None
+def wandb_mode(settings: WandbSettings | None) -> str:
+    """``logger.mode`` (its default is ``${oc.env:WANDB_MODE,offline}``), else ``$WANDB_MODE``, else offline."""
+    mode = settings.mode if settings is not None else None
     return str(mode or os.environ.get("WANDB_MODE") or "offline")
 
 
-def build_logger(cfg: DictConfig | None) -> Any:
-    """``None``/``logger=none`` -> ``False`` (Lightning's "no logger"); else the instantiated logger."""
-    if cfg is None or cfg.get("_target_") in (None, "null"):
+def build_logger(settings: WandbSettings | CSVSettings | None) -> Any:
+    """``logger=none`` -> ``False`` (Lightning's "no logger"); else Lightning's WandbLogger or CSVLogger."""
+    if settings is None:
         return False
-    from hydra.utils import instantiate
+    if isinstance(settings, CSVSettings):
+        from pytorch_lightning.loggers import CSVLogger
 
-    target = str(cfg._target_)
-    if target.endswith("WandbLogger"):
-        mode = wandb_mode(cfg)
-        os.environ.setdefault("WANDB_SILENT", "true")
-        Path(cfg.save_dir).mkdir(parents=True, exist_ok=True)
-        if mode == "online":
-            return online_or_offline(cfg)
-        return instantiate(cfg, mode=mode)
-    return instantiate(cfg)
+        return CSVLogger(save_dir=settings.save_dir, name=settings.name)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    Path(settings.save_dir).mkdir(parents=True, exist_ok=True)
+    mode = wandb_mode(settings)
+    if mode == "online":
+        return online_or_offline(settings)
+    return wandb_logger(settings, mode)
+
+
+def wandb_logger(settings: WandbSettings, mode: str, **extra: Any) -> Any:
+    from pytorch_lightning.loggers import WandbLogger
+
+    return WandbLogger(
+        project=settings.project,
+        group=settings.group,
+        name=settings.name,
+        tags=list(settings.tags),
+        save_dir=settings.save_dir,
+        log_model=settings.log_model,
+        mode=mode,
+        **extra,
+    )
 
 
 WANDB_INIT_TIMEOUT_S = 10.0  # how long an online run may take to start before vvm logs offline instead
 
 
-def online_or_offline(cfg: DictConfig) -> Any:
+def online_or_offline(settings: WandbSettings) -> Any:
     """An online W&B logger whose run has started, or, when W&B cannot be reached within a few seconds (no
     network, a firewall), an offline one, with a warning that names ``wandb sync``."""
     import wandb
-    from hydra.utils import instantiate
 
     base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
     why = None
@@ -77,33 +87,30 @@ def online_or_offline(cfg: DictConfig) -> Any:
         why = f"{base} cannot be reached"
     else:
         try:
-            logger = instantiate(
-                cfg, mode="online", settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S)
+            logger = wandb_logger(
+                settings, "online", settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S)
             )
             _ = logger.experiment  # starts the run now, within the timeout
             return logger
         except Exception as e:  # noqa: BLE001 - any failure to start online: log offline
             why = f"the online run did not start ({type(e).__name__}: {e})"
     warnings.warn(
-        f"W&B: {why}; logging offline instead: upload later with `wandb sync {cfg.save_dir}/wandb/offline-run-*`",
+        f"W&B: {why}; logging offline instead: upload later with "
+        f"`wandb sync {settings.save_dir}/wandb/offline-run-*`",
         stacklevel=2,
     )
-    return instantiate(cfg, mode="offline")
+    return wandb_logger(settings, "offline")
 
 
 def is_wandb(logger: Any) -> bool:
     return type(logger).__name__ == "WandbLogger"
 
 
-def log_config(logger: Any, cfg: DictConfig) -> None:
-    """The resolved config: W&B's run config, or the logger's hyperparameters."""
+def log_config(logger: Any, config: dict[str, Any]) -> None:
+    """The job's settings (plain values) as the logger's hyperparameters (W&B: the run's config)."""
     if logger is False or logger is None or not is_rank_zero():
-        return  # under DDP only rank 0 logs (W&B's experiment elsewhere is a stand-in without .config)
-    values = container(cfg)  # unresolved where an interpolation only resolves inside Hydra's runtime
-    if is_wandb(logger):
-        logger.experiment.config.update(values, allow_val_change=True)
-    else:
-        logger.log_hyperparams(values)
+        return  # under DDP only rank 0 logs (W&B's experiment elsewhere is a stand-in)
+    logger.log_hyperparams(config)
 
 
 def cka_table_rows(res: Any) -> list[list[Any]]:
@@ -129,42 +136,36 @@ def log_cka(
 ) -> None:
     """Heatmap image, the matrix as a table (one row per pair, with layer names and standard error), and
     summary scalars, under ``cka/`` for the final pass and ``cka_<stage>/`` for the others (``cka_probe/``:
-    the passes during training, at ``epoch``)."""
+    the passes during training, at ``epoch``), through the logger's own methods."""
     prefix = "cka" if stage == "final" else f"cka_{stage}"
     mean = mean_offdiagonal(res.matrix.numpy())
     scalars: dict[str, Any] = {f"{prefix}/mean_offdiag": mean, f"{prefix}/n_samples": res.n_samples}
-    if is_wandb(logger):
-        import wandb
-
-        payload: dict[str, Any] = dict(scalars)
-        payload["trainer/global_step"] = step
-        if epoch is not None:
-            payload["epoch"] = epoch
-        payload[f"{prefix}/table"] = wandb.Table(columns=TABLE_COLUMNS, data=cka_table_rows(res))
-        if image is not None:
-            when = f"epoch {epoch}" if epoch is not None else stage
-            caption = f"{when}: mean off-diagonal CKA {mean:.3f}" if not math.isnan(mean) else when
-            payload[f"{prefix}/heatmap"] = wandb.Image(str(image), caption=caption)
-        logger.experiment.log(payload)
-    else:
-        logger.log_metrics(scalars, step=step)
+    if epoch is not None:
+        scalars["epoch"] = epoch
+    logger.log_metrics(scalars, step=step)
+    if not is_wandb(logger):
+        return
+    logger.log_table(f"{prefix}/table", columns=TABLE_COLUMNS, data=cka_table_rows(res), step=step)
+    if image is not None:
+        when = f"epoch {epoch}" if epoch is not None else stage
+        caption = f"{when}: mean off-diagonal CKA {mean:.3f}" if not math.isnan(mean) else when
+        logger.log_image(f"{prefix}/heatmap", images=[str(image)], step=step, caption=[caption])
 
 
 def finish_logger(logger: Any, summary: dict[str, Any]) -> None:
-    """Summary scalars, then close the logger: ``wandb.finish`` (exit code 1 unless the job's status is ok),
-    also after a failure; other loggers are finalised with the status."""
+    """Summary scalars, then close the logger: the W&B run ends with exit code 1 unless the job's status is
+    ok (also after a failure); other loggers are finalised with the status."""
     status = str(summary.get("status", "ok"))
     if is_wandb(logger):
-        import wandb
-
-        run = wandb.run
-        if run is None:
+        if not is_rank_zero():
             return
+        run = logger.experiment
         for k in SUMMARY_KEYS:
             v = summary.get(k)
             if v is not None:
                 run.summary[k] = v
-        wandb.finish(exit_code=0 if status == "ok" else 1)
+        logger.finalize("success" if status == "ok" else "failed")
+        run.finish(exit_code=0 if status == "ok" else 1)
     elif logger:
         logger.finalize("success" if status == "ok" else "failed")
 

@@ -1,16 +1,14 @@
-"""One job: config -> model + data -> weights (training when the init asks for it) -> CKA pass -> files + logger.
+"""One job: settings -> model + data -> weights (training when the init asks for it) -> CKA pass -> files + logger.
 
-The CLI (``python -m vvm``, through :func:`vvm.job.run_job`), the sweep and the tests all go through :func:`run`.
+The CLI (``python -m vvm``, through :func:`vvm.job.run_job`), the sweep and the tests all go through :func:`run`,
+which receives the job as typed objects (:class:`vvm.settings.JobSettings`), never a config.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
-import shlex
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -19,46 +17,35 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vvm.callbacks.cka import CKACallback
 from vvm.cka.result import mean_offdiagonal
-from vvm.config import check_moved_keys, container
+from vvm.data import create_datamodule, dataset_name
 from vvm.io import is_rank_zero, write_json
 from vvm.loggers import build_logger, finish_logger, log_config
+from vvm.models import from_settings
 from vvm.models.base import VisionModel
-from vvm.train.fit import trainer_factory, vision_module
-from vvm.validate import CKA_DATA_KEYS, check_config, check_job
-from vvm.weights import load_or_train
+from vvm.preflight import check_layers, check_plan, check_writable
+from vvm.settings import InitSettings, JobSettings, ModelSettings, plain
+from vvm.train.cache import CheckpointCache
+from vvm.train.fit import Fit, trainer_factory, vision_module
+from vvm.weights import load_or_train, weights_source
 
 log = logging.getLogger(__name__)
 
 
-def summarise_config(cfg: DictConfig) -> dict[str, Any]:
+def summarise(job: JobSettings) -> dict[str, Any]:
     return {
-        "tag": cfg.get("tag"),
-        "model": cfg.model.get("name"),
-        "init": cfg.init.get("name"),
-        "dataset": _dataset_name(cfg),
-        "seed": cfg.seed,
-        "kernel": cfg.cka.kernel,
-        "estimator": cfg.cka.estimator,
-        "precision": cfg.cka.precision,
-        "layers": OmegaConf.to_container(cfg.cka.layers)
-        if not isinstance(cfg.cka.layers, str)
-        else cfg.cka.layers,
+        "tag": job.tag,
+        "model": job.model.name,
+        "init": job.init.name.value,
+        "dataset": dataset_name(job.dataset),
+        "seed": job.seed,
+        "kernel": job.cka.kernel.value,
+        "estimator": job.cka.estimator.value,
+        "precision": job.cka.precision.value,
+        "layers": plain(job.cka.layers),
     }
-
-
-def compare_config(cfg: DictConfig) -> DictConfig:
-    """The job's config with ``model``/``init`` replaced by ``compare``/``compare_init`` (the init defaults to
-    the first model's), for building and initialising the second model exactly like a first one."""
-    other = copy.deepcopy(cfg)
-    with open_dict(other):
-        other.model = cfg.compare
-        if cfg.get("compare_init") is not None:
-            other.init = cfg.compare_init
-    return other
 
 
 def axis_labels(summary: dict[str, Any]) -> tuple[str, str]:
@@ -73,8 +60,8 @@ def axis_labels(summary: dict[str, Any]) -> tuple[str, str]:
     return x, y
 
 
-def _title(summary: dict[str, Any], cfg: DictConfig) -> str:
-    kind = f"{cfg.cka.kernel} CKA"
+def _title(summary: dict[str, Any], job: JobSettings) -> str:
+    kind = f"{job.cka.kernel} CKA"
     other = summary.get("compare")
     if other:
         return (
@@ -84,47 +71,57 @@ def _title(summary: dict[str, Any], cfg: DictConfig) -> str:
     return f"{summary['model']} ({summary['init']}, {summary['dataset']}) - {kind}"
 
 
-def _dataset_name(cfg: DictConfig) -> str:
-    try:
-        from hydra.core.hydra_config import HydraConfig
+@dataclass
+class Member:
+    """One model of the job: built, with the settings it was built from and the init it gets."""
 
-        return str(HydraConfig.get().runtime.choices["dataset"])
-    except Exception:
-        return str(cfg.dataset.get("_target_", "?")).rsplit(".", 1)[-1]
+    model: VisionModel
+    settings: ModelSettings
+    init: InitSettings
 
 
 @dataclass
 class Models:
-    """What a job measures: the model, and for cross-model CKA (``compare=...``) the second one and its config."""
+    """What a job measures: the model, and for cross-model CKA (``compare=...``) the second one."""
 
-    model: VisionModel
-    other: VisionModel | None = None
-    other_cfg: DictConfig | None = None
+    first: Member
+    second: Member | None = None
+
+    @property
+    def model(self) -> VisionModel:
+        return self.first.model
+
+    @property
+    def other(self) -> VisionModel | None:
+        return self.second.model if self.second is not None else None
+
+    def members(self) -> list[Member]:
+        return [self.first] + ([self.second] if self.second is not None else [])
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one job and return what result.json holds. Writes into ``cfg.paths.output_dir``.
+def run(job: JobSettings, *, resume_command: str = "") -> dict[str, Any]:
+    """Run one job and return what result.json holds. Writes into ``job.paths.output_dir``.
 
-    Every setting is checked before any work (:mod:`vvm.validate`). An interrupt (Ctrl-C, SIGTERM) records
-    status ``interrupted`` and the command that resumes (a training resumes from its last saved epoch)."""
+    Every setting was checked when the config was composed (:mod:`vvm.schema`); what needs the built job is
+    checked before any weights (:mod:`vvm.preflight`). An interrupt (Ctrl-C, SIGTERM) records status
+    ``interrupted`` and ``resume_command`` (a training resumes from its last saved epoch)."""
     t_start = time.perf_counter()
-    out_dir = Path(cfg.paths.output_dir)
-    summary: dict[str, Any] = {**summarise_config(cfg), "status": "running", "output_dir": str(out_dir)}
+    out_dir = Path(job.paths.output_dir)
+    summary: dict[str, Any] = {**summarise(job), "status": "running", "output_dir": str(out_dir)}
     timings: dict[str, float] = {}
     logger = None
     try:
         with sigterm_as_interrupt():
-            check_moved_keys(cfg)
-            check_config(cfg)
-            pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+            check_writable(out_dir, "hydra.run.dir (the run directory, paths.output_dir)")
+            pl.seed_everything(int(job.seed), workers=True, verbose=False)
             t = time.perf_counter()
-            dm, models = build(cfg, summary)
-            check_job(cfg, dm, models)
+            dm, models = build(job, summary)
+            check_job(job, dm, models)
             timings["build"] = time.perf_counter() - t
-            logger = build_logger(cfg.get("logger"))
+            logger = build_logger(job.logger)
             if logger:
-                log_config(logger, cfg)
-            summary.update(measure(cfg, out_dir, dm, models, summary, timings, logger))
+                log_config(logger, plain(job))
+            summary.update(measure(job, dm, models, summary, timings, logger))
         summary["status"] = "ok"
         return summary
     except BaseException as e:
@@ -134,42 +131,74 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"{type(e).__name__}: {e}" if not interrupted else "interrupted (Ctrl-C or SIGTERM)"
         )
         if interrupted:
-            summary["resume"] = resume_command()
-            log.error("interrupted: resume with `%s`", summary["resume"])
+            summary["resume"] = resume_command
+            log.error("interrupted: resume with `%s`", resume_command)
         else:
             summary["traceback"] = traceback.format_exc()
         raise
     finally:
         timings["total"] = time.perf_counter() - t_start
         summary["seconds"] = timings
-        summary["config"] = container(cfg)
+        summary["config"] = plain(job)
         _write_result(out_dir, summary)
         if logger:
             finish_logger(logger, summary)
 
 
+def checkpoint_cache(job: JobSettings, settings: ModelSettings) -> CheckpointCache:
+    """Where ``settings``' model trained with this job's recipe and data is cached."""
+    return CheckpointCache.of(
+        job.paths.checkpoints,
+        settings,
+        job.dataset,
+        job.train,
+        seed=job.seed,
+        dataset_name=dataset_name(job.dataset),
+    )
+
+
 def measure(
-    cfg: DictConfig,
-    out_dir: Path,
-    dm: Any,
-    models: Models,
-    summary: dict[str, Any],
-    timings: dict,
-    logger: Any,
+    job: JobSettings, dm: Any, models: Models, summary: dict[str, Any], timings: dict, logger: Any
 ) -> dict[str, Any]:
     """The weights, then the CKA pass; returns the facts for result.json."""
-    facts: dict[str, Any] = {}
-    cka_cb = cka_callback(cfg, out_dir, summary, models.other)
+    out_dir = Path(job.paths.output_dir)
+    cka_cb = CKACallback.from_settings(
+        job.cka,
+        out_dir,
+        title=_title(summary, job),
+        model_label=summary["model_x"],
+        other=models.other,
+        other_label=summary["model_y"],
+    )
+    factory = trainer_factory(job.trainer)
     t = time.perf_counter()
-    facts.update(prepare_weights(cfg, dm, models, summary, logger=logger, cka_cb=cka_cb))
+    if models.second is not None:
+        # the second model's weights first: CKA probes during the first model's training compare with it
+        fit = Fit(job.train, factory, dm, seed=job.seed, output_dir=out_dir)
+        summary["compare"].update(prepare_weights(job, dm, models.second, fit))
+    fit = Fit(job.train, factory, dm, seed=job.seed, logger=logger, callbacks=[cka_cb], output_dir=out_dir)
+    facts = prepare_weights(job, dm, models.first, fit)
     timings["weights"] = time.perf_counter() - t
-    trainer = cka_trainer(cfg, out_dir, cka_cb, logger)
+    trainer = cka_trainer(factory, out_dir, cka_cb, logger)
     t = time.perf_counter()
-    metrics = trainer.test(vision_module(models.model, cfg.train), datamodule=dm, verbose=False)
+    metrics = trainer.test(vision_module(models.model, job.train), datamodule=dm, verbose=False)
     timings["cka"] = time.perf_counter() - t
     if trainer.is_global_zero and cka_cb.final is not None:
         facts.update(result_facts(cka_cb.final, metrics))
     return facts
+
+
+def prepare_weights(job: JobSettings, dm: Any, member: Member, fit: Fit) -> dict[str, Any]:
+    """The weights of one model (:func:`vvm.weights.load_or_train`); returns its facts."""
+    return load_or_train(
+        member.model,
+        member.settings,
+        member.init,
+        dataset_name=dm.name,
+        cache=checkpoint_cache(job, member.settings),
+        fit=fit,
+        keep_dir=job.paths.output_dir,
+    )
 
 
 def _write_result(out_dir: Path, summary: dict[str, Any]) -> None:
@@ -205,71 +234,55 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def resume_command() -> str:
-    """The command that takes an interrupted job up again: the same command line (a training resumes from its
-    ``<key>.last.ckpt``); in a multirun, ``python -m vvm.sweep resume <sweep dir>``."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-        if hc.mode == RunMode.MULTIRUN:
-            return f"python -m vvm.sweep resume {shlex.quote(str(hc.sweep.dir))}"
-        return shlex.join(["python", "-m", "vvm", *[str(o) for o in hc.overrides.task]])
-    except Exception:  # composed without Hydra's runtime
-        return shlex.join(["python", "-m", "vvm", *sys.argv[1:]])
-
-
-def build(cfg: DictConfig, summary: dict[str, Any]) -> tuple[Any, Models]:
+def build(job: JobSettings, summary: dict[str, Any]) -> tuple[Any, Models]:
     """The datamodule and the model(s), each told how the dataset normalises its images."""
-    dm = instantiate(cfg.dataset)
-    model = instantiate(cfg.model)
-    model.set_data_normalization(dm.mean, dm.std)
-    summary["family"] = getattr(model, "family", None)
-    models = Models(model)
-    if cfg.get("compare") is not None:
-        models.other_cfg = compare_config(cfg)
-        models.other = instantiate(models.other_cfg.model)
-        models.other.set_data_normalization(dm.mean, dm.std)
-        summary["compare"] = {
-            "model": models.other_cfg.model.get("name"),
-            "init": models.other_cfg.init.get("name"),
-        }
+    dm = build_datamodule(job)
+    models = Models(Member(build_model(job.model, dm), job.model, job.init))
+    summary["family"] = getattr(models.model, "family", None)
+    if job.compare is not None:
+        models.second = Member(build_model(job.compare, dm), job.compare, job.other_init())
+        summary["compare"] = {"model": job.compare.name, "init": job.other_init().name.value}
     summary["model_x"], summary["model_y"] = axis_labels(summary)
     return dm, models
 
 
-def cka_callback(cfg: DictConfig, out_dir: Path, summary: dict[str, Any], other: VisionModel | None) -> Any:
-    """The CKA callback ``cfg.cka`` names (``_target_``), with what only the job knows: where it writes, the
-    heatmap's title and axes, and the second model."""
-    node = OmegaConf.masked_copy(cfg.cka, [k for k in cfg.cka if k not in CKA_DATA_KEYS])
-    return instantiate(
-        node,
-        output_dir=out_dir,
-        title=_title(summary, cfg),
-        model_label=summary["model_x"],
-        other=other,
-        other_label=summary["model_y"],
-        _convert_="all",
+def build_datamodule(job: JobSettings) -> Any:
+    """The job's datamodule: ``dataset.*``, the training batch size and the CKA pass's batching."""
+    return create_datamodule(
+        job.dataset,
+        batch_size=job.train.batch_size,
+        eval_batch_size=job.cka.batch_size,
+        max_samples=job.cka.max_samples,
+        shuffle=job.cka.shuffle,
+        seed=job.seed,
     )
 
 
-def prepare_weights(
-    cfg: DictConfig, dm: Any, models: Models, summary: dict[str, Any], *, logger: Any, cka_cb: Any
-) -> dict[str, Any]:
-    """The weights of both models (:func:`vvm.weights.load_or_train`); returns the first model's facts."""
+def build_model(settings: ModelSettings, dm: Any) -> VisionModel:
+    model = from_settings(settings)
+    model.set_data_normalization(dm.mean, dm.std)
+    return model
+
+
+def check_job(job: JobSettings, dm: Any, models: Models) -> None:
+    """Models and data built, before any weights: layers, the batch plan, the checkpoint folder."""
+    other = {}
     if models.other is not None:
-        # the second model's weights first: CKA probes during the first model's training compare with it
-        summary["compare"].update(
-            load_or_train(models.other, models.other_cfg, dm, logger=None, callbacks=[])
-        )
-    return load_or_train(models.model, cfg, dm, logger=logger, callbacks=[cka_cb])
+        other = {"other": models.other.net, "other_layers": job.cka.layer_spec(other=True)}
+        check_layers(models.other, job.cka.layer_spec(other=True), job.cka, key="cka.other_layers")
+    check_layers(models.model, job.cka.layer_spec(), job.cka, **other)
+    check_plan(dm, job.cka, limit=job.dataset.limit)
+    for member in models.members():
+        if weights_source(member.settings, member.init) == "trained":
+            size = sum(p.numel() * p.element_size() for p in member.model.net.parameters())
+            # the final file, the resumable state (weights and momentum) and a temporary copy of each
+            check_writable(job.paths.checkpoints, "paths.checkpoints", need_bytes=5 * size)
 
 
-def cka_trainer(cfg: DictConfig, out_dir: Path, cka_cb: Any, logger: Any) -> pl.Trainer:
-    """The Trainer of the CKA pass (``trainer.test``): ``cfg.trainer`` with the CKA callback and the logger."""
+def cka_trainer(factory: Any, out_dir: Path, cka_cb: Any, logger: Any) -> pl.Trainer:
+    """The Trainer of the CKA pass (``trainer.test``): the job's Trainer with the CKA callback and the logger."""
     # the datamodule's evaluation loaders deal whole batches to ranks themselves (vvm.data.batches)
-    return trainer_factory(cfg)(
+    return factory(
         use_distributed_sampler=False,
         logger=logger if logger else False,
         callbacks=[cka_cb],
@@ -296,11 +309,14 @@ def result_facts(final: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[s
 
 
 __all__ = [
-    "cka_callback",
+    "Member",
+    "Models",
+    "build",
+    "build_datamodule",
+    "build_model",
+    "checkpoint_cache",
     "cka_trainer",
-    "compare_config",
     "is_interrupt",
-    "resume_command",
     "run",
-    "summarise_config",
+    "summarise",
 ]

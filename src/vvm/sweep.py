@@ -164,63 +164,49 @@ def write_summary(
     return {"jobs": jobs, "files": files, "failed": failed}
 
 
+def wandb_loggers(jobs: Sequence[JobRecord]) -> list[dict[str, Any]]:
+    """The W&B logger settings (as stored in result.json) of the jobs that logged to W&B."""
+    return [j.logger for j in jobs if j.logger and "project" in j.logger]
+
+
 def log_summary_to_wandb(
     sweep_dir: Path, jobs: Sequence[JobRecord], table: Any, image: Path, *, group: str | None = None
 ) -> Path | None:
-    """Log the grid and the table to a W&B run of the sweep's group, when the jobs used W&B.
+    """Log the grid and the table to a W&B run of the sweep's group, when the jobs used W&B
+    (:func:`vvm.loggers.log_files_run`, the one helper for runs made of files).
 
-    Project, mode and group come from the jobs' logger configs: the jobs' group when they share one (say
+    Project, mode and group come from the jobs' logger settings: the jobs' group when they share one (say
     ``logger.group=my-study``), else ``sweep-<date>_<time>``. Mode: ``WANDB_MODE``, else the jobs' ``mode``,
     else offline. Never raises: W&B trouble is logged. Returns the W&B run directory, or None.
     """
-    loggers = [
-        j.logger for j in jobs if j.logger and str(j.logger.get("_target_", "")).endswith("WandbLogger")
-    ]
+    from vvm.loggers import log_files_run
+
+    loggers = wandb_loggers(jobs)
     if not loggers:
         return None
 
     def shared(key: str) -> str | None:
-        vals = {
-            str(lg.get(key)) for lg in loggers if lg.get(key) is not None and "${" not in str(lg.get(key))
-        }
+        vals = {str(lg.get(key)) for lg in loggers if lg.get(key) is not None}
         return vals.pop() if len(vals) == 1 else None
 
     project = shared("project") or "vvm"
     group = group or shared("group") or f"sweep-{sweep_name(sweep_dir)}"
     mode = os.environ.get("WANDB_MODE") or shared("mode") or "offline"
+    n_ok = sum(j.status == "ok" for j in jobs)
     try:
-        import wandb
-
-        os.environ.setdefault("WANDB_SILENT", "true")
-        run = wandb.init(
-            project=project,
-            group=group,
-            job_type="sweep-summary",
-            name=f"summary-{sweep_name(sweep_dir)}",
-            dir=str(sweep_dir),
-            mode=mode,
-            config={"sweep_dir": str(sweep_dir), "jobs": len(jobs)},
-            reinit="finish_previous",
-        )
-        try:
-            run.log(
-                {
-                    "summary/grid": wandb.Image(str(image)),
-                    "summary/jobs": wandb.Table(dataframe=table.astype(str)),
-                }
-            )
-            n_ok = sum(j.status == "ok" for j in jobs)
-            run.summary.update({"jobs": len(jobs), "jobs_ok": n_ok, "jobs_failed": len(jobs) - n_ok})
-            run_dir = Path(run.dir).parent
-        finally:
-            run.finish()
-        log.info("sweep summary: logged to W&B (%s, project %s, group %s)", mode, project, group)
-        return run_dir
+        run_dir = log_files_run(
+            run_dir=sweep_dir, name=f"summary-{sweep_name(sweep_dir)}", job_type="sweep-summary",
+            images={"summary/grid": image}, tables={"summary/jobs": table}, project=project, group=group,
+            mode=mode, config={"sweep_dir": str(sweep_dir), "jobs": len(jobs)},
+            summary={"jobs": len(jobs), "jobs_ok": n_ok, "jobs_failed": len(jobs) - n_ok},
+        )  # fmt: skip
     except Exception as e:  # W&B must never fail the sweep
         log.warning(
             "sweep summary: could not log to W&B (%s: %s); the summary files are written", type(e).__name__, e
         )
         return None
+    log.info("sweep summary: logged to W&B (%s, project %s, group %s)", mode, project, group)
+    return run_dir
 
 
 class SweepSummary(Callback):

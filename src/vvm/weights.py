@@ -8,10 +8,11 @@
 - ``published``: ``init=pretrained`` on a model with published weights (``vit_l32``, ``timm``): those weights,
   from ``init.weights_file`` or the hub (:func:`vvm.models.checkpoints.load_timm_pretrained`); nothing trains.
 - ``trained``: ``init=pretrained`` on a model vvm trains (r18 r34 r50 lambda_r*, see
-  :func:`vvm.models.trained_by_vvm`): the cached checkpoint of this recipe under ``paths.checkpoints`` (see
-  :mod:`vvm.train.cache`); when there is none, train with the seed's recipe (:func:`vvm.train.fit.train`),
-  resuming from ``<key>.last.ckpt`` when an earlier training was interrupted, and save the result atomically.
-  The trained model keeps its weights in memory.
+  :func:`vvm.models.trained_by_vvm`): the cached checkpoint of this recipe (a
+  :class:`vvm.train.cache.CheckpointCache`); when there is none, a :class:`vvm.train.fit.Fit` trains it with the
+  term project's recipe, resuming from ``<key>.last.ckpt`` when an earlier training was interrupted, and the
+  result is saved atomically. The trained model keeps its weights in memory. A caller that must never train
+  (the joint pass) passes no ``fit``.
 
 :func:`load_or_train` returns the facts that go into result.json: ``weights`` (a sentence), ``trained``,
 ``checkpoint``, and after a training (or from the cached file) ``train_accuracy``, ``val_accuracy``,
@@ -25,14 +26,12 @@ import os
 import pickle
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig
 
-from vvm.config import plain
 from vvm.io import remove_stale_temporaries
-from vvm.models import trained_by_vvm
+from vvm.models import published_arch, trained_by_vvm
 from vvm.models.base import VisionModel
 from vvm.models.checkpoints import (
     CheckpointMismatchError,
@@ -40,11 +39,15 @@ from vvm.models.checkpoints import (
     load_timm_pretrained,
     published_source,
 )
-from vvm.train.cache import cache_paths, read_facts, save_trained
+from vvm.settings import InitName, InitSettings, ModelSettings
+from vvm.train.cache import CheckpointCache, read_facts, save_trained
+
+if TYPE_CHECKING:
+    from vvm.train.fit import Fit
 
 log = logging.getLogger(__name__)
 
-INITS = ("random", "pretrained")
+INITS = tuple(m.value for m in InitName)
 # what result.json repeats from a cached checkpoint's facts (the training that made it)
 CACHED_FACTS = (
     "train_accuracy",
@@ -56,101 +59,124 @@ CACHED_FACTS = (
 )
 
 
-def weights_source(model: VisionModel, init: Any) -> str:
-    """Where the weights ``init`` (a mapping with ``name`` and optional ``checkpoint``, ``weights_file``) asks
-    for come from: ``random``, ``checkpoint``, ``published`` or ``trained`` (see the module docstring)."""
-    init = plain(init)
-    name = init.get("name")
-    if name not in INITS:
-        raise ValueError(f"init={name!r} is not known: use one of {', '.join(INITS)}")
-    if name == "random":
+def weights_source(model: ModelSettings, init: InitSettings) -> str:
+    """Where the weights ``init`` asks for come from for ``model``: ``random``, ``checkpoint``, ``published`` or
+    ``trained`` (see the module docstring). Known before the model is built."""
+    if init.name == InitName.random:
         return "random"
-    if trained_by_vvm(model) and init.get("weights_file") is not None:
+    if trained_by_vvm(model) and init.weights_file is not None:
         raise ValueError(
             f"init.weights_file is for timm models with published weights; {model.name} has none: pass the "
             "weights it was trained with as init.checkpoint"
         )
-    if init.get("checkpoint") is not None:
+    if init.checkpoint is not None:
         return "checkpoint"
     if trained_by_vvm(model):
         return "trained"
-    if getattr(model.net, "pretrained_cfg", None):
+    if published_arch(model) is not None:
         return "published"
     raise ValueError(
-        f"model {model.name!r} (family {model.family!r}) has no published weights vvm knows how to load: pass "
+        f"model {model.name!r} has no published weights vvm knows how to load: pass "
         "init.checkpoint=/path/to/state_dict.pt or use init=random"
     )
 
 
-def load_or_train(
-    model: VisionModel, cfg: DictConfig, datamodule: Any, *, logger: Any = None, callbacks: list | None = None
-) -> dict[str, Any]:
-    """Put the weights ``cfg.init`` asks for into ``model``; returns facts for result.json.
+class WeightsUnavailable(RuntimeError):
+    """Trained weights that are not there, asked for by a caller that never trains."""
 
-    ``logger`` and ``callbacks`` (the CKA callback, whose ``every_n_epochs`` probes run during the fit) go to
-    the training Trainer when a training is needed.
-    """
-    init = plain(cfg.init)
-    source = weights_source(model, init)
-    dataset_name = getattr(datamodule, "name", None)
+
+def load_or_train(
+    model: VisionModel,
+    settings: ModelSettings,
+    init: InitSettings,
+    *,
+    dataset_name: str,
+    cache: CheckpointCache | None = None,
+    fit: Fit | None = None,
+    keep_dir: str | Path | None = None,
+    known_checkpoint: str | Path | None = None,
+) -> dict[str, Any]:
+    """Put the weights ``init`` asks for into ``model`` (built from ``settings``); returns facts for
+    result.json. ``cache``: where a trained model's checkpoint lives (needed when the source is ``trained``).
+    ``fit``: how to train when it is not there (None: never train; then ``known_checkpoint``, the file an
+    earlier run saved the weights to, is tried, else :class:`WeightsUnavailable`). ``keep_dir``: where trained
+    weights go when the cache cannot be written."""
+    source = weights_source(settings, init)
     if source == "random":
-        return {"weights": f"random (seed {cfg.seed})", "trained": False}
+        return {"weights": f"random (seed {settings.seed})", "trained": False}
     if source == "checkpoint":
-        path = Path(str(init["checkpoint"])).expanduser()
+        path = Path(str(init.checkpoint)).expanduser()
         load_checkpoint(model, path, dataset_name=dataset_name)
         return {"weights": f"checkpoint {path}", "trained": False, "checkpoint": str(path)}
     if source == "published":
-        load_timm_pretrained(model, init.get("weights_file"))
-        where = published_source(model, init.get("weights_file"))
+        load_timm_pretrained(model, init.weights_file)
+        where = published_source(model, init.weights_file)
         return {"weights": f"published weights ({where})", "trained": False}
-    path, last = cache_paths(cfg, str(dataset_name))
-    for p in (path, last):
+    if cache is None:
+        raise ValueError(f"{settings.name} needs trained weights: give load_or_train the checkpoint cache")
+    facts = load_cached(model, cache, dataset_name)
+    if facts is not None:
+        return facts
+    if fit is None:
+        return load_known(model, cache, dataset_name, known_checkpoint)
+    return train_and_save(model, fit, cache, dataset_name=dataset_name, keep_dir=keep_dir)
+
+
+def load_cached(model: VisionModel, cache: CheckpointCache, dataset_name: str) -> dict[str, Any] | None:
+    """The cache's checkpoint loaded into ``model`` (its facts), or None when there is none or it was damaged
+    (then moved aside)."""
+    path = cache.path
+    for p in (path, cache.last):
         remove_stale_temporaries(p)
-    if path.is_file() and readable_cache_file(path):
-        log.info("init=pretrained: using the cached checkpoint %s", path)
-        try:
-            load_checkpoint(model, path, dataset_name=dataset_name)
-            facts = read_facts(path)
-        except CheckpointMismatchError as e:
-            if not cached_checkpoint_damaged(path, e):
-                raise
-            return train_and_save(model, cfg, datamodule, path, last, logger=logger, callbacks=callbacks)
-        return {
-            "weights": f"cached checkpoint {path}",
-            "trained": False,
-            "checkpoint": str(path),
-            **{k: facts.get(k) for k in CACHED_FACTS},
-        }
-    return train_and_save(model, cfg, datamodule, path, last, logger=logger, callbacks=callbacks)
+    if not (path.is_file() and readable_cache_file(path)):
+        return None
+    log.info("init=pretrained: using the cached checkpoint %s", path)
+    try:
+        load_checkpoint(model, path, dataset_name=dataset_name)
+        facts = read_facts(path)
+    except CheckpointMismatchError as e:
+        if not cached_checkpoint_damaged(path, e):
+            raise
+        return None
+    return {
+        "weights": f"cached checkpoint {path}",
+        "trained": False,
+        "checkpoint": str(path),
+        **{k: facts.get(k) for k in CACHED_FACTS},
+    }
+
+
+def load_known(
+    model: VisionModel, cache: CheckpointCache, dataset_name: str, known: str | Path | None
+) -> dict[str, Any]:
+    """For a caller that never trains: the file an earlier run saved the trained weights to, else an error."""
+    if known is not None and Path(known).is_file():
+        load_checkpoint(model, Path(known), dataset_name=dataset_name)
+        return {"weights": f"checkpoint {known}", "trained": False, "checkpoint": str(known)}
+    raise WeightsUnavailable(
+        f"the checkpoint {model.name} was trained into ({known or cache.path}) is gone: rerun the job "
+        "(resume=true) to train it again"
+    )
 
 
 def train_and_save(
-    model: VisionModel,
-    cfg: DictConfig,
-    datamodule: Any,
-    path: Path,
-    last: Path,
-    *,
-    logger: Any = None,
-    callbacks: list | None = None,
+    model: VisionModel, fit: Fit, cache: CheckpointCache, *, dataset_name: str, keep_dir: str | Path | None
 ) -> dict[str, Any]:
-    """Train ``model`` (it keeps the trained weights), save them to the cache file ``path`` on rank 0."""
-    from vvm.train.fit import train
-
-    dataset_name = str(getattr(datamodule, "name", None))
+    """Train ``model`` (it keeps the trained weights), save them to the cache on rank 0."""
+    path, last = cache.path, cache.last
     log.info(
         "init=pretrained: no checkpoint at %s, training %s on %s for %d epochs",
         path,
-        cfg.model.name,
+        model.name,
         dataset_name,
-        int(cfg.train.epochs),
+        int(fit.recipe.epochs),
     )
     if last.is_file():
         readable_cache_file(last)
-    trainer, facts = train(model, cfg, datamodule, last=last, logger=logger, callbacks=callbacks)
+    trainer, facts = fit(model, last)
     if trainer.is_global_zero:
         saved = save_or_keep(
-            path, model.net, cfg, dataset_name=dataset_name, facts={**facts, "key": path.stem}
+            path, model.net, keep_dir=keep_dir, dataset_name=dataset_name, facts={**facts, "key": path.stem}
         )
         if saved != path:
             facts["checkpoint_error"] = f"could not save to paths.checkpoints; kept at {saved}"
@@ -213,13 +239,17 @@ def cached_checkpoint_damaged(path: Path, err: BaseException) -> bool:
     return True
 
 
-def save_or_keep(path: Path, net: Any, cfg: DictConfig, *, dataset_name: str, facts: dict[str, Any]) -> Path:
+def save_or_keep(
+    path: Path, net: Any, *, keep_dir: str | Path | None, dataset_name: str, facts: dict[str, Any]
+) -> Path:
     """Save the trained weights to the cache file ``path``; when that fails (a full disk, a folder that became
-    unwritable), keep them in the run directory instead and say where. Returns the file written."""
+    unwritable), keep them in ``keep_dir`` (the run directory) instead and say where. Returns the file written."""
     try:
         return save_trained(path, net, dataset_name=dataset_name, facts=facts)
     except OSError as e:
-        kept = Path(str(cfg.paths.output_dir)) / path.name
+        if keep_dir is None:
+            raise
+        kept = Path(keep_dir) / path.name
         try:
             save_trained(kept, net, dataset_name=dataset_name, facts=facts)
         except OSError as e2:
@@ -239,4 +269,12 @@ def save_or_keep(path: Path, net: Any, cfg: DictConfig, *, dataset_name: str, fa
         return kept
 
 
-__all__ = ["CACHED_FACTS", "INITS", "load_or_train", "save_or_keep", "train_and_save", "weights_source"]
+__all__ = [
+    "CACHED_FACTS",
+    "INITS",
+    "WeightsUnavailable",
+    "load_or_train",
+    "save_or_keep",
+    "train_and_save",
+    "weights_source",
+]

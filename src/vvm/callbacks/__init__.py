@@ -1,3 +1,3 @@
-from vvm.callbacks.cka import CKACallback, mean_offdiagonal, write_cka_outputs
+from vvm.callbacks.cka import CKACallback, write_cka_outputs
 
-__all__ = ["CKACallback", "mean_offdiagonal", "write_cka_outputs"]
+__all__ = ["CKACallback", "write_cka_outputs"]

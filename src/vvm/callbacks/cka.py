@@ -23,10 +23,10 @@ import pytorch_lightning as pl
 import torch
 
 from vvm.cka import CKAResult, StreamingCKA
-from vvm.cka.result import mean_offdiagonal
 from vvm.data.batches import EvalBatches
 from vvm.io import save_result
 from vvm.plots.heatmap import heatmap_figure, save_figure
+from vvm.settings import CKASettings
 
 
 def write_cka_outputs(
@@ -56,6 +56,22 @@ def _eval_batches(loaders: Any) -> EvalBatches | None:
 
 
 class CKACallback(pl.Callback):
+    """The CKA pass of a Lightning run (see the module docstring). ``layers`` and the engine options are those of
+    :class:`vvm.cka.StreamingCKA`; :meth:`from_settings` takes them from a :class:`~vvm.settings.CKASettings`."""
+
+    @classmethod
+    def from_settings(cls, settings: CKASettings, output_dir: str | Path, **job: Any) -> CKACallback:
+        """The callback ``cka.*`` describes; ``job``: what only the job knows (``title``, ``model_label``, the
+        second model ``other`` and its ``other_label``)."""
+        return cls(
+            output_dir,
+            layers=settings.layer_spec(),
+            other_layers=settings.layer_spec(other=True) if settings.other_layers is not None else None,
+            every_n_epochs=settings.every_n_epochs,
+            **settings.engine_options(),
+            **job,
+        )
+
     def __init__(
         self,
         output_dir: str | Path,
@@ -246,10 +262,5 @@ class CKACallback(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {}
 
-    @staticmethod
-    def summary(res: CKAResult) -> dict[str, float]:
-        m = res.matrix.numpy()
-        return {"cka_mean_offdiag": mean_offdiagonal(m), "cka_n_samples": float(res.n_samples)}
 
-
-__all__ = ["CKACallback", "mean_offdiagonal", "write_cka_outputs"]
+__all__ = ["CKACallback", "write_cka_outputs"]

@@ -3,7 +3,7 @@
 :func:`resolve_layers` expands a layer spec; :func:`layer_presets` gives a network's presets: its own
 ``layer_presets()`` when it defines one (vvm's CIFAR networks), otherwise :func:`generic_presets`.
 
-Layer presets (``blocks``, ``all``, ``seed``) for networks without their own ``layer_presets()``: timm
+Layer presets (``blocks``, ``all``, ``term_project``) for networks without their own ``layer_presets()``: timm
 models (ViTs, ConvNeXts, ResNets...), torchvision models, your own modules.
 
 Rules, by module name and type (names are ``net.named_modules()`` names, in registration order):
@@ -18,9 +18,9 @@ Rules, by module name and type (names are ``net.named_modules()`` names, in regi
   ``blocks.N.norm1``, ``.attn.qkv``, ``.attn``, ``.attn.proj``, ``.norm2``, ``.mlp.fc1``, ``.mlp.act``,
   ``.mlp.fc2``, ``.mlp``...). ``nn.Identity`` and dropout placeholders are left out: their output repeats their
   input.
-- ``seed``: the seed notebooks' choice, modules whose own name (last dotted component) contains ``bn``, ``relu``,
+- ``term_project``: the term project notebooks' choice, modules whose own name (last dotted component) contains ``bn``, ``relu``,
   ``avgpool``, ``fc``, ``maxpool`` (their ResNets) or ``norm``, ``qkv``, ``act``, ``proj``, ``drop_path`` (their
-  ViT). ``nn.Identity`` modules are kept only as ``drop_path``: the seed listed drop_path (with a zero drop rate an
+  ViT). ``nn.Identity`` modules are kept only as ``drop_path``: the term project listed drop_path (with a zero drop rate an
   Identity whose output is the residual branch), while Identity stand-ins that newer timm versions add
   (``attn.q_norm``, ``attn.k_norm``, ``attn.norm``, ``mlp.norm``, ``norm_pre``, ``fc_norm``) would only repeat
   their input.
@@ -43,29 +43,30 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torch.nn.modules import activation as _act
-from torch.nn.modules import batchnorm as _bn
-from torch.nn.modules import conv as _conv
-from torch.nn.modules import pooling as _pool
 
 from vvm.cka.functional import representation
 
 __all__ = ["PRESETS", "LayerSpec", "dry_run", "generic_presets", "layer_presets", "resolve_layers"]
 
-PRESETS = ("blocks", "all", "seed")
+PRESETS = ("blocks", "all", "term_project")
+# presets renamed since: the old name is an error that names the new one
+RENAMED_PRESETS = {"seed": "term_project"}
 LayerSpec = str | Sequence[str]
 
-SEED_KEYS = ("bn", "relu", "avgpool", "fc", "maxpool", "norm", "qkv", "act", "proj", "drop_path")
+TERM_PROJECT_KEYS = ("bn", "relu", "avgpool", "fc", "maxpool", "norm", "qkv", "act", "proj", "drop_path")
 
-_CONV = (_conv._ConvNd,)
+# torch's public layer classes (their lazy variants are subclasses)
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _LINEAR = (nn.Linear,)
-_NORM = (_bn._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
+_NORM = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+    nn.InstanceNorm3d, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm,
+)  # fmt: skip
 _POOL = (
-    _pool._MaxPoolNd,
-    _pool._AvgPoolNd,
-    _pool._AdaptiveAvgPoolNd,
-    _pool._AdaptiveMaxPoolNd,
-    _pool._LPPoolNd,
-)
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d, nn.LPPool3d,
+)  # fmt: skip
 _ACT = tuple(
     cls
     for cls in vars(_act).values()
@@ -246,7 +247,7 @@ def _blocks_preset(net: nn.Module, names: list[str], modules: dict[str, nn.Modul
 
 
 def generic_presets(net: nn.Module, input_size: int | Sequence[int] | None = None) -> dict[str, list[str]]:
-    """The ``blocks``, ``all`` and ``seed`` presets of ``net`` by the rules of this module's docstring.
+    """The ``blocks``, ``all`` and ``term_project`` presets of ``net`` by the rules of this module's docstring.
 
     ``input_size`` (an int or ``(C, H, W)``) is the input of the dry run; by default the ViT's
     ``patch_embed.img_size``, else timm's ``pretrained_cfg["input_size"]``, else 3x224x224.
@@ -269,20 +270,20 @@ def generic_presets(net: nn.Module, input_size: int | Sequence[int] | None = Non
 
     every = [n for n in names if (_is_typed_layer(modules[n]) or _is_composite(modules[n])) and usable(n)]
 
-    def seed_match(n: str) -> bool:
+    def term_project_match(n: str) -> bool:
         own = n.rsplit(".", 1)[-1]
-        if not any(k in own for k in SEED_KEYS):
+        if not any(k in own for k in TERM_PROJECT_KEYS):
             return False
         if isinstance(modules[n], nn.Identity) and "drop_path" not in own:
             return False
         return not any(True for _ in modules[n].children()) or _is_typed_layer(modules[n])
 
-    seed = [n for n in names if seed_match(n) and usable(n)]
-    return {"blocks": blocks, "all": every, "seed": seed}
+    chosen = [n for n in names if term_project_match(n) and usable(n)]
+    return {"blocks": blocks, "all": every, "term_project": chosen}
 
 
 def layer_presets(model: nn.Module) -> dict[str, list[str]]:
-    """The presets ``blocks``, ``all`` and ``seed`` of ``model``.
+    """The presets ``blocks``, ``all`` and ``term_project`` of ``model``.
 
     vvm's own networks define ``layer_presets()``; anything else (timm, torchvision, your own module) gets the
     structural rules of :func:`generic_presets`.
@@ -300,17 +301,21 @@ def _is_pattern(item: str) -> bool:
 def resolve_layers(model: nn.Module, spec: LayerSpec) -> list[str]:
     """Expand a layer spec into module names of ``model``, in order, without duplicates.
 
-    ``spec`` is one item or a list of items; an item is a preset name (``blocks``, ``all``, ``seed``), a glob
+    ``spec`` is one item or a list of items; an item is a preset name (``blocks``, ``all``, ``term_project``), a glob
     pattern over module names (``layer1.*``), or an exact module name. A preset name wins over a module of the
     same name. Anything that matches nothing is an error that lists the closest real names.
     """
     items = [spec] if isinstance(spec, str) else list(spec)
     if not items:
-        raise ValueError("no layers given: name modules, glob patterns or a preset (blocks, all, seed)")
+        raise ValueError(
+            "no layers given: name modules, glob patterns or a preset (blocks, all, term_project)"
+        )
     names = [name for name, _ in model.named_modules() if name]
     known = set(names)
     out: list[str] = []
     for item in items:
+        if item in RENAMED_PRESETS and item not in known:
+            raise ValueError(f"the layer preset {item!r} is now called {RENAMED_PRESETS[item]!r}")
         if item in PRESETS:
             found = layer_presets(model)[item]
             missing = [n for n in found if n not in known]

@@ -25,12 +25,12 @@ class StreamingCKA(HSICMetric):
 
     Args:
         model: the network whose layers are recorded (hooks go on its submodules).
-        layers: module names, glob patterns or a preset (``blocks``, ``all``, ``seed``).
+        layers: module names, glob patterns or a preset (``blocks``, ``all``, ``term_project``).
         other: a second network to compare with; it must see the same examples, batch by batch.
         other_layers: layers of ``other`` (or, without ``other``, a second layer set of ``model`` for a
             rectangular matrix); defaults to ``layers``.
         kernel: ``linear`` or ``rbf`` (median heuristic times ``rbf_frac``).
-        estimator: ``unbiased`` (HSIC₁, minibatch CKA) or ``biased`` (HSIC₀, as the seed).
+        estimator: ``unbiased`` (HSIC₁, minibatch CKA) or ``biased`` (HSIC₀, as the term project).
         precision: ``exact`` (float32 Gram of centred features without TF32, float64 from there on) or
             ``fast`` (TF32 Grams on CUDA, float32 centring and products; sums still float64).
         rbf_bandwidth: ``fixed`` (one σ² per layer, from the first batch) or ``per_batch``.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from torchvision.transforms import v2
 
 from vvm.data.augmentation import Augmentation
 from vvm.data.base import VisionDataModule
+from vvm.data.registry import register_dataset
+from vvm.settings import DatasetSettings
+from vvm.settings.base import not_recipe
 
 OFFLINE_HINT = "use dataset=digits to run offline"  # the way out every dataset on disk offers
 
@@ -76,7 +80,7 @@ class CIFARDataModule(VisionDataModule):
     label_key: str = "labels"
     meta_key: str = "label_names"
     image_size = 32
-    augmentation = Augmentation(crop_padding=4, flip=True)  # the seed's: flip + 4-pixel padded crop
+    augmentation = Augmentation(crop_padding=4, flip=True)  # the term project's: flip + 4-pixel padded crop
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -165,8 +169,24 @@ class CIFARDataModule(VisionDataModule):
         return UInt8ImageDataset(*self._load(split), uint8_transforms(self.mean, self.std, augment))
 
 
+@dataclass
+class CIFAR100Settings(DatasetSettings):
+    """``dataset=cifar100``: the term project's dataset, downloaded into ``root`` when missing."""
+
+    num_classes: int = 100
+    download: bool = not_recipe(True)
+
+
+@dataclass
+class CIFAR10Settings(CIFAR100Settings):
+    """``dataset=cifar10``."""
+
+    num_classes: int = 10
+
+
+@register_dataset(CIFAR100Settings)
 class CIFAR100DataModule(CIFARDataModule):
-    """CIFAR-100 (fine labels), with the seed's normalisation and augmentation (flip + 4-pixel padded crop)."""
+    """CIFAR-100 (fine labels), with the term project's normalisation and augmentation (flip + 4-pixel padded crop)."""
 
     name = "cifar100"
     num_classes = 100
@@ -177,6 +197,7 @@ class CIFAR100DataModule(CIFARDataModule):
     meta_key = "fine_label_names"
 
 
+@register_dataset(CIFAR10Settings)
 class CIFAR10DataModule(CIFARDataModule):
     """CIFAR-10, with the usual normalisation and the same augmentation as CIFAR-100."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,8 @@ from torch.utils.data import Dataset
 from vvm.data.augmentation import Augmentation
 from vvm.data.base import VisionDataModule
 from vvm.data.cifar import UInt8ImageDataset, uint8_transforms
+from vvm.data.registry import register_dataset
+from vvm.settings import DatasetSettings
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # the train/test split is part of the dataset, not of the run: it ignores cfg.seed
@@ -34,6 +38,14 @@ def load_digits_uint8(image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor,
     return images, labels, {"train": np.sort(train), "test": np.sort(test)}
 
 
+@dataclass
+class DigitsSettings(DatasetSettings):
+    """``dataset=digits``: scikit-learn's bundled digits (no files, no download)."""
+
+    num_classes: int = 10
+
+
+@register_dataset(DigitsSettings)
 class DigitsDataModule(VisionDataModule):
     """Handwritten digits (10 classes): 1,437 train / 360 test, 32x32 RGB, normalised with the train split's
     own statistics; training augmentation is a 2-pixel padded random crop (no flips: a flipped 2 is not a 2)."""

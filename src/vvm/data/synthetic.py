@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from vvm.data.augmentation import Augmentation
 from vvm.data.base import VisionDataModule
+from vvm.data.registry import register_dataset
+from vvm.settings import DatasetSettings
+from vvm.settings.base import number
 
 
 def make_synthetic(n: int, num_classes: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,6 +40,16 @@ def make_synthetic(n: int, num_classes: int, image_size: int, seed: int) -> tupl
     return img.clamp(0, 1), labels
 
 
+@dataclass
+class SyntheticSettings(DatasetSettings):
+    """``dataset=synthetic``: deterministic generated images with learnable labels (no files)."""
+
+    image_size: int = number(32, minimum=8)
+    train_size: int = number(2048, minimum=1)
+    test_size: int = number(512, minimum=1)
+
+
+@register_dataset(SyntheticSettings)
 class SyntheticDataModule(VisionDataModule):
     """Deterministic generated images: ``train_size``/``test_size`` examples of ``num_classes`` patterns."""
 

@@ -9,14 +9,14 @@ where it stands in tables and figures.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from vvm.models.base import VisionModel
+from vvm.settings import ModelSettings
 
 Builder = Callable[..., VisionModel]
 
@@ -32,6 +32,7 @@ class ModelEntry:
     family: str
     trained_here: bool = False
     named_by_arch: bool = False
+    description: str = ""
 
 
 _REGISTRY: dict[str, ModelEntry] = {}  # in display order
@@ -40,13 +41,27 @@ _NAME_FAMILIES = (("resnet", re.compile(r"(r|resnet)\d+[a-z0-9_]*")), ("vit", re
 
 
 def register(
-    name: str, *, family: str | None = None, trained_here: bool = False, named_by_arch: bool = False
+    name: str,
+    *,
+    family: str | None = None,
+    trained_here: bool = False,
+    named_by_arch: bool = False,
+    description: str = "",
 ) -> Callable[[Builder], Builder]:
+    """Register ``builder(num_classes=..., **options)`` as model ``name``: that is all ``model=<name>`` and
+    ``compare=<name>`` need (their settings are generated from the builder's signature, see
+    :mod:`vvm.schema.models`). ``description`` is what ``model=<name>`` is, for the docs and the config."""
+
     def deco(fn: Builder) -> Builder:
-        _REGISTRY[name] = ModelEntry(name, fn, family or name, trained_here, named_by_arch)
+        _REGISTRY[name] = ModelEntry(name, fn, family or name, trained_here, named_by_arch, description)
         return fn
 
     return deco
+
+
+def registry() -> dict[str, ModelEntry]:
+    """The registered models, in display order."""
+    return dict(_REGISTRY)
 
 
 def available() -> list[str]:
@@ -76,12 +91,32 @@ def family_of(name: str | None) -> str:
     return "other"
 
 
-def trained_by_vvm(name_or_model: str | VisionModel) -> bool:
+def trained_by_vvm(model: str | VisionModel | ModelSettings) -> bool:
     """True for the models that exist only as CIFAR networks (r18 r34 r50 lambda_r26 lambda_r38 lambda_r50):
     their ``pretrained`` weights are weights vvm trains on the chosen dataset, not published ones."""
-    name = name_or_model.name if isinstance(name_or_model, VisionModel) else str(name_or_model)
+    if isinstance(model, ModelSettings):
+        name = type(model).entry or model.name
+    else:
+        name = model.name if isinstance(model, VisionModel) else str(model)
     entry = _REGISTRY.get(name)
-    return entry is not None and entry.trained_here
+    return entry is not None and entry.trained_here and not entry.named_by_arch
+
+
+def published_arch(settings: ModelSettings) -> str | None:
+    """The timm architecture whose published weights ``init=pretrained`` loads for these settings (vit_l32's
+    ImageNet-21k ViT-L/32, a timm model's own), or None for models without published weights."""
+    from vvm.models.timm_models import published_arch as timm_published
+
+    return timm_published(type(settings).entry or settings.name, settings.name)
+
+
+def from_settings(settings: ModelSettings) -> VisionModel:
+    """The model ``settings`` (``model.*`` or ``compare.*``) describe, seeded; see :func:`create`."""
+    entry = _REGISTRY[type(settings).entry or settings.name]
+    options = settings.options()
+    if entry.named_by_arch:
+        options["arch"] = settings.name
+    return create(entry.name, num_classes=int(settings.num_classes), seed=int(settings.seed), **options)
 
 
 def create(name: str, *, num_classes: int = 100, seed: int | None = 0, **kwargs) -> VisionModel:
@@ -97,27 +132,12 @@ def create(name: str, *, num_classes: int = 100, seed: int | None = 0, **kwargs)
     return model
 
 
-def create_timm(
-    name: str,
-    *,
-    num_classes: int = 100,
-    seed: int | None = 0,
-    input_size: int | None = None,
-    timm_kwargs: Mapping[str, Any] | None = None,
-) -> VisionModel:
-    """``conf/model/timm.yaml``'s target: the timm model ``name`` (``model.name`` is the timm name itself),
-    through the seeded :func:`create` (``create("timm", arch=name, ...)``)."""
-    return create(
-        "timm", arch=name, num_classes=num_classes, seed=seed, input_size=input_size, timm_kwargs=timm_kwargs
-    )
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _cifar(name: str, fn: Callable[[int], nn.Module]) -> None:
-    @register(name, family="resnet", trained_here=True)
+def _cifar(name: str, fn: Callable[[int], nn.Module], description: str) -> None:
+    @register(name, family="resnet", trained_here=True, description=description)
     def build(num_classes: int = 100) -> VisionModel:
         return VisionModel(fn(num_classes), name=name)
 
@@ -127,15 +147,23 @@ def _register_builtin() -> None:
 
     from vvm.models import lambda_resnet, resnet_cifar, timm_models
 
-    _cifar("r18", resnet_cifar.resnet18)
-    _cifar("r34", resnet_cifar.resnet34)
-    _cifar("r50", resnet_cifar.resnet50)
+    stem = "3x3 stride-1 stem, no max-pool"
+    _cifar("r18", resnet_cifar.resnet18, f"CIFAR ResNet-18 ({stem}), 11.2M parameters with 100 classes")
+    _cifar("r34", resnet_cifar.resnet34, f"CIFAR ResNet-34 ({stem}), 21.3M parameters with 100 classes")
+    _cifar(
+        "r50",
+        resnet_cifar.resnet50,
+        f"CIFAR ResNet-50 (bottlenecks, {stem}), 23.7M parameters with 100 classes",
+    )
     # Lambda-ResNets (Bello 2021): CIFAR bottleneck ResNets with lambda layers instead of 3x3 convs
-    for name in lambda_resnet.BLOCK_COUNTS:
-        register(name, family="lambda_resnet", trained_here=True)(partial(lambda_resnet.build, name))
+    for name, about in lambda_resnet.DESCRIPTIONS.items():
+        build = partial(lambda_resnet.build, name)
+        register(name, family="lambda_resnet", trained_here=True, description=about)(build)
     # timm: ViT-L/32 at 224x224, and any timm model by name (create("timm", arch="convnext_tiny"))
-    register("vit_l32", family="vit")(timm_models.build_vit_l32)
-    register("timm", family="timm", named_by_arch=True)(timm_models.build_timm)
+    register("vit_l32", family="vit", description=timm_models.VIT_L32_ABOUT)(timm_models.build_vit_l32)
+    register("timm", family="timm", named_by_arch=True, description=timm_models.TIMM_ABOUT)(
+        timm_models.build_timm
+    )
 
 
 _register_builtin()
@@ -146,7 +174,9 @@ __all__ = [
     "available",
     "count_parameters",
     "create",
-    "create_timm",
+    "from_settings",
+    "published_arch",
+    "registry",
     "display_order",
     "families",
     "family_of",

@@ -9,11 +9,11 @@
   records its dataset (a top-level ``dataset_name`` or ``hyper_parameters.dataset_name``), it must be the run's.
 - :func:`load_timm_pretrained`: the published weights of the timm pretrained config the network was built with
   (``vit_large_patch32_224.orig_in21k`` for ``vit_l32``), from ``weights_file`` when given (a
-  ``.safetensors``/``.pth``/``.bin`` file, as downloaded from the Hugging Face hub, read by
-  ``timm.models.load_state_dict(weights_only=True)``), else from the hub (or its local cache) through timm. The
-  model's checkpoint filter (timm's ``checkpoint_filter_fn``) is applied, then every key must match except the
-  classifier: when the published head has another number of classes (ImageNet-21k ViT weights ship without
-  one), the head keeps its seeded random initialisation and a warning says so.
+  ``.safetensors``/``.pth``/``.bin`` file, as downloaded from the Hugging Face hub), else from the hub (or its
+  local cache), through timm's public loader ``timm.models.load_pretrained`` (the config's ``file`` override
+  for a file). The model's checkpoint filter (timm's ``checkpoint_filter_fn``) is applied, then every key must
+  match except the classifier: when the published head has another number of classes (ImageNet-21k ViT weights
+  ship without one), the head keeps its seeded random initialisation and a warning says so.
 
 Both raise :class:`CheckpointMismatchError` when weights do not fit, ``FileNotFoundError`` for a missing file;
 fetching published weights that cannot be reached raises ``RuntimeError``.
@@ -178,30 +178,6 @@ def _arch(cfg: Mapping[str, Any]) -> str:
     return f"{arch}.{cfg['tag']}" if cfg.get("tag") else arch
 
 
-def _fetch_published(net: nn.Module, cfg: Mapping[str, Any]) -> dict[str, Tensor]:
-    """The published state dict, through timm's hub/url machinery (which uses its local cache when offline)."""
-    import timm
-    from timm.models import _builder
-
-    load_from, loc = _builder._resolve_pretrained_source(dict(cfg))
-    if cfg.get("custom_load"):
-        # weights that only the model itself can read (e.g. .npz): let timm build a pretrained twin
-        twin = timm.create_model(
-            _arch(cfg), pretrained=True, num_classes=cfg.get("num_classes") or 0, pretrained_cfg=dict(cfg)
-        )
-        return twin.state_dict()
-    if load_from == "hf-hub":
-        _offline_unless_reachable("https://huggingface.co")
-        if isinstance(loc, (list, tuple)):
-            return timm.models.load_state_dict_from_hf(*loc)
-        return timm.models.load_state_dict_from_hf(loc, weights_only=True)
-    if load_from == "url":
-        return torch.hub.load_state_dict_from_url(loc, map_location="cpu", weights_only=True)
-    if load_from == "file":
-        return timm.models.load_state_dict(loc, weights_only=True)
-    raise RuntimeError(f"timm's pretrained config for {_arch(cfg)} names no weights (source {load_from!r})")
-
-
 def _offline_unless_reachable(url: str) -> None:
     """Without a connection to ``url`` (tried for a few seconds), switch the Hugging Face hub to offline mode:
     its local cache still serves, and a miss fails at once instead of after a minute of retries."""
@@ -221,66 +197,94 @@ def _offline_unless_reachable(url: str) -> None:
             pass
 
 
-def _published_state(
-    net: nn.Module, cfg: Mapping[str, Any], weights_file: str | Path | None
-) -> tuple[dict, str]:
-    """The published state dict (from ``weights_file``, else the hub) and where it came from."""
-    import timm
-
+def _published_cfg(net: nn.Module, weights_file: str | Path | None) -> dict[str, Any]:
+    """The network's pretrained config, pointed at ``weights_file`` when given (timm's ``file`` override wins
+    over the hub); without one, the hub goes offline when it cannot be reached (its cache still serves)."""
+    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
     if weights_file is None:
-        try:
-            state = _fetch_published(net, cfg)
-        except Exception as err:
-            raise RuntimeError(
-                f"could not fetch the published weights of {_arch(cfg)} ({type(err).__name__}: {err}). Offline, "
-                f"download {_hub_hint(cfg)} on a machine with internet and pass init.weights_file=/path/to/it"
-            ) from err
-        return state, cfg.get("hf_hub_id") or cfg.get("url") or _arch(cfg)
+        if cfg.get("hf_hub_id"):
+            _offline_unless_reachable("https://huggingface.co")
+        return cfg
     path = Path(weights_file).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"init.weights_file={str(path)!r} does not exist: expected the published weights of {_arch(cfg)}, "
             f"{_hub_hint(cfg)}"
         )
-    try:
-        return timm.models.load_state_dict(str(path), weights_only=True), str(path)
-    except Exception as err:
-        raise CheckpointMismatchError(
-            f"init.weights_file={str(path)!r} could not be read as weights ({type(err).__name__}: {err}): "
-            f"expected {_hub_hint(cfg)}"
-        ) from err
+    cfg.pop("state_dict", None)
+    if path.suffix != ".npz":  # a state dict (.safetensors, .pth, .bin), not the JAX layout custom_load reads
+        cfg.pop("custom_load", None)
+    return {**cfg, "file": str(path)}
+
+
+def _checked_filter(net: nn.Module, cfg: Mapping[str, Any], source: str, reinit: list[str]) -> Any:
+    """A ``filter_fn`` for timm's loader: the model's own checkpoint filter, then every key must fit the network
+    except a classifier whose published form has another number of classes (listed in ``reinit``)."""
+    model_filter = getattr(sys.modules.get(type(net).__module__), "checkpoint_filter_fn", None)
+    classifiers = cfg.get("classifier") or ()
+    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+
+    def check(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+        if callable(model_filter):
+            try:
+                state = model_filter(state, model)
+            except TypeError:
+                state = model_filter(state)
+        own = model.state_dict()
+        heads = {f"{c}.{p}" for c in classifiers for p in ("weight", "bias")}
+        reinit[:] = sorted(
+            k for k in heads if k in own and (k not in state or state[k].shape != own[k].shape)
+        )
+        state = {k: v for k, v in state.items() if not (k in heads and (k in reinit or k not in own))}
+        diff = _differences(own, state, skip=set(reinit))
+        if diff:
+            raise CheckpointMismatchError(
+                f"{source} does not hold weights of {_arch(cfg)} as built: {'; '.join(diff)}. Expected "
+                f"{_hub_hint(cfg)}"
+            )
+        return state
+
+    return check
 
 
 def load_timm_pretrained(model: VisionModel, weights_file: str | Path | None = None) -> list[str]:
-    """Load the published weights of ``model.net``'s timm pretrained config, from ``weights_file`` or the hub.
+    """Load the published weights of ``model.net``'s timm pretrained config, from ``weights_file`` or the hub,
+    through timm's public loader (``timm.models.load_pretrained`` with the config's ``file`` override).
 
     Returns the classifier keys that kept their random initialisation because the published head has another
     number of classes (or none). Any other missing, unexpected or mis-shaped key is an error.
     """
+    import timm.models
+
     net = model.net
-    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
-    if not cfg:
+    if not getattr(net, "pretrained_cfg", None):
         raise ValueError(f"model {model.name!r} has no timm pretrained config: no published weights to load")
-    state, source = _published_state(net, cfg, weights_file)
-    filter_fn = getattr(sys.modules.get(type(net).__module__), "checkpoint_filter_fn", None)
-    if callable(filter_fn):
-        try:
-            state = filter_fn(state, net)
-        except TypeError:
-            state = filter_fn(state)
-    own = net.state_dict()
-    classifiers = cfg.get("classifier") or ()
-    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
-    head_keys = {f"{c}.{p}" for c in classifiers for p in ("weight", "bias")}
-    reinit = sorted(k for k in head_keys if k in own and (k not in state or state[k].shape != own[k].shape))
-    state = {k: v for k, v in state.items() if not (k in head_keys and (k in reinit or k not in own))}
-    diff = _differences(own, state, skip=set(reinit))
-    if diff:
-        raise CheckpointMismatchError(
-            f"{source} does not hold weights of {_arch(cfg)} as built for {model.name!r}: {'; '.join(diff)}. "
-            f"Expected {_hub_hint(cfg)}"
+    cfg = _published_cfg(net, weights_file)
+    source = (
+        str(weights_file)
+        if weights_file is not None
+        else cfg.get("hf_hub_id") or cfg.get("url") or _arch(cfg)
+    )
+    reinit: list[str] = []
+    try:
+        timm.models.load_pretrained(
+            net,
+            pretrained_cfg=cfg,
+            num_classes=_num_classes(net) or 0,
+            filter_fn=_checked_filter(net, cfg, source, reinit),
         )
-    net.load_state_dict(state, strict=False)
+    except CheckpointMismatchError:
+        raise
+    except Exception as err:
+        if weights_file is not None:
+            raise CheckpointMismatchError(
+                f"init.weights_file={str(weights_file)!r} could not be read as weights ({type(err).__name__}: "
+                f"{err}): expected {_hub_hint(cfg)}"
+            ) from err
+        raise RuntimeError(
+            f"could not fetch the published weights of {_arch(cfg)} ({type(err).__name__}: {err}). Offline, "
+            f"download {_hub_hint(cfg)} on a machine with internet and pass init.weights_file=/path/to/it"
+        ) from err
     if reinit:
         warnings.warn(
             f"{model.name}: the published weights of {_arch(cfg)} have "

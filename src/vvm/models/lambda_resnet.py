@@ -13,7 +13,7 @@ the last stage it is global).
 Block counts: ``lambda_r26`` [2, 2, 2, 2], ``lambda_r38`` [2, 3, 5, 2], ``lambda_r50`` [3, 4, 6, 3].
 
 Module names follow :class:`vvm.models.resnet_cifar.Bottleneck`: ``conv1 bn1 relu1 lambda_layer bn2 relu2 conv3
-bn3 shortcut relu3``, so the ``seed`` preset (names containing bn, relu, avgpool, fc, maxpool) picks the same
+bn3 shortcut relu3``, so the ``term_project`` preset (names containing bn, relu, avgpool, fc, maxpool) picks the same
 kind of layers as in the CIFAR ResNets.
 """
 
@@ -30,6 +30,14 @@ DIM_HEAD = 16
 LOCAL_CONTEXT = 23
 
 BLOCK_COUNTS = {"lambda_r26": [2, 2, 2, 2], "lambda_r38": [2, 3, 5, 2], "lambda_r50": [3, 4, 6, 3]}
+_PARAMS = {"lambda_r26": "8.3M", "lambda_r38": "10.1M", "lambda_r50": "13.1M"}
+# what model=<name> is (the registry's description)
+DESCRIPTIONS = {
+    name: f"Lambda-ResNet-{name[-2:]} for 32x32 inputs (Bello 2021): CIFAR stem, bottleneck stages {blocks} "
+    f"whose 3x3 convs are lambda layers (4 heads, |k|=16, 23x23 local positional lambdas), {_PARAMS[name]} "
+    "parameters with 100 classes"
+    for name, blocks in BLOCK_COUNTS.items()
+}
 
 
 class LambdaBottleneck(nn.Module):

@@ -1,4 +1,4 @@
-"""CIFAR ResNets as in the seed (He et al. 2016, CIFAR variant): a 3x3 stride-1 stem and no max-pool, so a
+"""CIFAR ResNets as in the term project (He et al. 2016, CIFAR variant): a 3x3 stride-1 stem and no max-pool, so a
 32x32 image reaches layer4 at 4x4. ResNet-18/34 use basic blocks, ResNet-50 bottlenecks.
 
 Every activation is its own module (``relu1``, ``relu2``...), so that each one is a layer CKA can record.
@@ -60,7 +60,7 @@ class Bottleneck(nn.Module):
 
 
 LEAF_TYPES = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AdaptiveAvgPool2d, nn.Linear)
-SEED_KEYS = ("bn", "relu", "avgpool", "fc", "maxpool")  # the seed notebooks' layer selection
+TERM_PROJECT_KEYS = ("bn", "relu", "avgpool", "fc", "maxpool")  # the term project notebooks' layer selection
 
 
 class CifarResNet(nn.Module):
@@ -96,14 +96,14 @@ class CifarResNet(nn.Module):
         return [n for n, m in self.named_modules() if n and isinstance(m, LEAF_TYPES)]
 
     def layer_presets(self) -> dict[str, list[str]]:
-        """``blocks``: stem, every residual block, head. ``all``: :meth:`recorded_layers`. ``seed``: the seed
-        notebooks' choice among those, names containing bn, relu, avgpool, fc or maxpool."""
+        """``blocks``: stem, every residual block, head. ``all``: :meth:`recorded_layers`. ``term_project``: the
+        term project notebooks' choice among those, names containing bn, relu, avgpool, fc or maxpool."""
         names = {n for n, _ in self.named_modules() if n}
         leaves = self.recorded_layers()
-        seed = [n for n in leaves if any(k in n.rsplit(".", 1)[-1] for k in SEED_KEYS)]
+        chosen = [n for n in leaves if any(k in n.rsplit(".", 1)[-1] for k in TERM_PROJECT_KEYS)]
         blocks = ["stem", *self.block_names(), "fc"]
         assert all(b in names for b in blocks)
-        return {"blocks": blocks, "all": leaves, "seed": seed}
+        return {"blocks": blocks, "all": leaves, "term_project": chosen}
 
 
 def resnet18(num_classes: int = 100) -> CifarResNet:

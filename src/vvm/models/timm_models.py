@@ -9,7 +9,7 @@ resized on the device to 224x224 and re-normalised. Construction never downloads
 Config: ``model=vit_l32``, or ``model=timm model.name=convnext_tiny`` (``model.name`` is any name of
 ``timm.list_models()``, with or without a pretrained tag such as ``convnext_tiny.fb_in22k``; the tag picks the
 weights ``init=pretrained`` loads and their normalisation). In Python: ``create("timm", arch="convnext_tiny")``
-or :func:`vvm.models.create_timm`.
+or :func:`vvm.models.from_settings`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,34 @@ from typing import Any
 
 from torch import nn
 
-from vvm.config import plain
 from vvm.models.base import VisionModel
 
-# the seed's ViT-L/32: ImageNet-21k weights (Google's original release, no classifier head)
+# the term project's ViT-L/32: ImageNet-21k weights (Google's original release, no classifier head)
 VIT_L32 = "vit_large_patch32_224.orig_in21k"
+# model=timm's default architecture
+DEFAULT_ARCH = "convnext_tiny"
+VIT_L32_ABOUT = (
+    "ViT-L/32 at 224x224 (timm vit_large_patch32_224, ImageNet-21k config: mean = std = 0.5), 305.6M parameters "
+    "with 100 classes; dataset images are resized to 224x224 and re-normalised on the device. init=pretrained "
+    f"loads timm's {VIT_L32} weights (hub, or init.weights_file offline); input_size: null is 224"
+)
+TIMM_ABOUT = (
+    "Any timm model by name: model=timm model.name=convnext_tiny (a timm.list_models() name, optionally with a "
+    "pretrained tag, e.g. convnext_tiny.fb_in22k). Its resolution and normalisation come from timm's pretrained "
+    "config, so dataset images are resized and re-normalised on the device; timm_kwargs go to "
+    "timm.create_model (e.g. {drop_path_rate: 0.0})"
+)
+
+
+def published_arch(entry: str, name: str) -> str | None:
+    """The timm architecture (with its pretrained tag) whose published weights ``init=pretrained`` loads for
+    registry entry ``entry`` configured with ``model.name=name``, or None when timm publishes none."""
+    import timm.models
+
+    arch = VIT_L32 if entry == "vit_l32" else name if entry == "timm" else None
+    if arch is None or timm.models.get_pretrained_cfg(arch) is None:
+        return None
+    return arch
 
 
 def timm_net(arch: str, *, num_classes: int, **timm_kwargs: Any) -> nn.Module:
@@ -81,7 +104,7 @@ def build_vit_l32(num_classes: int = 100, input_size: int | None = None) -> Visi
 def build_timm(
     num_classes: int = 100,
     *,
-    arch: str,
+    arch: str = DEFAULT_ARCH,
     input_size: int | None = None,
     timm_kwargs: Mapping[str, Any] | None = None,
 ) -> VisionModel:
@@ -90,5 +113,5 @@ def build_timm(
 
     ``input_size`` only changes the resolution images are resized to; a ViT-like model with a fixed grid takes
     its resolution from ``timm_kwargs={"img_size": ...}`` instead."""
-    net = timm_net(arch, num_classes=num_classes, **plain(timm_kwargs))
+    net = timm_net(arch, num_classes=num_classes, **dict(timm_kwargs or {}))
     return wrap_timm(net, name=arch, input_size=input_size)

@@ -6,16 +6,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from vvm.io import atomic_path  # noqa: E402
+from vvm.io import atomic_path
 
 NAN_COLOUR = "#bdbdbd"
 
@@ -93,9 +89,8 @@ def heatmap_figure(
     n = max(len(layers_x), len(layers_y))
     size = float(np.clip(3.5 + 0.12 * n, 5.0, 14.0))
     ratio = len(layers_x) / max(len(layers_y), 1)
-    fig, ax = plt.subplots(
-        figsize=(size + 1.2, float(np.clip(size * ratio, 4.0, 14.0))), layout="constrained"
-    )
+    fig = Figure(figsize=(size + 1.2, float(np.clip(size * ratio, 4.0, 14.0))), layout="constrained")
+    ax = fig.subplots()
     draw_heatmap(
         ax,
         matrix,
@@ -124,7 +119,8 @@ def heatmap_figure(
 def save_figure(
     fig: Figure, path_stem: str | os.PathLike, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150
 ) -> list[Path]:
-    """Write ``<stem>.png`` and ``<stem>.pdf`` atomically; closes the figure."""
+    """Write ``<stem>.png`` and ``<stem>.pdf`` atomically. Figures are ``matplotlib.figure.Figure`` objects
+    made without pyplot, so no backend is chosen and no global figure state kept (nothing to close)."""
     out = []
     stem = Path(path_stem)
     for fmt in formats:
@@ -132,5 +128,4 @@ def save_figure(
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, dpi=dpi)
         out.append(path)
-    plt.close(fig)
     return out

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from matplotlib.figure import Figure
 
-from vvm.plots.heatmap import NAN_COLOUR, draw_heatmap, plt
+from vvm.plots.heatmap import NAN_COLOUR, draw_heatmap
 
 # line colours of the correspondence plot, by the inits of the two models
 INIT_COLOURS = {"pretrained": "#1f77b4", "random": "#ff7f0e", "mixed": "#2ca02c"}
@@ -24,7 +24,8 @@ def joint_figure(
     idx = np.asarray(model_index)
     total = len(idx)
     size = float(np.clip(4.0 + 0.05 * total + 0.6 * len(models), 6.0, 16.0))
-    fig, ax = plt.subplots(figsize=(size + 1.5, size), layout="constrained")
+    fig = Figure(figsize=(size + 1.5, size), layout="constrained")
+    ax = fig.subplots()
     draw_heatmap(ax, m, [""] * total, [""] * total, title=title, show_ticks=False)
     starts = [int(np.argmax(idx == k)) for k in range(len(models))]
     ends = [s + int((idx == k).sum()) for k, s in enumerate(starts)]
@@ -69,9 +70,8 @@ def correspondence_figure(panels: Sequence[CorrespondencePanel], *, title: str) 
     n = max(len(panels), 1)
     cols = min(n, 3)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(4.2 * cols, 4.0 * rows), layout="constrained", squeeze=False
-    )
+    fig = Figure(figsize=(4.2 * cols, 4.0 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.set_axis_off()
     for ax, panel in zip(axes.flat, panels):

@@ -1,7 +1,7 @@
 """The multirun summary grid: every job's CKA heatmap, one row per model family, one shared colour scale.
 
 Rows are families (resnet, lambda, vit, ...), and inside a row each model's inits sit side by side
-(``r18 · pretrained``, ``r18 · random``, ``r34 · pretrained`` ...), as in the seed's figures. Every panel uses
+(``r18 · pretrained``, ``r18 · random``, ``r34 · pretrained`` ...), as in the term project's figures. Every panel uses
 the same colour scale ([0, 1] by default, one colour bar for the whole figure); undefined entries (NaN) are grey;
 a job without a matrix (failed, incomplete) gets a panel that says why.
 """
@@ -12,17 +12,13 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from vvm.plots.heatmap import NAN_COLOUR, draw_heatmap  # noqa: E402
+from vvm.plots.heatmap import NAN_COLOUR, draw_heatmap
 
 PANEL_W, PANEL_H = 2.7, 3.0  # inches per heatmap panel (title and tick labels included)
 
@@ -54,7 +50,7 @@ def summary_figure(
         raise ValueError("summary_figure needs at least one panel")
     nrows, ncols = len(rows), max(len(p) for _, p in rows)
     width = max(PANEL_W * ncols + 1.2, 7.0)  # room for the title when the grid is narrow
-    fig = plt.figure(figsize=(width, PANEL_H * nrows + (0.6 if title else 0.2)), layout="constrained")
+    fig = Figure(figsize=(width, PANEL_H * nrows + (0.6 if title else 0.2)), layout="constrained")
     gs = fig.add_gridspec(nrows, ncols + 1, width_ratios=[1.0] * ncols + [0.06])
     any_nan = False
     for r, (label, panels) in enumerate(rows):

@@ -1,12 +1,12 @@
 """The checkpoint cache: trained CIFAR models under ``paths.checkpoints``, one file per training recipe.
 
 A file is named ``<model>-<dataset>-e<epochs>-s<seed>-<hash>.ckpt``, where the hash (8 hex digits) covers
-everything else that changes the trained weights: the model's config, the dataset's config (``limit``,
-``num_classes``, sizes, the training batch size...) and the ``train.*`` recipe. Left out: the speed switches
-under ``train.speed`` (``compile``, ``gpu_resident``, ``channels_last``, ``save_last_every_s``, ``precision``:
-they change how fast a training runs, not the weights it gives), where files live, what the CKA pass reads (``split``, ``max_samples``, ``eval_batch_size``,
-``probe_size``), and the Trainer's ``precision``: a model trained in bf16 on a GPU serves a CPU run of the same
-recipe. So a sweep over kernels, estimators or layers trains each model once.
+everything else that changes the trained weights: the model's settings, the dataset's settings that change the
+training split (``num_classes``, ``limit``, sizes; not those marked ``not_recipe``: paths, loader workers, the
+CKA pass's split), the training batch size, the job's seed and the ``train.*`` recipe. Left out: the speed
+switches under ``train.speed`` (they change how fast a training runs, not the weights it gives), where files
+live, how the CKA pass batches, and the Trainer's ``precision``: a model trained in bf16 on a GPU serves a CPU run
+of the same recipe. So a sweep over kernels, estimators or layers trains each model once.
 
 Next to it, while a training runs, ``<key>.last.ckpt`` holds a recent finished epoch (a Lightning checkpoint:
 weights, optimizer, schedule, loop state; written at most every ``train.speed.save_last_every_s`` seconds); a
@@ -22,61 +22,65 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
-from vvm.config import plain
 from vvm.io import atomic_path
+from vvm.settings import DatasetSettings, ModelSettings, TrainSettings, plain, recipe_fields
 
 CACHE_VERSION = 1
-# dataset.* keys that do not change the training split (paths, loader workers, the CKA pass, the probe)
-DATASET_IGNORED = frozenset(
-    {
-        "_target_",
-        "root",
-        "train_root",
-        "download",
-        "num_workers",
-        "pin_memory",
-        "eval_batch_size",
-        "split",
-        "max_samples",
-        "cka_shuffle",
-        "probe_size",
-    }
-)
 
 
-def recipe(cfg: DictConfig, dataset_name: str) -> dict[str, Any]:
+def recipe(
+    model: ModelSettings, dataset: DatasetSettings, train: TrainSettings, *, seed: int, dataset_name: str
+) -> dict[str, Any]:
     """What the cache key's hash covers (see the module docstring)."""
-    model = {k: v for k, v in plain(cfg.model).items() if k != "_target_"}
-    dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in DATASET_IGNORED}
-    train = {k: v for k, v in plain(cfg.train).items() if k != "speed"}  # the recipe alone
+    data = {"name": dataset_name, **recipe_fields(dataset), "batch_size": train.batch_size, "seed": seed}
     return {
         "version": CACHE_VERSION,
-        "seed": cfg.seed,
-        "model": model,
-        "dataset": {"name": dataset_name, **dataset},
-        "train": train,
+        "seed": seed,
+        "model": plain(model),
+        "dataset": data,
+        "train": train.recipe(),
     }
 
 
-def cache_key(cfg: DictConfig, dataset_name: str) -> str:
-    """``<model>-<dataset>-e<epochs>-s<seed>-<hash8>``, e.g. ``r18-digits-e20-s0-1a2b3c4d``."""
-    r = recipe(cfg, dataset_name)
-    digest = hashlib.sha256(json.dumps(r, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"{cfg.model.name}-{dataset_name}-e{int(cfg.train.epochs)}-s{int(cfg.seed)}-{digest}"
+@dataclass(frozen=True)
+class CheckpointCache:
+    """Where a recipe's trained weights live: ``<root>/<key>.ckpt`` and, while training, ``<key>.last.ckpt``."""
 
+    root: Path
+    key: str
 
-def cache_paths(cfg: DictConfig, dataset_name: str) -> tuple[Path, Path]:
-    """(final checkpoint, in-progress Lightning checkpoint) under ``cfg.paths.checkpoints``."""
-    root = Path(str(cfg.paths.checkpoints)).expanduser().absolute()
-    key = cache_key(cfg, dataset_name)
-    return root / f"{key}.ckpt", root / f"{key}.last.ckpt"
+    @classmethod
+    def of(
+        cls,
+        root: str | Path,
+        model: ModelSettings,
+        dataset: DatasetSettings,
+        train: TrainSettings,
+        *,
+        seed: int,
+        dataset_name: str,
+    ) -> CheckpointCache:
+        r = recipe(model, dataset, train, seed=seed, dataset_name=dataset_name)
+        digest = hashlib.sha256(json.dumps(r, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        key = f"{model.name}-{dataset_name}-e{int(train.epochs)}-s{int(seed)}-{digest}"
+        return cls(Path(root).expanduser().absolute(), key)
+
+    @property
+    def path(self) -> Path:
+        """The final checkpoint."""
+        return self.root / f"{self.key}.ckpt"
+
+    @property
+    def last(self) -> Path:
+        """The in-progress Lightning checkpoint of an interrupted training."""
+        return self.root / f"{self.key}.last.ckpt"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
@@ -107,11 +111,4 @@ def read_facts(path: str | Path) -> dict[str, Any]:
     return dict(facts) if isinstance(facts, dict) else {}
 
 
-__all__ = [
-    "atomic_torch_save",
-    "cache_key",
-    "cache_paths",
-    "read_facts",
-    "recipe",
-    "save_trained",
-]
+__all__ = ["CheckpointCache", "atomic_torch_save", "read_facts", "recipe", "save_trained"]

@@ -1,6 +1,7 @@
-"""The fit: a :class:`~vvm.train.module.VisionModule` trained with the seed's recipe (``cfg.train``) by a
-Lightning Trainer built once from ``cfg.trainer``, with the speed switches of ``cfg.train.speed`` (precision,
-device-resident data, channels_last, compile) and :class:`SaveLast` for resuming.
+"""The fit: a :class:`~vvm.train.module.VisionModule` trained with the term project's recipe (``train.*``, a
+:class:`~vvm.settings.TrainSettings`) by a Lightning Trainer built once from the job's Trainer factory
+(``trainer.*``), with the speed switches of ``train.speed`` (precision, device-resident data, channels_last,
+compile) and :class:`SaveLast` for resuming. A :class:`Fit` holds all that until a model is handed to it.
 
 Which weights a job needs, and whether a fit is due at all, is :func:`vvm.weights.load_or_train`'s decision.
 """
@@ -12,68 +13,39 @@ import logging
 import os
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 
-from vvm.config import MOVED_KEYS, SPEED_KEYS, moved_key_error, plain
 from vvm.io import temporary_path
 from vvm.models.base import VisionModel
+from vvm.settings import TrainerSettings, TrainSettings
 from vvm.train.module import VisionModule, resolve_auto
 
 log = logging.getLogger(__name__)
 
-# train.* keys that the fit reads (the datamodule's batch size, the Trainer's clip, PreciseBN), not the module
-FIT_KEYS = ("batch_size", "gradient_clip_val", "precise_bn")
-MODULE_KEYS = ("epochs", "lr", "momentum", "weight_decay")
+
+# ---------------------------------------------------------------------------------------------- from the settings
+def trainer_factory(settings: TrainerSettings) -> functools.partial:
+    """``trainer.*`` as a Trainer waiting for the arguments of its use (callbacks, logger, the fit's precision...)."""
+    return functools.partial(pl.Trainer, **settings.arguments())
 
 
-# ---------------------------------------------------------------------------------------------- from the config
-def trainer_factory(cfg: DictConfig) -> functools.partial:
-    """``cfg.trainer`` (``_target_: pytorch_lightning.Trainer``, ``_partial_: true``) instantiated: a Trainer
-    waiting for the arguments of its use (callbacks, logger, the fit's precision...)."""
-    factory = instantiate(cfg.trainer)
-    if not isinstance(factory, functools.partial):
-        raise ValueError("cfg.trainer must instantiate to a partial Trainer (_partial_: true)")
-    return factory
-
-
-def vision_module(model: VisionModel, train_cfg: Any) -> VisionModule:
-    """The LightningModule for ``model`` from ``cfg.train``: its recipe keys and ``speed.compile`` /
-    ``speed.channels_last``. A key that is neither (a typo, an old spelling) is an error naming it."""
-    recipe = plain(train_cfg)
-    speed = plain(recipe.pop("speed", None))
-    for key in recipe:
-        if f"train.{key}" in MOVED_KEYS:
-            raise ValueError(moved_key_error(f"train.{key}"))
-        if key not in MODULE_KEYS + FIT_KEYS:
-            raise ValueError(
-                f"train.{key} is not a training setting: the recipe has {', '.join(MODULE_KEYS + FIT_KEYS)}, "
-                f"the speed switches are train.speed.{{{','.join(SPEED_KEYS)}}}"
-            )
-    unknown = sorted(set(speed) - set(SPEED_KEYS))
-    if unknown:
-        raise ValueError(
-            f"train.speed.{unknown[0]} is not a speed switch: use one of {', '.join(SPEED_KEYS)}"
-        )
+def vision_module(model: VisionModel, recipe: TrainSettings) -> VisionModule:
+    """The LightningModule for ``model`` with the recipe's optimisation and ``speed.compile``/``channels_last``."""
     return VisionModule(
         model,
-        **{k: recipe[k] for k in MODULE_KEYS if k in recipe},
-        compile=bool(speed.get("compile", False)),
-        channels_last=speed.get("channels_last", "auto"),
+        epochs=recipe.epochs,
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        compile=recipe.speed.compile,
+        channels_last=recipe.speed.channels_last,
     )
-
-
-def _output_dir(cfg: DictConfig) -> str | None:
-    try:
-        return str(cfg.paths.output_dir)
-    except Exception:  # composed without Hydra's runtime (no ${hydra:...})
-        return None
 
 
 # ---------------------------------------------------------------------------------------------- speed choices
@@ -107,9 +79,11 @@ def _cuda_has_bf16() -> bool:
 
 
 def _cpu_has_amx() -> bool:
+    """Whether the CPU has AMX bf16 units, from the kernel's CPU flags (Linux; False elsewhere)."""
     try:
-        return bool(torch.cpu._is_amx_tile_supported())
-    except Exception:  # an older torch or another platform
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
         return False
 
 
@@ -236,66 +210,70 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def fit_trainer(
-    cfg: DictConfig, *, last: Path, logger: Any = None, callbacks: list | None = None
-) -> pl.Trainer:
-    """The fit's Trainer, built once: ``cfg.trainer`` with the recipe's epochs and clip, the fit's precision,
-    and the callbacks PreciseBN (first: the CKA callback's hooks must not see its forward passes), ``callbacks``
-    and :class:`SaveLast`."""
+@dataclass
+class Fit:
+    """A training waiting for its model: the recipe, the Trainer factory, the data (its training split), the
+    seed of the data order, and what the fit reports to. ``fit(model, last)`` trains ``model`` in place."""
+
+    recipe: TrainSettings
+    trainer: functools.partial
+    datamodule: Any
+    seed: int = 0
+    logger: Any = None
+    callbacks: list = field(default_factory=list)
+    output_dir: str | Path | None = None
+
+    def __call__(self, model: VisionModel, last: Path) -> tuple[pl.Trainer, dict[str, Any]]:
+        return train(model, self, last=last)
+
+
+def fit_trainer(fit: Fit, *, last: Path) -> pl.Trainer:
+    """The fit's Trainer, built once: the factory with the recipe's epochs and clip, the fit's precision, and
+    the callbacks PreciseBN (first: the CKA callback's hooks must not see its forward passes), the fit's own
+    callbacks and :class:`SaveLast`."""
     from vvm.train.precise_bn import PreciseBN
 
-    train_cfg = plain(cfg.train)
-    speed = plain(train_cfg.get("speed"))
-    factory = trainer_factory(cfg)
+    recipe, factory = fit.recipe, fit.trainer
     device = planned_device(factory.keywords.get("accelerator"))
     kw: dict[str, Any] = {
-        "max_epochs": int(train_cfg["epochs"]),
+        "max_epochs": int(recipe.epochs),
         "num_sanity_val_steps": 0,
         "enable_checkpointing": False,
-        # not in the seed's recipe (null): the Lambda-ResNets' first steps need it (README)
-        "gradient_clip_val": train_cfg.get("gradient_clip_val"),
-        "precision": fit_precision(speed.get("precision"), factory.keywords.get("precision"), device),
+        # not in the term project's recipe (null): the Lambda-ResNets' first steps need it (README)
+        "gradient_clip_val": recipe.gradient_clip_val,
+        "precision": fit_precision(recipe.speed.precision, factory.keywords.get("precision"), device),
     }
-    out_dir = _output_dir(cfg)
-    if out_dir is not None and "default_root_dir" not in factory.keywords:
-        kw["default_root_dir"] = out_dir
-    save_last = SaveLast(last, every_s=float(speed.get("save_last_every_s") or 0))
-    own = [PreciseBN(int(train_cfg.get("precise_bn") or 0)), *(callbacks or []), save_last]
-    return factory(**kw, logger=logger if logger else False, callbacks=own)
+    if fit.output_dir is not None and "default_root_dir" not in factory.keywords:
+        kw["default_root_dir"] = str(fit.output_dir)
+    save_last = SaveLast(last, every_s=float(recipe.speed.save_last_every_s or 0))
+    own = [PreciseBN(int(recipe.precise_bn or 0)), *fit.callbacks, save_last]
+    return factory(**kw, logger=fit.logger if fit.logger else False, callbacks=own)
 
 
-def training_data(datamodule: Any, cfg: DictConfig, device: torch.device) -> tuple[Any, bool]:
+def training_data(fit: Fit, device: torch.device) -> tuple[Any, bool]:
     """The datamodule the fit reads, and whether its training split is device-resident."""
     from vvm.train.gpu_data import DeviceResidentDataModule
 
-    speed = plain(cfg.train.get("speed"))
-    if not use_device_resident(speed.get("gpu_resident", "auto"), datamodule, device):
+    datamodule, speed = fit.datamodule, fit.recipe.speed
+    if not use_device_resident(speed.gpu_resident, datamodule, device):
         return datamodule, False
     resident = DeviceResidentDataModule(
         datamodule,
-        batch_size=int(getattr(datamodule, "batch_size", cfg.train.get("batch_size", 256))),
-        seed=int(cfg.seed),
-        channels_last=resolve_auto(speed.get("channels_last", "auto"), device),
+        batch_size=int(getattr(datamodule, "batch_size", fit.recipe.batch_size)),
+        seed=int(fit.seed),
+        channels_last=resolve_auto(speed.channels_last, device),
     )
     return resident, True
 
 
-def train(
-    model: VisionModel,
-    cfg: DictConfig,
-    datamodule: Any,
-    *,
-    last: Path,
-    logger: Any = None,
-    callbacks: list | None = None,
-) -> tuple[pl.Trainer, dict[str, Any]]:
-    """Fit ``model`` with the seed's recipe (``cfg.train``) on ``datamodule``'s training split, resuming from
-    ``last`` when it exists; returns the Trainer and the facts of the training. Afterwards every rank holds
-    rank 0's weights (the BatchNorm statistics of a rank are its own until then)."""
-    module = vision_module(model, cfg.train)
-    trainer = fit_trainer(cfg, last=last, logger=logger, callbacks=callbacks)
+def train(model: VisionModel, fit: Fit, *, last: Path) -> tuple[pl.Trainer, dict[str, Any]]:
+    """Fit ``model`` as ``fit`` says on its datamodule's training split, resuming from ``last`` when it exists;
+    returns the Trainer and the facts of the training. Afterwards every rank holds rank 0's weights (the
+    BatchNorm statistics of a rank are its own until then)."""
+    module = vision_module(model, fit.recipe)
+    trainer = fit_trainer(fit, last=last)
     device = trainer.strategy.root_device
-    dm, resident = training_data(datamodule, cfg, device)
+    dm, resident = training_data(fit, device)
     ckpt_path = str(last) if last.is_file() else None
     if ckpt_path:
         log.info("resuming the interrupted training from %s", ckpt_path)
@@ -338,6 +316,7 @@ def _metric(metrics: dict[str, Any], key: str) -> float | None:
 
 
 __all__ = [
+    "Fit",
     "SaveLast",
     "fit_precision",
     "fit_trainer",

@@ -1,4 +1,4 @@
-"""The LightningModule: a VisionModel with the seed's CIFAR training recipe and accuracy logging."""
+"""The LightningModule: a VisionModel with the term project's CIFAR training recipe and accuracy logging."""
 
 from __future__ import annotations
 

@@ -23,37 +23,32 @@ log = logging.getLogger(__name__)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+def batchnorms(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
 
 
 @torch.no_grad()
 def recompute_bn_stats(model: nn.Module, batches, max_images: int, device: torch.device | None = None) -> int:
     """Reset every BatchNorm's running statistics and re-estimate them as the average over the batches of
-    ``batches`` (an iterable of ``(x, y)``) until ``max_images`` images were seen. Returns the number seen."""
-    bns = batchnorms(model)
-    if not bns or max_images <= 0:
+    ``batches`` (an iterable of ``(x, y)``) until ``max_images`` images were seen: torch's
+    ``torch.optim.swa_utils.update_bn`` (cumulative averages, training mode restored) over the capped images.
+    Returns the number seen."""
+    from torch.optim.swa_utils import update_bn
+
+    if not batchnorms(model) or max_images <= 0:
         return 0
-    was_training = model.training
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the batches that follow
-    model.train()
     seen = 0
-    try:
+
+    def images():
+        nonlocal seen
         for x, _y in batches:
-            if device is not None:
-                x = x.to(device, non_blocking=True)
             x = x[: max_images - seen]
-            model(x)
             seen += len(x)
+            yield x
             if seen >= max_images:
-                break
-    finally:
-        for bn, m in zip(bns, momenta):
-            bn.momentum = m
-        model.train(was_training)
+                return
+
+    update_bn(images(), model, device=device)
     return seen
 
 

@@ -1,0 +1,67 @@
+"""The dataset registry: each datamodule registers itself with its settings class under its ``name``, so that
+``dataset=<name>`` in the config and :func:`create_datamodule` find both. Registration order is display order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from vvm.settings import DatasetSettings, plain
+
+M = TypeVar("M")
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    module: type
+    settings: type[DatasetSettings]
+
+
+DATASETS: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(settings: type[DatasetSettings]) -> Callable[[type[M]], type[M]]:
+    """Class decorator: register a LightningDataModule (its ``name`` attribute) with its settings class."""
+
+    def deco(cls: type[M]) -> type[M]:
+        name = str(cls.name)  # type: ignore[attr-defined]
+        DATASETS[name] = DatasetEntry(name, cls, settings)
+        return cls
+
+    return deco
+
+
+def dataset_name(settings: DatasetSettings) -> str:
+    """The registered name of the dataset ``settings`` configure (``digits``, ``cifar100``, ...)."""
+    for entry in DATASETS.values():
+        if type(settings) is entry.settings:
+            return entry.name
+    raise TypeError(f"{type(settings).__name__} is not the settings class of a registered dataset")
+
+
+def create_datamodule(
+    settings: DatasetSettings,
+    *,
+    batch_size: int,
+    eval_batch_size: int,
+    max_samples: int | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+) -> Any:
+    """The datamodule ``settings`` describe, with the job's training batch size and the CKA pass's batching
+    (``eval_batch_size``, ``max_samples``, ``shuffle``) and seed."""
+    entry = DATASETS[dataset_name(settings)]
+    kwargs = {f.name: plain(getattr(settings, f.name)) for f in fields(settings)}
+    return entry.module(
+        **kwargs,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        max_samples=max_samples,
+        cka_shuffle=shuffle,
+        seed=seed,
+    )
+
+
+__all__ = ["DATASETS", "DatasetEntry", "create_datamodule", "dataset_name", "register_dataset"]

@@ -1,0 +1,92 @@
+"""Checks that need the built job, before any weights or work: a bad setting is an error naming its key, before a
+training that would be thrown away. (Keys, types, ranges and cross-field rules were checked when the config was
+composed: :mod:`vvm.schema`.)
+
+- :func:`check_writable`: the run directory (and, when a training is due, ``paths.checkpoints`` with room for
+  the checkpoint) can be written;
+- :func:`check_layers`: the layer names resolve, and run in a dry forward pass on the meta device;
+- :func:`check_plan`: the CKA pass's batch plan has at least one batch the estimator can use.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from vvm.cka.functional import min_samples
+from vvm.settings import CKASettings, ConfigError
+
+
+def check_writable(path: str | Path, key: str, *, need_bytes: int = 0) -> Path:
+    """Make ``path`` (a directory) if needed and write a file there; an error names ``key`` and the path.
+    With ``need_bytes``, the file system must also have that much room."""
+    path = Path(path).expanduser()
+    fix = f"set {key} to a folder you can write to"
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={str(path)!r} is a file, not a directory: {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".vvm-write-check-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{key}={str(path)!r} is not writable ({type(e).__name__}: {e}): {fix}") from None
+    free = shutil.disk_usage(path).free
+    if need_bytes and free < need_bytes:
+        raise ConfigError(
+            f"{key}={str(path)!r} has {free / 2**20:.0f} MiB free, and this job writes about "
+            f"{need_bytes / 2**20:.0f} MiB there: free some space or {fix}"
+        )
+    return path
+
+
+def check_layers(model: Any, spec: Any, cka: CKASettings, *, key: str = "cka.layers", **other: Any) -> None:
+    """``spec`` resolves on ``model`` (a :class:`vvm.models.base.VisionModel`) with the CKA options, and every
+    layer runs in a forward pass (a dry run on the meta device, where the network allows one)."""
+    from vvm.cka import StreamingCKA
+    from vvm.cka.presets import dry_run
+
+    try:
+        metric = StreamingCKA(model.net, spec, **cka.engine_options(), **other)
+    except ValueError as e:
+        raise ConfigError(f"{key}={spec!r}: {e}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = dry_run(model.net, getattr(model, "input_size", None))
+    if found is None:
+        return
+    calls, _ = found
+    silent = [m for m in metric._modules_x if m not in calls]
+    if silent:
+        raise ConfigError(
+            f"{key}: {', '.join(silent[:5])} never run in a forward pass of {model.name}, so they have no "
+            "representation to compare: choose modules that run (or a preset: blocks, all, term_project)"
+        )
+
+
+def check_plan(
+    dm: Any, cka: CKASettings, *, limit: int | None = None, flags: dict[str, str] | None = None
+) -> None:
+    """At least one batch of the CKA pass (and of the probe, with ``cka.every_n_epochs``) holds the estimator's
+    minimum number of examples. ``flags`` names the settings in the error (the joint pass's are its own)."""
+    names = {"batch_size": "cka.batch_size", "max_samples": "cka.max_samples", "limit": "dataset.limit"}
+    names.update(flags or {})
+    estimator = cka.estimator.value
+    need = min_samples(estimator)
+    plans = [("the CKA pass", dm.cka_batches())]
+    if cka.every_n_epochs > 0:
+        plans.append(("the probe during training", dm.probe_batches()))
+    for what, batches in plans:
+        sizes = [len(b) for b in batches.plan]
+        if not any(s >= need for s in sizes):
+            raise ConfigError(
+                f"{what} has {sum(sizes)} examples in batches of {sorted(set(sizes)) or [0]} "
+                f"({names['batch_size']}={cka.batch_size}, {names['max_samples']}={cka.max_samples}, "
+                f"{names['limit']}={limit}): the {estimator} estimator needs at least {need} examples per batch, "
+                "so every batch would be skipped and nothing estimated; use more examples"
+            )
+
+
+__all__ = ["check_layers", "check_plan", "check_writable"]

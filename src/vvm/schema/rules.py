@@ -1,0 +1,78 @@
+"""The rules that tie settings together, in one place beside the schema. Each number's own range is its field's
+(:func:`vvm.settings.check_ranges`); what depends on two settings is here: a batch below the estimator's
+minimum, no epochs for weights vvm must train, a model name that is not its node's, layer lists that are
+neither a preset nor names. Whether a job trains is :func:`vvm.weights.weights_source`'s decision alone."""
+
+from __future__ import annotations
+
+from vvm.cka.functional import min_samples
+from vvm.models import registry
+from vvm.settings import ConfigError, JobSettings, check_ranges
+from vvm.weights import weights_source
+
+
+def _batches(job: JobSettings) -> list[str]:
+    need = min_samples(job.cka.estimator.value)
+    why = f"the {job.cka.estimator} estimator needs at least {need} examples per batch"
+    out = []
+    if job.cka.batch_size < need:
+        out.append(f"cka.batch_size={job.cka.batch_size}: {why}")
+    if job.cka.max_samples is not None and job.cka.max_samples < need:
+        out.append(f"cka.max_samples={job.cka.max_samples}: {why} (null: the whole split)")
+    return out
+
+
+def _layers(job: JobSettings) -> list[str]:
+    out = []
+    for key in ("layers", "other_layers"):
+        spec = getattr(job.cka, key)
+        if spec is None and key == "other_layers":
+            continue
+        names = [spec] if isinstance(spec, str) else spec
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            out.append(
+                f"cka.{key}={spec!r}: a preset (blocks, all, term_project), a module name or glob, or a list "
+                "of them"
+            )
+    return out
+
+
+def _models(job: JobSettings) -> list[str]:
+    out = []
+    pairs = [("model", job.model, "init", job.init)]
+    if job.compare is not None:
+        pairs.append(("compare", job.compare, "compare_init", job.other_init()))
+    for key, model, init_key, init in pairs:
+        entry = registry()[type(model).entry]
+        if not entry.named_by_arch and model.name != entry.name:
+            out.append(
+                f"{key}.name={model.name!r}: {key}={entry.name} builds {entry.name}; use {key}={model.name}"
+            )
+            continue
+        try:
+            source = weights_source(model, init)
+        except ValueError as e:
+            out.append(f"{init_key}: {e}")
+            continue
+        if source == "trained" and job.train.epochs == 0:
+            out.append(
+                f"train.epochs=0 with {init_key}=pretrained: {model.name} is trained by vvm, and 0 epochs would "
+                "save its random weights as trained ones; use train.epochs >= 1 (or init=random)"
+            )
+    return out
+
+
+def rule_errors(job: JobSettings) -> list[str]:
+    """Every broken range or rule of ``job``, each naming its full key."""
+    return [*check_ranges(job), *_batches(job), *_layers(job), *_models(job)]
+
+
+def check_rules(job: JobSettings) -> JobSettings:
+    """``job``, or a :class:`~vvm.settings.ConfigError` listing what is wrong with it."""
+    errors = rule_errors(job)
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return job
+
+
+__all__ = ["check_rules", "rule_errors"]

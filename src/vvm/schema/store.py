@@ -1,0 +1,75 @@
+"""vvm's typed settings registered in Hydra's ConfigStore: the schema every config group stands on.
+
+- ``job_schema``: :class:`vvm.settings.JobSettings`, the base of ``conf/config.yaml``; its typed fields (``cka``,
+  ``train``, ``trainer``, ``init``, ``paths``) check the yaml files merged into them;
+- ``model/<name>`` and ``compare/<name>``: generated from the model registry (:mod:`vvm.schema.models`), no files;
+- ``schema/dataset/<name>``, ``schema/logger/<name>``: the bases the yaml files of those groups name in their
+  defaults list (``- /schema/dataset/digits@_here_``), so they keep their comments and stay the documented
+  defaults while a wrong key or type is refused when the config is composed.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from vvm.data import DATASETS
+from vvm.schema.models import model_settings_classes
+from vvm.settings import CSVSettings, JobSettings, WandbSettings
+
+LOGGERS: dict[str, type | None] = {"wandb": WandbSettings, "csv": CSVSettings, "none": None}
+# the config groups whose settings class depends on the choice (the field is typed Any in JobSettings)
+CHOICE_GROUPS = ("model", "compare", "dataset", "logger")
+
+
+@functools.cache
+def register_configs() -> None:
+    """Put the schema into Hydra's ConfigStore (once per process; before any composition)."""
+    cs = ConfigStore.instance()
+    cs.store(name="job_schema", node=JobSettings)
+    for name, cls in model_settings_classes().items():
+        cs.store(group="model", name=name, node=cls)
+        cs.store(group="compare", name=name, node=cls)
+    for name, entry in DATASETS.items():
+        cs.store(group="schema/dataset", name=name, node=entry.settings)
+    for name, cls in LOGGERS.items():
+        if cls is not None:
+            cs.store(group="schema/logger", name=name, node=cls)
+
+
+def group_class(group: str, choice: str | None) -> type | None:
+    """The settings class of ``group=choice`` for the groups typed ``Any`` (None: unknown or no settings)."""
+    if choice is None:
+        return None
+    if group in ("model", "compare"):
+        return model_settings_classes().get(choice)
+    if group == "dataset":
+        entry = DATASETS.get(choice)
+        return entry.settings if entry is not None else None
+    if group == "logger":
+        return LOGGERS.get(choice)
+    return None
+
+
+def field_classes(cls: type) -> dict[str, Any]:
+    """``{field: type}`` of a settings dataclass, ``X | None`` unwrapped."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in fields(cls):
+        kind = hints.get(f.name, Any)
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if typing.get_origin(kind) in (typing.Union, __import__("types").UnionType) and len(args) == 1:
+            kind = args[0]
+        out[f.name] = kind
+    return out
+
+
+def is_settings(kind: Any) -> bool:
+    return isinstance(kind, type) and is_dataclass(kind)
+
+
+__all__ = ["CHOICE_GROUPS", "LOGGERS", "field_classes", "group_class", "is_settings", "register_configs"]

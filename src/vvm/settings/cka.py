@@ -1,0 +1,47 @@
+"""The CKA pass's settings (``cka.*``): how the kernels are made and estimated, which layers, which batches."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from vvm.cka.bandwidth import BANDWIDTH_MODES
+from vvm.cka.functional import ESTIMATORS, KERNELS
+from vvm.cka.metric import PRECISIONS
+from vvm.settings.base import choices, number
+
+Kernel = choices("Kernel", KERNELS, "linear | rbf")
+Estimator = choices("Estimator", ESTIMATORS, "unbiased (HSIC_1, Nguyen et al. 2021) | biased (HSIC_0)")
+Precision = choices("Precision", PRECISIONS, "exact (<= 1e-6 from float64) | fast (<= 1e-4)")
+Bandwidth = choices("Bandwidth", BANDWIDTH_MODES, "fixed (one sigma^2 per layer) | per_batch")
+
+
+@dataclass
+class CKASettings:
+    """``cka.*``: see ``conf/cka/default.yaml`` for what each one does."""
+
+    kernel: Kernel = Kernel.linear
+    estimator: Estimator = Estimator.unbiased
+    precision: Precision = Precision.exact
+    rbf_frac: float = number(1.0, above=0.0, why="sigma^2 = rbf_frac^2 * median squared distance")
+    rbf_bandwidth: Bandwidth = Bandwidth.fixed
+    layers: Any = "blocks"
+    other_layers: Any = None
+    batch_size: int = number(256, minimum=1, why="examples per CKA batch")
+    shuffle: bool = True
+    max_samples: int | None = number(None, minimum=1, why="examples in the CKA pass (null: all)")
+    every_n_epochs: int = number(0, minimum=0, why="0 (no CKA during training) or a number of epochs")
+
+    def engine_options(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`vvm.cka.StreamingCKA` / :class:`vvm.cka.JointCKA` these set."""
+        return {
+            "kernel": self.kernel.value,
+            "estimator": self.estimator.value,
+            "precision": self.precision.value,
+            "rbf_frac": float(self.rbf_frac),
+            "rbf_bandwidth": self.rbf_bandwidth.value,
+        }
+
+    def layer_spec(self, other: bool = False) -> Any:
+        """``layers`` (or, for the second model, ``other_layers`` falling back to ``layers``) as a preset name
+        or a list of names."""
+        spec = self.other_layers if other and self.other_layers is not None else self.layers
+        return spec if isinstance(spec, str) else list(spec)

@@ -1,0 +1,76 @@
+"""One job's settings: the whole config as typed objects (``JobSettings``), and the small groups that have no
+home of their own (``init``, ``paths``, ``logger``).
+
+``model``, ``compare`` and ``dataset`` hold the settings class of the chosen model (generated from the model
+registry by :mod:`vvm.schema`) and dataset (:mod:`vvm.data`); ``logger`` a :class:`WandbSettings`, a
+:class:`CSVSettings` or None.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vvm.settings.base import MISSING, choices
+from vvm.settings.cka import CKASettings
+from vvm.settings.train import TrainerSettings, TrainSettings
+
+InitName = choices("InitName", ("random", "pretrained"), "random | pretrained")
+
+
+@dataclass
+class InitSettings:
+    """``init.*``: random (seeded) or pretrained weights; see ``conf/init/pretrained.yaml``."""
+
+    name: InitName = InitName.random
+    checkpoint: str | None = None
+    weights_file: str | None = None
+
+
+@dataclass
+class PathSettings:
+    data: str = "data"
+    checkpoints: str = "checkpoints"
+    output_dir: str = "outputs"
+
+
+@dataclass
+class WandbSettings:
+    """``logger=wandb``: Lightning's WandbLogger, offline unless ``mode`` (default: ``$WANDB_MODE``) is online."""
+
+    project: str = "vvm"
+    group: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    save_dir: str = "."
+    mode: str = "offline"
+    log_model: bool = False
+
+
+@dataclass
+class CSVSettings:
+    """``logger=csv``: Lightning's CSVLogger in the run directory."""
+
+    save_dir: str = "."
+    name: str = "csv"
+
+
+@dataclass
+class JobSettings:
+    """The whole job: ``python -m vvm <overrides>`` composed and checked."""
+
+    model: Any = MISSING
+    init: InitSettings = field(default_factory=InitSettings)
+    dataset: Any = MISSING
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    logger: Any = None
+    cka: CKASettings = field(default_factory=CKASettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    compare: Any = None
+    compare_init: InitSettings | None = None
+    seed: int = 0
+    tag: str = "job"
+    paths: PathSettings = field(default_factory=PathSettings)
+    resume: bool = False
+
+    def other_init(self) -> InitSettings:
+        """The second model's init (``compare_init``, defaulting to ``init``)."""
+        return self.compare_init if self.compare_init is not None else self.init
