@@ -1,12 +1,14 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test test-slow test-all lint format bench bench-peers bench-train clean
+.PHONY: install test test-slow test-all lint format bench bench-peers bench-train bench-smoke clean
 
-## install: torch from the pinned local wheels, then vvm with its dev extras (editable)
+CONSTRAINTS ?= .ci/constraints.txt
+
+## install: torch from the pinned local wheels, then vvm with its dev extras (editable), at the versions CI pins
 install:
-	$(PIP) install torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -c $(CONSTRAINTS) torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -c $(CONSTRAINTS) -e ".[dev]"
 
 ## test: the default suite (CI runs this): everything but tests marked slow or gpu
 test:
@@ -39,6 +41,13 @@ bench-peers:
 ## bench-train: one CIFAR-sized training epoch of ResNet-18 through each data pipeline (use a GPU)
 bench-train:
 	$(PYTHON) bench/bench_train.py
+
+## bench-smoke: every bench script once, tiny, on the CPU (CI runs it so that none of them rots)
+bench-smoke:
+	$(PYTHON) bench/bench_cka.py --device cpu --batch 8 --repeats 1 --layers blocks --no-memory
+	$(PYTHON) bench/bench_peers.py --rounds 1 --batch 8 --batches 1
+	$(PYTHON) bench/bench_joint.py --ms 2 --samples 16 --batch 8 --device cpu
+	$(PYTHON) bench/bench_train.py --images 64 --batch-size 16 --warmup 1 --workers 0 --device cpu
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

@@ -1,6 +1,6 @@
 """A training set kept on the device, augmented there in batched tensor ops.
 
-The seed fed its GPU from a CPU ``DataLoader`` that transformed one image at a time (pad, crop, flip, to float,
+The term project fed its GPU from a CPU ``DataLoader`` that transformed one image at a time (pad, crop, flip, to float,
 normalise). For CIFAR-sized data that loader, not the network, sets the pace on a fast GPU. Here the whole
 split lives on the device as ``uint8 [N, 3, H, W]`` (CIFAR: 150 MB) and every batch is built there:
 
@@ -29,27 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vvm.data import CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule, SyntheticDataModule
 from vvm.data.augmentation import Augmentation
 
 log = logging.getLogger(__name__)
 
 
-# each datamodule's own augmentation (vvm.data), by dataset name, for datamodules that do not carry it
-AUGMENTATIONS: dict[str, Augmentation] = {
-    dm.name: dm.augmentation
-    for dm in (CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule, SyntheticDataModule)
-}
-
-
 def augmentation_for(datamodule: Any) -> Augmentation:
-    """The datamodule's own ``augmentation``, else :data:`AUGMENTATIONS` by its name."""
+    """The datamodule's own ``augmentation`` (every vvm datamodule declares one); none, with a warning, for a
+    datamodule that does not."""
     own = getattr(datamodule, "augmentation", None)
     if isinstance(own, Augmentation):
         return own
     name = getattr(datamodule, "name", None)
-    if name in AUGMENTATIONS:
-        return AUGMENTATIONS[name]
     warnings.warn(
         f"no augmentation is declared for dataset {name!r}: training on it without augmentation (give its "
         "datamodule an `augmentation`, or use train.speed.gpu_resident=false for its own per-image transforms)",
@@ -261,7 +252,6 @@ class DeviceResidentDataModule(pl.LightningDataModule):
 
 
 __all__ = [
-    "AUGMENTATIONS",
     "Augmentation",
     "DeviceBatches",
     "DeviceResidentDataModule",
