@@ -16,7 +16,7 @@ MAX_FUNCTION_LINES = 60
 LAYERS = (
     ("vvm.cka", "vvm.config", "vvm.io"),  # the engine, and helpers with no vvm imports
     ("vvm.models", "vvm.data"),
-    ("vvm.train", "vvm.callbacks", "vvm.plots", "vvm.loggers", "vvm.diff", "vvm.validate"),
+    ("vvm.train", "vvm.callbacks", "vvm.plots", "vvm.analyses", "vvm.loggers", "vvm.diff", "vvm.validate"),
     ("vvm.weights",),
     ("vvm.pipeline",),
     ("vvm.job", "vvm.records", "vvm.sweep", "vvm.joint"),
