@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test test-slow test-all lint format bench bench-peers bench-train clean
+.PHONY: install test test-slow test-all lint format bench bench-peers bench-train bench-analyses clean
 
 ## install: torch from the pinned local wheels, then vvm with its dev extras (editable)
 install:
@@ -39,6 +39,11 @@ bench-peers:
 ## bench-train: one CIFAR-sized training epoch of ResNet-18 through each data pipeline (use a GPU)
 bench-train:
 	$(PYTHON) bench/bench_train.py
+
+## bench-analyses: ERF, attention distance and linear probe against the CKA pass of the same job (r18, blocks,
+## digits, CPU); `--smoke` for CI (seconds)
+bench-analyses:
+	PYTHONPATH=src $(PYTHON) bench/bench_analyses.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

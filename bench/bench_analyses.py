@@ -14,7 +14,7 @@ The table shows the median of the per-round ratios (analysis / cka) and their ra
 reads; on a shared machine only ratios measured side by side mean anything.
 
     PYTHONPATH=src python bench/bench_analyses.py                     # r18, 3 rounds
-    PYTHONPATH=src python bench/bench_analyses.py --models r18,vit_tiny --rounds 2
+    PYTHONPATH=src python bench/bench_analyses.py --models vit_tiny --analyses erf,attention --rounds 1
     PYTHONPATH=src python bench/bench_analyses.py --smoke             # seconds: 64 images a split, 1 round
 """
 
@@ -78,9 +78,9 @@ def variants(model, dm, layers: str, n_images: int) -> dict:
     }
 
 
-def measure(model, dm, layers: str, n_images: int, rounds: int) -> dict[str, list[float]]:
+def measure(model, dm, layers: str, n_images: int, rounds: int, only: list[str]) -> dict[str, list[float]]:
     """Seconds per variant per round, after a warm-up round, the variants back to back in each round."""
-    runs = variants(model, dm, layers, n_images)
+    runs = {k: v for k, v in variants(model, dm, layers, n_images).items() if k == "cka" or k in only}
     times: dict[str, list[float]] = {v: [] for v in runs}
     for r in range(rounds + 1):
         for name, (fn, _) in runs.items():
@@ -91,11 +91,11 @@ def measure(model, dm, layers: str, n_images: int, rounds: int) -> dict[str, lis
     return times
 
 
-def report(name: str, times: dict[str, list[float]], images: dict[str, int]) -> dict:
+def report(name: str, times: dict[str, list[float]], images: dict[str, int], only: list[str]) -> dict:
     row: dict = {"model": name}
     cka = times["cka"]
     print(f"{name}: cka pass {statistics.median(cka):.2f} s over {images['cka']} images")
-    for v in ("erf", "attention", "probe"):
+    for v in only:
         ratios = [t / c for t, c in zip(times[v], cka)]
         row[v] = {
             "seconds": statistics.median(times[v]),
@@ -118,6 +118,9 @@ def main() -> None:
     p.add_argument("--layers", default="blocks")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--n-images", type=int, default=64, help="images of the ERF and attention (default 64)")
+    p.add_argument(
+        "--analyses", default="erf,attention,probe", help="which analyses to time (comma-separated)"
+    )
     p.add_argument("--smoke", action="store_true", help="CI: 64 images per split, 8 ERF images, one round")
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args()
@@ -129,9 +132,10 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         model = build(name, dm)
-        times = measure(model, dm, args.layers, n_images, rounds)
+        only = args.analyses.split(",")
+        times = measure(model, dm, args.layers, n_images, rounds, only)
         images = {k: v[1] for k, v in variants(model, dm, args.layers, n_images).items()}
-        rows.append(report(name, times, images))
+        rows.append(report(name, times, images, only))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cpu": cpu, "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)

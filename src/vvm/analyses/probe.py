@@ -43,7 +43,7 @@ from vvm.cka.presets import LayerSpec, resolve_layers
 from vvm.data.batches import balanced_batches, permutation
 
 # ridge strengths, relative to the mean eigenvalue of the centred XᵀX (trace / d)
-RELATIVE_RIDGES = tuple(float(r) for r in np.logspace(-6, 2, 9))
+RELATIVE_RIDGES = tuple(float(r) for r in np.logspace(-8, 2, 11))
 
 
 @dataclass(frozen=True)
