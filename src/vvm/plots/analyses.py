@@ -76,11 +76,12 @@ def attention_figure(arrays: Mapping[str, Any], *, title: str | None = None) -> 
     ax.set_xticks(x)
     ax.set_xticklabels(blocks, rotation=90, fontsize=6)
     ax.set_ylabel("mean attention distance (pixels)")
-    ax.set_ylim(0, float(np.asarray(arrays.get("image_size", [np.nanmax(dist)])).max()) * 0.75)
+    side = float(np.asarray(arrays.get("image_size", [0])).max())
+    ax.set_ylim(0, max(0.75 * side, 1.1 * float(np.nanmax(dist))))
     renorm = bool(np.asarray(arrays.get("renormalised", True)))
-    note = "class/prefix tokens left out" + (", weights renormalised over patches" if renorm else "")
+    note = "class/prefix tokens left out" + ("; weights renormalised over patches" if renorm else "")
     n = int(np.asarray(arrays.get("n_images", 0)))
-    ax.set_title(f"{title or 'mean attention distance'}\n{n} images; {note}", fontsize=9)
+    ax.set_title(f"{title or 'mean attention distance'}\n{n} images\n{note}", fontsize=8)
     ax.legend(fontsize=7)
     return fig
 

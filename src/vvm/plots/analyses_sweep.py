@@ -9,6 +9,7 @@ Each record is a plain mapping: ``model``, ``family``, ``init`` and the arrays o
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -130,7 +131,8 @@ def sweep_figure(kind: str, records: Sequence[Mapping[str, Any]], *, title: str 
             ax.plot(_depth(rec, y.size), y, **style)
         ax.set_xlim(0, 1.02)
         ax.set_ylim(0, 1.02 if kind != "attention" else None)
-        ax.set_xlabel("relative depth (0 = input, 1 = last tracked layer)")
+        last = "last attention block" if kind == "attention" else "last tracked layer"
+        ax.set_xlabel(f"relative depth (0 = input, 1 = {last})")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -143,7 +145,8 @@ def sweep_figure(kind: str, records: Sequence[Mapping[str, Any]], *, title: str 
         title_fontsize=7,
     )
     if left_out:
-        fig.text(0.01, 0.005, f"not applicable: {', '.join(left_out)}", fontsize=7, color="grey")
+        note = textwrap.fill(f"not applicable: {', '.join(left_out)}", 100)
+        axes[0][0].set_title(note, fontsize=7, color="grey", loc="left")
     fig.suptitle(
         title
         or {
