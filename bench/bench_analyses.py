@@ -15,7 +15,7 @@ reads; on a shared machine only ratios measured side by side mean anything.
 
     PYTHONPATH=src python bench/bench_analyses.py                     # r18, 3 rounds
     PYTHONPATH=src python bench/bench_analyses.py --models vit_tiny --analyses erf,attention --rounds 1
-    PYTHONPATH=src python bench/bench_analyses.py --smoke             # seconds: 64 images a split, 1 round
+    PYTHONPATH=src python bench/bench_analyses.py --smoke             # CI: 64 images a split, 1 round (~1 min)
 """
 
 from __future__ import annotations
