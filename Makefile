@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test test-slow test-all lint format bench bench-peers bench-train bench-smoke clean
+.PHONY: install test test-slow test-all lint format bench bench-peers bench-train bench-analyses bench-smoke clean
 
 CONSTRAINTS ?= .ci/constraints.txt
 
@@ -42,12 +42,18 @@ bench-peers:
 bench-train:
 	$(PYTHON) bench/bench_train.py
 
+## bench-analyses: ERF, attention distance and linear probe against the CKA pass of the same job (r18, blocks,
+## digits, CPU); `--smoke` for CI (64 images a split, one round: about a minute on 2 cores)
+bench-analyses:
+	$(PYTHON) bench/bench_analyses.py
+
 ## bench-smoke: every bench script once, tiny, on the CPU (CI runs it so that none of them rots)
 bench-smoke:
 	$(PYTHON) bench/bench_cka.py --device cpu --batch 8 --repeats 1 --layers blocks --no-memory
 	$(PYTHON) bench/bench_peers.py --rounds 1 --batch 8 --batches 1
 	$(PYTHON) bench/bench_joint.py --ms 2 --samples 16 --batch 8 --device cpu
 	$(PYTHON) bench/bench_train.py --images 64 --batch-size 16 --warmup 1 --workers 0 --device cpu
+	$(PYTHON) bench/bench_analyses.py --smoke
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

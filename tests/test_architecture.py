@@ -16,7 +16,7 @@ MAX_FUNCTION_LINES = 60
 LAYERS = (
     ("vvm.cka", "vvm.io", "vvm.settings"),  # the engine, helpers with no vvm imports, the typed settings
     ("vvm.models", "vvm.data"),
-    ("vvm.train", "vvm.callbacks", "vvm.plots", "vvm.loggers", "vvm.diff"),
+    ("vvm.train", "vvm.callbacks", "vvm.plots", "vvm.analyses", "vvm.loggers", "vvm.diff"),
     ("vvm.weights",),
     ("vvm.pipeline", "vvm.preflight"),
     (

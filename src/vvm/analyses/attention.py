@@ -1,0 +1,211 @@
+"""Mean attention distance (Dosovitskiy et al. 2021, Fig. 7; Raghu et al. 2021, Fig. 3) of every attention
+module of a timm ViT.
+
+For head ``h`` of a block, with ``a_ij`` the softmax attention weight of query token ``i`` on key token ``j`` and
+``p`` the patch centres in input pixels::
+
+    distance_h = mean over images and query patches i of  Σ_j a_ij · ‖p_i − p_j‖
+
+Class and register tokens (timm's ``num_prefix_tokens``) are left out as queries and as keys. Leaving the
+class token out as a key leaves each query's weights on the patches summing to ``1 − a_i,cls``; by default
+they are renormalised to sum to 1 (``renormalised=True``: the expected distance of the key a query attends to,
+among patches), else used as they are (the class token's share then counts as distance 0).
+
+timm's ``Attention`` computes fused scaled-dot-product attention by default, which never forms the weights:
+for this pass ``fused_attn`` is switched off (the same arithmetic, written out) and the weights are read at the
+input of ``attn_drop`` (an identity in eval mode); the switch is put back afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vvm.analyses.common import TokenGrid, analysis_mode, device_of, split_model, token_grid
+
+
+@dataclass(frozen=True)
+class AttentionSettings:
+    """``n_images``: images averaged (the first of the CKA pass's order); ``batch_size``: images per forward
+    pass; ``renormalise``: renormalise each query's weights over the patch keys (see the module's doc)."""
+
+    n_images: int = 64
+    batch_size: int = 32
+    renormalise: bool = True
+
+
+@dataclass
+class AttentionResult:
+    """``distance`` ``[blocks, heads]`` in input pixels for the attention modules ``blocks`` (in order)."""
+
+    blocks: list[str]
+    distance: np.ndarray
+    n_images: int
+    image_size: tuple[int, int]
+    grid: tuple[int, int]
+    patch: tuple[int, int]
+    prefix_tokens: int
+    renormalised: bool
+
+    @property
+    def depth(self) -> np.ndarray:
+        """Relative depth of each block: ``(b + 1) / blocks``."""
+        return (np.arange(len(self.blocks)) + 1) / len(self.blocks)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What attention.npz holds."""
+        return {
+            "blocks": np.array(self.blocks, dtype=str),
+            "distance": self.distance,
+            "distance_frac": self.distance / max(self.image_size),
+            "depth": self.depth,
+            "n_images": np.array(self.n_images),
+            "image_size": np.array(self.image_size),
+            "grid": np.array(self.grid),
+            "patch": np.array(self.patch),
+            "prefix_tokens": np.array(self.prefix_tokens),
+            "renormalised": np.array(self.renormalised),
+            "excluded": np.array("class/prefix tokens left out as queries and keys"),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        d = self.distance
+        return {
+            "applies": True,
+            "n_images": self.n_images,
+            "blocks": self.blocks,
+            "mean_distance_px": [round(float(v), 3) for v in d.mean(axis=1)],
+            "min_head_px": [round(float(v), 3) for v in d.min(axis=1)],
+            "max_head_px": [round(float(v), 3) for v in d.max(axis=1)],
+            "image_size": list(self.image_size),
+            "prefix_tokens_excluded": self.prefix_tokens,
+            "renormalised": self.renormalised,
+        }
+
+
+@dataclass(frozen=True)
+class NotApplicable:
+    """An analysis that does not apply to a model: a one-line ``note`` saying why."""
+
+    analysis: str
+    note: str
+
+    def summary(self) -> dict[str, Any]:
+        return {"applies": False, "note": self.note}
+
+
+def patch_distances(tokens: TokenGrid) -> np.ndarray:
+    """``[P, P]`` Euclidean distances between patch centres, in input pixels."""
+    c = tokens.centres()
+    return np.hypot(c[:, None, 0] - c[None, :, 0], c[:, None, 1] - c[None, :, 1])
+
+
+def distance_from_weights(attn: Tensor, dist: Tensor, prefix: int, renormalise: bool = True) -> Tensor:
+    """Per image and head, ``mean_i Σ_j a_ij ‖p_i − p_j‖`` over patch queries and keys: ``attn``
+    ``[B, heads, T, T]`` softmax weights, ``dist`` ``[P, P]`` with ``T = prefix + P``; returns ``[B, heads]``."""
+    a = attn[:, :, prefix:, prefix:].to(dist.dtype)
+    if renormalise:
+        a = a / a.sum(dim=-1, keepdim=True)
+    return (a * dist).sum(dim=-1).mean(dim=-1)
+
+
+def attention_modules(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """timm's ``Attention`` modules (by what they hold: ``qkv``, ``num_heads``, ``attn_drop``, ``fused_attn``)."""
+    return [
+        (name, m)
+        for name, m in net.named_modules()
+        if all(hasattr(m, a) for a in ("qkv", "num_heads", "fused_attn"))
+        and isinstance(getattr(m, "attn_drop", None), nn.Module)
+    ]
+
+
+def not_applicable(model: nn.Module) -> NotApplicable | None:
+    """Why mean attention distance does not apply to ``model`` (None when it does)."""
+    _, net = split_model(model)
+    name = getattr(model, "name", type(net).__name__)
+    if any(type(m).__name__ == "LambdaLayer" for m in net.modules()):
+        return NotApplicable(
+            "attention",
+            f"does not apply to {name}: lambda layers form no attention map (each summarises its context into a "
+            "linear function applied to every query), see README 'What each layer sees and knows'",
+        )
+    if token_grid(net) is None or not attention_modules(net):
+        return NotApplicable(
+            "attention", f"does not apply to {name}: it has no softmax attention over patch tokens (a CNN)"
+        )
+    return None
+
+
+def mean_attention_distance(
+    model: nn.Module, images: Tensor, *, batch_size: int = 32, renormalise: bool = True
+) -> AttentionResult | NotApplicable:
+    """Mean attention distance per block and head of a timm ViT over ``images`` (dataset-normalised
+    ``[N, 3, h, w]``); a :class:`NotApplicable` note for a model without attention over patches."""
+    why = not_applicable(model)
+    if why is not None:
+        return why
+    preprocess, net = split_model(model)
+    tokens = token_grid(net)
+    assert tokens is not None
+    mods = attention_modules(net)
+    device = device_of(net)
+    dist = torch.as_tensor(patch_distances(tokens), dtype=torch.float64, device=device)
+    sums: dict[str, Tensor] = {}
+    fused = {m: m.fused_attn for _, m in mods}
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            attn = args[0]
+            if attn.dim() != 4 or attn.shape[-1] != tokens.prefix + tokens.n_patches:
+                raise RuntimeError(
+                    f"attention {name!r}: weights of shape {tuple(attn.shape)}, expected [B, heads, T, T] with "
+                    f"T = {tokens.prefix} prefix + {tokens.n_patches} patch tokens"
+                )
+            d = distance_from_weights(attn, dist, tokens.prefix, renormalise).sum(dim=0)
+            sums[name] = sums.get(name, 0) + d
+
+        return hook
+
+    handles = [m.attn_drop.register_forward_hook(hook_for(name)) for name, m in mods]
+    try:
+        for m in fused:
+            m.fused_attn = False
+        with torch.no_grad(), analysis_mode(model):
+            for chunk in images.split(max(1, int(batch_size))):
+                net(preprocess(chunk.to(device, torch.float32)))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, f in fused.items():
+            m.fused_attn = f
+    return _result(mods, sums, images, tokens, renormalise)
+
+
+def _result(mods: list, sums: dict, images: Tensor, tokens: TokenGrid, renormalise: bool) -> AttentionResult:
+    silent = [name for name, _ in mods if name not in sums]
+    if silent:
+        raise RuntimeError(
+            f"attention modules {silent[:4]} did not pass their weights through attn_drop: their attention "
+            "cannot be read (a timm attention class vvm does not know)"
+        )
+    n = images.shape[0]
+    heads = max(int(sums[name].numel()) for name, _ in mods)
+    distance = np.full((len(mods), heads), np.nan)
+    for b, (name, _) in enumerate(mods):
+        v = (sums[name] / n).cpu().numpy()
+        distance[b, : v.size] = v
+    size = (tokens.grid[0] * tokens.patch[0], tokens.grid[1] * tokens.patch[1])
+    return AttentionResult(
+        blocks=[name for name, _ in mods],
+        distance=distance,
+        n_images=n,
+        image_size=size,
+        grid=tokens.grid,
+        patch=tokens.patch,
+        prefix_tokens=tokens.prefix,
+        renormalised=renormalise,
+    )

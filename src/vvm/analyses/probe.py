@@ -1,0 +1,310 @@
+"""Linear probes (Alain & Bengio 2016, "Understanding intermediate layers using linear classifier probes"):
+how much class information a linear read-out finds in each tracked layer.
+
+Features: a layer's output averaged over space (feature maps) or over the patch tokens (ViT; class and
+register tokens left out); a flat output as it is. Classifier: ridge regression of one-vs-rest ±1 targets with
+an unpenalised intercept (scikit-learn's ``RidgeClassifier``), predicting the class of the largest output,
+fitted in closed form from float64 sufficient statistics streamed over the training split (:class:`RidgeStats`:
+``XᵀX``, ``XᵀY`` and the sums that centre them, of features shifted by their first batch's mean, so that a
+large offset cannot cancel catastrophically).
+
+The pass (every tracked layer at once, one forward per image):
+1. the fit part of the training split (a seeded random part; ``holdout`` of it is set aside): statistics;
+   solve for every ridge strength of the grid at once (one eigendecomposition of the centred ``XᵀX``);
+2. the held-out part: each strength's accuracy there, and the statistics grow to the whole training split;
+   the strength with the best held-out accuracy (the strongest among ties) is refitted on all of it;
+3. the evaluation split: accuracy.
+
+Memory: ``XᵀX`` is ``d × d`` float64 per layer (8 d² bytes; d = 2048 -> 32 MiB), and solving needs as much again
+for the eigenvectors. A layer above ``max_gram_mib`` is refused before anything is allocated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vvm.analyses.common import (
+    Capture,
+    analysis_mode,
+    device_of,
+    plan_loader,
+    pooled,
+    relative_depth,
+    split_model,
+    token_grid,
+)
+from vvm.cka.presets import LayerSpec, resolve_layers
+from vvm.data.batches import balanced_batches, permutation
+
+# ridge strengths, relative to the mean eigenvalue of the centred XᵀX (trace / d)
+RELATIVE_RIDGES = tuple(float(r) for r in np.logspace(-8, 2, 11))
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """``max_train``: a seeded random subset of the training split (None: all of it); ``holdout``: the fraction
+    of it that chooses the ridge strength; ``ridges``: the grid, relative to ``trace(XᵀX_c) / d``;
+    ``max_eval``: a cap on evaluation examples; ``max_gram_mib``: the largest ``XᵀX`` allowed per layer."""
+
+    max_train: int | None = None
+    holdout: float = 0.2
+    ridges: Sequence[float] = RELATIVE_RIDGES
+    max_eval: int | None = None
+    batch_size: int = 256
+    max_gram_mib: float = 1024.0
+    seed: int = 0
+
+
+class RidgeStats:
+    """Float64 sufficient statistics of features ``X`` ``[n, d]`` and targets ``Y`` ``[n, k]`` for ridge
+    regression with an intercept; ``shift`` (the first batch's feature mean) is subtracted before summing."""
+
+    def __init__(self, d: int, k: int, device: torch.device | str = "cpu") -> None:
+        kw = dict(dtype=torch.float64, device=device)
+        self.n = 0
+        self.shift: Tensor | None = None
+        self.sx, self.sy = torch.zeros(d, **kw), torch.zeros(k, **kw)
+        self.xx, self.xy = torch.zeros(d, d, **kw), torch.zeros(d, k, **kw)
+
+    def update(self, x: Tensor, y: Tensor) -> None:
+        x = x.to(torch.float64)
+        if self.shift is None:
+            self.shift = x.mean(dim=0)
+        x = x - self.shift
+        y = y.to(torch.float64)
+        self.n += x.shape[0]
+        self.sx += x.sum(dim=0)
+        self.sy += y.sum(dim=0)
+        self.xx.addmm_(x.T, x)
+        self.xy.addmm_(x.T, y)
+
+    def solve(self, ridges: Sequence[float]) -> tuple[Tensor, Tensor]:
+        """Weights ``[g, d, k]`` and intercepts ``[g, k]`` for each absolute ridge strength:
+        ``W = (X_cᵀX_c + λI)⁻¹ X_cᵀY_c``, ``b = ȳ − x̄ W`` (one eigendecomposition for all strengths)."""
+        mx, my = self.sx / self.n, self.sy / self.n
+        c = self.xx - self.n * torch.outer(mx, mx)
+        b = self.xy - self.n * torch.outer(mx, my)
+        evals, evecs = torch.linalg.eigh((c + c.T) / 2)
+        proj = evecs.T @ b
+        lam = torch.as_tensor(list(ridges), dtype=torch.float64, device=c.device)
+        scale = 1.0 / (evals.clamp(min=0)[None, :] + lam[:, None])  # [g, d]
+        w = torch.einsum("ij,gj,jk->gik", evecs, scale, proj)
+        intercept = my[None, :] - (mx + self.shift)[None, None, :].matmul(w).squeeze(1)
+        return w, intercept
+
+    def scale(self) -> float:
+        """The mean eigenvalue of the centred ``XᵀX`` (its trace / d); 1 for constant features."""
+        mx = self.sx / self.n
+        t = float((self.xx.diagonal() - self.n * mx * mx).sum()) / self.sx.numel()
+        return t if t > 0 else 1.0
+
+
+@dataclass
+class ProbeResult:
+    """Per tracked layer: evaluation ``accuracy``, the chosen absolute ``ridge`` (scikit-learn's ``alpha``)
+    and its value relative to ``trace / d``, held-out accuracy, feature dimension ``dims``, ``depth``."""
+
+    layers: list[str]
+    accuracy: np.ndarray
+    ridge: np.ndarray
+    ridge_relative: np.ndarray
+    holdout_accuracy: np.ndarray
+    dims: np.ndarray
+    depth: np.ndarray
+    n_train: int
+    n_holdout: int
+    n_eval: int
+    num_classes: int
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What probe.npz holds."""
+        return {
+            "layers": np.array(self.layers, dtype=str),
+            "accuracy": self.accuracy,
+            "ridge": self.ridge,
+            "ridge_relative": self.ridge_relative,
+            "holdout_accuracy": self.holdout_accuracy,
+            "dims": self.dims,
+            "depth": self.depth,
+            "n_train": np.array(self.n_train),
+            "n_holdout": np.array(self.n_holdout),
+            "n_eval": np.array(self.n_eval),
+            "num_classes": np.array(self.num_classes),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        best = int(np.argmax(self.accuracy))
+        return {
+            "layers": self.layers,
+            "accuracy": [round(float(a), 5) for a in self.accuracy],
+            "ridge": [float(f"{r:.4g}") for r in self.ridge],
+            "best_layer": self.layers[best],
+            "best_accuracy": float(self.accuracy[best]),
+            "n_train": self.n_train,
+            "n_holdout": self.n_holdout,
+            "n_eval": self.n_eval,
+        }
+
+
+def probe_plans(
+    n_train_split: int, n_eval_split: int, settings: ProbeSettings
+) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+    """Batch plans ``(fit, holdout, eval)``: a seeded random permutation of the training split (its first
+    ``max_train``), the first ``holdout`` fraction of it held out; the evaluation split's first ``max_eval``."""
+    if not 0 <= settings.holdout < 1:
+        raise ValueError(f"probe holdout={settings.holdout}: use a fraction in [0, 1)")
+    order = permutation(n_train_split, settings.seed)[: settings.max_train]
+    n_hold = int(round(settings.holdout * len(order)))
+    if (settings.holdout > 0 and n_hold == 0) or len(order) - n_hold < 2:
+        raise ValueError(
+            f"probe: {len(order)} training examples leave too few to fit and hold out {settings.holdout}"
+        )
+    evals = permutation(n_eval_split, settings.seed + 1)[: settings.max_eval]
+    size = settings.batch_size
+    return (
+        balanced_batches(order[n_hold:], size),
+        balanced_batches(order[:n_hold], size),
+        balanced_batches(evals, size),
+    )
+
+
+def one_vs_rest(labels: Tensor, k: int) -> Tensor:
+    """±1 targets ``[n, k]``: +1 for the example's class, −1 for the others."""
+    return 2.0 * torch.nn.functional.one_hot(labels.long(), k).double() - 1.0
+
+
+def _allocate(
+    feats: dict[str, Tensor], k: int, max_mib: float, device: torch.device
+) -> dict[str, RidgeStats]:
+    """One :class:`RidgeStats` per layer, after checking that every layer's ``XᵀX`` fits the limit."""
+    dims = {name: int(f.shape[1]) for name, f in feats.items()}
+    mib = {name: 8 * d * d / 2**20 for name, d in dims.items()}
+    for name, m in mib.items():
+        if m > max_mib:
+            raise ValueError(
+                f"linear probe: layer {name!r} has {dims[name]} pooled features, so its XᵀX needs {m:,.0f} MiB "
+                f"(8·d² bytes, float64; twice that while solving), above max_gram_mib={max_mib:,.0f} (the "
+                f"{len(mib)} layers would hold {sum(mib.values()):,.0f} MiB in all): drop the layer from the "
+                "probe's layers or raise max_gram_mib"
+            )
+    return {name: RidgeStats(d, k, device) for name, d in dims.items()}
+
+
+class _Features:
+    """Pooled float64 features of every tracked layer, batch by batch: ``(features by layer, labels)``."""
+
+    def __init__(self, preprocess: Any, net: nn.Module, cap: Capture, device: torch.device) -> None:
+        self.preprocess, self.net, self.cap, self.device = preprocess, net, cap, device
+
+    def __call__(self, batches: Iterable[Any]):
+        for images, labels in batches:
+            self.net(self.preprocess(images.to(self.device, torch.float32)))
+            yield {n: f.double() for n, f in self.cap.take().items()}, labels.to(self.device).long()
+
+
+def _correct(f: Tensor, y: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """Correct predictions per ridge strength: ``argmax_k (f W_g + b_g)`` against ``y``; ``[g]``."""
+    pred = (torch.matmul(f, w) + b[:, None, :]).argmax(dim=-1)  # [g, n]
+    return (pred == y[None, :]).sum(dim=1).double()
+
+
+def _fit(features: _Features, batches: Iterable[Any], k: int, max_mib: float) -> dict[str, RidgeStats]:
+    stats: dict[str, RidgeStats] = {}
+    for feats, y in features(batches):
+        stats = stats or _allocate(feats, k, max_mib, features.device)
+        for name, f in feats.items():
+            stats[name].update(f, one_vs_rest(y, k))
+    if not stats:
+        raise ValueError("linear probe: the fit part of the training split holds no examples")
+    return stats
+
+
+def _score(features: _Features, batches: Iterable[Any], solved: dict, stats: dict | None, k: int):
+    """Correct predictions per layer and ridge strength over ``batches`` (their statistics added to
+    ``stats`` when given), and the number of examples."""
+    right = {
+        name: torch.zeros(w.shape[0], dtype=torch.float64, device=w.device) for name, (w, _) in solved.items()
+    }
+    n = 0
+    for feats, y in features(batches):
+        n += y.numel()
+        for name, f in feats.items():
+            right[name] += _correct(f, y, *solved[name])
+            if stats is not None:
+                stats[name].update(f, one_vs_rest(y, k))
+    return right, n
+
+
+def linear_probe(
+    model: nn.Module,
+    layers: LayerSpec,
+    fit: Iterable[Any],
+    holdout: Iterable[Any],
+    evaluation: Iterable[Any],
+    *,
+    num_classes: int,
+    ridges: Sequence[float] = RELATIVE_RIDGES,
+    max_gram_mib: float = 1024.0,
+) -> ProbeResult:
+    """Linear probe accuracy of every tracked layer of ``model``: fitted on the ``fit`` batches, ridge strength
+    (``ridges``, relative to each layer's ``trace(XᵀX_c) / d``) chosen on the ``holdout`` batches and refitted
+    on both, accuracy on the ``evaluation`` batches; each an iterable of ``(images, labels)``,
+    dataset-normalised (see :func:`probe_datamodule` for a datamodule's splits)."""
+    preprocess, net = split_model(model)
+    names = resolve_layers(net, layers)
+    tokens, device, k = token_grid(net), device_of(net), int(num_classes)
+    rel = [float(r) for r in ridges]
+    with torch.no_grad(), analysis_mode(model), Capture(net, names, lambda _, t: pooled(t, tokens)) as cap:
+        features = _Features(preprocess, net, cap, device)
+        stats = _fit(features, fit, k, max_gram_mib)
+        lams = {name: [r * s.scale() for r in rel] for name, s in stats.items()}
+        solved = {name: s.solve(lams[name]) for name, s in stats.items()}
+        held, n_hold = _score(features, holdout, solved, stats, k)
+        if n_hold == 0 and len(rel) > 1:
+            raise ValueError(
+                "linear probe: choosing among several ridges needs held-out examples (holdout > 0)"
+            )
+        # the strongest ridge among the best held-out accuracies (the grid ascends)
+        pick = {name: len(rel) - 1 - int(torch.argmax(held[name].flip(0))) for name in stats}
+        final = {name: s.solve([lams[name][pick[name]]]) for name, s in stats.items()}
+        right, n_eval = _score(features, evaluation, final, None, k)
+    if n_eval == 0:
+        raise ValueError("linear probe: the evaluation split holds no examples")
+    out = list(stats)
+    return ProbeResult(
+        layers=out,
+        accuracy=np.array([float(right[n][0]) / n_eval for n in out]),
+        ridge=np.array([lams[n][pick[n]] for n in out]),
+        ridge_relative=np.array([rel[pick[n]] for n in out]),
+        holdout_accuracy=np.array([float(held[n][pick[n]]) / max(n_hold, 1) for n in out]),
+        dims=np.array([stats[n].sx.numel() for n in out]),
+        depth=relative_depth(out, out),
+        n_train=stats[out[0]].n,
+        n_holdout=n_hold,
+        n_eval=n_eval,
+        num_classes=k,
+    )
+
+
+def probe_datamodule(model: nn.Module, layers: LayerSpec, dm: Any, settings: ProbeSettings) -> ProbeResult:
+    """:func:`linear_probe` on a vvm datamodule: the training split without augmentation
+    (``dm.dataset("train")``) for fitting and choosing the ridge, the test split for accuracy."""
+    train, test = dm.dataset("train"), dm.dataset("test")
+    fit, hold, ev = probe_plans(len(train), len(test), settings)
+    workers = int(getattr(dm, "num_workers", 0) or 0)
+    return linear_probe(
+        model,
+        layers,
+        plan_loader(train, fit, workers),
+        plan_loader(train, hold, workers),
+        plan_loader(test, ev, workers),
+        num_classes=int(dm.num_classes),
+        ridges=settings.ridges,
+        max_gram_mib=settings.max_gram_mib,
+    )
