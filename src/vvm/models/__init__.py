@@ -151,9 +151,12 @@ def _register_builtin() -> None:
     _cifar("r18", resnet_cifar.resnet18, f"CIFAR ResNet-18 ({stem}), 11.2M parameters with 100 classes")
     _cifar("r34", resnet_cifar.resnet34, f"CIFAR ResNet-34 ({stem}), 21.3M parameters with 100 classes")
     _cifar(
-        "r50",
-        resnet_cifar.resnet50,
-        f"CIFAR ResNet-50 (bottlenecks, {stem}), 23.7M parameters with 100 classes",
+        "r50", resnet_cifar.resnet50, f"CIFAR ResNet-50 (bottlenecks, {stem}), 23.7M parameters, 100 classes"
+    )
+    _cifar(
+        "r101",
+        resnet_cifar.resnet101,
+        f"CIFAR ResNet-101 ([3, 4, 23, 3] bottlenecks, {stem}), 42.7M parameters",
     )
     # Lambda-ResNets (Bello 2021): CIFAR bottleneck ResNets with lambda layers instead of 3x3 convs
     for name, about in lambda_resnet.DESCRIPTIONS.items():

@@ -1,5 +1,5 @@
 """CIFAR ResNets as in the term project (He et al. 2016, CIFAR variant): a 3x3 stride-1 stem and no max-pool, so a
-32x32 image reaches layer4 at 4x4. ResNet-18/34 use basic blocks, ResNet-50 bottlenecks.
+32x32 image reaches layer4 at 4x4. ResNet-18/34 use basic blocks, ResNet-50/101 bottlenecks.
 
 Every activation is its own module (``relu1``, ``relu2``...), so that each one is a layer CKA can record.
 """
@@ -116,3 +116,8 @@ def resnet34(num_classes: int = 100) -> CifarResNet:
 
 def resnet50(num_classes: int = 100) -> CifarResNet:
     return CifarResNet(Bottleneck, [3, 4, 6, 3], num_classes)
+
+
+def resnet101(num_classes: int = 100) -> CifarResNet:
+    """The term project's fifth CIFAR ResNet (``R101_CIFAR100.ipynb``): bottlenecks [3, 4, 23, 3]."""
+    return CifarResNet(Bottleneck, [3, 4, 23, 3], num_classes)
