@@ -1,0 +1,87 @@
+"""The rare paths of the estimate (issue 19): DDP shards with spawned DataLoader workers, padding-only ranks,
+RBF bandwidths under DDP, the oneDNN precision flag, per-batch bandwidths, one module under two names."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from vvm.data import batches as batches_mod
+from vvm.data.batches import IGNORE_LABEL, EvalBatches, balanced_batches, permutation
+
+
+# ---------------------------------------------------------------------------------------------- 1. shards
+N, BATCH, WORLD = 38, 8, 2  # 5 batches of 7-8 over 2 ranks: rank 1 runs one padding batch
+
+
+def _check_shards(items_of_rank):
+    """Every planned example once over the ranks, batch ids right, padding masked."""
+    ds, plan = _dataset_and_plan()
+    seen = []
+    for rank, (eb, items) in items_of_rank.items():
+        assert len(items) == len(eb) == 3
+        for i, (x, y) in enumerate(items):
+            bid, padding = eb.batch_info(i)
+            if padding:
+                assert rank == 1 and (y == IGNORE_LABEL).all()
+                continue
+            assert bid % WORLD == rank
+            assert x[:, 0].long().tolist() == plan[bid] == y.tolist()
+            seen.extend(y.tolist())
+    assert sorted(seen) == list(range(N))  # every example exactly once
+
+
+def _dataset_and_plan():
+    ds = TensorDataset(torch.arange(N).float()[:, None], torch.arange(N))
+    return ds, balanced_batches(permutation(N, 0), BATCH)
+
+
+def _made_in_main(monkeypatch, rank):
+    """The EvalBatches of ``rank`` as the main process of a 2-process group makes it."""
+    monkeypatch.setattr(batches_mod, "rank_and_world", lambda: (rank, WORLD))
+    eb = EvalBatches(*_dataset_and_plan())
+    monkeypatch.setattr(batches_mod, "rank_and_world", lambda: (0, 1))  # a spawned worker: no process group
+    return eb
+
+
+def test_a_worker_without_the_process_group_runs_the_main_process_shard(monkeypatch):
+    """What a spawned worker does, in this process: it unpickles the dataset and iterates it as worker k of 2,
+    with no process group (rank_and_world() says 0 of 1 there)."""
+    from torch.utils.data import _utils
+
+    out = {}
+    for rank in range(WORLD):
+        eb = _made_in_main(monkeypatch, rank)
+        items = []
+        for k in range(2):
+            worker = pickle.loads(pickle.dumps(eb))
+            info = _utils.worker.WorkerInfo(id=k, num_workers=2, seed=0, dataset=worker)
+            monkeypatch.setattr(_utils.worker, "_worker_info", info)
+            items.append(list(worker))
+        monkeypatch.setattr(_utils.worker, "_worker_info", None)
+        # the DataLoader takes the workers' batches in turn: 0, 1, 0, ...
+        out[rank] = (eb, [b for pair in zip(*items) for b in pair] + items[0][len(items[1]) :])
+    _check_shards(out)
+
+
+@pytest.mark.slow
+def test_spawned_workers_run_the_main_process_shard(monkeypatch):
+    """The same with a real ``spawn`` DataLoader (two workers per rank; each worker imports vvm.data)."""
+    out = {}
+    for rank in range(WORLD):
+        eb = _made_in_main(monkeypatch, rank)
+        loader = DataLoader(eb, batch_size=None, num_workers=2, multiprocessing_context="spawn")
+        out[rank] = (eb, list(loader))
+    _check_shards(out)
+
+
+def test_shard_given_explicitly_and_checked():
+    ds = TensorDataset(torch.arange(10).float()[:, None], torch.arange(10))
+    plan = balanced_batches(list(range(10)), 4)
+    eb = EvalBatches(ds, plan, rank=1, world=2)
+    assert [eb.batch_info(i) for i in range(len(eb))] == [(1, False), (0, True)]
+    with pytest.raises(ValueError, match="rank=2"):
+        EvalBatches(ds, plan, rank=2, world=2)
