@@ -85,3 +85,22 @@ def test_shard_given_explicitly_and_checked():
     assert [eb.batch_info(i) for i in range(len(eb))] == [(1, False), (0, True)]
     with pytest.raises(ValueError, match="rank=2"):
         EvalBatches(ds, plan, rank=2, world=2)
+
+
+# ---------------------------------------------------------------------------------------------- 3. padding rank
+def test_layers_renamed_on_a_padding_batch_keep_the_states_on_the_metrics_device():
+    """A rank whose only batch is padding learns its layer names (a module that runs twice: relu#0, relu#1) on
+    that batch and never updates: the re-allocated states must be on the metric's device, not the CPU (the
+    meta device stands in for a GPU here)."""
+    from helpers import Twice
+
+    from vvm.cka import StreamingCKA
+
+    model = Twice()
+    m = StreamingCKA(model, ["lin1", "relu"]).to("meta")
+    with m.track(), torch.no_grad():
+        m.recorder.mask_next_batch()
+        model(torch.randn(8, 6))
+    assert m.layers_x == ["lin1", "relu#0", "relu#1"]
+    states = {name: getattr(m, name).device.type for name in m._defaults}
+    assert set(states.values()) == {"meta"}, states
