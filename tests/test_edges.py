@@ -104,3 +104,41 @@ def test_layers_renamed_on_a_padding_batch_keep_the_states_on_the_metrics_device
     assert m.layers_x == ["lin1", "relu#0", "relu#1"]
     states = {name: getattr(m, name).device.type for name in m._defaults}
     assert set(states.values()) == {"meta"}, states
+
+
+# ---------------------------------------------------------------------------------------------- 5. precision
+_CPU_PROBE = r"""
+import json, torch
+from vvm.cka.precision import matmul_precision
+flags = {"cuda": torch.backends.cuda.matmul, "cpu": torch.backends.mkldnn.matmul}
+def state():
+    return {k: f.fp32_precision for k, f in flags.items()}
+out = []
+for setup in ["pass", "torch.set_float32_matmul_precision('medium')", "torch.set_float32_matmul_precision('high')",
+              "torch.backends.mkldnn.matmul.fp32_precision = 'bf16'",
+              "torch.backends.mkldnn.matmul.fp32_precision = 'none'; torch.backends.fp32_precision = 'bf16'"]:
+    exec(setup)
+    before, inside = state(), {}
+    for tf32 in (True, False):
+        with matmul_precision(tf32):
+            inside[str(tf32)] = state()
+    out.append({"setup": setup, "before": before, "inside": inside, "after": state()})
+print(json.dumps(out))
+"""
+
+
+def test_cpu_matmuls_stay_float32_and_flags_are_restored():
+    """set_float32_matmul_precision("medium") makes oneDNN run float32 CPU matmuls in bf16: inside the hooks'
+    context they run in float32 (``ieee``) in both modes, and every flag is left as found."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _CPU_PROBE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert runs[1]["before"]["cpu"] == "bf16"  # what "medium" does on the CPU (the reason for the fix)
+    for run in runs:
+        assert run["after"] == run["before"], run
+        assert run["inside"]["True"] == {"cuda": "tf32", "cpu": "ieee"}, run
+        assert run["inside"]["False"] == {"cuda": "ieee", "cpu": "ieee"}, run
