@@ -142,3 +142,27 @@ def test_cpu_matmuls_stay_float32_and_flags_are_restored():
         assert run["after"] == run["before"], run
         assert run["inside"]["True"] == {"cuda": "tf32", "cpu": "ieee"}, run
         assert run["inside"]["False"] == {"cuda": "ieee", "cpu": "ieee"}, run
+
+
+# ---------------------------------------------------------------------------------------------- 6. per_batch σ²
+def test_per_batch_bandwidth_records_the_first_batchs_sigma2():
+    """rbf_bandwidth=per_batch: the kernels use every batch's own σ², the result records the first batch's (as
+    documented); checked against scipy's squared distances."""
+    import numpy as np
+    from helpers import Replay, make_layer_batches
+    from scipy.spatial.distance import pdist
+
+    from vvm.cka import StreamingCKA
+
+    batches = make_layer_batches([12, 10, 9], [5, 7], seed=4)
+    batches[1] = [3.0 * f for f in batches[1]]  # later batches on other scales: their σ² differ
+    batches[2] = [0.2 * f for f in batches[2]]
+    model = Replay(2)
+    m = StreamingCKA(model, "blocks", kernel="rbf", rbf_bandwidth="per_batch", rbf_frac=0.7)
+    with m.track():
+        for feats in batches:
+            model(feats)
+    res = m.compute()
+    first = [0.7**2 * np.median(pdist(f.double().numpy(), "sqeuclidean")) for f in batches[0]]
+    np.testing.assert_allclose(res.rbf_sigma2_x.numpy(), first, rtol=1e-5)
+    np.testing.assert_allclose(res.rbf_sigma2_y.numpy(), first, rtol=1e-5)

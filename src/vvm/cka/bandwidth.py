@@ -4,7 +4,8 @@
 (the default) each layer's σ² is taken from the first batch (a random sample of the split) and used for every
 batch, so every batch estimates HSIC of the same kernel; under DDP rank 0's first batch (the first batch of
 the split) decides, broadcast to the other ranks, so any number of processes uses the same kernels.
-``mode="per_batch"`` re-estimates σ² on every batch (the kernel then depends on the batch's composition).
+``mode="per_batch"`` re-estimates σ² on every batch (the kernel then depends on the batch's composition); the
+σ² recorded (:attr:`Bandwidths.sigma2`, the result's ``rbf_sigma2_*``) are the first batch's.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ class Bandwidths:
 
     def kernels(self, side: str, linear: Tensor) -> Tensor:
         """RBF kernels ``[L, n, n]`` from the linear Grams ``[L, n, n]`` of one side."""
-        if self.mode == "per_batch" or side not in self.sigma2:
+        if self.mode == "per_batch":
             s2 = rbf_sigma2(linear, self.frac)
-            if self.mode == "fixed":
-                s2 = _from_rank_zero(s2)
-            self.sigma2[side] = s2
+            self.sigma2.setdefault(side, s2)  # recorded: the first batch's (the kernel: this batch's)
+            return rbf_kernels(linear, s2)
+        if side not in self.sigma2:
+            self.sigma2[side] = _from_rank_zero(rbf_sigma2(linear, self.frac))
         return rbf_kernels(linear, self.sigma2[side])
