@@ -4,6 +4,8 @@ RBF bandwidths under DDP, the oneDNN precision flag, per-batch bandwidths, one m
 from __future__ import annotations
 
 import pickle
+import time
+import warnings
 
 import pytest
 import torch
@@ -166,3 +168,89 @@ def test_per_batch_bandwidth_records_the_first_batchs_sigma2():
     first = [0.7**2 * np.median(pdist(f.double().numpy(), "sqeuclidean")) for f in batches[0]]
     np.testing.assert_allclose(res.rbf_sigma2_x.numpy(), first, rtol=1e-5)
     np.testing.assert_allclose(res.rbf_sigma2_y.numpy(), first, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- 4. RBF under DDP
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rbf_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 0 runs batch 0 (8 examples), rank 1 batch 1 (3: below the unbiased estimator's 4, skipped), with a
+    fixed RBF bandwidth broadcast from rank 0: StreamingCKA with two models (two broadcasts) and JointCKA."""
+    import datetime
+    import os
+
+    import numpy as np
+    import torch.distributed as dist
+    from helpers import Replay, make_layer_batches
+
+    from vvm.cka import JointCKA, StreamingCKA
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    torch.set_num_threads(1)
+    mine = make_layer_batches([8, 3], [5, 6], seed=2)[rank]
+    a, b = Replay(2), Replay(2)
+    results = {}
+    for name, m in [("streaming", StreamingCKA(a, "blocks", other=b, kernel="rbf", max_batches=2)),
+                    ("joint", JointCKA({"a": a, "b": b}, "blocks", kernel="rbf", max_batches=2))]:  # fmt: skip
+        with warnings.catch_warnings(), m.track():
+            warnings.simplefilter("ignore")  # the skipped batch's warning
+            m.recorder.set_next_batch_id(rank)
+            a(mine)
+            b(mine)
+        res = m.compute()
+        results[name] = (res.matrix.numpy(), res.rbf_sigma2_x.numpy(), res.n_samples)
+    # the other way round: rank 0's first batch is the small one, so no rank has a bandwidth: all raise
+    m = StreamingCKA(a, "blocks", other=b, kernel="rbf", max_batches=2)
+    error = ""
+    try:
+        with warnings.catch_warnings(), m.track():
+            warnings.simplefilter("ignore")
+            a(make_layer_batches([8, 3], [5, 6], seed=2)[1 - rank])
+            b(make_layer_batches([8, 3], [5, 6], seed=2)[1 - rank])
+    except ValueError as e:
+        error = str(e)
+    flat = {f"{k}_{i}": v for k, t in results.items() for i, v in enumerate(t)}
+    np.savez(f"{out}_{rank}.npz", error=error, **flat)
+    dist.destroy_process_group()
+
+
+def test_fixed_rbf_bandwidth_under_ddp_with_a_rank_of_small_batches_does_not_hang(tmp_path):
+    """Every rank joins rank 0's broadcast of the fixed bandwidths, even one whose batches are all skipped (it
+    hung before: the broadcast waited for a rank that never called it)."""
+    import numpy as np
+    import torch.multiprocessing as mp
+    from helpers import Replay, make_layer_batches
+
+    from vvm.cka import StreamingCKA
+
+    out = str(tmp_path / "rbf")
+    ctx = mp.start_processes(_rbf_worker, args=(2, _free_port(), out), nprocs=2, join=False, start_method="spawn")
+    try:
+        deadline = time.monotonic() + 240
+        while not ctx.join(timeout=5):
+            assert time.monotonic() < deadline, "the ranks hang in the bandwidth broadcast"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    a, b = Replay(2), Replay(2)
+    single = StreamingCKA(a, "blocks", other=b, kernel="rbf")
+    first = make_layer_batches([8, 3], [5, 6], seed=2)[0]
+    with single.track():
+        a(first)
+        b(first)
+    want = single.compute()
+    for rank in range(2):
+        z = np.load(f"{out}_{rank}.npz")
+        for name in ("streaming", "joint"):
+            assert int(z[f"{name}_2"]) == 8  # the 3-example batch adds nothing
+            np.testing.assert_allclose(z[f"{name}_1"][:2], want.rbf_sigma2_x.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(z["streaming_0"], want.matrix.numpy(), atol=1e-12)
+        assert "rank 0's first batch" in str(z["error"]) and "per_batch" in str(z["error"])

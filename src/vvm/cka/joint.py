@@ -169,7 +169,7 @@ class JointCKA(HSICMetric):
         self._model_layers = modules
         self.recorder = KernelRecorder(
             nets, modules, self._on_batch, min_n=min_samples(estimator), tf32=precision == "fast",
-            out_dtype=self.work_dtype,
+            out_dtype=self.work_dtype, on_skip=self._on_skip,
         )  # fmt: skip
         self.activation_dtypes = self.recorder.activation_dtypes
         self._layers_learnt = False
@@ -230,6 +230,16 @@ class JointCKA(HSICMetric):
         if self.kernel == "rbf":
             self.sigma2["x"] = torch.cat([self._bandwidths.sigma2[k] for k in self._model_layers])
         return out
+
+    def _on_skip(self, batch_id: int) -> None:
+        """A batch too small for the estimator: nothing to add, but a fixed RBF bandwidth's broadcast to join."""
+        if not self._layers_learnt:
+            self._learn_layers()
+        if self.kernel == "rbf":
+            for key, names in self._model_layers.items():
+                self._bandwidths.join(key, len(names), device=self.device, dtype=self.work_dtype)
+            if all(k in self._bandwidths.sigma2 for k in self._model_layers):
+                self.sigma2["x"] = torch.cat([self._bandwidths.sigma2[k] for k in self._model_layers])
 
     def _on_batch(self, kernels: BatchKernels, masked: bool, batch_id: int) -> None:
         if not self._layers_learnt:

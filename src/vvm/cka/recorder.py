@@ -10,7 +10,8 @@ What the hooks guarantee:
 - a module that runs k times per forward pass gives k layers (``name#0`` .. ``name#k-1``), learnt on the first
   batch; every later batch must run the same graph;
 - non-finite features are an error naming the layer and the batch; a batch below the estimator's minimum size
-  is skipped with a warning; a masked batch (DDP padding) is computed but handed on as masked.
+  is skipped with a warning (the owner hears of it through ``on_skip``: under DDP it still has to join the
+  collectives of a first batch); a masked batch (DDP padding) is computed but handed on as masked.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class KernelRecorder:
         models: ``{key: network}``; every batch must go through each network once.
         modules: ``{key: module names}`` to hook in each network.
         on_batch: called after every batch with ``(kernels, masked, batch_id)``; ``kernels[key][layer]``.
-        min_n: batches with fewer examples are skipped with a warning.
+        min_n: batches with fewer examples are skipped with a warning, and ``on_skip(batch_id)`` is called
+            instead of ``on_batch`` (after :attr:`layers` is known).
         tf32: fast mode (TF32 Grams on CUDA).
         out_dtype: the dtype the Grams are handed on in.
     """
@@ -79,10 +81,12 @@ class KernelRecorder:
         min_n: int,
         tf32: bool,
         out_dtype: torch.dtype,
+        on_skip: Callable[[int], None] | None = None,
     ) -> None:
         self.models = models
         self.modules = modules
         self.on_batch = on_batch
+        self.on_skip = on_skip
         self.min_n = min_n
         self.tf32 = tf32
         self.out_dtype = out_dtype
@@ -238,13 +242,6 @@ class KernelRecorder:
         self._next_id = None
         self._batch_count += 1
         try:
-            if self._skip:
-                warnings.warn(
-                    f"CKA: skipped a batch of {self._batch_n} examples: the estimator needs at least "
-                    f"{self.min_n}",
-                    stacklevel=3,
-                )
-                return
             if self._calls_per_batch is None:
                 self._learn_structure()
             elif self._calls != self._calls_per_batch:
@@ -252,6 +249,15 @@ class KernelRecorder:
                     "the tracked modules ran a different number of times than on the first batch; CKA needs "
                     "the same computation graph for every batch"
                 )
+            if self._skip:
+                warnings.warn(
+                    f"CKA: skipped a batch of {self._batch_n} examples: the estimator needs at least "
+                    f"{self.min_n}",
+                    stacklevel=3,
+                )
+                if self.on_skip is not None:
+                    self.on_skip(batch_id)
+                return
             kernels = self._collect()
             self._kernels.clear()
             self._check_finite(kernels, batch_id)
