@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from vvm.data import batches as batches_mod
 from vvm.data.batches import IGNORE_LABEL, EvalBatches, balanced_batches, permutation
 
-
 # ---------------------------------------------------------------------------------------------- 1. shards
 N, BATCH, WORLD = 38, 8, 2  # 5 batches of 7-8 over 2 ranks: rank 1 runs one padding batch
 
@@ -231,7 +230,9 @@ def test_fixed_rbf_bandwidth_under_ddp_with_a_rank_of_small_batches_does_not_han
     from vvm.cka import StreamingCKA
 
     out = str(tmp_path / "rbf")
-    ctx = mp.start_processes(_rbf_worker, args=(2, _free_port(), out), nprocs=2, join=False, start_method="spawn")
+    ctx = mp.start_processes(
+        _rbf_worker, args=(2, _free_port(), out), nprocs=2, join=False, start_method="spawn"
+    )
     try:
         deadline = time.monotonic() + 240
         while not ctx.join(timeout=5):
