@@ -255,3 +255,28 @@ def test_fixed_rbf_bandwidth_under_ddp_with_a_rank_of_small_batches_does_not_han
             np.testing.assert_allclose(z[f"{name}_1"][:2], want.rbf_sigma2_x.numpy(), rtol=1e-12)
         np.testing.assert_allclose(z["streaming_0"], want.matrix.numpy(), atol=1e-12)
         assert "rank 0's first batch" in str(z["error"]) and "per_batch" in str(z["error"])
+
+
+# ---------------------------------------------------------------------------------------------- 12b. one module
+def test_one_network_under_two_names_is_refused():
+    """JointCKA({"a": net, "b": net}) ran every batch twice through the same hooks (n_samples doubled)."""
+    import copy
+
+    from helpers import Replay, make_layer_batches
+
+    from vvm.cka import JointCKA, StreamingCKA
+
+    net = Replay(2)
+    with pytest.raises(ValueError, match=r"models 'a' and 'b' are the same network.*copy\.deepcopy"):
+        JointCKA({"a": net, "b": net}, "blocks")
+    shared = torch.nn.Sequential(net, torch.nn.Identity())  # another model that holds net inside it
+    with pytest.raises(ValueError, match="model 'a' is part of model 'b'"):
+        JointCKA({"a": net, "b": shared}, {"a": ["l0"], "b": ["1"]})
+    with pytest.raises(ValueError, match="are the same network"):
+        StreamingCKA(net, "blocks", other=net)
+    twin = copy.deepcopy(net)  # the way out: a copy counts every batch once
+    m = JointCKA({"a": net, "b": twin}, "blocks")
+    batch = make_layer_batches([8], [3, 4])[0]
+    with m.track():
+        m.feed(batch)
+    assert m.compute().n_samples == 8

@@ -59,6 +59,28 @@ def layer_gram(output: Tensor, *, tf32: bool) -> Tensor:
         return linear_gram(x, chunk_elements=chunk)
 
 
+def _check_disjoint(models: dict[str, nn.Module], modules: dict[str, list[str]]) -> None:
+    """No tracked module of one model may belong to another: its hooks would fire when either runs, so every
+    batch would be recorded twice (one network under two names) or mixed up (a shared submodule)."""
+    if len(models) < 2:
+        return
+    members = {key: {id(m) for m in net.modules()} for key, net in models.items()}
+    for key, net in models.items():
+        named = dict(net.named_modules())
+        for name in ("", *modules[key]):
+            for other in models:
+                if other != key and id(named[name]) in members[other]:
+                    if models[key] is models[other]:
+                        what = f"models {key!r} and {other!r} are the same network (one object)"
+                    else:
+                        what = f"{f'module {name!r} of ' if name else ''}model {key!r} is part of model {other!r}"
+                    raise ValueError(
+                        f"{what}: its hooks would fire for both, so every batch would count twice. To compare a "
+                        "network with itself pass a copy (copy.deepcopy(model)) under the second name, or track "
+                        "it once"
+                    )
+
+
 class KernelRecorder:
     """Hooks on the named modules of one or more models; per batch, one linear Gram per layer.
 
@@ -83,6 +105,7 @@ class KernelRecorder:
         out_dtype: torch.dtype,
         on_skip: Callable[[int], None] | None = None,
     ) -> None:
+        _check_disjoint(models, modules)
         self.models = models
         self.modules = modules
         self.on_batch = on_batch
