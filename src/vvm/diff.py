@@ -3,19 +3,28 @@
     python -m vvm.diff outputs/r18-pretrained outputs/r18-random --out outputs/r18-diff
 
 Each argument is a run directory (holding cka.npz) or a cka.npz file. The two maps must have the same layers.
-Writes diff.npz (``diff`` = A - B, ``diff_stderr``, ``paired``, ``cka_a``, ``cka_b``, layer names), diff.png and
-diff.pdf with a diverging colour scale centred on 0 (red: more similar in A, blue: more similar in B; NaN grey);
-a dot marks the entries whose difference is within two standard errors of 0.
+Writes diff.npz (``diff`` = A - B, ``diff_stderr``, ``paired``, ``df``, ``p_value``, ``significant``, ``level``,
+``fdr``, ``cka_a``, ``cka_b``, layer names), diff.png and diff.pdf with a diverging colour scale centred on 0
+(red: more similar in A, blue: more similar in B; NaN grey); a dot marks the entries whose difference is not
+significant.
 
 The standard error of the difference is *paired* when both runs saw the same batches (the same
 ``batch_fingerprint`` and per-batch HSIC values stored): the delta method on the per-batch differences, so the
 batch-to-batch noise both runs share cancels. Otherwise the runs are treated as independent:
-``sqrt(se_A² + se_B²)``.
+``sqrt(se_A² + se_B²)``. Either way it covers the sampling of the data (which examples, in which batches), not
+the spread between trainings from different seeds.
+
+Significance uses the Student t quantile the intervals use (:meth:`vvm.cka.CKAResult.interval`): ``B - 1``
+degrees of freedom for ``B`` paired batches, Welch–Satterthwaite's for independent runs. By default an entry is
+significant when 0 is outside its ``level`` (95%) interval, entry by entry; a map holds hundreds of entries, so
+about 5% of the truly equal ones would look different by chance. ``--fdr 0.05`` controls the false discovery
+rate over the map instead (Benjamini–Hochberg on the two-sided p-values of the defined entries).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import warnings
 from pathlib import Path
 
@@ -84,14 +93,73 @@ def difference_stderr(za: dict, zb: dict) -> tuple[np.ndarray, bool]:
     return np.sqrt(za["cka_stderr"] ** 2 + zb["cka_stderr"] ** 2), False
 
 
-def cka_difference(a: str | Path, b: str | Path) -> dict[str, np.ndarray]:
+def difference_df(za: dict, zb: dict, is_paired: bool) -> np.ndarray:
+    """Degrees of freedom of the t statistic of every entry: ``B - 1`` for ``B`` paired batches (as
+    :meth:`CKAResult.interval`); for independent runs Welch–Satterthwaite's
+    ``(v_A + v_B)² / (v_A² / (B_A - 1) + v_B² / (B_B - 1))`` with ``v = se²`` (NaN with fewer than 2 batches)."""
+    shape = np.shape(za["cka"])
+    if is_paired:
+        return np.full(shape, len(za["batch_ids"]) - 1.0)
+    va, vb = (np.asarray(z["cka_stderr"], dtype=float) ** 2 for z in (za, zb))
+    na, nb = (float(z["n_batches"]) - 1.0 if "n_batches" in z else math.nan for z in (za, zb))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        df = (va + vb) ** 2 / (va**2 / na + vb**2 / nb)
+    return np.where((na >= 1) & (nb >= 1), df, np.nan)
+
+
+def benjamini_hochberg(p: np.ndarray, fdr: float) -> np.ndarray:
+    """Benjamini–Hochberg at false discovery rate ``fdr`` over the finite entries of ``p`` (any shape): the
+    rejected (significant) entries; NaN p-values are neither tested nor counted."""
+    if not 0 < fdr < 1:
+        raise ValueError(f"fdr={fdr}: use a false discovery rate between 0 and 1, e.g. --fdr 0.05")
+    p = np.asarray(p, dtype=float)
+    out = np.zeros(p.shape, dtype=bool)
+    tested = np.flatnonzero(np.isfinite(p))
+    m = tested.size
+    if m == 0:
+        return out
+    order = tested[np.argsort(p.flat[tested], kind="stable")]
+    # step-up: reject the k smallest, k the largest rank with p_(k) <= k * fdr / m
+    below = np.flatnonzero(p.flat[order] <= np.arange(1, m + 1) * fdr / m)
+    if below.size:
+        out.flat[order[: below[-1] + 1]] = True
+    return out
+
+
+def significance(
+    diff: np.ndarray, se: np.ndarray, df: np.ndarray, *, level: float = 0.95, fdr: float | None = None
+) -> dict[str, np.ndarray]:
+    """Two-sided p-values of ``diff / se`` under Student's t with ``df`` degrees of freedom, and the significant
+    entries: outside the ``level`` interval each (``fdr=None``), or Benjamini–Hochberg at ``fdr`` over the map."""
+    from scipy.stats import t as student_t
+
+    if not 0 < level < 1:
+        raise ValueError(f"level={level}: use a confidence level between 0 and 1, e.g. 0.95")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = 2.0 * student_t.sf(np.abs(diff / se), df)
+    if fdr is None:
+        significant = np.isfinite(p) & (p < 1.0 - level)  # |diff| > t_{(1+level)/2, df} * se
+    else:
+        significant = benjamini_hochberg(p, fdr)
+    return {"p_value": p, "significant": significant}
+
+
+def cka_difference(
+    a: str | Path, b: str | Path, *, level: float = 0.95, fdr: float | None = None
+) -> dict[str, np.ndarray]:
     za, zb = load_npz(_npz_path(a)), load_npz(_npz_path(b))
     _check_comparable(za, zb)
     se, is_paired = difference_stderr(za, zb)
+    diff = za["cka"] - zb["cka"]
+    df = difference_df(za, zb, is_paired)
     return {
-        "diff": za["cka"] - zb["cka"],
+        "diff": diff,
         "diff_stderr": se,
         "paired": np.array(is_paired),
+        "df": df,
+        **significance(diff, se, df, level=level, fdr=fdr),
+        "level": np.array(level),
+        "fdr": np.array(math.nan if fdr is None else fdr),
         "cka_a": za["cka"],
         "cka_b": zb["cka"],
         "layers_x": za["layers_x"],
@@ -100,34 +168,41 @@ def cka_difference(a: str | Path, b: str | Path) -> dict[str, np.ndarray]:
 
 
 def write_difference(
-    a: str | Path, b: str | Path, out: str | Path, *, title: str | None = None
+    a: str | Path,
+    b: str | Path,
+    out: str | Path,
+    *,
+    title: str | None = None,
+    level: float = 0.95,
+    fdr: float | None = None,
 ) -> list[Path]:
     from vvm.plots.heatmap import heatmap_figure, save_figure
 
-    d = cka_difference(a, b)
+    d = cka_difference(a, b, level=level, fdr=fdr)
     out = Path(out)
     paths = [write_npz(out / "diff.npz", **d, source_a=str(_npz_path(a)), source_b=str(_npz_path(b)))]
     finite = d["diff"][np.isfinite(d["diff"])]
     lim = float(max(np.abs(finite).max(), 1e-3)) if finite.size else 1.0
     kind = "paired" if bool(d["paired"]) else "independent"
+    test = f"FDR {fdr:g} (Benjamini-Hochberg)" if fdr is not None else f"{level:.0%} t interval, per entry"
     fig = heatmap_figure(
         d["diff"],
         [str(v) for v in d["layers_x"]],
         [str(v) for v in d["layers_y"]],
         title=title
-        or f"CKA difference: {Path(a).name} - {Path(b).name} (dots: within 2 {kind} standard errors of 0)",
+        or f"CKA difference: {Path(a).name} - {Path(b).name} (dots: not significant, {kind}, {test})",
         vmin=-lim,
         vmax=lim,
         cmap="RdBu_r",
     )
-    mark_within(fig.axes[0], d["diff"], d["diff_stderr"])
+    mark_not_significant(fig.axes[0], d["diff"], d["significant"])
     paths += save_figure(fig, out / "diff")
     return paths
 
 
-def mark_within(ax, diff: np.ndarray, se: np.ndarray, k: float = 2.0) -> None:
-    """A dot on every cell whose difference is within ``k`` standard errors of 0 (not distinguishable)."""
-    rows, cols = np.nonzero(np.abs(diff) <= k * se)
+def mark_not_significant(ax, diff: np.ndarray, significant: np.ndarray) -> None:
+    """A dot on every defined cell whose difference is not significant (not distinguishable from 0)."""
+    rows, cols = np.nonzero(np.isfinite(diff) & ~significant)
     if rows.size:
         ax.scatter(cols + 0.5, rows + 0.5, s=6, c="black", marker="o", linewidths=0)
 
@@ -140,8 +215,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("b", help="run directory or cka.npz (subtracted, e.g. random)")
     p.add_argument("--out", "-o", required=True, help="directory for diff.npz, diff.png, diff.pdf")
     p.add_argument("--title", default=None)
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of each entry's t interval")
+    p.add_argument(
+        "--fdr", type=float, default=None,
+        help="control the false discovery rate over the map at this level (Benjamini-Hochberg), e.g. 0.05",
+    )  # fmt: skip
     args = p.parse_args(argv)
-    for path in write_difference(args.a, args.b, args.out, title=args.title):
+    for name, value in (("--level", args.level), ("--fdr", args.fdr)):
+        if value is not None and not 0 < value < 1:
+            p.error(f"{name} {value}: use a number between 0 and 1")
+    for path in write_difference(args.a, args.b, args.out, title=args.title, level=args.level, fdr=args.fdr):
         print(path)
 
 

@@ -13,7 +13,10 @@ them) with :class:`vvm.cka.JointCKA` writes, into ``<sweep dir>/joint/`` (or ``-
 - ``joint.png/pdf`` (the block matrix), ``pairs/<A>__<B>.png`` (every cross-model block),
   ``correspondence.png/pdf`` (best-matching layer of B for each layer of A, on relative depth);
 - ``joint.csv``: one row per pair of models: the block's mean CKA, its mean of row maxima and, for two models
-  of one architecture, Kornblith et al. (2019)'s layer-identification accuracy;
+  of one architecture, Kornblith et al. (2019)'s layer-identification accuracy, with ties (a layer counts as
+  identified when within one standard error of its row's maximum: :mod:`vvm.cka.correspondence`), the layers
+  counted and the ties; ``includes_classifier`` says whether the classifier is among the layers (Kornblith et
+  al. left the logits out);
 - with ``--logger wandb`` (or ``auto`` when the jobs logged to W&B): the figures and the table in a W&B run.
 
 Job tags are the jobs' ``tag`` less the dataset they share (``r18-pretrained``), with the job number added where
@@ -35,8 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vvm.cka.joint import JointCKA, JointResult, move_models
-from vvm.cka.presets import PRESETS
+from vvm.cka.joint import JointCKA, JointResult, hook_target, move_models
+from vvm.cka.presets import PRESETS, classifier_name
 from vvm.io import load_json
 from vvm.settings import JobSettings, WandbSettings, plain
 
@@ -174,9 +177,11 @@ def run_pass(
 
 
 # ---------------------------------------------------------------------------------------------- the files
-def pair_rows(res: JointResult, jobs: list[JointJob]) -> list[dict[str, Any]]:
-    """One row per pair of models (A before B in job order)."""
-    from vvm.cka.joint import layer_identification, mean_row_max
+def pair_rows(
+    res: JointResult, jobs: list[JointJob], heads: dict[str, str | None] | None = None
+) -> list[dict[str, Any]]:
+    """One row per pair of models (A before B in job order); ``heads``: each model's classifier module name."""
+    from vvm.cka.correspondence import TOLERANCE, Identification, identification, mean_row_max, records
 
     by_tag = {j.tag: j for j in jobs}
     rows = []
@@ -184,17 +189,22 @@ def pair_rows(res: JointResult, jobs: list[JointJob]) -> list[dict[str, Any]]:
         for b in res.models[a_i + 1 :]:
             ja, jb = by_tag[a], by_tag[b]
             block = res.block(a, b).numpy()
+            same = ja.model == jb.model
             ident = (
-                layer_identification(block, res.layers_of(a), res.layers_of(b))
-                if ja.model == jb.model
-                else None
+                identification(block, res.layers_of(a), res.layers_of(b), res.block(a, b, "stderr").numpy())
+                if same
+                else Identification(float("nan"), 0, 0, 0)
             )
             rows.append({
                 "model_a": a, "model_b": b, "job_a": ja.job, "job_b": jb.job, "arch_a": ja.model,
                 "arch_b": jb.model, "family_a": ja.family, "family_b": jb.family, "init_a": ja.init,
                 "init_b": jb.init, "layers_a": block.shape[0], "layers_b": block.shape[1],
                 "mean_cka": float(np.nanmean(block)) if not np.isnan(block).all() else None,
-                "mean_row_max": mean_row_max(block), "layer_identification": ident,
+                "mean_row_max": mean_row_max(block), "layer_identification": ident.accuracy,
+                "identification_layers": ident.layers, "identification_ties": ident.ties,
+                "identification_tolerance": TOLERANCE if same else "",
+                "includes_classifier": None if heads is None else any(
+                    records(res.layers_of(m), heads.get(m)) for m in (a, b)),
             })  # fmt: skip
     return rows
 
@@ -226,7 +236,13 @@ def correspondence_panels(res: JointResult, jobs: list[JointJob]) -> list[Any]:
 
 
 def write_outputs(
-    res: JointResult, jobs: list[JointJob], out: Path, *, title: str, extra: dict[str, Any]
+    res: JointResult,
+    jobs: list[JointJob],
+    out: Path,
+    *,
+    title: str,
+    extra: dict[str, Any],
+    heads: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """joint.npz, joint.csv, joint.png/pdf, pairs/<A>__<B>.png, correspondence.png/pdf."""
     import pandas as pd
@@ -244,7 +260,7 @@ def write_outputs(
         families=np.array([by_tag[m].family for m in res.models]), inits=np.array([by_tag[m].init for m in res.models]),
         **extra,
     )}  # fmt: skip
-    table = pd.DataFrame(pair_rows(res, jobs))
+    table = pd.DataFrame(pair_rows(res, jobs, heads))
     files["csv"] = write_bytes(out / "joint.csv", table.to_csv(index=False).encode())
     files["png"], files["pdf"] = save_figure(
         joint_figure(res.matrix.numpy(), res.models, res.model_index.numpy(), title=title), out / "joint"
@@ -326,7 +342,8 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
         f"{res.kernel} CKA, {len(used)} models, {used[0].result.get('dataset')} ({res.n_samples} examples)"
     )
     extra = {"notes": np.array(notes, dtype=str), "batch_fingerprint": batches.fingerprint()}
-    files = write_outputs(res, used, out, title=title, extra=extra)
+    heads = {tag: classifier_name(hook_target(m)) for tag, m in models.items()}
+    files = write_outputs(res, used, out, title=title, extra=extra, heads=heads)
     if logger == "wandb" or (logger == "auto" and uses_wandb(used)):
         files["wandb"] = log_to_wandb(files, used, out, sweep_dir)
     log.info("joint CKA: %d models, %d layers -> %s", len(used), len(res.layers_x), out)

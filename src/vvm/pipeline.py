@@ -21,11 +21,12 @@ import pytorch_lightning as pl
 from vvm.callbacks.cka import CKACallback
 from vvm.cka.result import mean_offdiagonal
 from vvm.data import create_datamodule, dataset_name
+from vvm.data.batches import exact_length
 from vvm.io import is_rank_zero, write_json
 from vvm.loggers import build_logger, finish_logger, log_config
 from vvm.models import from_settings
 from vvm.models.base import VisionModel
-from vvm.preflight import check_layers, check_plan, check_writable
+from vvm.preflight import check_layers, check_plan, check_published, check_writable
 from vvm.settings import InitSettings, JobSettings, ModelSettings, plain
 from vvm.train.cache import CheckpointCache
 from vvm.train.fit import Fit, trainer_factory, vision_module
@@ -114,6 +115,7 @@ def run(job: JobSettings, *, resume_command: str = "") -> dict[str, Any]:
         with sigterm_as_interrupt():
             check_writable(out_dir, "hydra.run.dir (the run directory, paths.output_dir)")
             pl.seed_everything(int(job.seed), workers=True, verbose=False)
+            check_published(job)
             t = time.perf_counter()
             dm, models = build(job, summary)
             check_job(job, dm, models)
@@ -181,7 +183,8 @@ def measure(
     timings["weights"] = time.perf_counter() - t
     trainer = cka_trainer(factory, out_dir, cka_cb, logger)
     t = time.perf_counter()
-    metrics = trainer.test(vision_module(models.model, job.train), datamodule=dm, verbose=False)
+    with exact_length():
+        metrics = trainer.test(vision_module(models.model, job.train), datamodule=dm, verbose=False)
     timings["cka"] = time.perf_counter() - t
     if trainer.is_global_zero and cka_cb.final is not None:
         facts.update(result_facts(cka_cb.final, metrics))

@@ -5,7 +5,9 @@ composed: :mod:`vvm.schema`.)
 - :func:`check_writable`: the run directory (and, when a training is due, ``paths.checkpoints`` with room for
   the checkpoint) can be written;
 - :func:`check_layers`: the layer names resolve, and run in a dry forward pass on the meta device;
-- :func:`check_plan`: the CKA pass's batch plan has at least one batch the estimator can use.
+- :func:`check_plan`: the CKA pass's batch plan has at least one batch the estimator can use;
+- :func:`check_published`: published weights (``init=pretrained`` on vit_l32 or a timm model) can be had, looked
+  for before the (possibly 305M-parameter) network is built.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from vvm.cka.functional import min_samples
-from vvm.settings import CKASettings, ConfigError
+from vvm.models import published_arch
+from vvm.models.checkpoints import check_published_weights
+from vvm.settings import CKASettings, ConfigError, JobSettings
+from vvm.weights import weights_source
 
 
 def check_writable(path: str | Path, key: str, *, need_bytes: int = 0) -> Path:
@@ -89,4 +94,14 @@ def check_plan(
             )
 
 
-__all__ = ["check_layers", "check_plan", "check_writable"]
+def check_published(job: JobSettings) -> None:
+    """Before any model is built: the published weights each model's init asks for are there (a file, timm's
+    local cache, or a hub that answers within seconds); else the loader's error, in seconds instead of after
+    building the network."""
+    members = [(job.model, job.init)] + ([(job.compare, job.other_init())] if job.compare is not None else [])
+    for settings, init in members:
+        if weights_source(settings, init) == "published":
+            check_published_weights(str(published_arch(settings)), init.weights_file)
+
+
+__all__ = ["check_layers", "check_plan", "check_published", "check_writable"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -242,31 +243,33 @@ def cached_checkpoint_damaged(path: Path, err: BaseException) -> bool:
 def save_or_keep(
     path: Path, net: Any, *, keep_dir: str | Path | None, dataset_name: str, facts: dict[str, Any]
 ) -> Path:
-    """Save the trained weights to the cache file ``path``; when that fails (a full disk, a folder that became
-    unwritable), keep them in ``keep_dir`` (the run directory) instead and say where. Returns the file written."""
-    try:
-        return save_trained(path, net, dataset_name=dataset_name, facts=facts)
-    except OSError as e:
-        if keep_dir is None:
-            raise
-        kept = Path(keep_dir) / path.name
+    """Save the trained weights to the cache file ``path``; when that fails for any reason (a full disk, a quota
+    or a file-size limit: ``OSError``, or torch's zip writer failing midway with ``RuntimeError: ... unexpected
+    pos``; a folder that became unwritable), keep them in ``keep_dir`` (the run directory), else in the system's
+    temporary directory, and say where. Returns the file written; when no copy could be written the error says
+    so."""
+    places = [(path, "paths.checkpoints")]
+    if keep_dir is not None:
+        places.append((Path(keep_dir) / path.name, "the run directory"))
+    places.append((Path(tempfile.gettempdir()) / f"vvm-{path.name}", "the temporary directory"))
+    errors = []
+    for place, where in places:
         try:
-            save_trained(kept, net, dataset_name=dataset_name, facts=facts)
-        except OSError as e2:
-            raise OSError(
-                f"the trained weights could not be saved to paths.checkpoints ({path}: {e}) nor to the run "
-                f"directory ({kept}: {e2})"
-            ) from e
-        log.warning(
-            "could not save the trained weights to paths.checkpoints (%s: %s); kept them in the run directory: "
-            "%s. Move that file to %s to reuse it, or pass init.checkpoint=%s",
-            path,
-            e,
-            kept,
-            path,
-            kept,
-        )
-        return kept
+            saved = save_trained(place, net, dataset_name=dataset_name, facts=facts)
+        except Exception as e:  # noqa: BLE001 - any failed write: try the next place
+            errors.append(f"{where} ({place}): {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+            continue
+        if place != path:
+            log.warning(
+                "could not save the trained weights to %s; kept them in %s: %s. Move that file to %s to reuse "
+                "it, or pass init.checkpoint=%s",
+                "; ".join(errors), where, saved, path, saved,
+            )  # fmt: skip
+        return saved
+    raise OSError(
+        "the trained weights could not be written anywhere, so they are lost with this process: "
+        f"{'; '.join(errors)}. Free some disk space (or raise the quota or file-size limit) and run again"
+    )
 
 
 __all__ = [

@@ -5,7 +5,8 @@
 Layout: ``functional`` (the math on tensors), ``precision`` (autocast and TF32 sealed off), ``bandwidth`` (one
 RBF kernel per layer), ``recorder`` (forward hooks -> per-batch kernels), ``metric`` (float64 states, update,
 compute), ``streaming`` (one or two models), ``joint`` (every layer of several models against every other, one
-product), ``presets`` (which layers), ``result`` (what compute returns).
+product), ``correspondence`` (layer identification and best matches of a cross-model block), ``presets`` (which
+layers), ``result`` (what compute returns).
 """
 
 from vvm.cka.functional import (

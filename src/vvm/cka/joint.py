@@ -18,15 +18,14 @@ back to blocks.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from vvm.cka.bandwidth import Bandwidths
+from vvm.cka.correspondence import best_matches, identification, layer_identification, mean_row_max
 from vvm.cka.functional import Estimator, Kernel, check_kernel, min_samples
 from vvm.cka.metric import HSICMetric, check_precision
 from vvm.cka.presets import LayerSpec, resolve_layers
@@ -169,7 +168,7 @@ class JointCKA(HSICMetric):
         self._model_layers = modules
         self.recorder = KernelRecorder(
             nets, modules, self._on_batch, min_n=min_samples(estimator), tf32=precision == "fast",
-            out_dtype=self.work_dtype,
+            out_dtype=self.work_dtype, on_skip=self._on_skip,
         )  # fmt: skip
         self.activation_dtypes = self.recorder.activation_dtypes
         self._layers_learnt = False
@@ -231,6 +230,16 @@ class JointCKA(HSICMetric):
             self.sigma2["x"] = torch.cat([self._bandwidths.sigma2[k] for k in self._model_layers])
         return out
 
+    def _on_skip(self, batch_id: int) -> None:
+        """A batch too small for the estimator: nothing to add, but a fixed RBF bandwidth's broadcast to join."""
+        if not self._layers_learnt:
+            self._learn_layers()
+        if self.kernel == "rbf":
+            for key, names in self._model_layers.items():
+                self._bandwidths.join(key, len(names), device=self.device, dtype=self.work_dtype)
+            if all(k in self._bandwidths.sigma2 for k in self._model_layers):
+                self.sigma2["x"] = torch.cat([self._bandwidths.sigma2[k] for k in self._model_layers])
+
     def _on_batch(self, kernels: BatchKernels, masked: bool, batch_id: int) -> None:
         if not self._layers_learnt:
             self._learn_layers()
@@ -275,41 +284,13 @@ def _joint_names(modules: Mapping[str, list[str]]) -> list[str]:
     return [f"{k}{SEP}{name}" for k, names in modules.items() for name in names]
 
 
-# ---------------------------------------------------------------------------------------------- block facts
-def best_matches(block: np.ndarray) -> np.ndarray:
-    """For every row (a layer of A), the column (layer of B) with the highest CKA; -1 where a row is all NaN."""
-    m = np.asarray(block, dtype=float)
-    out = np.full(m.shape[0], -1)
-    ok = ~np.all(np.isnan(m), axis=1)
-    out[ok] = np.nanargmax(m[ok], axis=1)
-    return out
-
-
-def mean_row_max(block: np.ndarray) -> float:
-    """The mean over A's layers of their best CKA with a layer of B (NaN rows left out)."""
-    m = np.asarray(block, dtype=float)
-    ok = ~np.all(np.isnan(m), axis=1)
-    return float(np.nanmax(m[ok], axis=1).mean()) if ok.any() else math.nan
-
-
-def layer_identification(block: np.ndarray, layers_a: list[str], layers_b: list[str]) -> float:
-    """Kornblith et al. (2019)'s layer-identification accuracy between two networks of one architecture: the
-    fraction of layers whose best match in the other network is the same layer, over both directions (NaN
-    when the layer lists differ)."""
-    if list(layers_a) != list(layers_b) or not layers_a:
-        return math.nan
-    m = np.asarray(block, dtype=float)
-    idx = np.arange(len(layers_a))
-    hits = [best_matches(m) == idx, best_matches(m.T) == idx]
-    return float(np.concatenate(hits).mean())
-
-
 __all__ = [
     "JointCKA",
     "JointResult",
     "auto_block_layers",
     "best_matches",
     "hook_target",
+    "identification",
     "layer_identification",
     "mean_row_max",
     "move_models",

@@ -93,25 +93,30 @@ class HSICMetric(Metric):
 
     # ------------------------------------------------------------------ states
     def set_layers(self, layers_x: list[str], layers_y: list[str]) -> None:
-        """(Re)allocate the states for these rows and columns (before the first update)."""
+        """(Re)allocate the states for these rows and columns (before the first update), on the metric's device:
+        a rank that renames its layers on a padding batch (which never updates, so never moves the states) must
+        still hold them where the all-gather of ``compute()`` expects them (NCCL: on the GPU)."""
         self.layers_x, self.layers_y = list(layers_x), list(layers_y)
         lx, ly = len(self.layers_x), len(self.layers_y)
-        f64 = torch.float64
+
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(shape, dtype=torch.float64, device=self.device)
+
         for name in _MATRIX_SUMS:
-            self.add_state(name, default=torch.zeros(lx, ly, dtype=f64), dist_reduce_fx="sum")
+            self.add_state(name, default=zeros(lx, ly), dist_reduce_fx="sum")
         for name in _X_SUMS:
-            self.add_state(name, default=torch.zeros(lx, dtype=f64), dist_reduce_fx="sum")
+            self.add_state(name, default=zeros(lx), dist_reduce_fx="sum")
         for name in _Y_SUMS:
-            self.add_state(name, default=torch.zeros(ly, dtype=f64), dist_reduce_fx="sum")
+            self.add_state(name, default=zeros(ly), dist_reduce_fx="sum")
         for name in ("n_batches", "n_samples", "weight_sum"):
-            self.add_state(name, default=torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+            self.add_state(name, default=zeros(), dist_reduce_fx="sum")
         nb = self.max_batches
         self._keep_batches = bool(nb) and nb * (lx * ly + lx + ly) <= MAX_PER_BATCH_VALUES
         if self._keep_batches:
-            self.add_state("batch_w", default=torch.zeros(nb, dtype=f64), dist_reduce_fx="sum")
-            self.add_state("batch_a", default=torch.zeros(nb, lx, ly, dtype=f64), dist_reduce_fx="sum")
-            self.add_state("batch_b", default=torch.zeros(nb, lx, dtype=f64), dist_reduce_fx="sum")
-            self.add_state("batch_c", default=torch.zeros(nb, ly, dtype=f64), dist_reduce_fx="sum")
+            self.add_state("batch_w", default=zeros(nb), dist_reduce_fx="sum")
+            self.add_state("batch_a", default=zeros(nb, lx, ly), dist_reduce_fx="sum")
+            self.add_state("batch_b", default=zeros(nb, lx), dist_reduce_fx="sum")
+            self.add_state("batch_c", default=zeros(nb, ly), dist_reduce_fx="sum")
         self._next_batch_id = 0
 
     def reset(self) -> None:

@@ -46,7 +46,15 @@ from torch.nn.modules import activation as _act
 
 from vvm.cka.functional import representation
 
-__all__ = ["PRESETS", "LayerSpec", "dry_run", "generic_presets", "layer_presets", "resolve_layers"]
+__all__ = [
+    "PRESETS",
+    "LayerSpec",
+    "classifier_name",
+    "dry_run",
+    "generic_presets",
+    "layer_presets",
+    "resolve_layers",
+]
 
 PRESETS = ("blocks", "all", "term_project")
 # presets renamed since: the old name is an error that names the new one
@@ -244,6 +252,17 @@ def _blocks_preset(net: nn.Module, names: list[str], modules: dict[str, nn.Modul
     if head is not None and not isinstance(modules[head], nn.Identity) and head not in blocks:
         blocks.append(head)
     return list(dict.fromkeys(blocks))
+
+
+def classifier_name(net: nn.Module) -> str | None:
+    """The module name of ``net``'s classifier: timm's ``pretrained_cfg["classifier"]``, else the first
+    top-level ``head``/``fc``/``classifier``/``last_linear`` that is not a placeholder; None when there is none."""
+    modules = dict(net.named_modules())
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    classifier = cfg.get("classifier") if isinstance(cfg.get("classifier"), str) else None
+    top = [n for n in modules if n and "." not in n]
+    head = classifier if classifier in modules else _first_of(top, _HEAD_NAMES, modules)
+    return None if head is None or isinstance(modules[head], nn.Identity) else head
 
 
 def generic_presets(net: nn.Module, input_size: int | Sequence[int] | None = None) -> dict[str, list[str]]:

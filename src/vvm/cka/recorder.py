@@ -10,7 +10,8 @@ What the hooks guarantee:
 - a module that runs k times per forward pass gives k layers (``name#0`` .. ``name#k-1``), learnt on the first
   batch; every later batch must run the same graph;
 - non-finite features are an error naming the layer and the batch; a batch below the estimator's minimum size
-  is skipped with a warning; a masked batch (DDP padding) is computed but handed on as masked.
+  is skipped with a warning (the owner hears of it through ``on_skip``: under DDP it still has to join the
+  collectives of a first batch); a masked batch (DDP padding) is computed but handed on as masked.
 """
 
 from __future__ import annotations
@@ -58,6 +59,28 @@ def layer_gram(output: Tensor, *, tf32: bool) -> Tensor:
         return linear_gram(x, chunk_elements=chunk)
 
 
+def _check_disjoint(models: dict[str, nn.Module], modules: dict[str, list[str]]) -> None:
+    """No tracked module of one model may belong to another: its hooks would fire when either runs, so every
+    batch would be recorded twice (one network under two names) or mixed up (a shared submodule)."""
+    if len(models) < 2:
+        return
+    members = {key: {id(m) for m in net.modules()} for key, net in models.items()}
+    for key, net in models.items():
+        named = dict(net.named_modules())
+        for name in ("", *modules[key]):
+            for other in models:
+                if other != key and id(named[name]) in members[other]:
+                    if models[key] is models[other]:
+                        what = f"models {key!r} and {other!r} are the same network (one object)"
+                    else:
+                        what = f"{f'module {name!r} of ' if name else ''}model {key!r} is part of model {other!r}"
+                    raise ValueError(
+                        f"{what}: its hooks would fire for both, so every batch would count twice. To compare a "
+                        "network with itself pass a copy (copy.deepcopy(model)) under the second name, or track "
+                        "it once"
+                    )
+
+
 class KernelRecorder:
     """Hooks on the named modules of one or more models; per batch, one linear Gram per layer.
 
@@ -65,7 +88,8 @@ class KernelRecorder:
         models: ``{key: network}``; every batch must go through each network once.
         modules: ``{key: module names}`` to hook in each network.
         on_batch: called after every batch with ``(kernels, masked, batch_id)``; ``kernels[key][layer]``.
-        min_n: batches with fewer examples are skipped with a warning.
+        min_n: batches with fewer examples are skipped with a warning, and ``on_skip(batch_id)`` is called
+            instead of ``on_batch`` (after :attr:`layers` is known).
         tf32: fast mode (TF32 Grams on CUDA).
         out_dtype: the dtype the Grams are handed on in.
     """
@@ -79,10 +103,13 @@ class KernelRecorder:
         min_n: int,
         tf32: bool,
         out_dtype: torch.dtype,
+        on_skip: Callable[[int], None] | None = None,
     ) -> None:
+        _check_disjoint(models, modules)
         self.models = models
         self.modules = modules
         self.on_batch = on_batch
+        self.on_skip = on_skip
         self.min_n = min_n
         self.tf32 = tf32
         self.out_dtype = out_dtype
@@ -238,13 +265,6 @@ class KernelRecorder:
         self._next_id = None
         self._batch_count += 1
         try:
-            if self._skip:
-                warnings.warn(
-                    f"CKA: skipped a batch of {self._batch_n} examples: the estimator needs at least "
-                    f"{self.min_n}",
-                    stacklevel=3,
-                )
-                return
             if self._calls_per_batch is None:
                 self._learn_structure()
             elif self._calls != self._calls_per_batch:
@@ -252,6 +272,15 @@ class KernelRecorder:
                     "the tracked modules ran a different number of times than on the first batch; CKA needs "
                     "the same computation graph for every batch"
                 )
+            if self._skip:
+                warnings.warn(
+                    f"CKA: skipped a batch of {self._batch_n} examples: the estimator needs at least "
+                    f"{self.min_n}",
+                    stacklevel=3,
+                )
+                if self.on_skip is not None:
+                    self.on_skip(batch_id)
+                return
             kernels = self._collect()
             self._kernels.clear()
             self._check_finite(kernels, batch_id)

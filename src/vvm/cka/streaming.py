@@ -95,6 +95,7 @@ class StreamingCKA(HSICMetric):
             min_n=min_samples(estimator),
             tf32=precision == "fast",
             out_dtype=self.work_dtype,
+            on_skip=self._on_skip,
         )
         self.activation_dtypes = self.recorder.activation_dtypes
         self._layers_learnt = False
@@ -112,7 +113,7 @@ class StreamingCKA(HSICMetric):
             out.extend(n for n in names if n == m or n.rsplit("#", 1)[0] == m and "#" in n)
         return out
 
-    def _on_batch(self, kernels: BatchKernels, masked: bool, batch_id: int) -> None:
+    def _learn_layers(self) -> None:
         y_key = "y" if self._two_models else "x"
         if not self._layers_learnt and self.recorder.layers is not None:
             self._layers_learnt = True
@@ -120,6 +121,19 @@ class StreamingCKA(HSICMetric):
             ly = self._expand(self._modules_y, self.recorder.layers[y_key])
             if (lx, ly) != (self.layers_x, self.layers_y):
                 self.set_layers(lx, ly)
+
+    def _on_skip(self, batch_id: int) -> None:
+        """A batch too small for the estimator: nothing to add, but a fixed RBF bandwidth's broadcast to join."""
+        self._learn_layers()
+        if self.kernel == "rbf":
+            sides = [("x", self.layers_x)] + ([] if self._symmetric else [("y", self.layers_y)])
+            for side, names in sides:
+                self._bandwidths.join(side, len(names), device=self.device, dtype=self.work_dtype)
+            self.sigma2.update(self._bandwidths.sigma2)
+
+    def _on_batch(self, kernels: BatchKernels, masked: bool, batch_id: int) -> None:
+        y_key = "y" if self._two_models else "x"
+        self._learn_layers()
         kx = _stack(kernels["x"], self.layers_x)
         ky = None if self._symmetric else _stack(kernels[y_key], self.layers_y)
         if self.kernel == "rbf":

@@ -137,6 +137,7 @@ class VisionDataModule(pl.LightningDataModule):
         return self._eval_batches(self.probe_dataset(), self.seed + 1, None, "probe")
 
     def _eval_loader(self, batches: EvalBatches) -> DataLoader:
+        # ``batches`` was made here, in the main process, so it carries this rank's shard into the workers
         workers = min(self.num_workers, max(len(batches.plan), 1))
         return DataLoader(
             batches,

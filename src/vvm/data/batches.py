@@ -9,26 +9,38 @@ and it should not depend on how many processes computed it. So:
 - sizes: ``ceil(N / batch_size)`` batches whose sizes differ by at most one (no small ragged last batch);
 - ranks: batch ``b`` of the plan is run by rank ``b mod W``; every rank runs ``ceil(B / W)`` batches, and a rank
   whose share is short runs a masked copy of batch 0 (labels ``IGNORE_LABEL``) that adds nothing, so every
-  example is counted exactly once for any number of processes;
+  example is counted exactly once for any number of processes. The rank and world size are read once, where the
+  :class:`EvalBatches` is made (the main process, after the process group is up), and travel with it to the
+  workers: a DataLoader worker started by ``spawn`` or ``forkserver`` (macOS, Linux from Python 3.14) has no
+  process group and would otherwise take itself for rank 0 of 1;
 - workers: batches are loaded and collated in the DataLoader's workers, worker ``k`` taking every
   ``num_workers``-th batch, which keeps the plan's order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import warnings
+from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
-from torch.utils.data._utils.collate import default_collate
-
-# Lightning warns that an IterableDataset's __len__ may be wrong with several workers: EvalBatches shards its
-# batches by worker itself (see __iter__), so the length is exact
-warnings.filterwarnings("ignore", message=r".*IterableDataset. has .__len__. defined", category=UserWarning)
+from torch.utils.data import Dataset, IterableDataset, default_collate, get_worker_info
 
 IGNORE_LABEL = -100  # cross-entropy's ignore_index: a masked (padding) batch's labels
+
+
+@contextlib.contextmanager
+def exact_length() -> Iterator[None]:
+    """Lightning warns that an IterableDataset's ``__len__`` may be wrong with several workers: EvalBatches
+    shards its batches by worker itself (see ``__iter__``), so its length is exact. Silence that one warning
+    while a Trainer runs over EvalBatches (no process-wide filter)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*IterableDataset. has .__len__. defined", category=UserWarning
+        )
+        yield
 
 
 def permutation(n: int, seed: int, shuffle: bool = True) -> list[int]:
@@ -57,6 +69,7 @@ def balanced_batches(order: list[int], batch_size: int) -> list[list[int]]:
 
 
 def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size (``(0, 1)`` without an initialised process group)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -69,13 +82,31 @@ class EvalBatches(IterableDataset):
 
     Yields collated ``(images, labels)``; a padding batch has every label set to :data:`IGNORE_LABEL`.
     ``batch_info(i)`` tells the caller the global id of this rank's ``i``-th batch and whether it is padding.
+    ``rank``/``world``: this process's shard; by default read from the process group when the object is made,
+    so make it in the process that runs the model (never in a DataLoader worker).
     """
 
-    def __init__(self, dataset: Dataset, plan: list[list[int]], *, name: str = "") -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        plan: list[list[int]],
+        *,
+        name: str = "",
+        rank: int | None = None,
+        world: int | None = None,
+    ) -> None:
         super().__init__()
         self.dataset = dataset
         self.plan = plan
         self.name = name
+        if rank is None or world is None:
+            found = rank_and_world()
+            rank = found[0] if rank is None else rank
+            world = found[1] if world is None else world
+        if not 0 <= int(rank) < int(world):
+            raise ValueError(f"rank={rank} must be in [0, world={world})")
+        # decided here, in the main process, and pickled into the workers with the object
+        self.rank, self.world = int(rank), int(world)
 
     @property
     def n_examples(self) -> int:
@@ -91,7 +122,7 @@ class EvalBatches(IterableDataset):
 
     def _share(self) -> list[int | None]:
         """Global batch ids this rank runs, in order (``None``: a masked padding batch)."""
-        rank, world = rank_and_world()
+        rank, world = self.rank, self.world
         per_rank = math.ceil(len(self.plan) / world) if self.plan else 0
         return [b if b < len(self.plan) else None for b in range(rank, per_rank * world, world)]
 

@@ -17,6 +17,11 @@
 
 Both raise :class:`CheckpointMismatchError` when weights do not fit, ``FileNotFoundError`` for a missing file;
 fetching published weights that cannot be reached raises ``RuntimeError``.
+
+- :func:`check_published_weights`: before anything is built (ViT-L/32 has 305M parameters), whether the published
+  weights of a timm architecture can be had: ``weights_file`` exists, or the hub's (or torch hub's) local cache
+  holds them, or the host answers within a few seconds. The same errors as :func:`load_timm_pretrained`, in
+  seconds instead of after the model is built.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from vvm.models.base import VisionModel
 
 __all__ = [
     "CheckpointMismatchError",
+    "check_published_weights",
     "load_checkpoint",
     "load_timm_pretrained",
     "published_source",
@@ -302,3 +308,98 @@ def published_source(model: VisionModel, weights_file: str | Path | None = None)
         return str(weights_file)
     pcfg = dict(getattr(model.net, "pretrained_cfg", None) or {})
     return str(pcfg.get("hf_hub_id") or pcfg.get("url") or pcfg.get("architecture") or model.name)
+
+
+# ------------------------------------------------------------------------------ published weights, looked for first
+def _weights_source(cfg: Mapping[str, Any]) -> tuple[str, Any]:
+    """Where timm's loader takes a pretrained config's weights from, read off the config's public fields in
+    timm's order: a ``file``, else the hub (``hf_hub_id``, with ``hf_hub_filename`` when set), else a ``url``."""
+    if cfg.get("file"):
+        return "file", cfg["file"]
+    if cfg.get("hf_hub_id"):
+        filename = cfg.get("hf_hub_filename")
+        return "hf-hub", (cfg["hf_hub_id"], filename) if filename else cfg["hf_hub_id"]
+    if cfg.get("url"):
+        return "url", cfg["url"]
+    return "", None
+
+
+def _cached(load_from: str, loc: Any) -> str | None:
+    """The local file that already holds the weights timm would fetch from ``loc`` (None when none does)."""
+    if load_from == "url":
+        import os
+        from urllib.parse import urlsplit
+
+        f = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlsplit(str(loc)).path)
+        return str(f) if f.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    hub_id, filename = (loc[0], loc[1]) if isinstance(loc, (list, tuple)) else (loc, "pytorch_model.bin")
+    repo, _, revision = str(hub_id).partition("@")
+    names = [filename, filename[: -len(".bin")] + ".safetensors"] if filename.endswith(".bin") else [filename]
+    if filename == "pytorch_model.bin":
+        names = ["model.safetensors", *names]
+    for name in names:
+        found = try_to_load_from_cache(repo, name, revision=revision or None)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def check_published_weights(
+    arch: str, weights_file: str | Path | None = None, *, timeout: float = 5.0
+) -> str:
+    """Whether the published weights of timm architecture ``arch`` (``vit_large_patch32_224.orig_in21k``, or a
+    name without a tag: timm's default) can be had, without building the network; returns where they come from.
+
+    ``weights_file`` must exist (``FileNotFoundError``). Without it the weights come from where timm takes them
+    (the Hugging Face hub, or a url): fine when its local cache holds them or the host answers within
+    ``timeout`` seconds; otherwise the ``RuntimeError`` :func:`load_timm_pretrained` would raise after the build.
+    An unknown architecture or tag is a ``ValueError``.
+    """
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    from vvm.io import host_reachable
+
+    if not timm.is_model(arch.split(".", 1)[0]):
+        raise ValueError(f"timm has no model {arch!r} (see timm.list_models('*pattern*'))")
+    try:
+        pcfg = get_pretrained_cfg(arch)
+    except RuntimeError as err:  # an unknown tag
+        raise ValueError(f"{arch!r}: {err}") from err
+    cfg = pcfg.to_dict() if pcfg is not None else {}
+    if weights_file is not None:
+        path = Path(weights_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"init.weights_file={str(path)!r} does not exist: expected the published weights of "
+                f"{_arch(cfg) if cfg else arch}, {_hub_hint(cfg)}"
+            )
+        return str(path)
+    if not cfg:
+        raise ValueError(
+            f"timm has no published weights for {arch!r}: pass init.weights_file or use init=random"
+        )
+    load_from, loc = _weights_source(cfg)
+    if load_from == "file":
+        if not Path(str(loc)).expanduser().is_file():
+            raise FileNotFoundError(
+                f"timm's pretrained config for {_arch(cfg)} names the file {loc}, which does not exist"
+            )
+        return str(loc)
+    if load_from not in ("hf-hub", "url"):
+        raise RuntimeError(
+            f"timm's pretrained config for {_arch(cfg)} names no weights (source {load_from!r})"
+        )
+    source = cfg.get("hf_hub_id") or cfg.get("url") or _arch(cfg)
+    if _cached(load_from, loc) is not None:
+        return source
+    host = "https://huggingface.co" if load_from == "hf-hub" else str(loc)
+    if not host_reachable(host, timeout=timeout):
+        raise RuntimeError(
+            f"could not fetch the published weights of {_arch(cfg)} ({host} cannot be reached and they are not "
+            f"in the local cache). Offline, download {_hub_hint(cfg)} on a machine with internet and pass "
+            "init.weights_file=/path/to/it"
+        )
+    return source

@@ -21,6 +21,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from vvm.data.batches import exact_length
 from vvm.io import temporary_path
 from vvm.models.base import VisionModel
 from vvm.settings import TrainerSettings, TrainSettings
@@ -278,7 +279,8 @@ def train(model: VisionModel, fit: Fit, *, last: Path) -> tuple[pl.Trainer, dict
     if ckpt_path:
         log.info("resuming the interrupted training from %s", ckpt_path)
     t = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    with exact_length():
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - t
     if trainer.interrupted:
         raise RuntimeError(f"training was interrupted; rerun the job to resume from {last}")
