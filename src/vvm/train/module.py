@@ -21,6 +21,14 @@ def resolve_auto(value: Any, device: torch.device) -> bool:
     return bool(value)
 
 
+def set_memory_format(module: torch.nn.Module, memory_format: torch.memory_format) -> torch.nn.Module:
+    """``module`` with its 4-D parameters and buffers (2-D convolutions' weights) and their gradients in
+    ``memory_format``; the others as they are. ``module.to(memory_format=...)`` converts 5-D tensors too, and
+    a 5-D tensor cannot take ``channels_last`` (timm's ``LambdaLayer`` has a Conv3d: "required rank 4 tensor
+    to use channels_last format")."""
+    return module._apply(lambda t: t.contiguous(memory_format=memory_format) if t.dim() == 4 else t)
+
+
 class VisionModule(pl.LightningModule):
     """SGD (lr 0.1, momentum 0.9, weight decay 5e-4) with a cosine schedule over ``epochs``, cross-entropy,
     top-1 accuracy for train, validation and test.
@@ -60,13 +68,13 @@ class VisionModule(pl.LightningModule):
             return
         self._channels_last = resolve_auto(self.hparams.channels_last, self.trainer.strategy.root_device)
         if self._channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            set_memory_format(self.model, torch.channels_last)
         if self.hparams.compile and self._compiled is None:
             object.__setattr__(self, "_compiled", torch.compile(self.model))
 
     def on_fit_end(self) -> None:
         if self._channels_last:
-            self.model.to(memory_format=torch.contiguous_format)
+            set_memory_format(self.model, torch.contiguous_format)
             self._channels_last = False
         object.__setattr__(self, "_compiled", None)
 
