@@ -86,3 +86,66 @@ def test_set_memory_format_on_vit_l32_meta():
     set_memory_format(model, torch.channels_last)
     w = model.net.patch_embed.proj.weight
     assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
+# ------------------------------------------------------------------------------- 2. the joint pass's OOM fallback
+def test_joint_out_of_memory_retries_in_blocks_after_the_handler(monkeypatch):
+    """The one-product path running out of memory falls back to blocks; the retry waits until the failed
+    attempt's frames (and their temporaries) are gone and the allocator's cache was emptied."""
+    import weakref
+
+    from helpers import Replay, make_layer_batches
+
+    import vvm.cka.joint as joint
+    from vvm.cka import JointCKA
+
+    batches = make_layer_batches([16, 16], [5, 6, 4], seed=0)
+    models = {"a": Replay(3), "b": Replay(3)}
+
+    def run(**kw):
+        m = JointCKA(models, "blocks", block_layers="auto", **kw)
+        with m.track():
+            for feats in batches:
+                for net in models.values():
+                    net(feats)
+        return m
+
+    want = run().compute()
+    failed: list[weakref.ref] = []
+    events: list[str] = []
+    real_batch_hsic = JointCKA._batch_hsic
+
+    def one_product_oom(self, kx, ky, n):
+        temporaries = torch.empty(1 << 16)  # what the failed attempt holds when it runs out of memory
+        failed.append(weakref.ref(temporaries))
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB (mocked)")
+
+    def empty_cache(device):
+        events.append("emptied with the failed attempt " + ("alive" if failed[-1]() is not None else "gone"))
+
+    def blocked(self, *args):
+        events.append("retry with the failed attempt " + ("alive" if failed[-1]() is not None else "gone"))
+        return real_blocked(self, *args)
+
+    real_blocked = JointCKA._blocked_hsic
+    monkeypatch.setattr(JointCKA, "_batch_hsic", one_product_oom)
+    monkeypatch.setattr(JointCKA, "_blocked_hsic", blocked)
+    monkeypatch.setattr(joint, "empty_cache", empty_cache)
+    m = run()
+    assert events[:2] == ["emptied with the failed attempt gone", "retry with the failed attempt gone"]
+    assert m.block_layers == 1  # 6 layers // 8, at least 1: in blocks from then on
+    monkeypatch.setattr(JointCKA, "_batch_hsic", real_batch_hsic)
+    torch.testing.assert_close(m.compute().matrix, want.matrix, atol=1e-12, rtol=0)
+
+
+# ------------------------------------------------------------------- 9. the block decision counts cached blocks
+def test_free_memory_counts_the_allocators_cached_free_blocks(monkeypatch):
+    from vvm.cka.joint import free_memory
+
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 10 * gib)
+    # the driver sees 2 GiB free; PyTorch also holds 20 GiB of cached blocks that it can reuse
+    assert free_memory(torch.device("cuda")) == 22 * gib
+    assert free_memory(torch.device("cpu")) > 0

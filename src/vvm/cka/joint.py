@@ -10,9 +10,9 @@ semantics and DDP reduction are :class:`HSICMetric`'s. Layers are named ``<model
 
 Memory: per batch, besides the models, the stack (ΣL·n² numbers in the work dtype). The one-product path needs
 about three more copies of it for the centring's temporaries; when they would not fit (``block_layers="auto"``:
-a quarter of the free device memory, checked every batch) the stack is centred in place and multiplied in blocks
-of layers instead (:meth:`HSICMetric._blocked_hsic`), and an out-of-memory error in the one-product path falls
-back to blocks.
+a quarter of the free device memory, the allocator's cached free blocks included, checked every batch) the
+stack is centred in place and multiplied in blocks of layers instead (:meth:`HSICMetric._blocked_hsic`), and an
+out-of-memory error in the one-product path falls back to blocks (retried once the failed attempt is freed).
 """
 
 from __future__ import annotations
@@ -51,9 +51,12 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes free on ``device``: CUDA's free memory, else the host's available memory (4 GiB if unknown)."""
+    """Bytes free on ``device``: on CUDA the driver's free memory plus the blocks PyTorch's caching allocator
+    holds but does not use (``memory_reserved - memory_allocated``: free for PyTorch, not for the driver), else
+    the host's available memory (4 GiB if unknown)."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + max(0, int(cached))
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -62,6 +65,12 @@ def free_memory(device: torch.device) -> int:
     except OSError:
         pass
     return 4 << 30
+
+
+def empty_cache(device: torch.device) -> None:
+    """Give the blocks PyTorch's allocator caches on ``device`` back (CUDA; nothing elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def not_fit_message(models: Mapping[str, nn.Module], device: object, what: str) -> str:
@@ -241,11 +250,15 @@ class JointCKA(HSICMetric):
             self.block_layers = auto_block_layers(stack, free_memory(stack.device))
         try:
             self.update(stack, batch_id=batch_id, overwrite=True)
+            return
         except (RuntimeError, torch.OutOfMemoryError) as e:
             if not is_out_of_memory(e) or self.block_layers is not None:
                 raise
-            self.block_layers = max(1, stack.shape[0] // 8)  # the one product did not fit: in blocks
-            self.update(stack, batch_id=batch_id, overwrite=True)
+        # the one product did not fit: in blocks. Retried here, after the handler, because the exception's
+        # traceback keeps the failed attempt's frames and their temporaries alive until the handler ends
+        empty_cache(stack.device)
+        self.block_layers = max(1, stack.shape[0] // 8)
+        self.update(stack, batch_id=batch_id, overwrite=True)
 
     def compute(self) -> JointResult:
         res = super().compute()
