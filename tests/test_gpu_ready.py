@@ -149,3 +149,18 @@ def test_free_memory_counts_the_allocators_cached_free_blocks(monkeypatch):
     # the driver sees 2 GiB free; PyTorch also holds 20 GiB of cached blocks that it can reuse
     assert free_memory(torch.device("cuda")) == 22 * gib
     assert free_memory(torch.device("cpu")) > 0
+
+
+# ---------------------------------------------------------------------- 7. bf16 only where the GPU has it natively
+@pytest.mark.parametrize(
+    "capability,want", [((7, 5), "32-true"), ((8, 0), "bf16-mixed"), ((9, 0), "bf16-mixed")]
+)
+def test_precision_auto_picks_bf16_only_on_native_support(monkeypatch, capability, want):
+    """``torch.cuda.is_bf16_supported()`` says yes on a T4 (7.5), which only emulates bf16: auto must not."""
+    from vvm.train.fit import fit_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # counts emulation
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert fit_precision("auto", "32-true", torch.device("cuda")) == want
+    assert fit_precision("32-true", "32-true", torch.device("cuda")) == "32-true"  # an explicit choice stays
