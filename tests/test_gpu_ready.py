@@ -3,13 +3,17 @@ where a CPU cannot answer them)."""
 
 from __future__ import annotations
 
+import weakref
 from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import Replay, make_layer_batches
 from torch.utils.data import DataLoader, TensorDataset
 
+import vvm.cka.joint as joint
+from vvm.cka import JointCKA, StreamingCKA
 from vvm.models import create
 from vvm.train.module import VisionModule, set_memory_format
 
@@ -92,12 +96,6 @@ def test_set_memory_format_on_vit_l32_meta():
 def test_joint_out_of_memory_retries_in_blocks_after_the_handler(monkeypatch):
     """The one-product path running out of memory falls back to blocks; the retry waits until the failed
     attempt's frames (and their temporaries) are gone and the allocator's cache was emptied."""
-    import weakref
-
-    from helpers import Replay, make_layer_batches
-
-    import vvm.cka.joint as joint
-    from vvm.cka import JointCKA
 
     batches = make_layer_batches([16, 16], [5, 6, 4], seed=0)
     models = {"a": Replay(3), "b": Replay(3)}
@@ -164,3 +162,143 @@ def test_precision_auto_picks_bf16_only_on_native_support(monkeypatch, capabilit
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert fit_precision("auto", "32-true", torch.device("cuda")) == want
     assert fit_precision("32-true", "32-true", torch.device("cuda")) == "32-true"  # an explicit choice stays
+
+
+# ------------------------------------------------------------- 5. no host synchronisation per batch, checks kept
+class HostReads:
+    """Counts the tensor reads that make the host wait for a CUDA device (``bool()``, ``item()``, ``tolist()``,
+    ``int()``, ``float()``, ``torch.equal``), on any device: on the CPU they cost nothing but are counted alike."""
+
+    NAMES = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__")
+
+    def __init__(self, monkeypatch) -> None:
+        self.count = 0
+        self.where: list[str] = []
+        for name in self.NAMES:
+            monkeypatch.setattr(torch.Tensor, name, self._counted(getattr(torch.Tensor, name), name))
+        monkeypatch.setattr(torch, "equal", self._counted(torch.equal, "torch.equal"))
+        self.on = False
+
+    def _counted(self, fn, name):
+        def wrapper(*args, **kwargs):
+            if self.on:
+                self.count += 1
+                self.where.append(name)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+
+def test_a_cka_batch_reads_nothing_back_from_the_device(monkeypatch):
+    """StreamingCKA and JointCKA over VisionModels that re-normalise their inputs: after the first batch (which
+    learns the layers), a batch's hooks, checks and update read no tensor value on the host."""
+    model = _tiny_vit()
+    model.set_data_normalization((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))  # not the ViT's own: renormalises
+    assert model._renorm
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(8, 3, 16, 16, generator=g) for _ in range(3)]
+    reads = HostReads(monkeypatch)
+    for metric in (
+        StreamingCKA(model.net, ["patch_embed", "blocks.0", "head"], max_batches=3),
+        JointCKA(
+            {"a": model, "b": create("r18", num_classes=10)}, {"a": ["head"], "b": ["fc"]}, max_batches=3
+        ),
+    ):
+        with torch.no_grad(), metric.track():
+            for i, x in enumerate(xs):
+                reads.on = i > 0
+                if isinstance(metric, JointCKA):
+                    metric.feed(x)
+                else:
+                    model(x)
+                reads.on = False
+        assert reads.count == 0, reads.where
+        assert metric.compute().n_batches == 3
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_features_still_raise_naming_layer_and_batch(bad):
+    """The finiteness check is deferred to the end of the pass (one read), and still names the first bad layer and
+    batch; ``compute()`` refuses too."""
+    batches = make_layer_batches([16] * 4, [5, 6, 4], seed=0)
+    batches[2][2][3, 1] = bad  # l2 in batch 2
+    batches[3][1][0, 0] = bad  # l1 in batch 3: later, not the one named
+    model = Replay(3)
+    m = StreamingCKA(model, "blocks", max_batches=4)
+    with pytest.raises(ValueError, match=r"layer 'l2' \(batch 2\) has non-finite features"), m.track():
+        for feats in batches:
+            model(feats)
+    with pytest.raises(ValueError, match=r"layer 'l2' \(batch 2\)"):
+        m.compute()
+    joint = JointCKA({"a": Replay(3), "b": Replay(3)}, "blocks")
+    with pytest.raises(ValueError, match=r"layer 'l2' \(model 'a', batch 2\)"), joint.track():
+        for feats in batches:
+            joint.feed(feats)
+
+
+def test_a_batch_added_twice_is_still_refused():
+    m = StreamingCKA(Replay(2), "blocks", max_batches=3)
+    feats = make_layer_batches([8], [3, 4], seed=0)[0]
+    m.recorder.set_next_batch_id(1)
+    with m.track():
+        m.recorder.models["x"](feats)
+        m.recorder.set_next_batch_id(1)
+        with pytest.raises(ValueError, match="batch 1 was added twice"):
+            m.recorder.models["x"](feats)
+
+
+def _eval_module(monkeypatch):
+    model = create("r18", num_classes=10)
+    module = VisionModule(model).eval()
+    logged: dict[str, tuple] = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.__setitem__(name, (value, kw)))
+    return module, logged
+
+
+def test_evaluation_step_weighs_padding_on_the_device(monkeypatch):
+    """A masked padding batch (every label IGNORE_LABEL) weighs 0 and a real one its size, decided without a
+    host read; the values are the plain cross-entropy and accuracy."""
+    from vvm.data.batches import IGNORE_LABEL
+
+    module, logged = _eval_module(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 3, 16, 16, generator=g), torch.randint(0, 10, (6,), generator=g)
+    reads = HostReads(monkeypatch)
+    with torch.no_grad():
+        reads.on = True
+        module._step((x, y), "test")
+        reads.on = False
+        logits = module(x)
+    assert reads.count == 0, reads.where
+    loss, kw = logged["test/loss"]
+    assert int(kw["batch_size"]) == 6
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, y))
+    torch.testing.assert_close(logged["test/acc"][0], (logits.argmax(-1) == y).float().mean())
+    with torch.no_grad():
+        module._step((x, torch.full_like(y, IGNORE_LABEL)), "test")
+    assert int(logged["test/loss"][1]["batch_size"]) == 0 and float(logged["test/acc"][0]) == 0.0
+
+
+@pytest.mark.parametrize("label", [-1, 10])
+def test_evaluation_step_still_refuses_bad_labels(monkeypatch, label):
+    module, _ = _eval_module(monkeypatch)
+    y = torch.tensor([0, 1, label, 3])
+    with torch.no_grad(), pytest.raises((IndexError, RuntimeError), match="out of bounds"):
+        module._step((torch.randn(4, 3, 16, 16), y), "val")
+
+
+def test_renormalisation_is_decided_once_and_still_right():
+    """The preprocessing's "does the data's normalisation differ from the model's" is a host decision made when
+    the data's normalisation is set (it compared device tensors in every forward pass); its result is unchanged."""
+    model = _tiny_vit()  # input 32x32, mean = std = 0.5
+    x = torch.randn(2, 3, 32, 32)
+    model.set_data_normalization((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    dm, ds = (
+        torch.tensor([0.49, 0.48, 0.45]).view(1, 3, 1, 1),
+        torch.tensor([0.25, 0.24, 0.26]).view(1, 3, 1, 1),
+    )
+    torch.testing.assert_close(model.preprocess(x), (x * ds + dm - 0.5) / 0.5)
+    model.set_data_normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the model's own: left as it is
+    assert not model._renorm and model.preprocess(x) is x
+    with pytest.raises(ValueError, match="both mean and std"):
+        model.set_data_normalization((0.5, 0.5, 0.5), None)

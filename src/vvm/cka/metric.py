@@ -113,10 +113,12 @@ class HSICMetric(Metric):
             self.add_state("batch_b", default=torch.zeros(nb, lx, dtype=f64), dist_reduce_fx="sum")
             self.add_state("batch_c", default=torch.zeros(nb, ly, dtype=f64), dist_reduce_fx="sum")
         self._next_batch_id = 0
+        self._added: set[int] = set()  # batch ids this process added (kept on the host: no device read)
 
     def reset(self) -> None:
         super().reset()
         self._next_batch_id = 0
+        self._added = set()
 
     @property
     def work_dtype(self) -> torch.dtype:
@@ -220,8 +222,9 @@ class HSICMetric(Metric):
         if self._keep_batches:
             if not 0 <= batch_id < self.max_batches:
                 raise ValueError(f"batch_id={batch_id} is outside max_batches={self.max_batches}")
-            if self.batch_w[batch_id] != 0:
+            if batch_id in self._added:
                 raise ValueError(f"batch {batch_id} was added twice: every example must count once")
+            self._added.add(batch_id)
             self.batch_w[batch_id] = w
             self.batch_a[batch_id] = a
             self.batch_b[batch_id] = b
@@ -243,6 +246,9 @@ class HSICMetric(Metric):
 
     def compute(self) -> CKAResult:
         """CKA matrix and its delta-method standard error (see :func:`vvm.cka.functional.delta_stderr`)."""
+        recorder = getattr(self, "recorder", None)  # the subclasses' hooks defer their finiteness check
+        if recorder is not None:
+            recorder.check_finite()
         nb = int(self.n_batches.item())
         W = float(self.weight_sum.item())
         matrix = cka_from_hsic(self.hsic_xy, self.hsic_xx, self.hsic_yy)
