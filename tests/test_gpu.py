@@ -84,3 +84,25 @@ def test_trainer_gpu_end_to_end(tmp_path):
     res = json.loads((tmp_path / "run" / "result.json").read_text())
     assert res["status"] == "ok" and res["trained"] is True
     assert res["activation_dtype"] == "float32"  # the CKA pass runs in float32 under trainer=gpu
+
+
+def test_cka_batches_do_not_synchronise_with_the_host():
+    """Issue 22: after the first batch, a CKA batch (ViT preprocessing with renormalisation, hooks, deferred
+    finiteness marks, update) never makes the host wait for the device."""
+    model = (
+        create("timm", arch="vit_tiny_patch16_224", num_classes=10, timm_kwargs={"img_size": 32})
+        .cuda()
+        .eval()
+    )
+    model.set_data_normalization((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    m = StreamingCKA(model.net, "blocks", max_batches=3).cuda()
+    xs = [torch.randn(64, 3, 32, 32, device="cuda") for _ in range(3)]
+    with torch.no_grad(), m.track():
+        model(xs[0])
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for x in xs[1:]:
+                model(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert m.compute().n_batches == 3
