@@ -9,10 +9,10 @@ the models' own CKA matrices, the off-diagonal blocks cross-model CKA; the float
 semantics and DDP reduction are :class:`HSICMetric`'s. Layers are named ``<model>/<layer>``.
 
 Memory: per batch, besides the models, the stack (ΣL·n² numbers in the work dtype). The one-product path needs
-about three more copies of it for the centring's temporaries; when they would not fit (``block_layers="auto"``:
-a quarter of the free device memory, the allocator's cached free blocks included, checked every batch) the
-stack is centred in place and multiplied in blocks of layers instead (:meth:`HSICMetric._blocked_hsic`), and an
-out-of-memory error in the one-product path falls back to blocks (retried once the failed attempt is freed).
+one more copy of it, the centred stack; when that would not fit (``block_layers="auto"``: a quarter of the free
+device memory, the allocator's cached free blocks included, checked every batch) the stack is centred in place
+and multiplied in blocks of layers instead (:meth:`HSICMetric._blocked_hsic`), and an out-of-memory error in the
+one-product path falls back to blocks (retried once the failed attempt is freed).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from vvm.cka.recorder import BatchKernels, KernelRecorder
 from vvm.cka.result import CKAResult
 
 SEP = "/"  # <model>/<layer>
-# the one-product path holds the stack, its centred copy and u_centre's temporaries: about 4 stacks
-ONE_PRODUCT_COPIES = 4
+# the one-product path holds the stack and its centred copy (u_centre works in place on the copy): 2 stacks
+ONE_PRODUCT_COPIES = 2
 
 
 def hook_target(model: nn.Module) -> nn.Module:
@@ -267,13 +267,13 @@ class JointCKA(HSICMetric):
 
 
 def auto_block_layers(stack: Tensor, free_bytes: int) -> int | None:
-    """``None`` (one product) when about :data:`ONE_PRODUCT_COPIES` stacks fit in a quarter of ``free_bytes``;
-    else the number of layers whose centring temporaries (3 copies of each) fit there."""
+    """``None`` (one product) when :data:`ONE_PRODUCT_COPIES` stacks fit in a quarter of ``free_bytes``; else
+    the number of layers whose centring (in place, with row sums as the only temporaries) fits there."""
     per_layer = stack[0].numel() * stack.element_size()
     budget = free_bytes // 4
     if ONE_PRODUCT_COPIES * per_layer * stack.shape[0] <= budget:
         return None
-    return max(1, budget // (3 * per_layer))
+    return max(1, budget // per_layer)
 
 
 def _spec_of(layers: LayerSpec | Mapping[str, LayerSpec], key: str) -> LayerSpec:

@@ -165,12 +165,16 @@ class HSICMetric(Metric):
         dtype = self.work_dtype
         norm = hsic_normaliser(n, self.estimator)
         with sealed(kx.device.type), matmul_precision(self.precision == "fast"):
-            gx = centre_kernel(kx.to(dtype), self.estimator).reshape(kx.shape[0], -1)
+            # a new stack: the caller's is kept (the joint pass retries it in blocks after an out-of-memory error)
+            gx = centre_kernel(kx.to(dtype), self.estimator, inplace=kx.dtype != dtype).reshape(
+                kx.shape[0], -1
+            )
             if ky is None:
                 a = (gx @ gx.T) / norm
                 b = c = a.diagonal()
             else:
-                gy = centre_kernel(ky.to(dtype), self.estimator).reshape(ky.shape[0], -1)
+                gy = centre_kernel(ky.to(dtype), self.estimator, inplace=ky.dtype != dtype)
+                gy = gy.reshape(ky.shape[0], -1)
                 a = (gx @ gy.T) / norm
                 b = (gx * gx).sum(dim=-1) / norm
                 c = (gy * gy).sum(dim=-1) / norm
@@ -182,7 +186,10 @@ class HSICMetric(Metric):
         in_place = overwrite and k.dtype == dtype and k.is_contiguous()
         g = k if in_place else torch.empty(k.shape, dtype=dtype, device=k.device)
         for i in range(0, k.shape[0], step):
-            g[i : i + step] = centre_kernel(k[i : i + step].to(dtype), self.estimator)
+            if in_place:
+                centre_kernel(k[i : i + step], self.estimator, inplace=True)
+            else:
+                g[i : i + step] = centre_kernel(k[i : i + step].to(dtype), self.estimator)
         return g.reshape(k.shape[0], -1)
 
     def _blocked_hsic(
