@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
+from compose import compose_config
 from helpers import Replay, make_layer_batches
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -362,3 +363,54 @@ def test_peak_memory_of_centring_and_a_batch():
     # the stack and, while stacking, the Grams it is made of; during update() the stack and its centred copy
     assert peak["streaming_batch"] <= 2.2, peak
 
+
+# ------------------------------------------------------------- 8. pinned evaluation batches, the joint's workers
+def _digits(**kw):
+    from vvm.data import DigitsDataModule
+
+    return DigitsDataModule(root="data", num_workers=kw.pop("num_workers", 0), **kw)
+
+
+@pytest.mark.parametrize(
+    "pin,device,cuda_available,want",
+    [("auto", "cuda", False, True), ("auto", "cpu", True, False), ("auto", None, True, True),
+     ("auto", None, False, False), (False, "cuda", True, False), (True, "cpu", False, True)],
+)  # fmt: skip
+def test_evaluation_batches_are_pinned_for_cuda(monkeypatch, pin, device, cuda_available, want):
+    """``pin_memory="auto"`` (the default): the loaders pin their batches when they feed a CUDA device, the
+    attached Trainer's (the CKA pass, the probe, training) or the one ``eval_loader`` is given (``vvm.joint``)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
+    dm = _digits(pin_memory=pin)
+    if device is not None:
+        dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+    assert dm.test_dataloader().pin_memory is want
+    assert dm.val_dataloader().pin_memory is want
+    assert dm.train_dataloader().pin_memory is want
+    dm.trainer = None
+    assert dm.eval_loader(dm.cka_batches(), device=device or "cpu").pin_memory is (
+        pin is True or (pin == "auto" and device == "cuda")
+    )
+
+
+def test_pin_memory_takes_only_true_false_auto():
+    with pytest.raises(ValueError, match="pin_memory='yes'"):
+        _digits(pin_memory="yes")
+
+
+def test_the_joint_pass_loads_with_the_datamodules_workers_and_pins_for_cuda(monkeypatch):
+    from vvm.data.base import VisionDataModule
+    from vvm.joint import run_pass
+
+    seen = {}
+    real = VisionDataModule.eval_loader
+
+    def recording(self, batches, *, device=None):
+        loader = real(self, batches, device=device)
+        seen.update(workers=loader.num_workers, device=device, plan=len(batches.plan))
+        return loader
+
+    monkeypatch.setattr(VisionDataModule, "eval_loader", recording)
+    cfg = compose_config(["dataset=digits", "dataset.num_workers=2", "cka.max_samples=16", "cka.batch_size=8",
+                          "cka.layers=[stem,fc]"])  # fmt: skip
+    res, _ = run_pass({"a": create("r18", num_classes=10)}, cfg, "cpu", progress=False)
+    assert seen == {"workers": 2, "device": "cpu", "plan": 2} and res.n_samples == 16

@@ -161,7 +161,6 @@ def run_pass(
 ) -> tuple[JointResult, Any]:
     """One pass of every model over the CKA batches of ``cfg``'s dataset (the EvalBatches plan)."""
     from hydra.utils import instantiate
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     dm = instantiate(cfg.dataset)
@@ -174,14 +173,14 @@ def run_pass(
         if k in cfg.cka
     }
     metric = JointCKA(models, layers, max_batches=len(batches.plan), **options).to(device)
-    loader = DataLoader(batches, batch_size=None, num_workers=0)
+    loader = dm.eval_loader(batches, device=device)  # the datamodule's workers; pinned memory for a GPU
     with metric.track():
         for i, (x, _) in enumerate(tqdm(loader, total=len(batches), desc="joint CKA", disable=not progress)):
             batch_id, padding = batches.batch_info(i)
             metric.recorder.set_next_batch_id(batch_id)
             if padding:
                 metric.recorder.mask_next_batch()
-            metric.feed(x.to(device))
+            metric.feed(x.to(device, non_blocking=True))
     return metric.compute(), batches
 
 
