@@ -106,3 +106,21 @@ def test_cka_batches_do_not_synchronise_with_the_host():
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert m.compute().n_batches == 3
+
+
+def test_cka_tf32_off_runs_convolutions_in_ieee_float32():
+    """Issue 22: under cka.tf32=off the pass's convolutions are IEEE float32 (close to float64); under allow (PyTorch's
+    default) cuDNN may use TF32. Prints both errors for docs/benchmarks.md."""
+    from vvm.cka.precision import float32_precision, pass_float32
+
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).cuda()
+    x = torch.randn(32, 64, 32, 32, device="cuda")
+    want = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+    errors = {}
+    for mode in ("allow", "off"):
+        with torch.no_grad(), pass_float32(mode):
+            errors[mode] = ((conv(x).double() - want).abs().max() / want.abs().max()).item()
+            errors[mode + "_flags"] = float32_precision("cuda")
+    print("relative conv error vs float64:", errors)
+    assert errors["off_flags"] == {"conv": "ieee", "matmul": "ieee"}
+    assert errors["off"] < 1e-5

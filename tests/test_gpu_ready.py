@@ -414,3 +414,93 @@ def test_the_joint_pass_loads_with_the_datamodules_workers_and_pins_for_cuda(mon
                           "cka.layers=[stem,fc]"])  # fmt: skip
     res, _ = run_pass({"a": create("r18", num_classes=10)}, cfg, "cpu", progress=False)
     assert seen == {"workers": 2, "device": "cpu", "plan": 2} and res.n_samples == 16
+
+
+# ----------------------------------------------------- 10. what the pass's convolutions and matmuls ran in, a switch
+
+
+def _fp32_state() -> tuple:
+    b = torch.backends
+    levels = (b, b.cudnn, b.cudnn.conv, b.cudnn.rnn, b.cuda.matmul, b.mkldnn, b.mkldnn.conv, b.mkldnn.matmul)
+    return tuple(level.fp32_precision for level in levels)
+
+
+@pytest.fixture
+def fp32_flags():
+    """PyTorch's float32 precision settings as found, restored after the test (new API, torch >= 2.9)."""
+    if not hasattr(torch.backends.cudnn, "conv"):
+        pytest.skip("needs torch >= 2.9 (fp32_precision per backend)")
+    b = torch.backends
+    levels = (b, b.cudnn, b.cudnn.conv, b.cudnn.rnn, b.cuda.matmul, b.mkldnn, b.mkldnn.conv, b.mkldnn.matmul)
+    saved = [level.fp32_precision for level in levels]
+    yield
+    for level, value in zip(levels, saved):
+        level.fp32_precision = value
+
+
+STATES = {
+    "default": lambda: None,
+    "matmul high": lambda: torch.set_float32_matmul_precision("high"),
+    "cudnn off (legacy flag)": lambda: setattr(torch.backends.cudnn, "allow_tf32", False),
+    "everything tf32": lambda: setattr(torch.backends, "fp32_precision", "tf32"),
+}
+
+
+@pytest.mark.parametrize("state", list(STATES))
+def test_float32_precision_agrees_with_pytorchs_own_flags(fp32_flags, state):
+    """float32_precision against PyTorch's legacy getters (cuDNN's allow_tf32, cuBLAS's allow_tf32), an
+    independent reading of the same state, wherever they answer."""
+    from vvm.cka.precision import float32_precision
+
+    STATES[state]()
+    got = float32_precision("cuda")
+    for op, legacy in (("conv", torch._C._get_cudnn_allow_tf32), ("matmul", torch._C._get_cublas_allow_tf32)):
+        try:
+            want = "tf32" if legacy() else "ieee"
+        except RuntimeError:  # mixed new/legacy settings: the legacy getter refuses to say
+            continue
+        assert got[op] == want, (state, op)
+    if state == "default":  # PyTorch's defaults: cuDNN convolutions in TF32, cuBLAS products in IEEE
+        assert got == {"conv": "tf32", "matmul": "ieee"}
+
+
+@pytest.mark.parametrize("state", list(STATES))
+def test_tf32_off_makes_the_pass_ieee_and_restores_every_flag(fp32_flags, state):
+    from vvm.cka.precision import float32_precision, pass_float32
+
+    STATES[state]()
+    before = (_fp32_state(), float32_precision("cuda"), float32_precision("cpu"))
+    with pass_float32("off"):
+        assert float32_precision("cuda") == float32_precision("cpu") == {"conv": "ieee", "matmul": "ieee"}
+    assert (_fp32_state(), float32_precision("cuda"), float32_precision("cpu")) == before
+    with pass_float32("allow"):
+        assert _fp32_state() == before[0]
+    with pytest.raises(ValueError, match="tf32='on' is not supported: use allow"):
+        with pass_float32("on"):
+            pass
+
+
+def test_result_files_record_what_the_pass_ran_in(tmp_path, fp32_flags):
+    from vvm.io import load_npz
+    from vvm.pipeline import run
+
+    fast = ["dataset=digits", "dataset.limit=48", "cka.batch_size=24", "logger=none", "trainer=cpu"]
+    torch.set_float32_matmul_precision("high")  # a user's global setting: off overrides it for the pass only
+    before = _fp32_state()
+    run(compose_config([*fast, "cka.tf32=off"], tmp_path / "off"))
+    assert _fp32_state() == before
+    res = json.loads((tmp_path / "off" / "result.json").read_text())
+    assert res["cka_float32"] == {"tf32": "off", "device": "cpu", "conv": "ieee", "matmul": "ieee"}
+    z = load_npz(tmp_path / "off" / "cka.npz")
+    assert (z["tf32"], z["float32_conv"], z["float32_matmul"]) == ("off", "ieee", "ieee")
+    run(compose_config(fast, tmp_path / "allow"))  # the default: PyTorch's settings, recorded as they were
+    res = json.loads((tmp_path / "allow" / "result.json").read_text())
+    assert res["cka_float32"] == {"tf32": "allow", "device": "cpu", "conv": "ieee", "matmul": "tf32"}
+
+
+def test_a_bad_tf32_setting_is_refused_before_any_work(tmp_path):
+    from vvm.pipeline import run
+    from vvm.validate import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cka\.tf32='maybe' is not supported: use allow"):
+        run(compose_config(["dataset=digits", "logger=none", "trainer=cpu", "cka.tf32=maybe"], tmp_path))

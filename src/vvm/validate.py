@@ -189,12 +189,14 @@ def _count(value: Any, key: str, minimum: int, why: str) -> None:
 def check_settings(cfg: DictConfig) -> None:
     """The CKA options, batch sizes and sample counts, and the training's epochs (see the module docstring)."""
     from vvm.cka.bandwidth import check_bandwidth_mode
+    from vvm.cka.precision import check_tf32
 
     cka = plain(cfg.cka)
     _engine_check(check_kernel, cka.get("kernel"))
     _engine_check(check_estimator, cka.get("estimator"))
     _engine_check(check_precision, cka.get("precision"))
     _engine_check(check_bandwidth_mode, cka.get("rbf_bandwidth"))
+    _engine_check(check_tf32, cka.get("tf32", "allow"))
     frac = cka.get("rbf_frac")
     if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not (math.isfinite(frac) and frac > 0):
         raise ConfigError(
