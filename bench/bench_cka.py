@@ -1,9 +1,9 @@
 """Benchmark: the CKA pipeline against the plain forward pass, and its error against float64.
 
 For each model: the median time of a forward pass without hooks, the same forward pass under StreamingCKA
-(precision exact and fast), their ratio, peak memory against the forward pass's (CUDA: max allocated; CPU:
-peak RSS growth, measured in a fresh subprocess per variant), and the max |CKA - reference| where the reference
-is computed in float64 from the same activations.
+(precision exact and fast), their ratio, peak memory against the forward pass's (CUDA: max allocated; CPU: peak
+RSS growth, Linux's VmHWM with every large allocation its own mapping; a fresh subprocess per variant), and the
+max |CKA - reference| where the reference is computed in float64 from the same activations.
 
     python bench/bench_cka.py                       # r18, preset all, batch 256 on GPU / 64 on CPU
     python bench/bench_cka.py --models r18,vit_l32 --batch 256 --layers all
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -114,6 +115,32 @@ def reference(model, inputs, layers) -> torch.Tensor:
     return cka_from_hsic(xy, xy.diagonal(), xy.diagonal())
 
 
+def timing_row(model, inputs, layers, args: argparse.Namespace, device) -> dict:
+    """Per-batch seconds of the forward pass and of the two CKA variants, their ratios, and the max error."""
+    times = interleaved(model, inputs, layers, ["forward", "exact", "fast"], args.repeats, device)
+    ref = reference(model, inputs, layers)
+    row = {"forward_s": statistics.median(times["forward"])}
+    for variant in ("exact", "fast"):
+        _, metric = _one_round(model, inputs, layers, variant, device)
+        row[f"{variant}_s"] = statistics.median(times[variant])
+        # the median of the per-round ratios: each round's variants ran back to back
+        row[f"{variant}_ratio"] = statistics.median([t / f for t, f in zip(times[variant], times["forward"])])
+        row[f"{variant}_max_err"] = (metric.compute().matrix - ref).abs().nan_to_num(0).max().item()
+    return row
+
+
+def memory_row(args: argparse.Namespace, name: str, n_layers: int) -> dict:
+    """Peak memory (MiB) of each variant in a fresh process, against the forward pass + the Grams + 10%."""
+    mem_f = peak_memory_child(args, name, "forward")
+    grams = n_layers * args.batch**2 * 8 / 2**20  # the batch's kernel stack in float64
+    row = {"forward_peak_mib": mem_f, "gram_mib": grams}
+    for variant in ("exact", "fast"):
+        mem = peak_memory_child(args, name, variant)
+        row[f"{variant}_peak_mib"] = mem
+        row[f"{variant}_mem_vs_budget"] = mem / ((mem_f + grams) * 1.10)
+    return row
+
+
 def peak_memory_child(args: argparse.Namespace, model_name: str, variant: str) -> float:
     """Peak memory (MiB) of one variant, measured in a fresh process so CPU peaks don't mix."""
     cmd = [
@@ -132,7 +159,14 @@ def peak_memory_child(args: argparse.Namespace, model_name: str, variant: str) -
         "--device",
         args.device,
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    # every allocation of 64 KiB or more its own mapping: memory freed is memory returned, so the peak resident
+    # set is the peak of what was allocated (the CPU measurement; CUDA has its allocator's statistics)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = (
+        subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     return float(out)
 
 
@@ -147,8 +181,13 @@ def child(args: argparse.Namespace) -> None:
         base = torch.cuda.memory_allocated(device)
         time_variant(model, inputs, layers, args.child, 1, device)
         peak = torch.cuda.max_memory_allocated(device) - base
+    elif _reset_peak_rss():
+        # CPU: the peak resident set (Linux's VmHWM, reset just before) minus what it was before
+        base = _status("VmRSS")
+        time_variant(model, inputs, layers, args.child, 1, device)
+        peak = _status("VmHWM") - base
     else:
-        # CPU: the resident set, sampled every 0.2 ms while the variant runs, minus what it was before
+        # elsewhere: the resident set, sampled every 0.2 ms while the variant runs, minus what it was before
         base = _rss()
         state = {"peak": base, "run": True}
 
@@ -164,6 +203,20 @@ def child(args: argparse.Namespace) -> None:
         t.join()
         peak = state["peak"] - base
     print(peak / 2**20)
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _rss() -> int:
@@ -182,6 +235,7 @@ def main() -> None:
     p.add_argument("--layers", default="all")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
+    p.add_argument("--memory-only", action="store_true", help="only the peak memory (no timings, no errors)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -200,43 +254,26 @@ def main() -> None:
     for name in models:
         model = build(name, device)
         layers = resolve_layers(model.net, args.layers)
-        inputs = make_inputs(name, args.batch, args.batches, device)
-        times = interleaved(model, inputs, layers, ["forward", "exact", "fast"], args.repeats, device)
-        t_fwd = statistics.median(times["forward"])
-        ref = reference(model, inputs, layers)
-        row = {"model": name, "layers": len(layers), "batch": args.batch, "forward_s": t_fwd}
-        for variant in ("exact", "fast"):
-            _, metric = _one_round(model, inputs, layers, variant, device)
-            err = (metric.compute().matrix - ref).abs().nan_to_num(0).max().item()
-            row[f"{variant}_s"] = statistics.median(times[variant])
-            # the median of the per-round ratios: each round's variants ran back to back
-            row[f"{variant}_ratio"] = statistics.median(
-                [t / f for t, f in zip(times[variant], times["forward"])]
-            )
-            row[f"{variant}_max_err"] = err
-        if not args.no_memory:
-            mem_f = peak_memory_child(args, name, "forward")
-            n = args.batch
-            grams = len(layers) * n * n * 8 / 2**20  # the batch's kernel stack in float64
-            row["forward_peak_mib"] = mem_f
-            row["gram_mib"] = grams
-            for variant in ("exact", "fast"):
-                mem = peak_memory_child(args, name, variant)
-                row[f"{variant}_peak_mib"] = mem
-                row[f"{variant}_mem_vs_budget"] = mem / ((mem_f + grams) * 1.10)
-        rows.append(row)
-        print(
-            f"{name:10s} {len(layers):3d} layers | forward {t_fwd * 1e3:8.1f} ms | "
-            f"exact {row['exact_s'] * 1e3:8.1f} ms = {row['exact_ratio']:.2f}x, max err {row['exact_max_err']:.1e} | "
-            f"fast {row['fast_s'] * 1e3:8.1f} ms = {row['fast_ratio']:.2f}x, max err {row['fast_max_err']:.1e}"
-        )
-        if not args.no_memory:
+        row = {"model": name, "layers": len(layers), "batch": args.batch}
+        if not args.memory_only:
+            inputs = make_inputs(name, args.batch, args.batches, device)
+            row.update(timing_row(model, inputs, layers, args, device))
+            del inputs
             print(
-                f"{'':10s} peak memory MiB: forward {row['forward_peak_mib']:.0f}, Grams {row['gram_mib']:.1f}, "
-                f"exact {row['exact_peak_mib']:.0f} ({row['exact_mem_vs_budget']:.2f} of forward+Grams+10%), "
-                f"fast {row['fast_peak_mib']:.0f} ({row['fast_mem_vs_budget']:.2f})"
+                f"{name:10s} {len(layers):3d} layers | forward {row['forward_s'] * 1e3:8.1f} ms | "
+                f"exact {row['exact_s'] * 1e3:8.1f} ms = {row['exact_ratio']:.2f}x, max err {row['exact_max_err']:.1e} | "
+                f"fast {row['fast_s'] * 1e3:8.1f} ms = {row['fast_ratio']:.2f}x, max err {row['fast_max_err']:.1e}"
             )
-        del model, inputs
+        del model
+        if not args.no_memory:
+            row.update(memory_row(args, name, len(layers)))
+            print(
+                f"{name:10s} {len(layers):3d} layers | peak memory MiB: forward {row['forward_peak_mib']:.0f}, "
+                f"Grams {row['gram_mib']:.1f}, exact {row['exact_peak_mib']:.0f} "
+                f"({row['exact_mem_vs_budget']:.2f} of forward+Grams+10%), fast {row['fast_peak_mib']:.0f} "
+                f"({row['fast_mem_vs_budget']:.2f})"
+            )
+        rows.append(row)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device_name(device), "rows": rows}, f, indent=2)

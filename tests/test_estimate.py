@@ -160,6 +160,9 @@ def test_ddp_two_processes_equal_one(tmp_path, n, batch):
         np.testing.assert_allclose(two["cka_stderr"], one["cka_stderr"], atol=1e-7, rtol=1e-6)
     res = json.loads((tmp_path / "two" / "result.json").read_text())
     assert res["n_samples"] == n
+    # the padding batch weighs nothing in the test accuracy either (its weight is a device tensor, issue 22)
+    res_one = json.loads((tmp_path / "one" / "result.json").read_text())
+    assert res["test_accuracy"] == pytest.approx(res_one["test_accuracy"], abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- sealed hooks

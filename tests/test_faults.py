@@ -303,12 +303,12 @@ def test_wandb_online_without_network_falls_back_to_offline_quickly(tmp_path, mo
 
 
 def test_hub_goes_offline_when_unreachable(monkeypatch):
-    from vvm.models import checkpoints
+    from vvm.models import published
 
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     t = time.perf_counter()
-    checkpoints._offline_unless_reachable("https://huggingface.co")
+    published._offline_unless_reachable("https://huggingface.co")
     assert os.environ["HF_HUB_OFFLINE"] == "1" and time.perf_counter() - t < 15
 
 

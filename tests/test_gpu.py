@@ -84,3 +84,43 @@ def test_trainer_gpu_end_to_end(tmp_path):
     res = json.loads((tmp_path / "run" / "result.json").read_text())
     assert res["status"] == "ok" and res["trained"] is True
     assert res["activation_dtype"] == "float32"  # the CKA pass runs in float32 under trainer=gpu
+
+
+def test_cka_batches_do_not_synchronise_with_the_host():
+    """Issue 22: after the first batch, a CKA batch (ViT preprocessing with renormalisation, hooks, deferred
+    finiteness marks, update) never makes the host wait for the device."""
+    model = (
+        create("timm", arch="vit_tiny_patch16_224", num_classes=10, timm_kwargs={"img_size": 32})
+        .cuda()
+        .eval()
+    )
+    model.set_data_normalization((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    m = StreamingCKA(model.net, "blocks", max_batches=3).cuda()
+    xs = [torch.randn(64, 3, 32, 32, device="cuda") for _ in range(3)]
+    with torch.no_grad(), m.track():
+        model(xs[0])
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for x in xs[1:]:
+                model(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert m.compute().n_batches == 3
+
+
+def test_cka_tf32_off_runs_convolutions_in_ieee_float32():
+    """Issue 22: under cka.tf32=off the pass's convolutions are IEEE float32 (close to float64); under allow (PyTorch's
+    default) cuDNN may use TF32. Prints both errors for docs/benchmarks.md."""
+    from vvm.cka.precision import float32_precision, pass_float32
+
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).cuda()
+    x = torch.randn(32, 64, 32, 32, device="cuda")
+    want = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+    errors = {}
+    for mode in ("allow", "off"):
+        with torch.no_grad(), pass_float32(mode):
+            errors[mode] = ((conv(x).double() - want).abs().max() / want.abs().max()).item()
+            errors[mode + "_flags"] = float32_precision("cuda")
+    print("relative conv error vs float64:", errors)
+    assert errors["off_flags"] == {"conv": "ieee", "matmul": "ieee"}
+    assert errors["off"] < 1e-5

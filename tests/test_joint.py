@@ -114,7 +114,9 @@ def test_auto_blocks_when_the_stack_would_not_fit():
     stack = torch.zeros(40, 64, 64, dtype=torch.float64)
     per_layer = 64 * 64 * 8
     assert auto_block_layers(stack, free_bytes=1 << 34) is None
-    assert auto_block_layers(stack, free_bytes=4 * 3 * 5 * per_layer) == 5
+    # blocks are centred in place: a block of k layers needs about k layers' memory
+    assert auto_block_layers(stack, free_bytes=4 * 5 * per_layer) == 5
+    assert auto_block_layers(stack, free_bytes=4 * 2 * 40 * per_layer) is None  # the stack + its centred copy
     assert auto_block_layers(stack, free_bytes=1) == 1
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from vvm.models.checkpoints import check_published_weights
+from vvm.models.published import check_published_weights
 
 VIT = "vit_large_patch32_224.orig_in21k"
 

@@ -196,7 +196,7 @@ def test_fit_precision(monkeypatch):
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(fit, "_cpu_has_amx", lambda: True)
-    monkeypatch.setattr(fit, "_cuda_has_bf16", lambda: True)
+    monkeypatch.setattr(fit, "_cuda_has_bf16", lambda device: True)
     assert fit.fit_precision("auto", "32-true", cpu) == "bf16-mixed"
     assert fit.fit_precision(None, "32-true", cuda) == "bf16-mixed"
     assert fit.fit_precision("auto", "16-mixed", cuda) == "16-mixed"  # the trainer's own choice stays

@@ -155,24 +155,24 @@ def run_pass(
     models: dict[str, Any], settings: JobSettings, device: str, *, progress: bool = True
 ) -> tuple[JointResult, Any]:
     """One pass of every model over the CKA batches of ``settings``' dataset (the EvalBatches plan)."""
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     from vvm.pipeline import build_datamodule
 
-    batches = build_datamodule(settings).cka_batches()
+    dm = build_datamodule(settings)
+    batches = dm.cka_batches()
     move_models(models, device)
     metric = JointCKA(
         models, settings.cka.layer_spec(), max_batches=len(batches.plan), **settings.cka.engine_options()
     ).to(device)
-    loader = DataLoader(batches, batch_size=None, num_workers=0)
+    loader = dm.eval_loader(batches, device=device)  # the datamodule's workers; pinned memory for a GPU
     with metric.track():
         for i, (x, _) in enumerate(tqdm(loader, total=len(batches), desc="joint CKA", disable=not progress)):
             batch_id, padding = batches.batch_info(i)
             metric.recorder.set_next_batch_id(batch_id)
             if padding:
                 metric.recorder.mask_next_batch()
-            metric.feed(x.to(device))
+            metric.feed(x.to(device, non_blocking=True))
     return metric.compute(), batches
 
 

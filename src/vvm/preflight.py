@@ -20,7 +20,7 @@ from typing import Any
 
 from vvm.cka.functional import min_samples
 from vvm.models import published_arch
-from vvm.models.checkpoints import check_published_weights
+from vvm.models.published import check_published_weights
 from vvm.settings import CKASettings, ConfigError, JobSettings
 from vvm.weights import weights_source
 

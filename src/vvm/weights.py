@@ -6,7 +6,7 @@
 - ``checkpoint``: ``init=pretrained`` with ``init.checkpoint``: load that file (any model), through
   :func:`vvm.models.checkpoints.load_checkpoint`.
 - ``published``: ``init=pretrained`` on a model with published weights (``vit_l32``, ``timm``): those weights,
-  from ``init.weights_file`` or the hub (:func:`vvm.models.checkpoints.load_timm_pretrained`); nothing trains.
+  from ``init.weights_file`` or the hub (:func:`vvm.models.published.load_timm_pretrained`); nothing trains.
 - ``trained``: ``init=pretrained`` on a model vvm trains (r18 r34 r50 lambda_r*, see
   :func:`vvm.models.trained_by_vvm`): the cached checkpoint of this recipe (a
   :class:`vvm.train.cache.CheckpointCache`); when there is none, a :class:`vvm.train.fit.Fit` trains it with the
@@ -34,12 +34,8 @@ import torch
 from vvm.io import remove_stale_temporaries
 from vvm.models import published_arch, trained_by_vvm
 from vvm.models.base import VisionModel
-from vvm.models.checkpoints import (
-    CheckpointMismatchError,
-    load_checkpoint,
-    load_timm_pretrained,
-    published_source,
-)
+from vvm.models.checkpoints import CheckpointMismatchError, load_checkpoint
+from vvm.models.published import load_timm_pretrained, published_source
 from vvm.settings import InitName, InitSettings, ModelSettings
 from vvm.train.cache import CheckpointCache, read_facts, save_trained
 

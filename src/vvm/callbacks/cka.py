@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 
 from vvm.cka import CKAResult, StreamingCKA
+from vvm.cka.precision import check_tf32, float32_precision, pass_float32
 from vvm.data.batches import EvalBatches
 from vvm.io import save_result
 from vvm.plots.heatmap import heatmap_figure, save_figure
@@ -68,6 +69,7 @@ class CKACallback(pl.Callback):
             layers=settings.layer_spec(),
             other_layers=settings.layer_spec(other=True) if settings.other_layers is not None else None,
             every_n_epochs=settings.every_n_epochs,
+            tf32=settings.tf32.value,
             **settings.engine_options(),
             **job,
         )
@@ -88,8 +90,13 @@ class CKACallback(pl.Callback):
         other: Any = None,
         other_layers: Any = None,
         other_label: str | None = None,
+        tf32: str = "allow",
     ) -> None:
         super().__init__()
+        check_tf32(tf32)
+        # the pass's own convolutions and matmuls (cka.tf32): allow = PyTorch's settings, off = IEEE float32
+        self.tf32 = tf32
+        self._float32: dict[str, str] = {}
         self.output_dir = Path(output_dir)
         self.layers = list(layers) if not isinstance(layers, str) else layers
         # cross-model CKA: a second VisionModel that sees every batch the module sees (run by this callback)
@@ -136,6 +143,8 @@ class CKACallback(pl.Callback):
             **self.options,
         ).to(pl_module.device)
         self._pass = contextlib.ExitStack()
+        self._pass.enter_context(pass_float32(self.tf32))  # restored when the pass closes
+        self._float32 = {"device": pl_module.device.type, **float32_precision(pl_module.device.type)}
         self._pass.enter_context(self._metric.track())
         if self.other is not None:
             # the compare model sees the batch inside the first model's forward: same autocast context
@@ -158,6 +167,7 @@ class CKACallback(pl.Callback):
             "epoch": trainer.current_epoch,
             "result": res,
             "seconds": seconds,
+            "float32": {"tf32": self.tf32, **self._float32},
         }
         if trainer.is_global_zero:
             label = (
@@ -184,7 +194,9 @@ class CKACallback(pl.Callback):
             log_cka(logger, res, stage=stage, image=paths["png"], step=trainer.global_step, epoch=epoch)
 
     def _names(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"model_x": self.model_label, "model_y": self.other_label}
+        out: dict[str, Any] = {"model_x": self.model_label, "model_y": self.other_label, "tf32": self.tf32}
+        # what the pass's float32 convolutions and matmuls ran in (ieee | tf32), on which device
+        out.update({f"float32_{k}": v for k, v in self._float32.items()})
         if self._batches is not None:
             out["batch_fingerprint"] = self._batches.fingerprint()
         return out

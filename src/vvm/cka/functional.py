@@ -85,7 +85,7 @@ def centre_columns(x: Tensor) -> Tensor:
     offset out before the mean is rounded.
     """
     xs = x - x[:1]
-    return xs - xs.mean(dim=0, keepdim=True)
+    return xs.sub_(xs.mean(dim=0, keepdim=True))  # in place: one copy of the activation, not two
 
 
 def linear_gram(x: Tensor, *, chunk_elements: int | None = None) -> Tensor:
@@ -166,35 +166,42 @@ def gram(x: Tensor, kernel: Kernel = "linear", *, rbf_frac: float = 1.0) -> Tens
     return rbf_from_linear(k, rbf_frac) if kernel == "rbf" else k
 
 
-def u_centre(k: Tensor) -> Tensor:
+def u_centre(k: Tensor, *, inplace: bool = False) -> Tensor:
     """U-centring of (a stack of) symmetric kernel matrices ``[..., n, n]`` (Székely & Rizzo 2014).
 
     Zero the diagonal, then ``K̃_ij = K_ij - r_i/(n-2) - r_j/(n-2) + s/((n-1)(n-2))`` for ``i ≠ j``
-    with ``r`` the row sums and ``s`` the total of the zero-diagonal ``K``; ``K̃_ii = 0``.
+    with ``r`` the row sums and ``s`` the total of the zero-diagonal ``K``; ``K̃_ii = 0``. The result is one new
+    stack (``inplace``: ``k`` itself, overwritten), built in place: no other temporary of ``k``'s size.
     """
     n = k.shape[-1]
     if n < 4:
         raise ValueError(f"U-centring needs n >= 4 examples, got n={n}")
-    k = k.clone()
-    k.diagonal(dim1=-2, dim2=-1).zero_()
-    r = k.sum(dim=-1)
-    s = r.sum(dim=-1)
-    out = k - r[..., :, None] / (n - 2) - r[..., None, :] / (n - 2)
-    out += (s / ((n - 1) * (n - 2)))[..., None, None]
+    out = k if inplace else k.clone()
+    out.diagonal(dim1=-2, dim2=-1).zero_()
+    r = out.sum(dim=-1)
+    c = (r.sum(dim=-1) / ((n - 1) * (n - 2)))[..., None, None]
+    r /= n - 2
+    # from here on nothing is allocated: an in-place centring cannot stop half-way for want of memory
+    out -= r[..., :, None]
+    out -= r[..., None, :]
+    out += c
     out.diagonal(dim1=-2, dim2=-1).zero_()
     return out
 
 
-def h_centre(k: Tensor) -> Tensor:
-    """Double centring ``H K H`` with ``H = I - 11ᵀ/n`` for (a stack of) kernel matrices ``[..., n, n]``."""
+def h_centre(k: Tensor, *, inplace: bool = False) -> Tensor:
+    """Double centring ``H K H`` with ``H = I - 11ᵀ/n`` for (a stack of) kernel matrices ``[..., n, n]``: one
+    new stack (``inplace``: ``k`` itself, overwritten)."""
     row = k.mean(dim=-1, keepdim=True)
     col = k.mean(dim=-2, keepdim=True)
-    return k - row - col + k.mean(dim=(-2, -1), keepdim=True)
+    total = k.mean(dim=(-2, -1), keepdim=True)
+    out = k if inplace else k.clone()
+    return out.sub_(row).sub_(col).add_(total)
 
 
-def centre_kernel(k: Tensor, estimator: Estimator) -> Tensor:
+def centre_kernel(k: Tensor, estimator: Estimator, *, inplace: bool = False) -> Tensor:
     check_estimator(estimator)
-    return u_centre(k) if estimator == "unbiased" else h_centre(k)
+    return u_centre(k, inplace=inplace) if estimator == "unbiased" else h_centre(k, inplace=inplace)
 
 
 def hsic_normaliser(n: int, estimator: Estimator) -> float:

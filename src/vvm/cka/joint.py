@@ -9,10 +9,10 @@ the models' own CKA matrices, the off-diagonal blocks cross-model CKA; the float
 semantics and DDP reduction are :class:`HSICMetric`'s. Layers are named ``<model>/<layer>``.
 
 Memory: per batch, besides the models, the stack (ΣL·n² numbers in the work dtype). The one-product path needs
-about three more copies of it for the centring's temporaries; when they would not fit (``block_layers="auto"``:
-a quarter of the free device memory, checked every batch) the stack is centred in place and multiplied in blocks
-of layers instead (:meth:`HSICMetric._blocked_hsic`), and an out-of-memory error in the one-product path falls
-back to blocks.
+one more copy of it, the centred stack; when that would not fit (``block_layers="auto"``: a quarter of the free
+device memory, the allocator's cached free blocks included, checked every batch) the stack is centred in place
+and multiplied in blocks of layers instead (:meth:`HSICMetric._blocked_hsic`), and an out-of-memory error in the
+one-product path falls back to blocks (retried once the failed attempt is freed).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from vvm.cka.recorder import BatchKernels, KernelRecorder
 from vvm.cka.result import CKAResult
 
 SEP = "/"  # <model>/<layer>
-# the one-product path holds the stack, its centred copy and u_centre's temporaries: about 4 stacks
-ONE_PRODUCT_COPIES = 4
+# the one-product path holds the stack and its centred copy (u_centre works in place on the copy): 2 stacks
+ONE_PRODUCT_COPIES = 2
 
 
 def hook_target(model: nn.Module) -> nn.Module:
@@ -50,9 +50,12 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes free on ``device``: CUDA's free memory, else the host's available memory (4 GiB if unknown)."""
+    """Bytes free on ``device``: on CUDA the driver's free memory plus the blocks PyTorch's caching allocator
+    holds but does not use (``memory_reserved - memory_allocated``: free for PyTorch, not for the driver), else
+    the host's available memory (4 GiB if unknown)."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + max(0, int(cached))
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -61,6 +64,12 @@ def free_memory(device: torch.device) -> int:
     except OSError:
         pass
     return 4 << 30
+
+
+def empty_cache(device: torch.device) -> None:
+    """Give the blocks PyTorch's allocator caches on ``device`` back (CUDA; nothing elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def not_fit_message(models: Mapping[str, nn.Module], device: object, what: str) -> str:
@@ -250,11 +259,15 @@ class JointCKA(HSICMetric):
             self.block_layers = auto_block_layers(stack, free_memory(stack.device))
         try:
             self.update(stack, batch_id=batch_id, overwrite=True)
+            return
         except (RuntimeError, torch.OutOfMemoryError) as e:
             if not is_out_of_memory(e) or self.block_layers is not None:
                 raise
-            self.block_layers = max(1, stack.shape[0] // 8)  # the one product did not fit: in blocks
-            self.update(stack, batch_id=batch_id, overwrite=True)
+        # the one product did not fit: in blocks. Retried here, after the handler, because the exception's
+        # traceback keeps the failed attempt's frames and their temporaries alive until the handler ends
+        empty_cache(stack.device)
+        self.block_layers = max(1, stack.shape[0] // 8)
+        self.update(stack, batch_id=batch_id, overwrite=True)
 
     def compute(self) -> JointResult:
         res = super().compute()
@@ -263,13 +276,13 @@ class JointCKA(HSICMetric):
 
 
 def auto_block_layers(stack: Tensor, free_bytes: int) -> int | None:
-    """``None`` (one product) when about :data:`ONE_PRODUCT_COPIES` stacks fit in a quarter of ``free_bytes``;
-    else the number of layers whose centring temporaries (3 copies of each) fit there."""
+    """``None`` (one product) when :data:`ONE_PRODUCT_COPIES` stacks fit in a quarter of ``free_bytes``; else
+    the number of layers whose centring (in place, with row sums as the only temporaries) fits there."""
     per_layer = stack[0].numel() * stack.element_size()
     budget = free_bytes // 4
     if ONE_PRODUCT_COPIES * per_layer * stack.shape[0] <= budget:
         return None
-    return max(1, budget // (3 * per_layer))
+    return max(1, budget // per_layer)
 
 
 def _spec_of(layers: LayerSpec | Mapping[str, LayerSpec], key: str) -> LayerSpec:

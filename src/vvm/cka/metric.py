@@ -118,10 +118,12 @@ class HSICMetric(Metric):
             self.add_state("batch_b", default=zeros(nb, lx), dist_reduce_fx="sum")
             self.add_state("batch_c", default=zeros(nb, ly), dist_reduce_fx="sum")
         self._next_batch_id = 0
+        self._added: set[int] = set()  # batch ids this process added (kept on the host: no device read)
 
     def reset(self) -> None:
         super().reset()
         self._next_batch_id = 0
+        self._added = set()
 
     @property
     def work_dtype(self) -> torch.dtype:
@@ -168,12 +170,16 @@ class HSICMetric(Metric):
         dtype = self.work_dtype
         norm = hsic_normaliser(n, self.estimator)
         with sealed(kx.device.type), matmul_precision(self.precision == "fast"):
-            gx = centre_kernel(kx.to(dtype), self.estimator).reshape(kx.shape[0], -1)
+            # a new stack: the caller's is kept (the joint pass retries it in blocks after an out-of-memory error)
+            gx = centre_kernel(kx.to(dtype), self.estimator, inplace=kx.dtype != dtype).reshape(
+                kx.shape[0], -1
+            )
             if ky is None:
                 a = (gx @ gx.T) / norm
                 b = c = a.diagonal()
             else:
-                gy = centre_kernel(ky.to(dtype), self.estimator).reshape(ky.shape[0], -1)
+                gy = centre_kernel(ky.to(dtype), self.estimator, inplace=ky.dtype != dtype)
+                gy = gy.reshape(ky.shape[0], -1)
                 a = (gx @ gy.T) / norm
                 b = (gx * gx).sum(dim=-1) / norm
                 c = (gy * gy).sum(dim=-1) / norm
@@ -185,7 +191,10 @@ class HSICMetric(Metric):
         in_place = overwrite and k.dtype == dtype and k.is_contiguous()
         g = k if in_place else torch.empty(k.shape, dtype=dtype, device=k.device)
         for i in range(0, k.shape[0], step):
-            g[i : i + step] = centre_kernel(k[i : i + step].to(dtype), self.estimator)
+            if in_place:
+                centre_kernel(k[i : i + step], self.estimator, inplace=True)
+            else:
+                g[i : i + step] = centre_kernel(k[i : i + step].to(dtype), self.estimator)
         return g.reshape(k.shape[0], -1)
 
     def _blocked_hsic(
@@ -225,8 +234,9 @@ class HSICMetric(Metric):
         if self._keep_batches:
             if not 0 <= batch_id < self.max_batches:
                 raise ValueError(f"batch_id={batch_id} is outside max_batches={self.max_batches}")
-            if self.batch_w[batch_id] != 0:
+            if batch_id in self._added:
                 raise ValueError(f"batch {batch_id} was added twice: every example must count once")
+            self._added.add(batch_id)
             self.batch_w[batch_id] = w
             self.batch_a[batch_id] = a
             self.batch_b[batch_id] = b
@@ -248,6 +258,9 @@ class HSICMetric(Metric):
 
     def compute(self) -> CKAResult:
         """CKA matrix and its delta-method standard error (see :func:`vvm.cka.functional.delta_stderr`)."""
+        recorder = getattr(self, "recorder", None)  # the subclasses' hooks defer their finiteness check
+        if recorder is not None:
+            recorder.check_finite()
         nb = int(self.n_batches.item())
         W = float(self.weight_sum.item())
         matrix = cka_from_hsic(self.hsic_xy, self.hsic_xx, self.hsic_yy)

@@ -5,7 +5,11 @@
 - :func:`matmul_precision` forces TF32 on (``fast``) or off (``exact``) for float32 CUDA products, keeps float32
   CPU products in float32 (oneDNN's ``torch.backends.mkldnn.matmul.fp32_precision``, which
   ``torch.set_float32_matmul_precision("medium")`` sets to ``bf16`` and ``"high"`` to ``tf32``), and leaves the
-  flags exactly as it found them. PyTorch ≥ 2.9 keeps them in ``torch.backends.cuda.matmul.fp32_precision``; the
+  flags exactly as it found them.
+- :func:`pass_float32` does the same for the forward passes of a CKA pass (``cka.tf32``): ``allow`` leaves
+  PyTorch's settings (cuDNN convolutions in TF32 by default), ``off`` runs float32 convolutions and matrix
+  products in IEEE float32; :func:`float32_precision` says what they run in, for the result files. PyTorch ≥ 2.9
+  keeps them in ``torch.backends.cuda.matmul.fp32_precision``; the
   legacy ``allow_tf32`` and ``get_float32_matmul_precision`` raise when read in some states the new API allows
   (e.g. after ``fp32_precision = "tf32"``), so the new attributes are the only ones read and written when they
   exist.
@@ -75,3 +79,71 @@ def cpu_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(prev)
+
+
+TF32_MODES = ("allow", "off")
+
+
+def check_tf32(mode: str) -> None:
+    if mode not in TF32_MODES:
+        raise ValueError(
+            f"tf32={mode!r} is not supported: use allow (PyTorch's settings: on a GPU cuDNN convolutions run in "
+            "TF32) or off (IEEE float32 convolutions and matrix products for the CKA pass)"
+        )
+
+
+def _new_api() -> bool:
+    return hasattr(torch.backends.cudnn, "conv")  # torch >= 2.9: fp32_precision per backend and operation
+
+
+def float32_precision(device_type: str = "cuda") -> dict[str, str]:
+    """What float32 convolutions and matrix products run in now on ``device_type``: ``ieee``, ``tf32`` (CUDA:
+    cuDNN and cuBLAS) or ``bf16`` (CPU: oneDNN). An operation's own setting, else its backend's, else the
+    global one; unset everywhere is IEEE."""
+    b = torch.backends
+    if device_type not in ("cuda", "cpu"):
+        return {"conv": "unknown", "matmul": "unknown"}
+    if not _new_api():
+        if device_type == "cpu":
+            return {"conv": "ieee", "matmul": "ieee"}
+        return {
+            k: "tf32" if flag else "ieee"
+            for k, flag in (("conv", b.cudnn.allow_tf32), ("matmul", b.cuda.matmul.allow_tf32))
+        }
+    if device_type == "cuda":
+        chains = {"conv": (b.cudnn.conv, b.cudnn, b), "matmul": (b.cuda.matmul, b.cudnn, b)}
+    else:
+        chains = {"conv": (b.mkldnn.conv, b.mkldnn, b), "matmul": (b.mkldnn.matmul, b.mkldnn, b)}
+    out = {}
+    for op, chain in chains.items():
+        values = [v for v in (level.fp32_precision for level in chain) if v != "none"]
+        out[op] = values[0] if values else "ieee"
+    return out
+
+
+@contextlib.contextmanager
+def pass_float32(mode: str) -> Iterator[None]:
+    """The float32 convolutions and matrix products inside the block: ``allow`` changes nothing; ``off`` runs
+    them in IEEE float32 (cuDNN, cuBLAS and oneDNN), restoring every setting exactly as found afterwards."""
+    check_tf32(mode)
+    if mode == "allow":
+        yield
+        return
+    b = torch.backends
+    if not _new_api():  # torch < 2.9: the legacy flags are the state
+        prev_flags = (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32)
+        b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = prev_flags
+        return
+    ops = (b.cudnn.conv, b.cuda.matmul, b.mkldnn.conv, b.mkldnn.matmul)
+    prev = [op.fp32_precision for op in ops]
+    try:
+        for op in ops:
+            op.fp32_precision = "ieee"
+        yield
+    finally:
+        for op, value in zip(ops, prev):
+            op.fp32_precision = value

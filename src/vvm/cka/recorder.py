@@ -9,8 +9,10 @@ What the hooks guarantee:
   (a bf16-mixed fit, ``set_float32_matmul_precision``); low-precision activations are recorded and warned about;
 - a module that runs k times per forward pass gives k layers (``name#0`` .. ``name#k-1``), learnt on the first
   batch; every later batch must run the same graph;
-- non-finite features are an error naming the layer and the batch; a batch below the estimator's minimum size
-  is skipped with a warning (the owner hears of it through ``on_skip``: under DDP it still has to join the
+- non-finite features are an error naming the layer and the batch, raised when the pass ends (:meth:`track`'s
+  exit; the metric's ``compute()`` checks again): the check runs on the device and the host reads its one
+  result then, so a CUDA pass never waits for the device per batch; a batch below the estimator's minimum
+  size is skipped with a warning (the owner hears of it through ``on_skip``: under DDP it still has to join the
   collectives of a first batch); a masked batch (DDP padding) is computed but handed on as masked.
 """
 
@@ -121,6 +123,9 @@ class KernelRecorder:
         self._batch_count = 0
         self._next_id: int | None = None
         self._mask_next = False
+        # per recorded layer, the first batch whose features were not finite (-1: none yet), on the device
+        self._first_nonfinite: Tensor | None = None
+        self._recorded: list[tuple[str, str]] = []
         self._reset_batch()
 
     # ------------------------------------------------------------------ control from the owner's caller
@@ -200,6 +205,7 @@ class KernelRecorder:
             self._active = True
             self._reset_batch()
             yield self
+            self.check_finite()
         finally:
             for h in handles:
                 h.remove()
@@ -246,18 +252,33 @@ class KernelRecorder:
             out[key] = per
         return out
 
-    def _check_finite(self, kernels: BatchKernels, batch_id: int) -> None:
-        diag = [(key, name, k.diagonal()) for key, per in kernels.items() for name, k in per.items()]
-        if bool(torch.isfinite(torch.cat([d for _, _, d in diag])).all()):
+    def _note_finite(self, kernels: BatchKernels, batch_id: int) -> None:
+        """Mark the layers whose Gram has a non-finite diagonal (non-finite features, or features too large to
+        square) in this batch, on the device: no host synchronisation (:meth:`check_finite` reads the marks)."""
+        diag = torch.stack([k.diagonal() for per in kernels.values() for k in per.values()])
+        bad = ~torch.isfinite(diag).all(dim=-1)
+        if self._first_nonfinite is None:
+            self._recorded = [(key, name) for key, per in kernels.items() for name in per]
+            self._first_nonfinite = torch.full_like(bad, -1, dtype=torch.long)
+        first = self._first_nonfinite
+        self._first_nonfinite = torch.where(bad & (first < 0), batch_id, first)
+
+    def check_finite(self) -> None:
+        """Raise, naming the layer and the batch, if a recorded batch had non-finite features (one host read)."""
+        if self._first_nonfinite is None:
             return
-        for key, name, d in diag:
-            if not bool(torch.isfinite(d).all()):
-                who = f"model {key!r}, " if len(self.models) > 1 else ""
-                raise ValueError(
-                    f"CKA: layer {name!r} ({who}batch {batch_id}) has non-finite features: NaN or inf, or "
-                    "values too large to square in float32. CKA is not defined for them; check the model "
-                    "and its inputs, or drop the layer"
-                )
+        first = self._first_nonfinite.tolist()
+        bad = [(b, i) for i, b in enumerate(first) if b >= 0]
+        if not bad:
+            return
+        batch_id, i = min(bad)
+        key, name = self._recorded[i]
+        who = f"model {key!r}, " if len(self.models) > 1 else ""
+        raise ValueError(
+            f"CKA: layer {name!r} ({who}batch {batch_id}) has non-finite features: NaN or inf, or values too "
+            "large to square in float32. CKA is not defined for them; check the model and its inputs, or drop "
+            "the layer"
+        )
 
     def _end_batch(self) -> None:
         masked, self._mask_next = self._mask_next, False
@@ -283,7 +304,7 @@ class KernelRecorder:
                 return
             kernels = self._collect()
             self._kernels.clear()
-            self._check_finite(kernels, batch_id)
+            self._note_finite(kernels, batch_id)
             self.on_batch(kernels, masked, batch_id)
         finally:
             self._reset_batch()

@@ -134,7 +134,9 @@ class StreamingCKA(HSICMetric):
     def _on_batch(self, kernels: BatchKernels, masked: bool, batch_id: int) -> None:
         y_key = "y" if self._two_models else "x"
         self._learn_layers()
-        kx = _stack(kernels["x"], self.layers_x)
+        # each Gram leaves the recorder's dict as it is stacked: the batch's kernels exist once during update()
+        keep = set(self.layers_y) if y_key == "x" and not self._symmetric else set()
+        kx = _stack(kernels["x"], self.layers_x, keep)
         ky = None if self._symmetric else _stack(kernels[y_key], self.layers_y)
         if self.kernel == "rbf":
             kx = self._bandwidths.kernels("x", kx)
@@ -145,7 +147,13 @@ class StreamingCKA(HSICMetric):
         self.update(kx, ky, batch_id=batch_id)
 
 
-def _stack(per_layer: dict[str, Tensor], names: list[str]) -> Tensor:
+def _stack(per_layer: dict[str, Tensor], names: list[str], keep: set[str] | None = None) -> Tensor:
+    """``[L, n, n]`` in the order of ``names``; each Gram is dropped from ``per_layer`` once copied, except those
+    in ``keep`` (still needed for the other side)."""
     import torch
 
-    return torch.stack([per_layer[n] for n in names])
+    first = per_layer[names[0]]
+    out = torch.empty((len(names), *first.shape), dtype=first.dtype, device=first.device)
+    for i, name in enumerate(names):
+        out[i] = per_layer[name] if name in (keep or ()) else per_layer.pop(name)
+    return out

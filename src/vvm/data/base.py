@@ -52,7 +52,7 @@ class VisionDataModule(pl.LightningDataModule):
         probe_size: int | None = 1024,
         seed: int = 0,
         download: bool = True,
-        pin_memory: bool = False,
+        pin_memory: bool | str = "auto",
         num_classes: int | None = None,
         cka_shuffle: bool = True,
     ) -> None:
@@ -82,6 +82,8 @@ class VisionDataModule(pl.LightningDataModule):
         self.probe_size = probe_size
         self.seed = seed
         self.download = download
+        if not isinstance(pin_memory, bool) and str(pin_memory).lower() != "auto":
+            raise ValueError(f"pin_memory={pin_memory!r}: use true, false or auto (pinned when feeding CUDA)")
         self.pin_memory = pin_memory
         self._cache: dict[tuple[str, bool], Dataset] = {}
 
@@ -136,14 +138,28 @@ class VisionDataModule(pl.LightningDataModule):
     def probe_batches(self) -> EvalBatches:
         return self._eval_batches(self.probe_dataset(), self.seed + 1, None, "probe")
 
-    def _eval_loader(self, batches: EvalBatches) -> DataLoader:
-        # ``batches`` was made here, in the main process, so it carries this rank's shard into the workers
+    def pins_memory(self, device: torch.device | str | None = None) -> bool:
+        """Whether the loaders pin their batches (page-locked memory: asynchronous, faster copies to a GPU).
+        ``pin_memory="auto"`` (the default): when they feed a CUDA device, ``device`` or else the attached
+        Trainer's (without either: when CUDA is available)."""
+        if isinstance(self.pin_memory, bool):
+            return self.pin_memory
+        if device is None and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+        if device is None:
+            return torch.cuda.is_available()
+        return torch.device(device).type == "cuda"
+
+    def eval_loader(self, batches: EvalBatches, *, device: torch.device | str | None = None) -> DataLoader:
+        """The loader of an evaluation pass over ``batches`` (the CKA pass, the probe, ``vvm.joint``): this
+        datamodule's workers, memory pinned for a CUDA ``device`` (see :meth:`pins_memory`). ``batches`` was made
+        in the main process, so it carries this rank's shard into the workers (whatever their start method)."""
         workers = min(self.num_workers, max(len(batches.plan), 1))
         return DataLoader(
             batches,
             batch_size=None,
             num_workers=workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pins_memory(device),
             persistent_workers=workers > 0,
         )
 
@@ -154,7 +170,7 @@ class VisionDataModule(pl.LightningDataModule):
             shuffle=shuffle,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pins_memory(),
             persistent_workers=self.num_workers > 0,
         )
 
@@ -164,7 +180,7 @@ class VisionDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.probe_batches())
+        return self.eval_loader(self.probe_batches())
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.cka_batches())
+        return self.eval_loader(self.cka_batches())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,22 +38,19 @@ class VisionModel(nn.Module):
         self.register_buffer("model_std", _stat(std), persistent=False)
         self.register_buffer("data_mean", None, persistent=False)
         self.register_buffer("data_std", None, persistent=False)
+        self._model_norm = _values(mean, std)
+        self._renorm = False  # set by set_data_normalization, on the host: no device comparison per batch
 
     def set_data_normalization(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
         """Tell the model how the dataset normalised its images (needed only to re-normalise)."""
         device = next(self.net.parameters()).device if any(True for _ in self.net.parameters()) else None
         self.data_mean = _stat(mean, device)
         self.data_std = _stat(std, device)
+        data_norm = _values(mean, std)
+        self._renorm = None not in (self._model_norm, data_norm) and data_norm != self._model_norm
 
     def preprocess(self, x: Tensor) -> Tensor:
-        renorm = (
-            self.model_mean is not None
-            and self.data_mean is not None
-            and not (
-                torch.equal(self.model_mean, self.data_mean.to(self.model_mean))
-                and torch.equal(self.model_std, self.data_std.to(self.model_std))
-            )
-        )
+        renorm = self._renorm
         if renorm:
             x = x * self.data_std + self.data_mean
         if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
@@ -75,6 +73,16 @@ class VisionModel(nn.Module):
         from vvm.cka.presets import layer_presets
 
         return layer_presets(self.net)
+
+
+def _values(mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple | None:
+    """``(mean, std)`` rounded to float32 as the buffers hold them (None without a mean), for comparing on the
+    host."""
+    if (mean is None) != (std is None):
+        raise ValueError(f"a normalisation needs both mean and std, got mean={mean} and std={std}")
+    if mean is None:
+        return None
+    return tuple(tuple(np.asarray(v, dtype=np.float32).tolist()) for v in (mean, std))
 
 
 def _stat(values: Sequence[float] | None, device: torch.device | None = None) -> Tensor | None:

@@ -6,7 +6,7 @@ number's range; cross-field rules in :mod:`vvm.schema.rules`). Nothing here impo
 """
 
 from vvm.settings.base import MISSING, Choice, ConfigError, check_ranges, closest, plain, recipe_fields
-from vvm.settings.cka import Bandwidth, CKASettings, Estimator, Kernel, Precision
+from vvm.settings.cka import TF32, Bandwidth, CKASettings, Estimator, Kernel, Precision
 from vvm.settings.data import DatasetSettings, Split
 from vvm.settings.job import CSVSettings, InitName, InitSettings, JobSettings, PathSettings, WandbSettings
 from vvm.settings.model import ModelSettings
@@ -29,6 +29,7 @@ __all__ = [
     "PathSettings",
     "Precision",
     "SpeedSettings",
+    "TF32",
     "Split",
     "TrainSettings",
     "TrainerSettings",

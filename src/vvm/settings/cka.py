@@ -6,12 +6,16 @@ from typing import Any
 from vvm.cka.bandwidth import BANDWIDTH_MODES
 from vvm.cka.functional import ESTIMATORS, KERNELS
 from vvm.cka.metric import PRECISIONS
+from vvm.cka.precision import TF32_MODES
 from vvm.settings.base import choices, number
 
 Kernel = choices("Kernel", KERNELS, "linear | rbf")
 Estimator = choices("Estimator", ESTIMATORS, "unbiased (HSIC_1, Nguyen et al. 2021) | biased (HSIC_0)")
 Precision = choices("Precision", PRECISIONS, "exact (<= 1e-6 from float64) | fast (<= 1e-4)")
 Bandwidth = choices("Bandwidth", BANDWIDTH_MODES, "fixed (one sigma^2 per layer) | per_batch")
+TF32 = choices(
+    "TF32", TF32_MODES, "allow (PyTorch's settings: TF32 convolutions on a GPU) | off (IEEE float32)"
+)
 
 
 @dataclass
@@ -21,6 +25,7 @@ class CKASettings:
     kernel: Kernel = Kernel.linear
     estimator: Estimator = Estimator.unbiased
     precision: Precision = Precision.exact
+    tf32: TF32 = TF32.allow
     rbf_frac: float = number(1.0, above=0.0, why="sigma^2 = rbf_frac^2 * median squared distance")
     rbf_bandwidth: Bandwidth = Bandwidth.fixed
     layers: Any = "blocks"

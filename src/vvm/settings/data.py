@@ -7,8 +7,9 @@ and the training batch size are the job's, handed to the datamodule when it is b
 """
 
 from dataclasses import dataclass
+from typing import Any
 
-from vvm.settings.base import choices, not_recipe, number
+from vvm.settings.base import OneOf, choices, not_recipe, number
 
 Split = choices("Split", ("train", "test"), "the split the CKA pass reads: test | train")
 
@@ -20,6 +21,6 @@ class DatasetSettings:
     root: str = not_recipe("data")
     download: bool = not_recipe(True)
     num_workers: int = not_recipe(0)
-    pin_memory: bool = not_recipe(False)
+    pin_memory: Any = not_recipe("auto", rule=OneOf(("auto", True, False)))  # auto: pinned when feeding CUDA
     split: Split = not_recipe(Split.test)
     probe_size: int | None = not_recipe(1024)

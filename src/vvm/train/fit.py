@@ -62,21 +62,28 @@ def planned_device(accelerator: Any) -> torch.device:
 
 def fit_precision(setting: Any, trainer_precision: Any, device: Any) -> Any:
     """``train.speed.precision``: the Trainer's precision for the fit. ``auto``/null: ``trainer.precision``,
-    except that a float32 trainer trains in ``bf16-mixed`` where bf16 is fast: a CUDA GPU that supports it, or
-    a CPU with AMX (bf16 matrix units, Xeon Sapphire Rapids and later; see docs/benchmarks.md). Any other value
-    is used as it is. The CKA pass keeps ``trainer.precision``."""
+    except that a float32 trainer trains in ``bf16-mixed`` where bf16 is fast: a CUDA GPU with bf16 tensor cores
+    (compute capability 8.0 and later; older GPUs only emulate bf16), or a CPU with AMX (bf16 matrix units, Xeon
+    Sapphire Rapids and later; see docs/benchmarks.md). Any other value is used as it is. The CKA pass keeps ``trainer.precision``."""
     if setting is not None and str(setting).lower() != "auto":
         return setting
     if trainer_precision not in (None, 32, "32", "32-true"):
         return trainer_precision
     kind = getattr(device, "type", None)
-    if (kind == "cuda" and _cuda_has_bf16()) or (kind == "cpu" and _cpu_has_amx()):
+    if (kind == "cuda" and _cuda_has_bf16(device)) or (kind == "cpu" and _cpu_has_amx()):
         return "bf16-mixed"
     return trainer_precision
 
 
-def _cuda_has_bf16() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+# bf16 tensor cores: Ampere (compute capability 8.0) and later; ``torch.cuda.is_bf16_supported()`` also says yes
+# where bf16 is only emulated (slower than float32)
+NATIVE_BF16_CAPABILITY = (8, 0)
+
+
+def _cuda_has_bf16(device: torch.device) -> bool:
+    if not torch.cuda.is_available():
+        return False
+    return tuple(torch.cuda.get_device_capability(device)) >= NATIVE_BF16_CAPABILITY
 
 
 def _cpu_has_amx() -> bool:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vvm.data.batches import IGNORE_LABEL
 from vvm.models.base import VisionModel
 
 
@@ -19,6 +20,14 @@ def resolve_auto(value: Any, device: torch.device) -> bool:
     if isinstance(value, str):
         return value.lower() in ("1", "true", "yes", "on")
     return bool(value)
+
+
+def set_memory_format(module: torch.nn.Module, memory_format: torch.memory_format) -> torch.nn.Module:
+    """``module`` with its 4-D parameters and buffers (2-D convolutions' weights) and their gradients in
+    ``memory_format``; the others as they are. ``module.to(memory_format=...)`` converts 5-D tensors too, and
+    a 5-D tensor cannot take ``channels_last`` (timm's ``LambdaLayer`` has a Conv3d: "required rank 4 tensor
+    to use channels_last format")."""
+    return module._apply(lambda t: t.contiguous(memory_format=memory_format) if t.dim() == 4 else t)
 
 
 class VisionModule(pl.LightningModule):
@@ -60,13 +69,13 @@ class VisionModule(pl.LightningModule):
             return
         self._channels_last = resolve_auto(self.hparams.channels_last, self.trainer.strategy.root_device)
         if self._channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            set_memory_format(self.model, torch.channels_last)
         if self.hparams.compile and self._compiled is None:
             object.__setattr__(self, "_compiled", torch.compile(self.model))
 
     def on_fit_end(self) -> None:
         if self._channels_last:
-            self.model.to(memory_format=torch.contiguous_format)
+            set_memory_format(self.model, torch.contiguous_format)
             self._channels_last = False
         object.__setattr__(self, "_compiled", None)
 
@@ -77,14 +86,20 @@ class VisionModule(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         net = self._compiled if (stage == "train" and self._compiled is not None) else self.model
         logits = net(x)
-        # a masked padding batch of a DDP evaluation pass (labels < 0, see vvm.data.batches) is logged with
-        # weight 0: every rank still logs every key (the epoch-end sync needs them all), and it counts nowhere
-        n = int(y.shape[0]) if stage == "train" or bool((y >= 0).all()) else 0
-        if n == 0:
-            loss = acc = logits.new_zeros(())
-        else:
+        if stage == "train":
+            n: int | Tensor = int(y.shape[0])
             loss = F.cross_entropy(logits, y)
             acc = (logits.argmax(dim=-1) == y).float().mean()
+        else:
+            # a masked padding batch of a DDP evaluation pass (every label IGNORE_LABEL, see vvm.data.batches)
+            # weighs 0: every rank still logs every key (the epoch-end sync needs them all), and it counts
+            # nowhere. The weight stays on the device (a host decision would wait for the GPU every batch), in
+            # float32: Lightning's DDP mean of an integer batch-size sum truncates (9 examples over 2 ranks
+            # counted as 8). Any other label outside [0, classes) is cross-entropy's error, as in training
+            valid = y != IGNORE_LABEL
+            n = valid.sum(dtype=torch.float32)
+            loss = F.cross_entropy(logits, y, ignore_index=IGNORE_LABEL, reduction="sum") / n.clamp_min(1)
+            acc = ((logits.argmax(dim=-1) == y) & valid).sum() / n.clamp_min(1)
         if stage == "train":
             # the step loss goes to the logger only: a progress-bar value would sync the GPU every step
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
