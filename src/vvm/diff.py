@@ -1,8 +1,11 @@
-"""Difference of two CKA maps, e.g. pretrained minus random for one model.
+"""Difference of two CKA maps (or of two maps of another measure), e.g. pretrained minus random for one model.
 
     python -m vvm.diff outputs/r18-pretrained outputs/r18-random --out outputs/r18-diff
+    python -m vvm.diff outputs/r18-pretrained outputs/r18-random --out outputs/r18-diff --measure rsa
 
-Each argument is a run directory (holding cka.npz) or a cka.npz file. The two maps must have the same layers.
+Each argument is a run directory (holding cka.npz, or ``<measure>.npz`` with ``--measure``) or the file. The two
+maps must have the same layers. With ``--measure rsa`` (or ``knn``) the files are ``diff-rsa.npz/png/pdf``, the
+maps ``rsa_a``/``rsa_b``, and the paired standard error is that of the mean of the per-batch differences.
 Writes diff.npz (``diff`` = A - B, ``diff_stderr``, ``paired``, ``df``, ``p_value``, ``significant``, ``level``,
 ``fdr``, ``cka_a``, ``cka_b``, layer names), diff.png and diff.pdf with a diverging colour scale centred on 0
 (red: more similar in A, blue: more similar in B; NaN grey); a dot marks the entries whose difference is not
@@ -32,19 +35,41 @@ import numpy as np
 import torch
 
 from vvm.cka.functional import paired_difference_stderr
+from vvm.cka.measures import MEASURES, weighted_mean_stderr
 from vvm.io import load_npz, write_npz
 
 _PER_BATCH = ("batch_ids", "batch_weights", "batch_hsic_xy", "batch_hsic_xx", "batch_hsic_yy")
 
 
-def _npz_path(p: str | Path) -> Path:
+def _npz_path(p: str | Path, measure: str = "cka") -> Path:
     p = Path(p)
-    path = p / "cka.npz" if p.is_dir() else p
+    path = p / f"{measure}.npz" if p.is_dir() else p
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} does not exist: give a run directory that holds cka.npz, or the file"
+            f"{path} does not exist: give a run directory that holds {measure}.npz, or the file"
+            + (f" (a run writes it with measures=[...,{measure}])" if measure != "cka" else "")
         )
     return path
+
+
+def _maps(z: dict, measure: str) -> tuple[np.ndarray, np.ndarray]:
+    """A result file's matrix and standard error: ``cka``/``cka_stderr`` in cka.npz, else ``matrix``/``stderr``."""
+    return (z["cka"], z["cka_stderr"]) if measure == "cka" else (z["matrix"], z["stderr"])
+
+
+def measure_difference_stderr(za: dict, zb: dict) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """For a measure averaged over batches (RSA, kNN): the standard error of ``A - B``, the per-entry degrees of
+    freedom when paired (batches both runs saw and defined, less one), and whether it is paired: the weighted
+    standard error of the per-batch differences when both runs saw the same batches, else independent."""
+    keys = ("batch_ids", "batch_weights", "batch_values", "batch_fingerprint")
+    if all(k in za and k in zb for k in keys) and str(za["batch_fingerprint"]) == str(
+        zb["batch_fingerprint"]
+    ):
+        if np.array_equal(za["batch_ids"], zb["batch_ids"]):
+            d = torch.as_tensor(np.asarray(za["batch_values"], float) - np.asarray(zb["batch_values"], float))
+            _, se = weighted_mean_stderr(d, torch.as_tensor(np.asarray(za["batch_weights"], float)))
+            return se.numpy(), np.isfinite(d.numpy()).sum(0) - 1.0, True
+    return np.sqrt(za["stderr"] ** 2 + zb["stderr"] ** 2), None, False
 
 
 def _names(values: np.ndarray, k: int = 4) -> str:
@@ -93,14 +118,14 @@ def difference_stderr(za: dict, zb: dict) -> tuple[np.ndarray, bool]:
     return np.sqrt(za["cka_stderr"] ** 2 + zb["cka_stderr"] ** 2), False
 
 
-def difference_df(za: dict, zb: dict, is_paired: bool) -> np.ndarray:
+def difference_df(za: dict, zb: dict, is_paired: bool, measure: str = "cka") -> np.ndarray:
     """Degrees of freedom of the t statistic of every entry: ``B - 1`` for ``B`` paired batches (as
     :meth:`CKAResult.interval`); for independent runs Welch–Satterthwaite's
     ``(v_A + v_B)² / (v_A² / (B_A - 1) + v_B² / (B_B - 1))`` with ``v = se²`` (NaN with fewer than 2 batches)."""
-    shape = np.shape(za["cka"])
+    shape = np.shape(_maps(za, measure)[0])
     if is_paired:
         return np.full(shape, len(za["batch_ids"]) - 1.0)
-    va, vb = (np.asarray(z["cka_stderr"], dtype=float) ** 2 for z in (za, zb))
+    va, vb = (np.asarray(_maps(z, measure)[1], dtype=float) ** 2 for z in (za, zb))
     na, nb = (float(z["n_batches"]) - 1.0 if "n_batches" in z else math.nan for z in (za, zb))
     with np.errstate(invalid="ignore", divide="ignore"):
         df = (va + vb) ** 2 / (va**2 / na + vb**2 / nb)
@@ -145,10 +170,12 @@ def significance(
 
 
 def cka_difference(
-    a: str | Path, b: str | Path, *, level: float = 0.95, fdr: float | None = None
+    a: str | Path, b: str | Path, *, level: float = 0.95, fdr: float | None = None, measure: str = "cka"
 ) -> dict[str, np.ndarray]:
-    za, zb = load_npz(_npz_path(a)), load_npz(_npz_path(b))
+    za, zb = load_npz(_npz_path(a, measure)), load_npz(_npz_path(b, measure))
     _check_comparable(za, zb)
+    if measure != "cka":
+        return measure_difference(za, zb, measure, level=level, fdr=fdr)
     se, is_paired = difference_stderr(za, zb)
     diff = za["cka"] - zb["cka"]
     df = difference_df(za, zb, is_paired)
@@ -167,6 +194,23 @@ def cka_difference(
     }
 
 
+def measure_difference(
+    za: dict, zb: dict, measure: str, *, level: float = 0.95, fdr: float | None = None
+) -> dict[str, np.ndarray]:
+    """:func:`cka_difference` for another measure's files (``matrix``, ``stderr``, per-batch ``batch_values``)."""
+    se, paired_df, is_paired = measure_difference_stderr(za, zb)
+    diff = za["matrix"] - zb["matrix"]
+    df = paired_df if paired_df is not None else difference_df(za, zb, False, measure)
+    se = np.where(np.isnan(diff), np.nan, se)
+    return {
+        "diff": diff, "diff_stderr": se, "paired": np.array(is_paired), "df": df,
+        **significance(diff, se, df, level=level, fdr=fdr), "level": np.array(level),
+        "fdr": np.array(math.nan if fdr is None else fdr), "measure": np.array(measure),
+        f"{measure}_a": za["matrix"], f"{measure}_b": zb["matrix"], "layers_x": za["layers_x"],
+        "layers_y": za["layers_y"],
+    }  # fmt: skip
+
+
 def write_difference(
     a: str | Path,
     b: str | Path,
@@ -175,12 +219,15 @@ def write_difference(
     title: str | None = None,
     level: float = 0.95,
     fdr: float | None = None,
+    measure: str = "cka",
 ) -> list[Path]:
     from vvm.plots.heatmap import heatmap_figure, save_figure
 
-    d = cka_difference(a, b, level=level, fdr=fdr)
+    d = cka_difference(a, b, level=level, fdr=fdr, measure=measure)
     out = Path(out)
-    paths = [write_npz(out / "diff.npz", **d, source_a=str(_npz_path(a)), source_b=str(_npz_path(b)))]
+    stem = "diff" if measure == "cka" else f"diff-{measure}"
+    sources = {"source_a": str(_npz_path(a, measure)), "source_b": str(_npz_path(b, measure))}
+    paths = [write_npz(out / f"{stem}.npz", **d, **sources)]
     finite = d["diff"][np.isfinite(d["diff"])]
     lim = float(max(np.abs(finite).max(), 1e-3)) if finite.size else 1.0
     kind = "paired" if bool(d["paired"]) else "independent"
@@ -190,13 +237,14 @@ def write_difference(
         [str(v) for v in d["layers_x"]],
         [str(v) for v in d["layers_y"]],
         title=title
-        or f"CKA difference: {Path(a).name} - {Path(b).name} (dots: not significant, {kind}, {test})",
+        or f"{'CKA' if measure == 'cka' else measure} difference: {Path(a).name} - {Path(b).name} "
+        f"(dots: not significant, {kind}, {test})",
         vmin=-lim,
         vmax=lim,
         cmap="RdBu_r",
     )
     mark_not_significant(fig.axes[0], d["diff"], d["significant"])
-    paths += save_figure(fig, out / "diff")
+    paths += save_figure(fig, out / stem)
     return paths
 
 
@@ -214,6 +262,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("a", help="run directory or cka.npz (the minuend, e.g. pretrained)")
     p.add_argument("b", help="run directory or cka.npz (subtracted, e.g. random)")
     p.add_argument("--out", "-o", required=True, help="directory for diff.npz, diff.png, diff.pdf")
+    p.add_argument(
+        "--measure", default="cka", choices=list(MEASURES),
+        help="which measure's maps (cka.npz, rsa.npz, knn.npz); files diff-<measure>.* for all but cka",
+    )  # fmt: skip
     p.add_argument("--title", default=None)
     p.add_argument("--level", type=float, default=0.95, help="confidence level of each entry's t interval")
     p.add_argument(
@@ -224,7 +276,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in (("--level", args.level), ("--fdr", args.fdr)):
         if value is not None and not 0 < value < 1:
             p.error(f"{name} {value}: use a number between 0 and 1")
-    for path in write_difference(args.a, args.b, args.out, title=args.title, level=args.level, fdr=args.fdr):
+    paths = write_difference(
+        args.a, args.b, args.out, title=args.title, level=args.level, fdr=args.fdr, measure=args.measure
+    )
+    for path in paths:
         print(path)
 
 

@@ -1,4 +1,5 @@
-"""``python -m vvm.joint <sweep_dir>``: CKA between every layer of every finished job's model, in one pass.
+"""``python -m vvm.joint <sweep_dir>``: CKA (and, with ``--measures cka,rsa,knn``, RSA and mutual kNN) between
+every layer of every finished job's model, in one pass.
 
 Each finished job's model is rebuilt from the config stored in its result.json, with the weights that job used
 (:func:`vvm.weights.load_or_train`: random seeded init, ``init.checkpoint``, published weights, or the cached
@@ -19,6 +20,11 @@ them) with :class:`vvm.cka.JointCKA` writes, into ``<sweep dir>/joint/`` (or ``-
   al. left the logits out);
 - with ``--logger wandb`` (or ``auto`` when the jobs logged to W&B): the figures and the table in a W&B run.
 
+With ``--measures`` every measure gets the same files, named ``joint-<measure>.npz`` (``matrix``, ``stderr``, the
+measure's parameters, from the first job's ``measure.*``), ``joint-<measure>.csv`` (its ``mean_<measure>``,
+mean of row maxima and layer identification), ``joint-<measure>.png/pdf``, ``pairs-<measure>/`` and
+``correspondence-<measure>.png/pdf``, and its figures under ``joint/<measure>/`` in W&B.
+
 Job tags are the jobs' ``tag`` less the dataset they share (``r18-pretrained``), with the job number added where
 tags repeat (``r18-pretrained-0``, ``-1``, ``-2`` for ``seed=0,1,2``).
 """
@@ -29,80 +35,23 @@ import argparse
 import dataclasses
 import logging
 import sys
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from vvm.cka.joint import JointCKA, JointResult, hook_target, move_models
+from vvm.cka.joint import JointResult, hook_target, move_models
+from vvm.cka.measures import MEASURES, make_measure
 from vvm.cka.presets import PRESETS, classifier_name
-from vvm.io import load_json
+from vvm.records import JointJob, read_jobs
 from vvm.settings import JobSettings, WandbSettings, plain
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class JointJob:
-    """A finished job of the sweep, as the joint pass uses it."""
-
-    job: str
-    tag: str
-    model: str
-    init: str
-    family: str
-    settings: JobSettings
-    result: dict[str, Any]
-
-
 # ---------------------------------------------------------------------------------------------- the jobs
-def read_jobs(sweep_dir: str | Path, only: Sequence[str] | None = None) -> tuple[list[JointJob], list[str]]:
-    """The sweep's finished jobs (``only``: these job names) with unique tags, and a note per skipped job."""
-    from vvm.records import job_dirs, read_job
-    from vvm.schema import from_record
-
-    sweep_dir = Path(sweep_dir)
-    jobs, notes = [], []
-    for d in job_dirs(sweep_dir):
-        rel = str(d.relative_to(sweep_dir))
-        if only is not None and rel not in only:
-            continue
-        rec = read_job(sweep_dir, d)
-        if rec.status != "ok":
-            error = " ".join(str(rec.error or "no error recorded").split())[:300]
-            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: it is {rec.status}: {error}")
-            continue
-        result = load_json(d / "result.json")
-        config = result.get("config")
-        if not isinstance(config, dict) or "model" not in config:
-            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: its result.json holds no config")
-            continue
-        try:
-            settings = from_record(config, str(result.get("dataset")))
-        except Exception as e:  # noqa: BLE001 - a config this vvm cannot read is a note, not the end
-            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: its stored config does not read: {e}")
-            continue
-        tag = str(result.get("tag") or f"{rec.model}-{rec.init}")
-        jobs.append(JointJob(rel, tag, str(rec.model), str(rec.init), rec.family, settings, result))
-    unique_tags(jobs)
-    return jobs, notes
-
-
-def unique_tags(jobs: list[JointJob]) -> None:
-    """Drop the dataset suffix every tag shares, add the job number to tags that repeat; no ``/``."""
-    suffixes = {f"-{j.result.get('dataset')}" for j in jobs}
-    if len(suffixes) == 1 and all(j.tag.endswith(s) and j.tag != s for j in jobs for s in suffixes):
-        for j in jobs:
-            j.tag = j.tag[: -len(next(iter(suffixes)))]
-    counts = Counter(j.tag for j in jobs)
-    for j in jobs:
-        j.tag = (f"{j.tag}-{j.job}" if counts[j.tag] > 1 else j.tag).replace("/", "_")
-
-
 def rebuild_model(job: JointJob) -> tuple[Any, str | None]:
     """The job's model with the weights it used, or ``(None, note)``; never trains (no ``fit``): a trained
     model comes from its cached checkpoint, else from the file the job recorded."""
@@ -144,6 +93,14 @@ def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[JobS
     ), notes
 
 
+def parse_measures(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in MEASURES]
+    if bad or not names or len(set(names)) != len(names):
+        parser.error(f"--measures {text}: name each once, from {', '.join(MEASURES)} (e.g. cka,rsa,knn)")
+    return names
+
+
 def parse_layers(text: str | None) -> str | list[str] | None:
     """``blocks`` (a preset) or ``stem,layer1.*,fc`` (names and globs)."""
     if text is None or text in PRESETS:
@@ -154,17 +111,34 @@ def parse_layers(text: str | None) -> str | list[str] | None:
 def run_pass(
     models: dict[str, Any], settings: JobSettings, device: str, *, progress: bool = True
 ) -> tuple[JointResult, Any]:
-    """One pass of every model over the CKA batches of ``settings``' dataset (the EvalBatches plan)."""
+    """One pass of every model over the CKA batches of ``settings``' dataset (the EvalBatches plan): CKA."""
+    results, batches = run_measures(models, settings, device, ["cka"], progress=progress)
+    return results["cka"], batches
+
+
+def run_measures(
+    models: dict[str, Any],
+    settings: JobSettings,
+    device: str,
+    measures: Sequence[str],
+    *,
+    progress: bool = True,
+) -> tuple[dict[str, Any], Any]:
+    """:func:`run_pass` for ``measures`` (``cka``, ``rsa``, ``knn``) in the same pass, their parameters the
+    settings' ``measure.*``: ``{measure: result}`` and the batches."""
     from tqdm import tqdm
 
+    from vvm.cka.similarity import JointSimilarity
     from vvm.pipeline import build_datamodule
+    from vvm.settings import measure_params
 
     dm = build_datamodule(settings)
     batches = dm.cka_batches()
     move_models(models, device)
-    metric = JointCKA(
-        models, settings.cka.layer_spec(), max_batches=len(batches.plan), **settings.cka.engine_options()
-    ).to(device)
+    metric = JointSimilarity(
+        models, settings.cka.layer_spec(), measures=list(measures), max_batches=len(batches.plan),
+        params=measure_params(settings.measure, list(measures)), **settings.cka.engine_options(),
+    ).to(device)  # fmt: skip
     loader = dm.eval_loader(batches, device=device)  # the datamodule's workers; pinned memory for a GPU
     with metric.track():
         for i, (x, _) in enumerate(tqdm(loader, total=len(batches), desc="joint CKA", disable=not progress)):
@@ -178,7 +152,7 @@ def run_pass(
 
 # ---------------------------------------------------------------------------------------------- the files
 def pair_rows(
-    res: JointResult, jobs: list[JointJob], heads: dict[str, str | None] | None = None
+    res: JointResult, jobs: list[JointJob], heads: dict[str, str | None] | None = None, measure: str = "cka"
 ) -> list[dict[str, Any]]:
     """One row per pair of models (A before B in job order); ``heads``: each model's classifier module name."""
     from vvm.cka.correspondence import TOLERANCE, Identification, identification, mean_row_max, records
@@ -199,7 +173,7 @@ def pair_rows(
                 "model_a": a, "model_b": b, "job_a": ja.job, "job_b": jb.job, "arch_a": ja.model,
                 "arch_b": jb.model, "family_a": ja.family, "family_b": jb.family, "init_a": ja.init,
                 "init_b": jb.init, "layers_a": block.shape[0], "layers_b": block.shape[1],
-                "mean_cka": float(np.nanmean(block)) if not np.isnan(block).all() else None,
+                f"mean_{measure}": float(np.nanmean(block)) if not np.isnan(block).all() else None,
                 "mean_row_max": mean_row_max(block), "layer_identification": ident.accuracy,
                 "identification_layers": ident.layers, "identification_ties": ident.ties,
                 "identification_tolerance": TOLERANCE if same else "",
@@ -210,29 +184,11 @@ def pair_rows(
 
 
 def correspondence_panels(res: JointResult, jobs: list[JointJob]) -> list[Any]:
-    """One panel per family pair; a curve per pair of models, A the one of the earlier family."""
-    from vvm.cka.joint import best_matches
-    from vvm.plots.joint import CorrespondencePanel, Curve
+    """One panel per family pair (:func:`vvm.plots.joint.correspondence_panels`, families in the sweep's order)."""
+    from vvm.plots.joint import correspondence_panels as panels
     from vvm.sweep import FAMILY_ORDER
 
-    by_tag = {j.tag: j for j in jobs}
-    rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
-    panels: dict[tuple[str, str], CorrespondencePanel] = {}
-    for a_i, a in enumerate(res.models):
-        for b in res.models[a_i + 1 :]:
-            if rank.get(by_tag[b].family, 99) < rank.get(by_tag[a].family, 99):
-                a, b = b, a
-            fa, fb = by_tag[a].family, by_tag[b].family
-            panel = panels.setdefault((fa, fb), CorrespondencePanel(
-                f"{fa} vs {fb}", f"layer of A ({fa}), relative depth", f"best match in B ({fb}), relative depth"))  # fmt: skip
-            block = res.block(a, b).numpy()
-            best = best_matches(block)
-            ok = best >= 0
-            x = np.arange(block.shape[0]) / max(block.shape[0] - 1, 1)
-            inits = {by_tag[a].init, by_tag[b].init}
-            kind = inits.pop() if len(inits) == 1 else "mixed"
-            panel.curves.append(Curve(f"{a} vs {b}", x[ok], best[ok] / max(block.shape[1] - 1, 1), kind))
-    return list(panels.values())
+    return panels(res, {j.tag: (j.family, j.init) for j in jobs}, FAMILY_ORDER)
 
 
 def write_outputs(
@@ -243,8 +199,11 @@ def write_outputs(
     title: str,
     extra: dict[str, Any],
     heads: dict[str, str | None] | None = None,
+    measure: str = "cka",
 ) -> dict[str, Any]:
-    """joint.npz, joint.csv, joint.png/pdf, pairs/<A>__<B>.png, correspondence.png/pdf."""
+    """joint.npz, joint.csv, joint.png/pdf, pairs/<A>__<B>.png, correspondence.png/pdf; for another measure
+    joint-<measure>.npz (``matrix``, ``stderr``, the measure's parameters), .csv, .png/pdf, pairs-<measure>/,
+    correspondence-<measure>.png/pdf."""
     import pandas as pd
 
     from vvm.io import write_bytes, write_npz
@@ -252,18 +211,23 @@ def write_outputs(
     from vvm.plots.joint import correspondence_figure, joint_figure
 
     by_tag = {j.tag: j for j in jobs}
+    suffix = "" if measure == "cka" else f"-{measure}"
+    own = (dict(cka=res.matrix.numpy(), cka_stderr=res.stderr.numpy(), hsic_diag=res.hsic_xx.numpy(), kernel=res.kernel,
+                estimator=res.estimator) if measure == "cka" else
+           dict(matrix=res.matrix.numpy(), stderr=res.stderr.numpy(), measure=measure, **res.params))  # fmt: skip
     files: dict[str, Any] = {"npz": write_npz(
-        out / "joint.npz", cka=res.matrix.numpy(), cka_stderr=res.stderr.numpy(), layers=np.array(res.layers_x),
+        out / f"joint{suffix}.npz", **own, layers=np.array(res.layers_x),
         models=np.array(res.models), model_index=res.model_index.numpy(), n_samples=res.n_samples,
-        n_batches=res.n_batches, hsic_diag=res.hsic_xx.numpy(), kernel=res.kernel, estimator=res.estimator,
+        n_batches=res.n_batches,
         jobs=np.array([by_tag[m].job for m in res.models]), model_names=np.array([by_tag[m].model for m in res.models]),
         families=np.array([by_tag[m].family for m in res.models]), inits=np.array([by_tag[m].init for m in res.models]),
         **extra,
     )}  # fmt: skip
-    table = pd.DataFrame(pair_rows(res, jobs, heads))
-    files["csv"] = write_bytes(out / "joint.csv", table.to_csv(index=False).encode())
+    table = pd.DataFrame(pair_rows(res, jobs, heads, measure))
+    files["csv"] = write_bytes(out / f"joint{suffix}.csv", table.to_csv(index=False).encode())
     files["png"], files["pdf"] = save_figure(
-        joint_figure(res.matrix.numpy(), res.models, res.model_index.numpy(), title=title), out / "joint"
+        joint_figure(res.matrix.numpy(), res.models, res.model_index.numpy(), title=title),
+        out / f"joint{suffix}",
     )
     files["pairs"] = []
     for a_i, a in enumerate(res.models):
@@ -276,10 +240,12 @@ def write_outputs(
                 xlabel=b,
                 ylabel=a,
             )
-            files["pairs"].append(save_figure(fig, out / "pairs" / f"{a}__{b}", formats=("png",))[0])
+            files["pairs"].append(save_figure(fig, out / f"pairs{suffix}" / f"{a}__{b}", formats=("png",))[0])
     if len(res.models) > 1:
         fig = correspondence_figure(correspondence_panels(res, jobs), title=f"best-matching layers\n{title}")
-        files["correspondence_png"], files["correspondence_pdf"] = save_figure(fig, out / "correspondence")
+        files["correspondence_png"], files["correspondence_pdf"] = save_figure(
+            fig, out / f"correspondence{suffix}"
+        )
     files["table"] = table
     return files
 
@@ -292,13 +258,19 @@ def log_to_wandb(files: dict[str, Any], jobs: list[JointJob], out: Path, sweep_d
     loggers = [j.settings.logger for j in jobs if isinstance(j.settings.logger, WandbSettings)]
     projects = {lg.project for lg in loggers}
     modes = {lg.mode for lg in loggers}
-    images = {"joint/matrix": files["png"], **{f"joint/pairs/{p.stem}": p for p in files["pairs"]}}
-    if "correspondence_png" in files:
-        images["joint/correspondence"] = files["correspondence_png"]
+    images, tables = {}, {}
+    for m, mf in {"cka": files, **files.get("measures", {})}.items():
+        key = "joint" if m == "cka" else f"joint/{m}"  # each measure's figures and table under its own key
+        if "png" in mf:
+            images.update({f"{key}/matrix": mf["png"], **{f"{key}/pairs/{p.stem}": p for p in mf["pairs"]}})
+            images.update(
+                {f"{key}/correspondence": mf["correspondence_png"]} if "correspondence_png" in mf else {}
+            )
+            tables[f"{key}/pairs"] = mf["table"]
     try:
         return log_files_run(
             run_dir=out, name=f"joint-{sweep_name(sweep_dir)}", job_type="joint-cka", images=images,
-            tables={"joint/pairs": files["table"]}, project=projects.pop() if len(projects) == 1 else "vvm",
+            tables=tables, project=projects.pop() if len(projects) == 1 else "vvm",
             group=f"sweep-{sweep_name(sweep_dir)}", mode=modes.pop() if len(modes) == 1 else None,
             config={"sweep_dir": str(sweep_dir), "models": [j.tag for j in jobs]},
         )  # fmt: skip
@@ -314,9 +286,10 @@ def uses_wandb(jobs: list[JointJob]) -> bool:
 # ---------------------------------------------------------------------------------------------- entry points
 def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device: str | None = None,
                 jobs: Sequence[str] | None = None, logger: str = "auto", progress: bool = True,
-                **overrides: Any) -> dict[str, Any]:  # fmt: skip
+                measures: Sequence[str] = ("cka",), **overrides: Any) -> dict[str, Any]:  # fmt: skip
     """Rebuild the sweep's models, run the joint pass, write the files (see the module docstring).
-    ``overrides``: ``layers``, ``batch_size``, ``max_samples``, ``seed``. Returns the result, files, notes."""
+    ``overrides``: ``layers``, ``batch_size``, ``max_samples``, ``seed``. Returns the result (the first
+    measure's; ``results``: every measure's), files, notes."""
     sweep_dir = Path(sweep_dir)
     found, notes = read_jobs(sweep_dir, jobs)
     models, used = {}, []
@@ -336,18 +309,23 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
     settings, data_notes = pass_settings(used, {**overrides, "layers": parse_layers(overrides.get("layers"))})
     notes += data_notes
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    res, batches = run_pass(models, settings, device, progress=progress)
+    results, batches = run_measures(models, settings, device, measures, progress=progress)
     out = Path(out) if out is not None else sweep_dir / "joint"
-    title = (
-        f"{res.kernel} CKA, {len(used)} models, {used[0].result.get('dataset')} ({res.n_samples} examples)"
-    )
     extra = {"notes": np.array(notes, dtype=str), "batch_fingerprint": batches.fingerprint()}
     heads = {tag: classifier_name(hook_target(m)) for tag, m in models.items()}
-    files = write_outputs(res, used, out, title=title, extra=extra, heads=heads)
+    by_measure = {}
+    for m, res in results.items():
+        kind = f"{res.kernel} CKA" if m == "cka" else make_measure(m, res.params).title
+        title = f"{kind}, {len(used)} models, {used[0].result.get('dataset')} ({res.n_samples} examples)"
+        by_measure[m] = write_outputs(res, used, out, title=title, extra=extra, heads=heads, measure=m)
+    files = {**by_measure.get("cka", {}), "measures": {m: f for m, f in by_measure.items() if m != "cka"}}
     if logger == "wandb" or (logger == "auto" and uses_wandb(used)):
         files["wandb"] = log_to_wandb(files, used, out, sweep_dir)
-    log.info("joint CKA: %d models, %d layers -> %s", len(used), len(res.layers_x), out)
-    return {"result": res, "jobs": used, "files": files, "notes": notes, "out": out}
+    res = next(iter(results.values()))
+    log.info(
+        "joint pass: %d models, %d layers, %s -> %s", len(used), len(res.layers_x), ", ".join(results), out
+    )
+    return {"result": res, "results": results, "jobs": used, "files": files, "notes": notes, "out": out}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -364,6 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, help="the data order's seed (default: the first job's seed)")
     p.add_argument("--jobs", help="only these jobs, e.g. 0,1,2 (fewer models when they do not fit together)")
+    p.add_argument(
+        "--measures", default="cka", help="similarity measures, in one pass: cka,rsa,knn (default cka)"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when there is one)")
     p.add_argument("--out", help="output directory (default: <sweep dir>/joint)")
     p.add_argument("--logger", choices=("auto", "wandb", "none"), default="auto",
@@ -376,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = joint_sweep(
         args.sweep_dir, out=args.out, device=args.device, logger=args.logger, progress=not args.no_progress,
         jobs=args.jobs.split(",") if args.jobs else None, layers=args.layers, batch_size=args.batch_size,
-        max_samples=args.max_samples, seed=args.seed,
+        max_samples=args.max_samples, seed=args.seed, measures=parse_measures(p, args.measures),
     )  # fmt: skip
     print(f"joint CKA of {len(out['jobs'])} models written to {out['out']}")
     for note in out["notes"]:

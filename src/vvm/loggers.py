@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from vvm.cka.measures import MEASURES
 from vvm.cka.result import mean_offdiagonal
 from vvm.io import host_reachable, is_rank_zero
 from vvm.settings import CSVSettings, WandbSettings
@@ -137,7 +138,22 @@ def log_cka(
     """Heatmap image, the matrix as a table (one row per pair, with layer names and standard error), and
     summary scalars, under ``cka/`` for the final pass and ``cka_<stage>/`` for the others (``cka_probe/``:
     the passes during training, at ``epoch``), through the logger's own methods."""
-    prefix = "cka" if stage == "final" else f"cka_{stage}"
+    log_measure(logger, res, measure="cka", stage=stage, image=image, step=step, epoch=epoch)
+
+
+def log_measure(
+    logger: Any,
+    res: Any,
+    *,
+    measure: str,
+    stage: str,
+    image: str | Path | None,
+    step: int,
+    epoch: int | None = None,
+) -> None:
+    """:func:`log_cka` for any similarity measure (``cka``, ``rsa``, ``knn``): under ``<measure>/`` for the final
+    pass and ``<measure>_<stage>/`` for the others; the table's value column is named after the measure."""
+    prefix = measure if stage == "final" else f"{measure}_{stage}"
     mean = mean_offdiagonal(res.matrix.numpy())
     scalars: dict[str, Any] = {f"{prefix}/mean_offdiag": mean, f"{prefix}/n_samples": res.n_samples}
     if epoch is not None:
@@ -145,10 +161,12 @@ def log_cka(
     logger.log_metrics(scalars, step=step)
     if not is_wandb(logger):
         return
-    logger.log_table(f"{prefix}/table", columns=TABLE_COLUMNS, data=cka_table_rows(res), step=step)
+    columns = [*TABLE_COLUMNS[:4], measure, TABLE_COLUMNS[5]]
+    logger.log_table(f"{prefix}/table", columns=columns, data=cka_table_rows(res), step=step)
     if image is not None:
         when = f"epoch {epoch}" if epoch is not None else stage
-        caption = f"{when}: mean off-diagonal CKA {mean:.3f}" if not math.isnan(mean) else when
+        label = MEASURES[measure].label if measure in MEASURES else measure
+        caption = f"{when}: mean off-diagonal {label} {mean:.3f}" if not math.isnan(mean) else when
         logger.log_image(f"{prefix}/heatmap", images=[str(image)], step=step, caption=[caption])
 
 
@@ -164,6 +182,9 @@ def finish_logger(logger: Any, summary: dict[str, Any]) -> None:
             v = summary.get(k)
             if v is not None:
                 run.summary[k] = v
+        for name, v in (summary.get("measures") or {}).items():  # each measure's mean off-diagonal value
+            if name != "cka" and v is not None:
+                run.summary[f"mean_{name}"] = v
         logger.finalize("success" if status == "ok" else "failed")
         run.finish(exit_code=0 if status == "ok" else 1)
     elif logger:
@@ -212,6 +233,7 @@ __all__ = [
     "log_cka",
     "log_config",
     "log_files_run",
+    "log_measure",
     "online_or_offline",
     "wandb_mode",
 ]

@@ -27,7 +27,7 @@ from vvm.loggers import build_logger, finish_logger, log_config
 from vvm.models import from_settings
 from vvm.models.base import VisionModel
 from vvm.preflight import check_layers, check_plan, check_published, check_writable
-from vvm.settings import InitSettings, JobSettings, ModelSettings, plain
+from vvm.settings import InitSettings, JobSettings, ModelSettings, job_measures, measure_params, plain
 from vvm.train.cache import CheckpointCache
 from vvm.train.fit import Fit, trainer_factory, vision_module
 from vvm.weights import load_or_train, weights_source
@@ -61,8 +61,8 @@ def axis_labels(summary: dict[str, Any]) -> tuple[str, str]:
     return x, y
 
 
-def _title(summary: dict[str, Any], job: JobSettings) -> str:
-    kind = f"{job.cka.kernel} CKA"
+def _title(summary: dict[str, Any], job: JobSettings, kind: str | None = None) -> str:
+    kind = kind or f"{job.cka.kernel} CKA"
     other = summary.get("compare")
     if other:
         return (
@@ -171,6 +171,7 @@ def measure(
         model_label=summary["model_x"],
         other=models.other,
         other_label=summary["model_y"],
+        **measure_options(job, summary),
     )
     factory = trainer_factory(job.trainer)
     t = time.perf_counter()
@@ -274,7 +275,9 @@ def check_job(job: JobSettings, dm: Any, models: Models) -> None:
         other = {"other": models.other.net, "other_layers": job.cka.layer_spec(other=True)}
         check_layers(models.other, job.cka.layer_spec(other=True), job.cka, key="cka.other_layers")
     check_layers(models.model, job.cka.layer_spec(), job.cka, **other)
-    check_plan(dm, job.cka, limit=job.dataset.limit)
+    check_plan(
+        dm, job.cka, limit=job.dataset.limit, measures=job_measures(job.measures, job.measure, job.cka)
+    )
     for member in models.members():
         if weights_source(member.settings, member.init) == "trained":
             size = sum(p.numel() * p.element_size() for p in member.model.net.parameters())
@@ -294,9 +297,31 @@ def cka_trainer(factory: Any, out_dir: Path, cka_cb: Any, logger: Any) -> pl.Tra
     )
 
 
+def measure_options(job: JobSettings, summary: dict[str, Any]) -> dict[str, Any]:
+    """The CKA callback's measures (``measures=[...]``), their parameters and each one's heatmap title."""
+    names = [str(m) for m in job.measures]
+    built = job_measures(names, job.measure, job.cka)
+    titles = {name: _title(summary, job, m.title) for name, m in built.items() if name != "cka"}
+    return {"measures": names, "params": measure_params(job.measure, names), "titles": titles}
+
+
+def measure_facts(final: dict[str, Any]) -> dict[str, Any]:
+    """result.json's ``measures`` (each measure's mean off-diagonal value) and the files of those besides CKA."""
+    results = final.get("results") or {}
+    paths = final.get("measure_paths") or {}
+    return {
+        "measures": {name: mean_offdiagonal(res.matrix.numpy()) for name, res in results.items()},
+        "measure_files": {n: {k: str(v) for k, v in p.items()} for n, p in paths.items() if n != "cka"},
+    }
+
+
 def result_facts(final: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """What result.json records about the final CKA pass."""
     res = final["result"]
+    if res is None:  # measures without cka: the layers and counts of the first measure
+        res = next(iter(final["results"].values()))
+        facts = result_facts({**final, "result": res}, metrics)
+        return {**facts, "mean_cka": None, **measure_facts(final)}
     return {
         "n_samples": res.n_samples,
         "n_batches": res.n_batches,
@@ -310,6 +335,7 @@ def result_facts(final: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[s
         "mean_cka": mean_offdiagonal(res.matrix.numpy()),
         "test_accuracy": float(metrics[0]["test/acc"]) if metrics and "test/acc" in metrics[0] else None,
         "files": {k: str(v) for k, v in final.get("paths", {}).items()},
+        **measure_facts(final),
     }
 
 

@@ -72,10 +72,16 @@ def check_layers(model: Any, spec: Any, cka: CKASettings, *, key: str = "cka.lay
 
 
 def check_plan(
-    dm: Any, cka: CKASettings, *, limit: int | None = None, flags: dict[str, str] | None = None
+    dm: Any,
+    cka: CKASettings,
+    *,
+    limit: int | None = None,
+    flags: dict[str, str] | None = None,
+    measures: dict[str, Any] | None = None,
 ) -> None:
     """At least one batch of the CKA pass (and of the probe, with ``cka.every_n_epochs``) holds the estimator's
-    minimum number of examples. ``flags`` names the settings in the error (the joint pass's are its own)."""
+    minimum number of examples, and each of ``measures``' (:mod:`vvm.cka.measures`: kNN's k + 1). ``flags``
+    names the settings in the error (the joint pass's are its own)."""
     names = {"batch_size": "cka.batch_size", "max_samples": "cka.max_samples", "limit": "dataset.limit"}
     names.update(flags or {})
     estimator = cka.estimator.value
@@ -92,6 +98,13 @@ def check_plan(
                 f"{names['limit']}={limit}): the {estimator} estimator needs at least {need} examples per batch, "
                 "so every batch would be skipped and nothing estimated; use more examples"
             )
+        for name, m in (measures or {}).items():
+            if name != "cka" and not any(s >= m.min_n for s in sizes):
+                raise ConfigError(
+                    f"{what} has batches of {sorted(set(sizes)) or [0]} examples ({names['batch_size']}="
+                    f"{cka.batch_size}): {m.min_reason} needs at least {m.min_n}, so measure {name} would skip "
+                    f"every batch; use bigger batches or change measure.{name}.*"
+                )
 
 
 def check_published(job: JobSettings) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from vvm.cka.measures import MEASURES
 from vvm.io import load_json, load_npz
 from vvm.models import family_of
+from vvm.settings import JobSettings
 
 # overrides that say which job it is without being a "variant" of the sweep
 _IDENTITY_KEYS = {"model", "init", "model.name", "init.name", "compare", "compare_init", "resume"}
@@ -58,6 +61,9 @@ class JobRecord:
     layers_x: list[str] = field(default_factory=list)
     layers_y: list[str] = field(default_factory=list)
     logger: dict[str, Any] | None = None  # the job's resolved logger config (W&B project, group, mode)
+    # result.json's `measures`: each similarity measure's mean off-diagonal value (cka only for older results)
+    measures: dict[str, float | None] = field(default_factory=dict)
+    matrices: dict[str, Any] = field(default_factory=dict)  # the matrices of the measures besides cka
 
     @property
     def layers(self) -> int | str | None:
@@ -80,6 +86,7 @@ class JobRecord:
             "samples": self.samples,
             "accuracy": self.accuracy,
             "mean_cka": self.mean_cka,
+            **{f"mean_{k}": _number(v) for k, v in self.measures.items() if k != "cka"},
             "seconds": None if self.seconds is None else round(self.seconds, 2),
             "error": " ".join(self.error.split()) if self.error else None,  # one line per job
             "output_dir": str(self.output_dir),
@@ -138,7 +145,7 @@ def read_job(sweep_dir: str | Path, job_dir: str | Path) -> JobRecord:
         if task_cfg.get("logger"):
             rec.logger = task_cfg.get("logger")
     if rec.status == "ok":
-        _read_matrix(rec, job_dir / "cka.npz")
+        _read_matrices(rec, job_dir)
     return rec
 
 
@@ -156,6 +163,8 @@ def _read_result(rec: JobRecord, result: dict[str, Any]) -> None:
     mean = result.get("mean_cka")
     rec.mean_cka = None if mean is None or (isinstance(mean, float) and math.isnan(mean)) else mean
     rec.kernel = result.get("kernel")
+    measures = result.get("measures")
+    rec.measures = dict(measures) if isinstance(measures, dict) and measures else {"cka": rec.mean_cka}
     other = result.get("compare")
     if isinstance(other, dict):
         rec.compare = f"{other.get('model')} · {other.get('init')}"
@@ -179,6 +188,107 @@ def _read_matrix(rec: JobRecord, npz_path: Path) -> None:
     except (OSError, KeyError, ValueError) as e:
         rec.status = "incomplete"
         rec.error = f"cka.npz is missing or unreadable: {type(e).__name__}: {e}"
+
+
+def _read_matrices(rec: JobRecord, job_dir: Path) -> None:
+    """cka.npz (when the job measured CKA) and every other measure's ``<name>.npz``; a missing or unreadable
+    file makes the job incomplete."""
+    if "cka" in rec.measures:
+        _read_matrix(rec, job_dir / "cka.npz")
+    for name in rec.measures:
+        if name == "cka" or rec.status != "ok":
+            continue
+        try:
+            z = load_npz(job_dir / f"{name}.npz")
+            rec.matrices[name] = z["matrix"]
+            if not rec.layers_x:
+                rec.layers_x, rec.layers_y = [str(s) for s in z["layers_x"]], [str(s) for s in z["layers_y"]]
+        except (OSError, KeyError, ValueError) as e:
+            rec.status = "incomplete"
+            rec.error = f"{name}.npz is missing or unreadable: {type(e).__name__}: {e}"
+
+
+def _number(v: Any) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def measured(j: JobRecord, measure: str) -> tuple[Any, float | None, str]:
+    """A job's matrix, mean off-diagonal value and label for ``measure``."""
+    if measure == "cka":
+        return j.matrix, j.mean_cka, "CKA"
+    label = MEASURES[measure].label if measure in MEASURES else measure
+    mean = j.measures.get(measure)
+    return j.matrices.get(measure), None if mean is None or mean != mean else mean, label
+
+
+def measures_of(jobs: Sequence[JobRecord]) -> list[str]:
+    """The measures besides CKA that any of the sweep's jobs computed, in the order they name them."""
+    return list(dict.fromkeys(m for j in jobs for m in j.measures if m != "cka"))
+
+
+def summary_columns(jobs: Sequence[JobRecord], columns: Sequence[str]) -> list[str]:
+    """summary.csv's ``columns``, with ``mean_<measure>`` after ``mean_cka`` for the other measures the jobs
+    computed."""
+    cols = list(columns)
+    at = cols.index("mean_cka") + 1
+    return cols[:at] + [f"mean_{m}" for m in measures_of(jobs)] + cols[at:]
+
+
+# ---------------------------------------------------------------------------------------------- the joint pass's jobs
+@dataclass
+class JointJob:
+    """A finished job of the sweep, as the joint pass uses it."""
+
+    job: str
+    tag: str
+    model: str
+    init: str
+    family: str
+    settings: JobSettings
+    result: dict[str, Any]
+
+
+def read_jobs(sweep_dir: str | Path, only: Sequence[str] | None = None) -> tuple[list[JointJob], list[str]]:
+    """The sweep's finished jobs (``only``: these job names) with unique tags, and a note per skipped job: what
+    the joint pass (:mod:`vvm.joint`) rebuilds its models from."""
+    from vvm.schema import from_record
+
+    sweep_dir = Path(sweep_dir)
+    jobs, notes = [], []
+    for d in job_dirs(sweep_dir):
+        rel = str(d.relative_to(sweep_dir))
+        if only is not None and rel not in only:
+            continue
+        rec = read_job(sweep_dir, d)
+        if rec.status != "ok":
+            error = " ".join(str(rec.error or "no error recorded").split())[:300]
+            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: it is {rec.status}: {error}")
+            continue
+        result = load_json(d / "result.json")
+        config = result.get("config")
+        if not isinstance(config, dict) or "model" not in config:
+            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: its result.json holds no config")
+            continue
+        try:
+            settings = from_record(config, str(result.get("dataset")))
+        except Exception as e:  # noqa: BLE001 - a config this vvm cannot read is a note, not the end
+            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: its stored config does not read: {e}")
+            continue
+        tag = str(result.get("tag") or f"{rec.model}-{rec.init}")
+        jobs.append(JointJob(rel, tag, str(rec.model), str(rec.init), rec.family, settings, result))
+    unique_tags(jobs)
+    return jobs, notes
+
+
+def unique_tags(jobs: list[JointJob]) -> None:
+    """Drop the dataset suffix every tag shares, add the job number to tags that repeat; no ``/``."""
+    suffixes = {f"-{j.result.get('dataset')}" for j in jobs}
+    if len(suffixes) == 1 and all(j.tag.endswith(s) and j.tag != s for j in jobs for s in suffixes):
+        for j in jobs:
+            j.tag = j.tag[: -len(next(iter(suffixes)))]
+    counts = Counter(j.tag for j in jobs)
+    for j in jobs:
+        j.tag = (f"{j.tag}-{j.job}" if counts[j.tag] > 1 else j.tag).replace("/", "_")
 
 
 def _literal(v: Any) -> str | None:
@@ -210,10 +320,16 @@ def collect_jobs(sweep_dir: str | Path) -> list[JobRecord]:
 
 __all__ = [
     "JobRecord",
+    "JointJob",
     "canonical_family",
     "collect_jobs",
     "job_dirs",
     "job_sort_key",
+    "measured",
+    "measures_of",
     "model_family",
     "read_job",
+    "read_jobs",
+    "summary_columns",
+    "unique_tags",
 ]

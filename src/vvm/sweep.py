@@ -9,7 +9,9 @@ reads those files back and writes, atomically, into the sweep dir:
 - ``summary.png`` / ``summary.pdf``: every job's heatmap in one grid, one row per model family, the inits side
   by side, one colour scale [0, 1] (NaN grey); a failed job's panel shows its error;
 - ``summary.csv``: one row per job (model, family, init, dataset, status, layers, samples, accuracy, mean CKA,
-  seconds, error, ...);
+  seconds, error, ...; ``mean_rsa``, ``mean_knn`` when the jobs computed those measures);
+- ``summary-<measure>.png``/``.pdf`` for each measure besides CKA the jobs computed (``measures=[cka,rsa,knn]``):
+  the same grid with that measure's matrices;
 - when the jobs logged to W&B: the grid and the table in a W&B run of the sweep's group (offline unless the
   jobs were online); a W&B failure is logged and never fails the sweep.
 
@@ -42,7 +44,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from vvm.models import display_order, families
-from vvm.records import JobRecord, canonical_family, collect_jobs, job_sort_key
+from vvm.records import (
+    JobRecord,
+    canonical_family,
+    collect_jobs,
+    job_sort_key,
+    measured,
+    measures_of,
+    summary_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +83,9 @@ def _order(value: str | None, known: Sequence[str]) -> tuple[int, str]:
     return (known.index(value), "") if value in known else (len(known), str(value))
 
 
-def grid_rows(jobs: Sequence[JobRecord]) -> list[tuple[str, list[Any]]]:
-    """The figure's rows: one per family (and variant), panels ordered by model, then init."""
+def grid_rows(jobs: Sequence[JobRecord], measure: str = "cka") -> list[tuple[str, list[Any]]]:
+    """The figure's rows: one per family (and variant), panels ordered by model, then init; the panels show
+    ``measure``'s matrices (``cka``, or ``rsa``, ``knn`` for ``summary-<measure>.png``)."""
     from vvm.plots.summary import Panel
 
     groups: dict[tuple[str, str], list[JobRecord]] = {}
@@ -88,18 +99,19 @@ def grid_rows(jobs: Sequence[JobRecord]) -> list[tuple[str, list[Any]]]:
         )
         panels = []
         for j in members:
+            matrix, mean, label = measured(j, measure)
             sub = []
-            if j.mean_cka is not None:
-                sub.append(f"mean CKA {j.mean_cka:.2f}")
+            if mean is not None:
+                sub.append(f"mean {label} {mean:.2f}")
             if j.accuracy is not None:
                 sub.append(f"acc {100 * j.accuracy:.0f}%")
             note = None
-            if j.status != "ok" or j.matrix is None:
-                note = f"{j.status}: {j.error or 'no CKA matrix'}"
+            if j.status != "ok" or matrix is None:
+                note = f"{j.status}: {j.error or f'no {label} matrix'}"
             panels.append(
                 Panel(
                     title=f"{j.model} · {j.init}" + (f" vs {j.compare}" if j.compare else ""),
-                    matrix=j.matrix,
+                    matrix=matrix,
                     layers_x=j.layers_x,
                     layers_y=j.layers_y,
                     subtitle=" · ".join(sub) or None,
@@ -110,7 +122,20 @@ def grid_rows(jobs: Sequence[JobRecord]) -> list[tuple[str, list[Any]]]:
     return rows
 
 
-def summary_title(jobs: Sequence[JobRecord], sweep_dir: Path) -> str:
+def measure_figures(sweep_dir: Path, jobs: Sequence[JobRecord]) -> dict[str, tuple[Path, Path]]:
+    """``summary-<measure>.png``/``.pdf`` for each measure besides CKA the jobs computed (``measures=[...]``):
+    the grid of summary.png with that measure's matrices. Returns ``{measure: (png, pdf)}``."""
+    from vvm.plots.heatmap import save_figure
+    from vvm.plots.summary import summary_figure
+
+    out = {}
+    for m in measures_of(jobs):
+        fig = summary_figure(grid_rows(jobs, m), title=summary_title(jobs, sweep_dir, measure=m))
+        out[m] = save_figure(fig, sweep_dir / f"summary-{m}")
+    return out
+
+
+def summary_title(jobs: Sequence[JobRecord], sweep_dir: Path, measure: str = "cka") -> str:
     def one(values: set) -> str | None:
         values.discard(None)
         return str(next(iter(values))) if len(values) == 1 else None
@@ -118,7 +143,7 @@ def summary_title(jobs: Sequence[JobRecord], sweep_dir: Path) -> str:
     kernel, dataset = one({j.kernel for j in jobs}), one({j.dataset for j in jobs})
     samples = one({j.samples for j in jobs})
     n_ok = sum(j.status == "ok" for j in jobs)
-    parts = [f"{kernel or ''} CKA".strip()]
+    parts = [f"{kernel or ''} CKA".strip() if measure == "cka" else measured(jobs[0], measure)[2]]
     if dataset:
         parts.append(f"on {dataset}")
     if samples:
@@ -149,8 +174,12 @@ def write_summary(
         log.warning("sweep summary: no job directories in %s", sweep_dir)
         return {"jobs": [], "files": {}, "failed": []}
     # object dtype: integer columns stay integers next to missing values (a failed job has no layer count)
-    df = pd.DataFrame([j.row() for j in jobs], columns=list(SUMMARY_COLUMNS), dtype=object)
+    df = pd.DataFrame([j.row() for j in jobs], columns=summary_columns(jobs, SUMMARY_COLUMNS), dtype=object)
     files = {"csv": write_bytes(sweep_dir / "summary.csv", df.to_csv(index=False).encode())}
+    per_measure = measure_figures(sweep_dir, jobs)
+    files.update(
+        {f"{m}_{kind}": p for m, pair in per_measure.items() for kind, p in zip(("png", "pdf"), pair)}
+    )
     fig = summary_figure(grid_rows(jobs), title=summary_title(jobs, sweep_dir))
     files["png"], files["pdf"] = save_figure(fig, sweep_dir / "summary")
     failed = [j for j in jobs if j.status != "ok"]
@@ -158,7 +187,10 @@ def write_summary(
     for j in failed:
         log.warning("sweep summary: job %s (%s, %s) %s: %s", j.job, j.model, j.init, j.status, j.error)
     if log_wandb:
-        files_logged = log_summary_to_wandb(sweep_dir, jobs, df, files["png"], group=wandb_group)
+        figures = {f"summary/{m}": png for m, (png, _) in per_measure.items()}
+        files_logged = log_summary_to_wandb(
+            sweep_dir, jobs, df, files["png"], group=wandb_group, figures=figures
+        )
         if files_logged:
             files["wandb"] = files_logged
     return {"jobs": jobs, "files": files, "failed": failed}
@@ -170,7 +202,13 @@ def wandb_loggers(jobs: Sequence[JobRecord]) -> list[dict[str, Any]]:
 
 
 def log_summary_to_wandb(
-    sweep_dir: Path, jobs: Sequence[JobRecord], table: Any, image: Path, *, group: str | None = None
+    sweep_dir: Path,
+    jobs: Sequence[JobRecord],
+    table: Any,
+    image: Path,
+    *,
+    group: str | None = None,
+    figures: dict[str, Path] | None = None,
 ) -> Path | None:
     """Log the grid and the table to a W&B run of the sweep's group, when the jobs used W&B
     (:func:`vvm.loggers.log_files_run`, the one helper for runs made of files).
@@ -196,8 +234,8 @@ def log_summary_to_wandb(
     try:
         run_dir = log_files_run(
             run_dir=sweep_dir, name=f"summary-{sweep_name(sweep_dir)}", job_type="sweep-summary",
-            images={"summary/grid": image}, tables={"summary/jobs": table}, project=project, group=group,
-            mode=mode, config={"sweep_dir": str(sweep_dir), "jobs": len(jobs)},
+            images={"summary/grid": image, **(figures or {})}, tables={"summary/jobs": table}, project=project,
+            group=group, mode=mode, config={"sweep_dir": str(sweep_dir), "jobs": len(jobs)},
             summary={"jobs": len(jobs), "jobs_ok": n_ok, "jobs_failed": len(jobs) - n_ok},
         )  # fmt: skip
     except Exception as e:  # W&B must never fail the sweep

@@ -1,7 +1,9 @@
-"""CKACallback: StreamingCKA inside a Lightning run.
+"""CKACallback: the similarity pass (StreamingSimilarity: CKA, and any other measure of ``measures``) inside a
+Lightning run.
 
-- after training (``trainer.test``): CKA over the evaluation split, written as cka.npz / cka.png / cka.pdf in
-  the run directory and logged to the active logger;
+- after training (``trainer.test``): every measure over the evaluation split, in one pass, written as
+  cka.npz / cka.png / cka.pdf (and rsa.*, knn.* for ``measures=[cka,rsa,knn]``) in the run directory and logged
+  to the active logger;
 - with ``every_n_epochs=k > 0``: also over the fixed probe subset (the validation loader) every k epochs,
   written under ``cka_epochs/epoch_XXXX/`` and logged at that step, so the logger's step slider shows the
   representations forming.
@@ -22,10 +24,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from vvm.cka import CKAResult, StreamingCKA
+from vvm.cka import CKAResult, MeasureResult, StreamingSimilarity
 from vvm.cka.precision import check_tf32, float32_precision, pass_float32
 from vvm.data.batches import EvalBatches
-from vvm.io import save_result
+from vvm.io import save_result, write_npz
 from vvm.plots.heatmap import heatmap_figure, save_figure
 from vvm.settings import CKASettings
 
@@ -49,6 +51,30 @@ def write_cka_outputs(
     return {"npz": npz, "png": png, "pdf": pdf}
 
 
+def write_measure_outputs(
+    name: str,
+    res: CKAResult | MeasureResult,
+    out_dir: str | Path,
+    *,
+    title: str | None = None,
+    xlabel: str = "layer",
+    ylabel: str = "layer",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """``<name>.npz`` (``matrix``, ``stderr``, ``layers_x``, ``layers_y``, ``n_samples``, ``n_batches``, the
+    measure's parameters, per-batch values), ``<name>.png`` and ``<name>.pdf``; CKA's files as
+    :func:`write_cka_outputs` writes them."""
+    if isinstance(res, CKAResult):
+        return write_cka_outputs(res, out_dir, title=title, xlabel=xlabel, ylabel=ylabel, extra=extra)
+    out_dir = Path(out_dir)
+    npz = write_npz(out_dir / f"{name}.npz", **res.arrays(**(extra or {})))
+    fig = heatmap_figure(
+        res.matrix.numpy(), res.layers_x, res.layers_y, title=title, xlabel=xlabel, ylabel=ylabel
+    )
+    png, pdf = save_figure(fig, out_dir / name)
+    return {"npz": npz, "png": png, "pdf": pdf}
+
+
 def _eval_batches(loaders: Any) -> EvalBatches | None:
     """The batch plan behind an evaluation loader (None for loaders vvm did not make)."""
     loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
@@ -58,7 +84,9 @@ def _eval_batches(loaders: Any) -> EvalBatches | None:
 
 class CKACallback(pl.Callback):
     """The CKA pass of a Lightning run (see the module docstring). ``layers`` and the engine options are those of
-    :class:`vvm.cka.StreamingCKA`; :meth:`from_settings` takes them from a :class:`~vvm.settings.CKASettings`."""
+    :class:`vvm.cka.StreamingCKA`; :meth:`from_settings` takes them from a :class:`~vvm.settings.CKASettings`.
+    ``measures`` (default ``["cka"]``), ``params`` and ``titles`` (per measure; else ``title``): the measures of
+    the pass (:class:`vvm.cka.StreamingSimilarity`)."""
 
     @classmethod
     def from_settings(cls, settings: CKASettings, output_dir: str | Path, **job: Any) -> CKACallback:
@@ -91,8 +119,14 @@ class CKACallback(pl.Callback):
         other_layers: Any = None,
         other_label: str | None = None,
         tf32: str = "allow",
+        measures: Any = ("cka",),
+        params: dict[str, dict[str, Any]] | None = None,
+        titles: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
+        self.measures = [str(m) for m in measures]
+        self.params = {k: dict(v) for k, v in (params or {}).items() if k in self.measures}
+        self.titles = dict(titles or {})
         check_tf32(tf32)
         # the pass's own convolutions and matmuls (cka.tf32): allow = PyTorch's settings, off = IEEE float32
         self.tf32 = tf32
@@ -120,7 +154,7 @@ class CKACallback(pl.Callback):
         self.results: list[
             dict[str, Any]
         ] = []  # one entry per CKA pass: stage, epoch, result, paths, seconds
-        self._metric: StreamingCKA | None = None
+        self._metric: StreamingSimilarity | None = None
         self._pass: contextlib.ExitStack | None = None
         self._batches: EvalBatches | None = None
         self._t0 = 0.0
@@ -134,9 +168,11 @@ class CKACallback(pl.Callback):
             other_net = self.other.net
         self._batches = _eval_batches(loaders)
         max_batches = len(self._batches.plan) if self._batches is not None else None
-        self._metric = StreamingCKA(
+        self._metric = StreamingSimilarity(
             net,
             self.layers,
+            measures=self.measures,
+            params=self.params,
             other=other_net,
             other_layers=self.other_layers,
             max_batches=max_batches,
@@ -157,41 +193,54 @@ class CKACallback(pl.Callback):
             self._pass.close()
             self._pass = None
 
-    def _finish(self, trainer: pl.Trainer, stage: str, out_dir: Path) -> CKAResult:
+    def _finish(self, trainer: pl.Trainer, stage: str, out_dir: Path) -> CKAResult | None:
         self._stop()
         assert self._metric is not None
-        res = self._metric.compute()
+        results = self._metric.compute()
         seconds = time.perf_counter() - self._t0
         entry: dict[str, Any] = {
             "stage": stage,
             "epoch": trainer.current_epoch,
-            "result": res,
+            "result": results.get("cka"),
+            "results": results,
             "seconds": seconds,
             "float32": {"tf32": self.tf32, **self._float32},
         }
         if trainer.is_global_zero:
-            label = (
-                f"{self.title} ({stage}, epoch {trainer.current_epoch})" if stage == "probe" else self.title
-            )
-            entry["paths"] = write_cka_outputs(
-                res,
-                out_dir,
-                title=label,
-                xlabel=self.other_label,
-                ylabel=self.model_label,
-                extra=self._names(),
-            )
-            self._log(trainer, res, stage, entry["paths"])
+            paths = {name: self._write(name, res, trainer, stage, out_dir) for name, res in results.items()}
+            entry["measure_paths"] = paths
+            if "cka" in paths:
+                entry["paths"] = paths["cka"]
+            for name, res in results.items():
+                self._log(trainer, res, stage, paths[name], measure=name)
         self.results.append(entry)
         self._metric = None
-        return res
+        return entry["result"]
 
-    def _log(self, trainer: pl.Trainer, res: CKAResult, stage: str, paths: dict[str, Path]) -> None:
-        from vvm.loggers import log_cka
+    def _write(self, name: str, res: Any, trainer: pl.Trainer, stage: str, out_dir: Path) -> dict[str, Path]:
+        title = self.titles.get(name, self.title)
+        label = f"{title} ({stage}, epoch {trainer.current_epoch})" if stage == "probe" else title
+        return write_measure_outputs(
+            name,
+            res,
+            out_dir,
+            title=label,
+            xlabel=self.other_label,
+            ylabel=self.model_label,
+            extra=self._names(),
+        )
+
+    def _log(
+        self, trainer: pl.Trainer, res: Any, stage: str, paths: dict[str, Path], measure: str = "cka"
+    ) -> None:
+        from vvm.loggers import log_measure
 
         for logger in trainer.loggers:
             epoch = trainer.current_epoch + 1 if stage == "probe" else None
-            log_cka(logger, res, stage=stage, image=paths["png"], step=trainer.global_step, epoch=epoch)
+            log_measure(
+                logger, res, measure=measure, stage=stage, image=paths["png"], step=trainer.global_step,
+                epoch=epoch,
+            )  # fmt: skip
 
     def _names(self) -> dict[str, Any]:
         out: dict[str, Any] = {"model_x": self.model_label, "model_y": self.other_label, "tf32": self.tf32}
@@ -275,4 +324,4 @@ class CKACallback(pl.Callback):
         return {}
 
 
-__all__ = ["CKACallback", "write_cka_outputs"]
+__all__ = ["CKACallback", "write_cka_outputs", "write_measure_outputs"]

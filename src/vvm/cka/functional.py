@@ -16,7 +16,7 @@ Conventions: a representation is an ``n x d`` matrix (any trailing shape is flat
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -84,29 +84,70 @@ def centre_columns(x: Tensor) -> Tensor:
     (a constant layer becomes exactly 0, so its CKA is NaN rather than rounding noise) and takes most of a large
     offset out before the mean is rounded.
     """
+    return _centred(x)[0]
+
+
+def _centred(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(Xc, m)``: the centred features (:func:`centre_columns`) and the mean ``m`` of ``X - x_0``, so that the
+    column mean of ``X`` is ``x_0 + m``."""
     xs = x - x[:1]
-    return xs.sub_(xs.mean(dim=0, keepdim=True))  # in place: one copy of the activation, not two
+    m = xs.mean(dim=0, keepdim=True)
+    return xs.sub_(m), m  # in place: one copy of the activation, not two
 
 
-def linear_gram(x: Tensor, *, chunk_elements: int | None = None) -> Tensor:
+class RawParts(NamedTuple):
+    """What rebuilds the Gram of the raw features from the centred one: ``X = Xc + 1μᵀ`` with ``μ`` the feature
+    mean gives ``X Xᵀ = Xc Xcᵀ + u1ᵀ + 1uᵀ + ‖μ‖² 11ᵀ``, ``u = Xc μ`` (float64, ``[n]``), ``mu2 = ‖μ‖²``; ``sq``
+    (float64, ``[n]``) the squared norms ``‖x_i‖²`` summed directly, the Gram's diagonal without the rounding of
+    the sum (an all-zero example has exactly 0)."""
+
+    u: Tensor
+    mu2: Tensor
+    sq: Tensor
+
+
+def linear_gram(
+    x: Tensor, *, chunk_elements: int | None = None, raw: bool = False
+) -> Tensor | tuple[Tensor, RawParts]:
     """Linear kernel ``Xc Xcᵀ`` of the column-centred, flattened features, in ``x``'s dtype.
 
     With ``chunk_elements`` the features are centred and multiplied in column blocks of about that many
     elements, ``K = Σ_blocks Xc[:, B] Xc[:, B]ᵀ``: the extra memory is one block instead of a copy of the whole
     activation, and on a CPU the block stays in cache between centring and product (several times faster than
     centring the whole matrix first). Column blocks change nothing in the result but the summation order.
+    ``raw``: also the :class:`RawParts` of the raw features' Gram, from the same centred blocks in float64
+    (more accurate than a Gram of the raw features, whose mean can dwarf what tells the examples apart).
     """
     x = flatten_features(x)
     n, d = x.shape
     cols = d if chunk_elements is None else max(1, min(d, chunk_elements // max(n, 1)))
-    if cols >= d:
-        xc = centre_columns(x)
-        return xc @ xc.T
-    k = torch.zeros(n, n, dtype=x.dtype, device=x.device)
-    for start in range(0, d, cols):
-        xc = centre_columns(x[:, start : start + cols])
-        k.addmm_(xc, xc.T)
-    return k
+    zeros = x.new_zeros(n, dtype=torch.float64)
+    parts = RawParts(zeros, x.new_zeros((), dtype=torch.float64), zeros.clone()) if raw else None
+    k = None
+    for start in range(0, max(d, 1), max(cols, 1)):
+        xc, m = _centred(x if cols >= d else x[:, start : start + cols])
+        if cols >= d:
+            k = xc @ xc.T
+        else:
+            k = torch.zeros(n, n, dtype=x.dtype, device=x.device) if k is None else k
+            k.addmm_(xc, xc.T)
+        if parts is not None:
+            block = (x if cols >= d else x[:, start : start + cols]).double()
+            mu = block[0] + m[0].double()
+            parts.u.add_(xc.double() @ mu)
+            parts.mu2.add_(mu @ mu)
+            parts.sq.add_((block * block).sum(dim=1))
+    assert k is not None
+    return k if parts is None else (k, parts)
+
+
+def raw_gram(k: Tensor, parts: RawParts) -> Tensor:
+    """The Gram ``X Xᵀ`` of the raw features from the centred Gram ``k`` and its :class:`RawParts` (stacks
+    ``[..., n, n]`` with ``u`` ``[..., n]`` and ``mu2`` ``[...]`` too), in float64."""
+    u, mu2 = parts.u.double(), parts.mu2.double()
+    out = k.double() + u[..., :, None] + u[..., None, :] + mu2[..., None, None]
+    out.diagonal(dim1=-2, dim2=-1).copy_(parts.sq)
+    return out
 
 
 def median_offdiagonal(d2: Tensor) -> Tensor:

@@ -24,24 +24,19 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor, nn
 
-from vvm.cka.bandwidth import Bandwidths
 from vvm.cka.correspondence import best_matches, identification, layer_identification, mean_row_max
-from vvm.cka.functional import Estimator, Kernel, check_kernel, min_samples
+from vvm.cka.functional import Estimator, Kernel
+from vvm.cka.kernels import check_kernel
+from vvm.cka.measures.base import Grams
+from vvm.cka.measures.cka import CKA
 from vvm.cka.metric import HSICMetric, check_precision
-from vvm.cka.presets import LayerSpec, resolve_layers
-from vvm.cka.recorder import BatchKernels, KernelRecorder
+from vvm.cka.passes import SEP, JointPass, hook_target
+from vvm.cka.presets import LayerSpec
 from vvm.cka.result import CKAResult
+from vvm.cka.streaming import torch_dtype
 
-SEP = "/"  # <model>/<layer>
 # the one-product path holds the stack and its centred copy (u_centre works in place on the copy): 2 stacks
 ONE_PRODUCT_COPIES = 2
-
-
-def hook_target(model: nn.Module) -> nn.Module:
-    """The network whose modules are hooked: ``model.net`` for a wrapper that preprocesses its inputs itself
-    (vvm's ``VisionModel``: a ``net`` and a ``preprocess``), else ``model``."""
-    net = getattr(model, "net", None)
-    return net if isinstance(net, nn.Module) and callable(getattr(model, "preprocess", None)) else model
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -93,13 +88,13 @@ def move_models(models: Mapping[str, nn.Module], device: torch.device | str) -> 
         raise RuntimeError(not_fit_message(models, device, "moving them")) from e
 
 
-@dataclass(repr=False)
-class JointResult(CKAResult):
-    """A :class:`CKAResult` over the layers of several models: ``layers_x == layers_y`` are ``<model>/<layer>``,
-    ``models`` the model keys in order, ``model_index[i]`` the model of layer ``i``."""
+class JointLayout:
+    """The blocks of a joint result: ``layers_x == layers_y`` are ``<model>/<layer>``, ``models`` the model keys
+    in order, ``model_index[i]`` the model of layer ``i``."""
 
-    models: list[str] = field(default_factory=list)
-    model_index: Tensor | None = None
+    layers_x: list[str]
+    models: list[str]
+    model_index: Tensor | None
 
     def rows_of(self, model: str) -> Tensor:
         return torch.nonzero(self.model_index == self.models.index(model)).flatten()
@@ -112,6 +107,34 @@ class JointResult(CKAResult):
         """Rows of model ``a``, columns of model ``b`` of ``matrix`` (or ``stderr``)."""
         ra, rb = self.rows_of(a), self.rows_of(b)
         return getattr(self, what)[ra][:, rb]
+
+
+@dataclass(repr=False)
+class JointResult(JointLayout, CKAResult):
+    """A :class:`CKAResult` over the layers of several models (see :class:`JointLayout`)."""
+
+    models: list[str] = field(default_factory=list)
+    model_index: Tensor | None = None
+
+
+def update_joint(metric: HSICMetric, stack: Tensor, batch_id: int, *, auto: bool, overwrite: bool) -> None:
+    """A joint batch's kernel stack into ``metric``: one product when it fits (``auto``: decided by the free
+    memory, :func:`auto_block_layers`), else in blocks of layers; an out-of-memory error in the one-product path
+    falls back to blocks (retried once the failed attempt is freed). ``overwrite``: the stack may be centred in
+    place."""
+    if auto:
+        metric.block_layers = auto_block_layers(stack, free_memory(stack.device))
+    try:
+        metric.update(stack, batch_id=batch_id, overwrite=overwrite)
+        return
+    except (RuntimeError, torch.OutOfMemoryError) as e:
+        if not is_out_of_memory(e) or metric.block_layers is not None:
+            raise
+    # the one product did not fit: in blocks. Retried here, after the handler, because the exception's
+    # traceback keeps the failed attempt's frames and their temporaries alive until the handler ends
+    empty_cache(stack.device)
+    metric.block_layers = max(1, stack.shape[0] // 8)
+    metric.update(stack, batch_id=batch_id, overwrite=overwrite)
 
 
 class JointCKA(HSICMetric):
@@ -150,17 +173,16 @@ class JointCKA(HSICMetric):
     ) -> None:
         check_kernel(kernel)
         check_precision(precision)
-        if not models:
-            raise ValueError("JointCKA needs at least one model")
-        bad = [k for k in models if not isinstance(k, str) or SEP in k or not k]
-        if bad:
-            raise ValueError(f"model keys must be non-empty strings without {SEP!r}: {bad}")
-        bandwidths = Bandwidths(rbf_frac, rbf_bandwidth)
-        nets = {k: hook_target(m) for k, m in models.items()}
-        modules = {k: resolve_layers(nets[k], _spec_of(layers, k)) for k in nets}
+        cka = CKA(kernel=kernel, estimator=estimator, precision=precision, rbf_frac=rbf_frac,
+                  rbf_bandwidth=rbf_bandwidth, update=self._update)  # fmt: skip
+        plumbing = JointPass(
+            {k: hook_target(m) for k, m in models.items()}, layers, on_batch=self._on_batch,
+            on_layers=self._on_layers, on_skip=self._on_skip, min_n=cka.min_n, tf32=precision == "fast",
+            out_dtype=torch_dtype(precision), min_reason=cka.min_reason,
+        )  # fmt: skip
         self._auto_blocks = block_layers == "auto"
         super().__init__(
-            _joint_names(modules),
+            plumbing.names,
             None,
             kernel=kernel,
             estimator=estimator,
@@ -171,26 +193,21 @@ class JointCKA(HSICMetric):
         )
         self.rbf_frac = float(rbf_frac)
         self.rbf_bandwidth = rbf_bandwidth
-        self._bandwidths = bandwidths
+        self._cka = cka
+        self._pass = plumbing
         # kept out of the module tree: moving or saving the metric must not move or save the networks
         self._models = dict(models)
-        self._model_layers = modules
-        self.recorder = KernelRecorder(
-            nets, modules, self._on_batch, min_n=min_samples(estimator), tf32=precision == "fast",
-            out_dtype=self.work_dtype, on_skip=self._on_skip,
-        )  # fmt: skip
+        self.recorder = plumbing.recorder
         self.activation_dtypes = self.recorder.activation_dtypes
-        self._layers_learnt = False
 
     @property
     def models(self) -> list[str]:
-        return list(self._model_layers)
+        return self._pass.models
 
     @property
     def model_index(self) -> Tensor:
         """``[ΣL]``: the model (its position in :attr:`models`) of every row/column."""
-        sizes = [len(v) for v in self._model_layers.values()]
-        return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+        return self._pass.model_index
 
     @contextlib.contextmanager
     def track(self) -> Iterator[JointCKA]:
@@ -200,79 +217,44 @@ class JointCKA(HSICMetric):
 
     def feed(self, x: Tensor) -> None:
         """One batch: run every model on ``x`` once, each through its own forward (and preprocessing)."""
-        try:
-            with torch.no_grad():
-                for m in self._models.values():
-                    m(x)
-        except (RuntimeError, torch.OutOfMemoryError) as e:
-            if not is_out_of_memory(e):
-                raise
-            raise RuntimeError(not_fit_message(self._models, x.device, "running a batch")) from e
+        feed(self._models, x)
 
     # ------------------------------------------------------------------ per batch
-    def _learn_layers(self) -> None:
-        self._layers_learnt = True
-        learnt = self.recorder.layers
-        if learnt is not None and learnt != self._model_layers:
-            self._model_layers = {k: list(learnt[k]) for k in self._model_layers}
-            names = _joint_names(self._model_layers)
-            self.set_layers(names, names)
-
-    def _stack(self, kernels: BatchKernels) -> Tensor:
-        """``[ΣL, n, n]``, model after model; each layer's Gram is moved in (and dropped from ``kernels``) so
-        that the batch's kernels exist once, not twice."""
-        first = next(iter(next(iter(kernels.values())).values()))
-        n = first.shape[-1]
-        out = torch.empty(len(self.layers_x), n, n, dtype=self.work_dtype, device=first.device)
-        i = 0
-        for key, names in self._model_layers.items():
-            per = kernels[key]
-            if self.kernel == "rbf":
-                out[i : i + len(names)] = self._bandwidths.kernels(
-                    key, torch.stack([per.pop(m) for m in names])
-                )
-            else:
-                for j, name in enumerate(names):
-                    out[i + j] = per.pop(name)
-            i += len(names)
-        if self.kernel == "rbf":
-            self.sigma2["x"] = torch.cat([self._bandwidths.sigma2[k] for k in self._model_layers])
-        return out
+    def _on_layers(self, names: list[str]) -> None:
+        self.set_layers(names, names)
 
     def _on_skip(self, batch_id: int) -> None:
         """A batch too small for the estimator: nothing to add, but a fixed RBF bandwidth's broadcast to join."""
-        if not self._layers_learnt:
-            self._learn_layers()
-        if self.kernel == "rbf":
-            for key, names in self._model_layers.items():
-                self._bandwidths.join(key, len(names), device=self.device, dtype=self.work_dtype)
-            if all(k in self._bandwidths.sigma2 for k in self._model_layers):
-                self.sigma2["x"] = torch.cat([self._bandwidths.sigma2[k] for k in self._model_layers])
+        self._cka.skipped(self, self._pass.sides, None, device=self.device, dtype=self.work_dtype)
 
-    def _on_batch(self, kernels: BatchKernels, masked: bool, batch_id: int) -> None:
-        if not self._layers_learnt:
-            self._learn_layers()
-        stack = self._stack(kernels)  # also for a masked batch: RBF bandwidths are broadcast on the first one
-        if masked:
-            return
-        if self._auto_blocks:
-            self.block_layers = auto_block_layers(stack, free_memory(stack.device))
-        try:
-            self.update(stack, batch_id=batch_id, overwrite=True)
-            return
-        except (RuntimeError, torch.OutOfMemoryError) as e:
-            if not is_out_of_memory(e) or self.block_layers is not None:
-                raise
-        # the one product did not fit: in blocks. Retried here, after the handler, because the exception's
-        # traceback keeps the failed attempt's frames and their temporaries alive until the handler ends
-        empty_cache(stack.device)
-        self.block_layers = max(1, stack.shape[0] // 8)
-        self.update(stack, batch_id=batch_id, overwrite=True)
+    def _on_batch(self, g: Grams, gy: Grams | None, masked: bool, batch_id: int) -> None:
+        # also for a masked batch: RBF bandwidths are broadcast on the first one
+        self._cka.add(self, g, None, batch_id=batch_id, masked=masked, last=True)
+
+    def _update(self, metric: HSICMetric, kx: Tensor, ky: Tensor | None, batch_id: int, last: bool) -> None:
+        update_joint(metric, kx, batch_id, auto=self._auto_blocks, overwrite=last)
 
     def compute(self) -> JointResult:
         res = super().compute()
-        base = {f.name: getattr(res, f.name) for f in fields(CKAResult) if f.init}
-        return JointResult(**base, models=self.models, model_index=self.model_index)
+        return joint_result(res, self.models, self.model_index)
+
+
+def joint_result(res: CKAResult, models: list[str], model_index: Tensor) -> JointResult:
+    base = {f.name: getattr(res, f.name) for f in fields(CKAResult) if f.init}
+    return JointResult(**base, models=models, model_index=model_index)
+
+
+def feed(models: Mapping[str, nn.Module], x: Tensor) -> None:
+    """One batch through every model, once each (its own forward and preprocessing); a clear error when they
+    do not fit on the device together."""
+    try:
+        with torch.no_grad():
+            for m in models.values():
+                m(x)
+    except (RuntimeError, torch.OutOfMemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise RuntimeError(not_fit_message(models, x.device, "running a batch")) from e
 
 
 def auto_block_layers(stack: Tensor, free_bytes: int) -> int | None:
@@ -283,18 +265,6 @@ def auto_block_layers(stack: Tensor, free_bytes: int) -> int | None:
     if ONE_PRODUCT_COPIES * per_layer * stack.shape[0] <= budget:
         return None
     return max(1, budget // per_layer)
-
-
-def _spec_of(layers: LayerSpec | Mapping[str, LayerSpec], key: str) -> LayerSpec:
-    if isinstance(layers, Mapping):
-        if key not in layers:
-            raise ValueError(f"no layer spec for model {key!r}: layers has {sorted(layers)}")
-        return layers[key]
-    return layers
-
-
-def _joint_names(modules: Mapping[str, list[str]]) -> list[str]:
-    return [f"{k}{SEP}{name}" for k, names in modules.items() for name in names]
 
 
 __all__ = [

@@ -21,11 +21,12 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vvm.cka.functional import linear_gram, representation
+from vvm.cka.functional import RawParts, linear_gram, representation
 from vvm.cka.precision import LOW_PRECISION, cpu_threads, matmul_precision, sealed
 
 # column-block sizes (elements) for the centred Gram: ~1 MiB blocks stay in a CPU's L2 cache; on CUDA only
@@ -36,6 +37,7 @@ CUDA_CHUNK_ELEMENTS = 1 << 26
 CPU_GRAM_THREADS: int | None = None
 
 BatchKernels = dict[str, dict[str, Tensor]]
+BatchParts = dict[str, dict[str, RawParts]]
 
 
 def first_tensor(out: object, layer: str = "?") -> Tensor:
@@ -49,8 +51,9 @@ def first_tensor(out: object, layer: str = "?") -> Tensor:
     return t
 
 
-def layer_gram(output: Tensor, *, tf32: bool) -> Tensor:
-    """The float32 linear Gram of one layer's output (features centred first), autocast off."""
+def layer_gram(output: Tensor, *, tf32: bool, raw: bool = False) -> Tensor | tuple[Tensor, RawParts]:
+    """The float32 linear Gram of one layer's output (features centred first), autocast off; ``raw``: with the
+    :class:`~vvm.cka.functional.RawParts` that rebuild the Gram of the raw features."""
     x = output.detach().reshape(output.shape[0], -1)
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
@@ -58,7 +61,7 @@ def layer_gram(output: Tensor, *, tf32: bool) -> Tensor:
     on_cpu = x.device.type == "cpu"
     chunk = CPU_CHUNK_ELEMENTS if on_cpu else CUDA_CHUNK_ELEMENTS
     with sealed(x.device.type), matmul_precision(tf32), cpu_threads(CPU_GRAM_THREADS if on_cpu else None):
-        return linear_gram(x, chunk_elements=chunk)
+        return linear_gram(x, chunk_elements=chunk, raw=raw)
 
 
 def _check_disjoint(models: dict[str, nn.Module], modules: dict[str, list[str]]) -> None:
@@ -94,6 +97,10 @@ class KernelRecorder:
             instead of ``on_batch`` (after :attr:`layers` is known).
         tf32: fast mode (TF32 Grams on CUDA).
         out_dtype: the dtype the Grams are handed on in.
+        raw: also hand on, per layer, the :class:`~vvm.cka.functional.RawParts` that rebuild the Gram of the
+            raw (uncentred) features, as ``on_batch(..., raw={key: {layer: parts}})`` (a measure that needs
+            cosine similarities of the features as they are asks for them).
+        min_reason: what needs ``min_n`` examples, for the warning when a batch is skipped.
     """
 
     def __init__(
@@ -106,8 +113,12 @@ class KernelRecorder:
         tf32: bool,
         out_dtype: torch.dtype,
         on_skip: Callable[[int], None] | None = None,
+        raw: bool = False,
+        min_reason: str = "the estimator",
     ) -> None:
         _check_disjoint(models, modules)
+        self.raw = raw
+        self.min_reason = min_reason
         self.models = models
         self.modules = modules
         self.on_batch = on_batch
@@ -140,6 +151,7 @@ class KernelRecorder:
     # ------------------------------------------------------------------ hooks
     def _reset_batch(self) -> None:
         self._kernels: dict[tuple[str, str, int], Tensor] = {}
+        self._parts: dict[tuple[str, str, int], RawParts] = {}
         self._calls: dict[tuple[str, str], int] = {}
         self._finished = {key: False for key in self.models}
         self._batch_n: int | None = None
@@ -162,7 +174,10 @@ class KernelRecorder:
                 self._skip = True
                 return
             self._note_dtype(t.dtype)
-            self._kernels[(key, name, call)] = layer_gram(t, tf32=self.tf32).to(self.out_dtype)
+            gram = layer_gram(t, tf32=self.tf32, raw=self.raw)
+            if isinstance(gram, tuple):
+                gram, self._parts[(key, name, call)] = gram
+            self._kernels[(key, name, call)] = gram.to(self.out_dtype)
 
         return hook
 
@@ -240,15 +255,16 @@ class KernelRecorder:
         self._calls_per_batch = dict(self._calls)
         self.layers = layers
 
-    def _collect(self) -> BatchKernels:
+    def _collect(self, found: dict[tuple[str, str, int], Any]) -> dict[str, dict[str, Any]]:
+        """``{model: {layer: what the hooks found}}`` (Grams or their raw parts), layers in recorded order."""
         assert self._calls_per_batch is not None and self.layers is not None
-        out: BatchKernels = {}
+        out: dict[str, dict[str, Any]] = {}
         for key in self.models:
-            per: dict[str, Tensor] = {}
+            per: dict[str, Any] = {}
             for name in self.modules[key]:
                 c = self._calls_per_batch[(key, name)]
                 for i in range(c):
-                    per[f"{name}#{i}" if c > 1 else name] = self._kernels[(key, name, i)]
+                    per[f"{name}#{i}" if c > 1 else name] = found[(key, name, i)]
             out[key] = per
         return out
 
@@ -295,16 +311,21 @@ class KernelRecorder:
                 )
             if self._skip:
                 warnings.warn(
-                    f"CKA: skipped a batch of {self._batch_n} examples: the estimator needs at least "
+                    f"CKA: skipped a batch of {self._batch_n} examples: {self.min_reason} needs at least "
                     f"{self.min_n}",
                     stacklevel=3,
                 )
                 if self.on_skip is not None:
                     self.on_skip(batch_id)
                 return
-            kernels = self._collect()
+            kernels: BatchKernels = self._collect(self._kernels)
+            parts: BatchParts | None = self._collect(self._parts) if self.raw else None
             self._kernels.clear()
+            self._parts.clear()
             self._note_finite(kernels, batch_id)
-            self.on_batch(kernels, masked, batch_id)
+            if parts is None:
+                self.on_batch(kernels, masked, batch_id)
+            else:
+                self.on_batch(kernels, masked, batch_id, raw=parts)  # type: ignore[call-arg]
         finally:
             self._reset_batch()

@@ -1,9 +1,11 @@
 """StreamingCKA: minibatch CKA between every pair of layers of one model (or of two), streamed over batches.
 
-A :class:`~vvm.cka.recorder.KernelRecorder` turns the tracked layers' outputs into per-batch linear Grams;
-when a batch is complete the Grams are stacked (RBF applied with one bandwidth per layer) and handed to
-:meth:`HSICMetric.update`, which U-centres them, stacks them into ``G`` (``L x n²``) and gets every pair's HSIC
-from one product ``G_x G_yᵀ``. See :mod:`vvm.cka.metric` for the estimator and its DDP behaviour.
+A :class:`~vvm.cka.passes.StreamingPass` (a :class:`~vvm.cka.recorder.KernelRecorder` and the layers it learns)
+turns the tracked layers' outputs into per-batch linear Grams; when a batch is complete the Grams are stacked and
+handed to the :class:`~vvm.cka.measures.cka.CKA` measure: through its kernel object (RBF: one bandwidth per
+layer) into :meth:`HSICMetric.update`, which U-centres them, stacks them into ``G`` (``L x n²``) and gets every
+pair's HSIC from one product ``G_x G_yᵀ``. See :mod:`vvm.cka.metric` for the estimator and its DDP behaviour.
+Several measures in the same pass: :class:`vvm.cka.similarity.StreamingSimilarity`.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from torch import Tensor, nn
+import torch
+from torch import nn
 
-from vvm.cka.bandwidth import Bandwidths
-from vvm.cka.functional import Estimator, Kernel, check_kernel, min_samples
+from vvm.cka.functional import Estimator, Kernel
+from vvm.cka.kernels import check_kernel
+from vvm.cka.measures.base import Grams
+from vvm.cka.measures.cka import CKA
 from vvm.cka.metric import HSICMetric, check_precision
-from vvm.cka.presets import LayerSpec, resolve_layers
-from vvm.cka.recorder import BatchKernels, KernelRecorder
+from vvm.cka.passes import StreamingPass
+from vvm.cka.presets import LayerSpec
 
 
 class StreamingCKA(HSICMetric):
@@ -63,15 +68,17 @@ class StreamingCKA(HSICMetric):
     ) -> None:
         check_kernel(kernel)
         check_precision(precision)
-        bandwidths = Bandwidths(rbf_frac, rbf_bandwidth)
-        modules_x = resolve_layers(model, layers)
-        y_net = other if other is not None else model
-        modules_y = resolve_layers(y_net, layers if other_layers is None else other_layers)
-        # with one model and one layer set, the matrix is symmetric and G_y is G_x
-        symmetric = other is None and modules_y == modules_x
+        cka = CKA(kernel=kernel, estimator=estimator, precision=precision, rbf_frac=rbf_frac,
+                  rbf_bandwidth=rbf_bandwidth)  # fmt: skip
+        work = torch_dtype(precision)
+        plumbing = StreamingPass(
+            model, layers, other=other, other_layers=other_layers, on_batch=self._on_batch,
+            on_layers=self._on_layers, on_skip=self._on_skip, min_n=cka.min_n, tf32=precision == "fast",
+            out_dtype=work, min_reason=cka.min_reason,
+        )  # fmt: skip
         super().__init__(
-            modules_x,
-            None if symmetric else modules_y,
+            plumbing.modules_x,
+            None if plumbing.symmetric else plumbing.modules_y,
             kernel=kernel,
             estimator=estimator,
             precision=precision,
@@ -80,25 +87,11 @@ class StreamingCKA(HSICMetric):
         )
         self.rbf_frac = float(rbf_frac)
         self.rbf_bandwidth = rbf_bandwidth
-        self._bandwidths = bandwidths
-        self._two_models = other is not None
-        self._modules_x, self._modules_y = modules_x, modules_y
-        # kept out of the module tree: moving or saving the metric must not move or save the networks
-        if self._two_models:
-            nets, modules = {"x": model, "y": y_net}, {"x": modules_x, "y": modules_y}
-        else:
-            nets, modules = {"x": model}, {"x": list(dict.fromkeys(modules_x + modules_y))}
-        self.recorder = KernelRecorder(
-            nets,
-            modules,
-            self._on_batch,
-            min_n=min_samples(estimator),
-            tf32=precision == "fast",
-            out_dtype=self.work_dtype,
-            on_skip=self._on_skip,
-        )
+        self._cka = cka
+        self._pass = plumbing
+        self._modules_x, self._modules_y = plumbing.modules_x, plumbing.modules_y
+        self.recorder = plumbing.recorder
         self.activation_dtypes = self.recorder.activation_dtypes
-        self._layers_learnt = False
 
     @contextlib.contextmanager
     def track(self) -> Iterator[StreamingCKA]:
@@ -106,54 +99,19 @@ class StreamingCKA(HSICMetric):
         with self.recorder.track():
             yield self
 
-    def _expand(self, modules: list[str], names: list[str]) -> list[str]:
-        """The recorded layer names (``name#i`` for a module that runs k times) of ``modules``, in order."""
-        out: list[str] = []
-        for m in modules:
-            out.extend(n for n in names if n == m or n.rsplit("#", 1)[0] == m and "#" in n)
-        return out
-
-    def _learn_layers(self) -> None:
-        y_key = "y" if self._two_models else "x"
-        if not self._layers_learnt and self.recorder.layers is not None:
-            self._layers_learnt = True
-            lx = self._expand(self._modules_x, self.recorder.layers["x"])
-            ly = self._expand(self._modules_y, self.recorder.layers[y_key])
-            if (lx, ly) != (self.layers_x, self.layers_y):
-                self.set_layers(lx, ly)
+    def _on_layers(self, layers_x: list[str], layers_y: list[str]) -> None:
+        if (layers_x, layers_y) != (self.layers_x, self.layers_y):
+            self.set_layers(layers_x, layers_y)
 
     def _on_skip(self, batch_id: int) -> None:
         """A batch too small for the estimator: nothing to add, but a fixed RBF bandwidth's broadcast to join."""
-        self._learn_layers()
-        if self.kernel == "rbf":
-            sides = [("x", self.layers_x)] + ([] if self._symmetric else [("y", self.layers_y)])
-            for side, names in sides:
-                self._bandwidths.join(side, len(names), device=self.device, dtype=self.work_dtype)
-            self.sigma2.update(self._bandwidths.sigma2)
+        sx, sy = self._pass.sides
+        self._cka.skipped(self, sx, sy, device=self.device, dtype=self.work_dtype)
 
-    def _on_batch(self, kernels: BatchKernels, masked: bool, batch_id: int) -> None:
-        y_key = "y" if self._two_models else "x"
-        self._learn_layers()
-        # each Gram leaves the recorder's dict as it is stacked: the batch's kernels exist once during update()
-        keep = set(self.layers_y) if y_key == "x" and not self._symmetric else set()
-        kx = _stack(kernels["x"], self.layers_x, keep)
-        ky = None if self._symmetric else _stack(kernels[y_key], self.layers_y)
-        if self.kernel == "rbf":
-            kx = self._bandwidths.kernels("x", kx)
-            ky = None if ky is None else self._bandwidths.kernels("y", ky)
-            self.sigma2.update(self._bandwidths.sigma2)
-        if masked:
-            return
-        self.update(kx, ky, batch_id=batch_id)
+    def _on_batch(self, gx: Grams, gy: Grams | None, masked: bool, batch_id: int) -> None:
+        self._cka.add(self, gx, gy, batch_id=batch_id, masked=masked, last=True)
 
 
-def _stack(per_layer: dict[str, Tensor], names: list[str], keep: set[str] | None = None) -> Tensor:
-    """``[L, n, n]`` in the order of ``names``; each Gram is dropped from ``per_layer`` once copied, except those
-    in ``keep`` (still needed for the other side)."""
-    import torch
-
-    first = per_layer[names[0]]
-    out = torch.empty((len(names), *first.shape), dtype=first.dtype, device=first.device)
-    for i, name in enumerate(names):
-        out[i] = per_layer[name] if name in (keep or ()) else per_layer.pop(name)
-    return out
+def torch_dtype(precision: str) -> torch.dtype:
+    """The work dtype of a precision mode: float64 (``exact``) or float32 (``fast``)."""
+    return torch.float64 if precision == "exact" else torch.float32

@@ -3,12 +3,14 @@ correspondence between models on a relative-depth axis (one panel per pair of mo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from vvm.cka.correspondence import best_matches
 from vvm.plots.heatmap import NAN_COLOUR, draw_heatmap
 
 # line colours of the correspondence plot, by the inits of the two models
@@ -64,6 +66,30 @@ class CorrespondencePanel:
     curves: list[Curve] = field(default_factory=list)
 
 
+def correspondence_panels(
+    res: Any, models: Mapping[str, tuple[str, str]], family_order: Sequence[str]
+) -> list[CorrespondencePanel]:
+    """One panel per family pair of a joint result ``res`` (any measure: ``models``, ``block``), a curve per pair
+    of models, A the one of the earlier family in ``family_order``; ``models``: ``{tag: (family, init)}``."""
+    rank = {f: i for i, f in enumerate(family_order)}
+    panels: dict[tuple[str, str], CorrespondencePanel] = {}
+    for a_i, a in enumerate(res.models):
+        for b in res.models[a_i + 1 :]:
+            if rank.get(models[b][0], 99) < rank.get(models[a][0], 99):
+                a, b = b, a
+            fa, fb = models[a][0], models[b][0]
+            panel = panels.setdefault((fa, fb), CorrespondencePanel(
+                f"{fa} vs {fb}", f"layer of A ({fa}), relative depth", f"best match in B ({fb}), relative depth"))  # fmt: skip
+            block = res.block(a, b).numpy()
+            best = best_matches(block)
+            ok = best >= 0
+            x = np.arange(block.shape[0]) / max(block.shape[0] - 1, 1)
+            inits = {models[a][1], models[b][1]}
+            kind = inits.pop() if len(inits) == 1 else "mixed"
+            panel.curves.append(Curve(f"{a} vs {b}", x[ok], best[ok] / max(block.shape[1] - 1, 1), kind))
+    return list(panels.values())
+
+
 def correspondence_figure(panels: Sequence[CorrespondencePanel], *, title: str) -> Figure:
     """One panel per family pair: the best-matching layer of B for every layer of A, both on a relative-depth
     axis [0, 1]; the dashed diagonal is "same depth"; colours tell pretrained pairs from random ones."""
@@ -91,4 +117,4 @@ def correspondence_figure(panels: Sequence[CorrespondencePanel], *, title: str) 
     return fig
 
 
-__all__ = ["CorrespondencePanel", "Curve", "correspondence_figure", "joint_figure"]
+__all__ = ["CorrespondencePanel", "Curve", "correspondence_figure", "correspondence_panels", "joint_figure"]

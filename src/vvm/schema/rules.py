@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from vvm.cka.functional import min_samples
 from vvm.models import registry
-from vvm.settings import ConfigError, JobSettings, check_ranges
+from vvm.settings import ConfigError, JobSettings, check_ranges, job_measures, measure_params
 from vvm.weights import weights_source
 
 
@@ -19,6 +19,27 @@ def _batches(job: JobSettings) -> list[str]:
         out.append(f"cka.batch_size={job.cka.batch_size}: {why}")
     if job.cka.max_samples is not None and job.cka.max_samples < need:
         out.append(f"cka.max_samples={job.cka.max_samples}: {why} (null: the whole split)")
+    return out + _measure_batches(job)
+
+
+def _measure_batches(job: JobSettings) -> list[str]:
+    """Each measure besides CKA (whose minimum is the estimator's, above) against the pass's batches: mutual
+    kNN needs k < n."""
+    names = [str(n) for n in job.measures]
+    if len(set(names)) != len(names) or not names:
+        return [f"measures={names}: name each measure once, at least one (e.g. measures=[cka,rsa,knn])"]
+    try:
+        measures = job_measures(names, job.measure, job.cka)
+    except ValueError:
+        return []  # a parameter out of its range: check_ranges names it
+    out = []
+    for name, m in measures.items():
+        why = f"{m.min_reason} needs at least {m.min_n} examples per batch"
+        fix = f": raise it or change measure.{name}.*" if name in measure_params(job.measure, [name]) else ""
+        for key in ("batch_size", "max_samples"):
+            value = getattr(job.cka, key)
+            if name != "cka" and value is not None and value < m.min_n:
+                out.append(f"cka.{key}={value}: {why}{fix}")
     return out
 
 

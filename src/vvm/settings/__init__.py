@@ -9,6 +9,7 @@ from vvm.settings.base import MISSING, Choice, ConfigError, check_ranges, closes
 from vvm.settings.cka import TF32, Bandwidth, CKASettings, Estimator, Kernel, Precision
 from vvm.settings.data import DatasetSettings, Split
 from vvm.settings.job import CSVSettings, InitName, InitSettings, JobSettings, PathSettings, WandbSettings
+from vvm.settings.measures import MeasureName, MeasureSettings, job_measures, measure_params
 from vvm.settings.model import ModelSettings
 from vvm.settings.train import SpeedSettings, TrainerSettings, TrainSettings
 
@@ -25,6 +26,8 @@ __all__ = [
     "InitSettings",
     "JobSettings",
     "Kernel",
+    "MeasureName",
+    "MeasureSettings",
     "ModelSettings",
     "PathSettings",
     "Precision",
@@ -36,6 +39,8 @@ __all__ = [
     "WandbSettings",
     "check_ranges",
     "closest",
+    "job_measures",
+    "measure_params",
     "plain",
     "recipe_fields",
 ]

@@ -4,12 +4,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from vvm.cka.bandwidth import BANDWIDTH_MODES
-from vvm.cka.functional import ESTIMATORS, KERNELS
+from vvm.cka.functional import ESTIMATORS
+from vvm.cka.kernels import KERNELS
 from vvm.cka.metric import PRECISIONS
 from vvm.cka.precision import TF32_MODES
 from vvm.settings.base import choices, number
 
-Kernel = choices("Kernel", KERNELS, "linear | rbf")
+Kernel = choices("Kernel", tuple(KERNELS), " | ".join(KERNELS))
 Estimator = choices("Estimator", ESTIMATORS, "unbiased (HSIC_1, Nguyen et al. 2021) | biased (HSIC_0)")
 Precision = choices("Precision", PRECISIONS, "exact (<= 1e-6 from float64) | fast (<= 1e-4)")
 Bandwidth = choices("Bandwidth", BANDWIDTH_MODES, "fixed (one sigma^2 per layer) | per_batch")

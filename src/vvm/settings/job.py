@@ -11,6 +11,7 @@ from typing import Any
 
 from vvm.settings.base import MISSING, choices
 from vvm.settings.cka import CKASettings
+from vvm.settings.measures import MeasureName, MeasureSettings
 from vvm.settings.train import TrainerSettings, TrainSettings
 
 InitName = choices("InitName", ("random", "pretrained"), "random | pretrained")
@@ -64,6 +65,10 @@ class JobSettings:
     logger: Any = None
     cka: CKASettings = field(default_factory=CKASettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    # the similarity measures of the CKA pass, one file each (<name>.npz): measures=[cka,rsa,knn]; their
+    # parameters under measure.* (conf/measure/default.yaml)
+    measures: list[MeasureName] = field(default_factory=lambda: [MeasureName("cka")])
+    measure: MeasureSettings = field(default_factory=MeasureSettings)
     compare: Any = None
     compare_init: InitSettings | None = None
     seed: int = 0

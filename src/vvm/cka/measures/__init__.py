@@ -1,0 +1,35 @@
+"""Similarity measures between layers, computed in one pass from the recorder's per-batch Grams.
+
+- ``cka`` (:mod:`.cka`): minibatch CKA, the kernel's HSIC ratio (Kornblith et al. 2019, Nguyen et al. 2021);
+- ``rsa`` (:mod:`.rsa`): the rank (or linear) correlation of the pairwise distances (Kriegeskorte et al. 2008);
+- ``knn`` (:mod:`.knn`): mutual k-nearest-neighbour alignment (Huh et al. 2024).
+
+A measure is one file here with a class decorated ``@register_measure`` (:mod:`.base`), and its import below:
+the registration. Everything downstream (settings, files, figures, loggers, ``vvm.diff``, the sweep summary,
+``vvm.joint``) is keyed by the measure's name.
+"""
+
+from vvm.cka.measures import cka, knn, rsa  # noqa: F401 - importing a measure's module registers it
+from vvm.cka.measures.base import (
+    MEASURES,
+    Grams,
+    Measure,
+    ProductMeasure,
+    make_measure,
+    option,
+    register_measure,
+)
+from vvm.cka.measures.mean import BatchMeanMetric, MeasureResult, weighted_mean_stderr
+
+__all__ = [
+    "MEASURES",
+    "BatchMeanMetric",
+    "Grams",
+    "Measure",
+    "MeasureResult",
+    "ProductMeasure",
+    "make_measure",
+    "option",
+    "register_measure",
+    "weighted_mean_stderr",
+]

@@ -1,0 +1,237 @@
+"""What a similarity measure is, the registry that names them, and the per-batch input they share.
+
+A measure compares every layer of one stack with every layer of another from one batch's Gram matrices (the
+recorder's ``Xc Xcᵀ`` of each layer's centred features, :class:`Grams`), and adds the batch to its metric's
+float64 sums. Two kinds:
+
+- :class:`Measure`: any per-batch rule (CKA: kernel, U-centring and one HSIC product, :mod:`.cka`);
+- :class:`ProductMeasure`: a per-layer transform of the batch's Grams into one vector per layer, scaled so that
+  ONE matrix product of the stacked vectors ``T_x T_yᵀ / normaliser(n)`` holds the batch's value for every pair
+  of layers; the batches are averaged with their sizes as weights, with a standard error over batches
+  (:class:`~vvm.cka.measures.mean.BatchMeanMetric`). RSA and mutual kNN are two such transforms.
+
+A measure's parameters are a frozen dataclass (``Params``) whose fields are made with :func:`option`: a
+default and either the values the parameter may take (a closed choice) or its minimum. vvm's settings are
+generated from it (``measure.<name>.<parameter>``, :mod:`vvm.settings.measures`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from vvm.cka.functional import RawParts, raw_gram
+from vvm.cka.measures.mean import BatchMeanMetric
+
+
+@dataclass
+class Grams:
+    """One batch's linear Grams of a stack of layers.
+
+    ``centred`` ``[L, n, n]`` (the work dtype): ``Xc Xcᵀ`` of each layer's column-centred features;
+    ``sides``: the ``(side, layers)`` blocks the stack is made of, in order (``x``/``y`` in a one- or two-model
+    pass, one per model in a joint pass: a kernel fits its parameters per side); ``parts``: the
+    :class:`~vvm.cka.functional.RawParts` of every layer (``u`` ``[L, n]``, ``mu2`` ``[L]``) when a measure asked
+    for the Gram of the raw features."""
+
+    centred: Tensor
+    sides: list[tuple[str, int]]
+    parts: RawParts | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.centred.shape[-1])
+
+    def raw(self) -> Tensor:
+        """``X Xᵀ`` of every layer's features as they are, float64 ``[L, n, n]``."""
+        if self.parts is None:
+            raise RuntimeError(
+                "the Gram of the raw features was not recorded: the measure must set needs_raw"
+            )
+        return raw_gram(self.centred, self.parts)
+
+
+def option(
+    default: Any, *, choices: tuple[str, ...] | None = None, minimum: float | None = None, why: str = ""
+) -> Any:
+    """A measure parameter: its default, and the values it may take (``choices``) or its ``minimum``; ``why``
+    says what it is (the settings' error messages and documentation quote it)."""
+    return field(default=default, metadata={"choices": choices, "minimum": minimum, "why": why})
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A measure without parameters of its own."""
+
+
+class Measure:
+    """A similarity measure between the layers of two stacks (see the module docstring).
+
+    Subclasses set ``name`` (its key: ``measures=[..., <name>]``, ``<name>.npz``), ``label``, ``Params``, ``needs_raw`` (the
+    Gram of the raw features is needed, not only the centred one) and implement :meth:`make_metric` and
+    :meth:`add`. ``engine`` holds the pass's options (``precision``; CKA's kernel and estimator)."""
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # how tables and figures name it: CKA, RSA, kNN
+    Params: ClassVar[type] = NoParams
+    needs_raw: ClassVar[bool] = False
+
+    def __init__(self, params: Any = None, **engine: Any) -> None:
+        self.params = self.Params() if params is None else params
+        self.engine = engine
+        check_params(self.name, self.params)
+
+    @classmethod
+    def create(cls, params: dict[str, Any] | None = None, **engine: Any) -> Measure:
+        """The measure with ``params`` (plain values, e.g. ``{"k": 10}``) and the pass's options."""
+        unknown = sorted(set(params or {}) - {f.name for f in fields(cls.Params)})
+        if unknown:
+            known = ", ".join(f.name for f in fields(cls.Params)) or "none"
+            raise ValueError(
+                f"measure {cls.name!r} has no parameter {', '.join(unknown)} (its parameters: {known})"
+            )
+        return cls(cls.Params(**(params or {})), **engine)
+
+    # ------------------------------------------------------------------ what it needs, what it is called
+    @property
+    def min_n(self) -> int:
+        """The smallest batch the measure is defined on; smaller batches are skipped with a warning."""
+        return 2
+
+    @property
+    def min_reason(self) -> str:
+        return f"{self.name}"
+
+    @property
+    def title(self) -> str:
+        """How figures name it, e.g. ``RSA (Spearman)``."""
+        return self.name
+
+    def describe(self) -> dict[str, Any]:
+        """Its parameters as plain values (written into its files and result.json)."""
+        return asdict(self.params)
+
+    # ------------------------------------------------------------------ per batch
+    def make_metric(
+        self, layers_x: list[str], layers_y: list[str] | None, *, max_batches: int | None
+    ) -> Metric:
+        """The metric that holds its sums for these rows and columns (``layers_y=None``: the columns are the
+        rows and the batches come as one stack)."""
+        raise NotImplementedError
+
+    def add(
+        self, metric: Metric, gx: Grams, gy: Grams | None, *, batch_id: int, masked: bool, last: bool
+    ) -> None:
+        """One batch into ``metric``: ``gy=None`` when the columns are the rows; ``masked``: a padding batch
+        (DDP) that must add nothing; ``last``: no measure reads ``gx``/``gy`` after this one (it may overwrite)."""
+        raise NotImplementedError
+
+    def skipped(self, metric: Metric, sides_x: list[tuple[str, int]], sides_y: list[tuple[str, int]] | None, *,
+                device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
+        """The recorder skipped a batch as too small (nothing to add; CKA's RBF kernel still joins DDP)."""
+
+
+def check_params(name: str, params: Any) -> None:
+    """Each parameter within its ``choices`` or above its ``minimum``; an error names it and what it may be."""
+    for f in fields(params):
+        value, meta = getattr(params, f.name), f.metadata
+        value = getattr(value, "value", value)  # a settings enum member
+        choices, minimum = meta.get("choices"), meta.get("minimum")
+        if choices is not None and value not in choices:
+            raise ValueError(f"{name}.{f.name}={value!r} is not supported: use one of {', '.join(choices)}")
+        if minimum is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum
+        ):
+            raise ValueError(
+                f"{name}.{f.name}={value!r} must be a number >= {minimum:g}: {meta.get('why', '')}"
+            )
+
+
+class ProductMeasure(Measure):
+    """A measure whose batch value for layers ``i, j`` is ``⟨t_i, t_j⟩ / normaliser(n)``, ``t`` the per-layer
+    :meth:`transform` of the Grams, or, with ``cosine = True``, ``⟨t_i, t_j⟩ / (‖t_i‖ ‖t_j‖)`` (a correlation when
+    the rows are centred; the norms come from the same product, so a layer against itself gives exactly 1, and
+    a row of zeros is undefined). Batches are averaged (weights: their sizes) with a standard error."""
+
+    cosine: ClassVar[bool] = False
+
+    def transform(self, grams: Grams) -> tuple[Tensor, Tensor]:
+        """``(T, defined)``: ``T`` ``[L, m]`` one row per layer, ``defined`` ``[L]`` (bool) whether the layer
+        has a value in this batch (a constant layer has none)."""
+        raise NotImplementedError
+
+    def normaliser(self, n: int) -> float:
+        return 1.0
+
+    def values(self, tx: Tensor, ty: Tensor | None, n: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The batch's ``[L_x, L_y]`` values from one product, and (cosine) which rows and columns are nonzero."""
+        prod = tx @ (tx if ty is None else ty).T
+        if not self.cosine:
+            return prod / self.normaliser(n), None, None
+        sx = prod.diagonal() if ty is None else (tx * tx).sum(-1)
+        sy = sx if ty is None else (ty * ty).sum(-1)
+        denom = torch.sqrt(sx[:, None] * sy[None, :])
+        out = prod / torch.where(denom > 0, denom, torch.ones_like(denom))
+        return out, sx > 0, sy > 0
+
+    def make_metric(
+        self, layers_x: list[str], layers_y: list[str] | None, *, max_batches: int | None
+    ) -> Metric:
+        return BatchMeanMetric(
+            layers_x, layers_y, measure=self.name, params=self.describe(), max_batches=max_batches
+        )
+
+    def add(
+        self, metric: Metric, gx: Grams, gy: Grams | None, *, batch_id: int, masked: bool, last: bool
+    ) -> None:
+        if masked:
+            return
+        n = gx.n
+        if n < self.min_n:
+            warnings.warn(
+                f"{self.name}: skipped a batch of {n} examples: {self.min_reason} needs at least {self.min_n}",
+                stacklevel=3,
+            )
+            return
+        tx, dx = self.transform(gx)
+        ty, dy = (None, dx) if gy is None else self.transform(gy)
+        values, nx, ny = self.values(tx, ty, n)
+        if nx is not None and ny is not None:
+            dx, dy = dx & nx, dy & ny
+        metric.update(values, weight=float(n), batch_id=batch_id, defined_x=dx, defined_y=dy)
+
+
+MEASURES: dict[str, type[Measure]] = {}
+
+
+def register_measure(cls: type[Measure]) -> type[Measure]:
+    """Make ``cls`` known by its ``name`` (``measures=[...]``, the settings, the files)."""
+    if not cls.name or cls.name in MEASURES:
+        raise ValueError(f"measure {cls.__name__} needs a name that is not taken yet (got {cls.name!r})")
+    MEASURES[cls.name] = cls
+    return cls
+
+
+def make_measure(name: str, params: dict[str, Any] | None = None, **engine: Any) -> Measure:
+    """The registered measure ``name`` with its parameters and the pass's options."""
+    if name not in MEASURES:
+        raise ValueError(f"measure {name!r} is not known: use one of {', '.join(MEASURES)}")
+    return MEASURES[name].create(params, **engine)
+
+
+__all__ = [
+    "MEASURES",
+    "Grams",
+    "Measure",
+    "NoParams",
+    "ProductMeasure",
+    "check_params",
+    "make_measure",
+    "option",
+    "register_measure",
+]

@@ -1,0 +1,296 @@
+"""BatchMeanMetric: a similarity that has a value per batch (RSA, mutual kNN), averaged over the batches.
+
+With ``v_b`` the batch's ``[L_x, L_y]`` values and ``w_b = n_b`` its size, every entry is the weighted mean
+``v̄ = Σ w_b v_b / Σ w_b`` over the batches where both of its layers are defined, with the standard error of a
+weighted mean of ``B`` independent batches ``se² = B/(B-1) · Σ w_b² (v_b - v̄)² / (Σ w_b)²`` (for equal weights
+the familiar ``s² / B``). The states ``Σ w``, ``Σ w v``, ``Σ w²``, ``Σ w² v``, ``Σ w² v²`` and the count of batches
+(all per entry: a layer that is constant in one batch has no value there) give both; they are float64 and
+summed across DDP ranks. Per-batch values (NaN where undefined) are kept by global batch id, as
+:class:`~vvm.cka.metric.HSICMetric` keeps its HSICs, so two runs over the same batches give paired differences.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from vvm.cka.metric import MAX_PER_BATCH_VALUES
+from vvm.cka.result import mean_offdiagonal
+
+_SUMS = ("w", "wv", "w2", "w2v", "w2v2", "count")
+
+
+def mean_and_stderr(sums: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """The weighted mean and its standard error from the sums ``w, wv, w2, w2v, w2v2, count`` (see the module
+    docstring); NaN where no batch (mean) or fewer than two (standard error) defined the entry."""
+    w, count = sums["w"], sums["count"]
+    safe = torch.where(w > 0, w, torch.ones_like(w))
+    mean = torch.where(w > 0, sums["wv"] / safe, torch.full_like(w, math.nan))
+    m0 = torch.nan_to_num(mean)
+    # Σ w²(v - v̄)² expanded; a sum of squares, so rounding below 0 is 0
+    resid = (sums["w2v2"] - 2 * m0 * sums["w2v"] + m0 * m0 * sums["w2"]).clamp_min(0)
+    c = torch.where(count > 1, count, torch.full_like(count, 2.0))
+    se = torch.sqrt(resid / (safe * safe) * c / (c - 1))
+    return mean, torch.where(count > 1, se, torch.full_like(se, math.nan))
+
+
+def weighted_mean_stderr(values: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """The same mean and standard error from per-batch values ``[B, ...]`` (NaN: undefined in that batch) and
+    weights ``[B]`` (used for paired differences: pass the per-batch differences)."""
+    d = torch.isfinite(values)
+    w = weights.to(values.dtype).reshape(-1, *([1] * (values.dim() - 1))) * d
+    v = torch.where(d, values, torch.zeros_like(values))
+    sums = {"w": w.sum(0), "wv": (w * v).sum(0), "w2": (w * w).sum(0), "w2v": (w * w * v).sum(0),
+            "w2v2": (w * w * v * v).sum(0), "count": d.to(values.dtype).sum(0)}  # fmt: skip
+    return mean_and_stderr(sums)
+
+
+@dataclass
+class MeasureResult:
+    """A similarity matrix of one measure with its standard error and what it was estimated from.
+
+    ``matrix`` (float64 ``[L_x, L_y]``), ``stderr`` (NaN with fewer than two batches), ``layers_x``/``layers_y``;
+    ``params`` the measure's parameters; ``defined_x``/``defined_y`` in how many batches each layer had a value
+    (a constant layer has none: its row/column is NaN and it is listed in ``undefined_x``/``undefined_y``);
+    ``batch_*``: per-batch values by global batch id, when kept (paired differences)."""
+
+    measure: str
+    matrix: Tensor
+    stderr: Tensor
+    layers_x: list[str]
+    layers_y: list[str]
+    n_samples: int
+    n_batches: int
+    params: dict[str, Any] = field(default_factory=dict)
+    defined_x: Tensor | None = None
+    defined_y: Tensor | None = None
+    activation_dtype: str = ""
+    batch_ids: Tensor | None = None
+    batch_weights: Tensor | None = None
+    batch_values: Tensor | None = None
+    undefined_x: list[str] = field(init=False)
+    undefined_y: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        def none(names: list[str], counts: Tensor | None) -> list[str]:
+            return [] if counts is None else [n for n, c in zip(names, counts.tolist()) if not c > 0]
+
+        self.undefined_x = none(self.layers_x, self.defined_x) if self.n_batches else []
+        self.undefined_y = none(self.layers_y, self.defined_y) if self.n_batches else []
+
+    def mean_offdiagonal(self) -> float:
+        return mean_offdiagonal(self.matrix)
+
+    def interval(self, level: float = 0.95) -> tuple[Tensor, Tensor]:
+        """``matrix ± t · stderr``, ``t`` Student's quantile for ``n_batches - 1`` degrees of freedom."""
+        from scipy.stats import t as student_t
+
+        q = float(student_t.ppf(0.5 + level / 2, max(self.n_batches - 1, 1)))
+        return self.matrix - q * self.stderr, self.matrix + q * self.stderr
+
+    def arrays(self, **extra: Any) -> dict[str, np.ndarray]:
+        """``<measure>.npz``: ``matrix``, ``stderr``, ``layers_x``, ``layers_y``, ``n_samples``, ``n_batches``,
+        ``measure``, the parameters by name, and the per-batch values when kept."""
+        out = {
+            "matrix": self.matrix.numpy().astype(np.float64),
+            "stderr": self.stderr.numpy().astype(np.float64),
+            "layers_x": np.array(self.layers_x, dtype=str),
+            "layers_y": np.array(self.layers_y, dtype=str),
+            "n_samples": np.array(self.n_samples),
+            "n_batches": np.array(self.n_batches),
+            "measure": np.array(self.measure),
+            "activation_dtype": np.array(self.activation_dtype),
+            **{k: np.asarray(v) for k, v in self.params.items()},
+        }
+        for key in ("defined_x", "defined_y", "batch_ids", "batch_weights", "batch_values"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value.numpy()
+        return {**out, **{k: np.asarray(v) for k, v in extra.items()}}
+
+    def __repr__(self) -> str:
+        return (
+            f"MeasureResult({self.measure}, {len(self.layers_x)}x{len(self.layers_y)} layers, "
+            f"n_samples={self.n_samples}, n_batches={self.n_batches}, params={self.params})"
+        )
+
+
+class BatchMeanMetric(Metric):
+    """Size-weighted means of per-batch similarity matrices ``[L_x, L_y]`` with their standard errors.
+
+    ``update(values, weight=n, batch_id=..., defined_x=..., defined_y=...)`` adds one batch (an entry counts only
+    where both its layers are defined); ``compute()`` returns a :class:`MeasureResult`. ``layers_y=None``: the
+    columns are the rows (a symmetric matrix; its diagonal has no spread)."""
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    def __init__(
+        self,
+        layers_x: list[str],
+        layers_y: list[str] | None = None,
+        *,
+        measure: str,
+        params: dict[str, Any] | None = None,
+        max_batches: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.measure = measure
+        self.params = dict(params or {})
+        self.max_batches = max_batches
+        self._symmetric = layers_y is None
+        self.activation_dtypes: set[str] = set()
+        self._warned: set[str] = set()
+        self.set_layers(layers_x, layers_x if layers_y is None else layers_y)
+
+    def set_layers(self, layers_x: list[str], layers_y: list[str]) -> None:
+        """(Re)allocate the states for these rows and columns, on the metric's device (as HSICMetric does)."""
+        self.layers_x, self.layers_y = list(layers_x), list(layers_y)
+        lx, ly = len(self.layers_x), len(self.layers_y)
+
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(shape, dtype=torch.float64, device=self.device)
+
+        for name in _SUMS:
+            self.add_state(name, default=zeros(lx, ly), dist_reduce_fx="sum")
+        self.add_state("defined_x", default=zeros(lx), dist_reduce_fx="sum")
+        self.add_state("defined_y", default=zeros(ly), dist_reduce_fx="sum")
+        for name in ("n_batches", "n_samples"):
+            self.add_state(name, default=zeros(), dist_reduce_fx="sum")
+        nb = self.max_batches
+        self._keep_batches = bool(nb) and nb * lx * ly <= MAX_PER_BATCH_VALUES
+        if self._keep_batches:
+            self.add_state("batch_w", default=zeros(nb), dist_reduce_fx="sum")
+            self.add_state("batch_v", default=zeros(nb, lx, ly), dist_reduce_fx="sum")
+        self._next_batch_id = 0
+        self._added: set[int] = set()
+
+    def reset(self) -> None:
+        super().reset()
+        self._next_batch_id = 0
+        self._added = set()
+
+    def update(
+        self,
+        values: Tensor,
+        *,
+        weight: float,
+        batch_id: int | None = None,
+        defined_x: Tensor | None = None,
+        defined_y: Tensor | None = None,
+    ) -> None:
+        """One batch's values ``[L_x, L_y]`` with its weight (its size); ``defined_*`` ``[L]`` (bool): which
+        layers have a value in this batch (default: all)."""
+        shape = (len(self.layers_x), len(self.layers_y))
+        if tuple(values.shape) != shape:
+            raise ValueError(f"expected values of shape {shape}, got {tuple(values.shape)}")
+        batch_id = self._next_batch_id if batch_id is None else int(batch_id)
+        self._next_batch_id = batch_id + 1
+        if self.w.device != values.device:
+            self.to(values.device)
+        v = values.to(torch.float64)
+        dx = torch.ones(shape[0], dtype=torch.bool, device=v.device) if defined_x is None else defined_x
+        dy = torch.ones(shape[1], dtype=torch.bool, device=v.device) if defined_y is None else defined_y
+        d = dx.to(v.device)[:, None] & dy.to(v.device)[None, :]
+        dd, v0 = d.to(torch.float64), torch.where(d, v, torch.zeros_like(v))
+        w = float(weight)
+        self.w += w * dd
+        self.wv += w * v0
+        self.w2 += w * w * dd
+        self.w2v += w * w * v0
+        self.w2v2 += w * w * v0 * v0
+        self.count += dd
+        self.defined_x += dx.to(self.defined_x)
+        self.defined_y += dy.to(self.defined_y)
+        self.n_batches += 1
+        self.n_samples += w
+        if self._keep_batches:
+            if not 0 <= batch_id < int(self.max_batches or 0):
+                raise ValueError(f"batch_id={batch_id} is outside max_batches={self.max_batches}")
+            if batch_id in self._added:
+                raise ValueError(f"batch {batch_id} was added twice: every example must count once")
+            self._added.add(batch_id)
+            self.batch_w[batch_id] = w
+            self.batch_v[batch_id] = torch.where(d, v, torch.full_like(v, math.nan))
+
+    def _wrap_compute(self, compute: Callable) -> Callable:
+        """torchmetrics' wrapper less the squeeze and the cache (as :class:`~vvm.cka.metric.HSICMetric`)."""
+
+        @functools.wraps(compute)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            with self.sync_context(
+                dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
+            ):
+                return compute(*args, **kwargs)
+
+        return wrapped
+
+    def compute(self) -> MeasureResult:
+        nb = int(self.n_batches.item())
+        matrix, stderr = mean_and_stderr({k: getattr(self, k) for k in _SUMS})
+        if self._symmetric:
+            # a layer against itself has the same value (1) in every batch: no spread
+            stderr.diagonal().copy_(torch.where(self.count.diagonal() > 1, 0.0, math.nan))
+        per_batch = {}
+        if self._keep_batches:
+            seen = torch.nonzero(self.batch_w > 0).flatten()
+            per_batch = {
+                "batch_ids": seen.cpu(),
+                "batch_weights": self.batch_w[seen].cpu(),
+                "batch_values": self.batch_v[seen].cpu(),
+            }
+        res = MeasureResult(
+            measure=self.measure,
+            matrix=matrix.detach().cpu(),
+            stderr=stderr.detach().cpu(),
+            layers_x=list(self.layers_x),
+            layers_y=list(self.layers_y),
+            n_samples=int(round(self.n_samples.item())),
+            n_batches=nb,
+            params=dict(self.params),
+            defined_x=self.defined_x.detach().cpu().clone(),
+            defined_y=self.defined_y.detach().cpu().clone(),
+            activation_dtype=",".join(sorted(self.activation_dtypes)),
+            **per_batch,
+        )
+        self._warn_undefined(res)
+        return res
+
+    def _warn_undefined(self, res: MeasureResult) -> None:
+        """One warning per layer: undefined (NaN) in every batch, or left out of the batches it was constant in."""
+        if not res.n_batches:
+            return
+        gone = [n for n in dict.fromkeys(res.undefined_x + res.undefined_y) if n not in self._warned]
+        partly = []
+        for names, counts in ((res.layers_x, res.defined_x), (res.layers_y, res.defined_y)):
+            assert counts is not None
+            partly += [
+                n for n, c in zip(names, counts.tolist()) if 0 < c < res.n_batches and n not in self._warned
+            ]
+        self._warned.update(gone + partly)
+        if gone:
+            warnings.warn(
+                f"{self.measure} is undefined (NaN) for layers that are constant in every batch: "
+                f"{', '.join(gone)}",
+                stacklevel=3,
+            )
+        if partly:
+            warnings.warn(
+                f"{self.measure}: layers {', '.join(dict.fromkeys(partly))} were constant in some batches; their "
+                "entries average the batches where they were not",
+                stacklevel=3,
+            )
+
+
+__all__ = ["BatchMeanMetric", "MeasureResult", "mean_and_stderr", "weighted_mean_stderr"]

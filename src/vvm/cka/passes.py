@@ -1,0 +1,234 @@
+"""The recorder side of a pass, shared by every metric that rides on it: hooks on the models, the layers learnt
+on the first batch, and per batch the Grams stacked in the order of the layer lists (:class:`~vvm.cka.measures.
+Grams`), handed to the owner's ``on_batch``.
+
+- :class:`StreamingPass`: one model, or two (``x`` rows, ``y`` columns); ``gy=None`` when the columns are the
+  rows (one layer set of one model: a symmetric matrix from one product);
+- :class:`JointPass`: several models, every layer of every model in one stack ``[ΣL, n, n]``, model after model
+  (layers named ``<model>/<layer>``; each model is a side of its own, for the kernel's fitted parameters).
+
+Each Gram leaves the recorder's dict as it is stacked, so a batch's Grams exist once while the owner works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from vvm.cka.functional import RawParts
+from vvm.cka.measures.base import Grams
+from vvm.cka.presets import LayerSpec, resolve_layers
+from vvm.cka.recorder import BatchKernels, BatchParts, KernelRecorder
+
+SEP = "/"  # <model>/<layer>
+Sides = list[tuple[str, int]]
+OnBatch = Callable[[Grams, "Grams | None", bool, int], None]
+
+
+def stack_grams(per_layer: dict[str, Tensor], names: list[str], keep: set[str] | None = None) -> Tensor:
+    """``[L, n, n]`` in the order of ``names``; each Gram is dropped from ``per_layer`` once copied, except those
+    in ``keep`` (still needed for the other side)."""
+    first = per_layer[names[0]]
+    out = torch.empty((len(names), *first.shape), dtype=first.dtype, device=first.device)
+    for i, name in enumerate(names):
+        out[i] = per_layer[name] if name in (keep or ()) else per_layer.pop(name)
+    return out
+
+
+def stack_parts(per_layer: Mapping[str, RawParts], names: list[str]) -> RawParts:
+    return RawParts(*(torch.stack([getattr(per_layer[n], f) for n in names]) for f in RawParts._fields))
+
+
+def expand(modules: list[str], names: list[str]) -> list[str]:
+    """The recorded layer names (``name#i`` for a module that runs k times) of ``modules``, in order."""
+    out: list[str] = []
+    for m in modules:
+        out.extend(n for n in names if n == m or n.rsplit("#", 1)[0] == m and "#" in n)
+    return out
+
+
+class StreamingPass:
+    """Hooks on ``model`` (and ``other``); per batch ``on_batch(gx, gy, masked, batch_id)`` with the Grams of the
+    ``layers`` (rows) and of the ``other_layers`` (columns; ``gy=None`` when they are the rows). ``on_layers(lx,
+    ly)`` when the first batch renames the layers (a module that runs twice); ``on_skip(batch_id)`` for a batch
+    the recorder skipped as smaller than ``min_n``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: LayerSpec,
+        *,
+        other: nn.Module | None,
+        other_layers: LayerSpec | None,
+        on_batch: OnBatch,
+        on_layers: Callable[[list[str], list[str]], None],
+        on_skip: Callable[[int], None],
+        **recorder: object,
+    ) -> None:
+        self.modules_x = resolve_layers(model, layers)
+        y_net = other if other is not None else model
+        self.modules_y = resolve_layers(y_net, layers if other_layers is None else other_layers)
+        # with one model and one layer set, the matrix is symmetric and G_y is G_x
+        self.symmetric = other is None and self.modules_y == self.modules_x
+        self.two_models = other is not None
+        self.layers_x, self.layers_y = list(self.modules_x), list(self.modules_y)
+        self.on_batch, self.on_layers, self.on_skip = on_batch, on_layers, on_skip
+        # kept out of any module tree: moving or saving a metric must not move or save the networks
+        if self.two_models:
+            nets, modules = {"x": model, "y": y_net}, {"x": self.modules_x, "y": self.modules_y}
+        else:
+            nets, modules = {"x": model}, {"x": list(dict.fromkeys(self.modules_x + self.modules_y))}
+        self.recorder = KernelRecorder(nets, modules, self._batch, on_skip=self._skip, **recorder)  # type: ignore[arg-type]
+        self._learnt = False
+
+    @property
+    def sides(self) -> tuple[Sides, Sides | None]:
+        return [("x", len(self.layers_x))], None if self.symmetric else [("y", len(self.layers_y))]
+
+    def _learn(self) -> None:
+        y_key = "y" if self.two_models else "x"
+        if not self._learnt and self.recorder.layers is not None:
+            self._learnt = True
+            lx = expand(self.modules_x, self.recorder.layers["x"])
+            ly = expand(self.modules_y, self.recorder.layers[y_key])
+            if (lx, ly) != (self.layers_x, self.layers_y):
+                self.layers_x, self.layers_y = lx, ly
+                self.on_layers(lx, ly)
+
+    def _skip(self, batch_id: int) -> None:
+        self._learn()
+        self.on_skip(batch_id)
+
+    def _batch(
+        self, kernels: BatchKernels, masked: bool, batch_id: int, raw: BatchParts | None = None
+    ) -> None:
+        self._learn()
+        y_key = "y" if self.two_models else "x"
+        keep = set(self.layers_y) if y_key == "x" and not self.symmetric else set()
+        sx, sy = self.sides
+        gx = Grams(
+            stack_grams(kernels["x"], self.layers_x, keep), sx, raw and stack_parts(raw["x"], self.layers_x)
+        )
+        gy = None
+        if sy is not None:
+            parts = raw and stack_parts(raw[y_key], self.layers_y)
+            gy = Grams(stack_grams(kernels[y_key], self.layers_y), sy, parts)
+        self.on_batch(gx, gy, masked, batch_id)
+
+
+def hook_target(model: nn.Module) -> nn.Module:
+    """The network whose modules are hooked: ``model.net`` for a wrapper that preprocesses its inputs itself
+    (vvm's ``VisionModel``: a ``net`` and a ``preprocess``), else ``model``."""
+    net = getattr(model, "net", None)
+    return net if isinstance(net, nn.Module) and callable(getattr(model, "preprocess", None)) else model
+
+
+def spec_of(layers: LayerSpec | Mapping[str, LayerSpec], key: str) -> LayerSpec:
+    if isinstance(layers, Mapping):
+        if key not in layers:
+            raise ValueError(f"no layer spec for model {key!r}: layers has {sorted(layers)}")
+        return layers[key]
+    return layers
+
+
+def joint_names(modules: Mapping[str, list[str]]) -> list[str]:
+    return [f"{k}{SEP}{name}" for k, names in modules.items() for name in names]
+
+
+def check_model_keys(models: Mapping[str, object]) -> None:
+    if not models:
+        raise ValueError("a joint pass needs at least one model")
+    bad = [k for k in models if not isinstance(k, str) or SEP in k or not k]
+    if bad:
+        raise ValueError(f"model keys must be non-empty strings without {SEP!r}: {bad}")
+
+
+class JointPass:
+    """Hooks on every model of ``models`` (``{key: network}``, already the hook targets); per batch
+    ``on_batch(g, None, masked, batch_id)`` with every layer of every model in one stack, model after model.
+    ``on_layers(names)`` when the first batch renames the layers; ``on_skip(batch_id)`` as StreamingPass."""
+
+    def __init__(
+        self,
+        nets: Mapping[str, nn.Module],
+        layers: LayerSpec | Mapping[str, LayerSpec],
+        *,
+        on_batch: OnBatch,
+        on_layers: Callable[[list[str]], None],
+        on_skip: Callable[[int], None],
+        **recorder: object,
+    ) -> None:
+        check_model_keys(nets)
+        self.model_layers = {k: resolve_layers(nets[k], spec_of(layers, k)) for k in nets}
+        self.on_batch, self.on_layers, self.on_skip = on_batch, on_layers, on_skip
+        self.recorder = KernelRecorder(
+            dict(nets), self.model_layers, self._batch, on_skip=self._skip, **recorder
+        )  # type: ignore[arg-type]
+        self._learnt = False
+
+    @property
+    def names(self) -> list[str]:
+        return joint_names(self.model_layers)
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.model_layers)
+
+    @property
+    def model_index(self) -> Tensor:
+        """``[ΣL]``: the model (its position in :attr:`models`) of every row/column."""
+        sizes = [len(v) for v in self.model_layers.values()]
+        return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+
+    @property
+    def sides(self) -> Sides:
+        return [(k, len(v)) for k, v in self.model_layers.items()]
+
+    def _learn(self) -> None:
+        if self._learnt:
+            return
+        self._learnt = True
+        learnt = self.recorder.layers
+        if learnt is not None and learnt != self.model_layers:
+            self.model_layers = {k: list(learnt[k]) for k in self.model_layers}
+            self.on_layers(self.names)
+
+    def _skip(self, batch_id: int) -> None:
+        self._learn()
+        self.on_skip(batch_id)
+
+    def _batch(
+        self, kernels: BatchKernels, masked: bool, batch_id: int, raw: BatchParts | None = None
+    ) -> None:
+        self._learn()
+        first = next(iter(next(iter(kernels.values())).values()))
+        n = first.shape[-1]
+        total = sum(len(v) for v in self.model_layers.values())
+        out = torch.empty(total, n, n, dtype=first.dtype, device=first.device)
+        i = 0
+        for key, names in self.model_layers.items():
+            per = kernels[key]
+            for j, name in enumerate(names):
+                out[i + j] = per.pop(name)
+            i += len(names)
+        parts = None
+        if raw is not None:
+            pieces = [stack_parts(raw[k], names) for k, names in self.model_layers.items()]
+            parts = RawParts(*(torch.cat([getattr(p, f) for p in pieces]) for f in RawParts._fields))
+        self.on_batch(Grams(out, self.sides, parts), None, masked, batch_id)
+
+
+__all__ = [
+    "SEP",
+    "JointPass",
+    "StreamingPass",
+    "check_model_keys",
+    "expand",
+    "hook_target",
+    "joint_names",
+    "spec_of",
+    "stack_grams",
+    "stack_parts",
+]

@@ -1,0 +1,232 @@
+"""Several similarity measures in one pass: one recorder, one forward per batch, each measure's metric keyed by
+its name (:mod:`vvm.cka.measures`: ``cka``, ``rsa``, ``knn``).
+
+- :class:`StreamingSimilarity`: the layers of one model against themselves, or of two models (as
+  :class:`~vvm.cka.streaming.StreamingCKA`);
+- :class:`JointSimilarity`: every layer of several models against every other (as :class:`~vvm.cka.joint.JointCKA`).
+
+Per batch the recorder makes each layer's Gram once (and, when a measure needs the Gram of the raw features,
+its two cheap extras); every measure transforms the same stack and adds one product to its own float64 sums.
+CKA's numbers are those of StreamingCKA/JointCKA exactly: it runs last, on the Grams as they came.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vvm.cka.joint import JointLayout, feed, joint_result, update_joint
+from vvm.cka.kernels import check_kernel
+from vvm.cka.measures.base import Grams, Measure, make_measure
+from vvm.cka.measures.mean import MeasureResult
+from vvm.cka.metric import HSICMetric, check_precision
+from vvm.cka.passes import JointPass, StreamingPass, hook_target
+from vvm.cka.presets import LayerSpec
+from vvm.cka.streaming import torch_dtype
+
+Params = Mapping[str, Mapping[str, Any]]
+
+
+@dataclass(repr=False)
+class JointMeasureResult(JointLayout, MeasureResult):
+    """A :class:`MeasureResult` over the layers of several models (blocks as :class:`~vvm.cka.joint.JointResult`)."""
+
+    models: list[str] = field(default_factory=list)
+    model_index: Tensor | None = None
+
+
+def build_measures(names: Sequence[str], params: Params | None, engine: dict[str, Any]) -> dict[str, Measure]:
+    """``{name: measure}`` in the order given, each with its parameters (``params[name]``) and the pass's options."""
+    names = list(names)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(
+            f"measures={names}: name each measure once, at least one (e.g. ['cka', 'rsa', 'knn'])"
+        )
+    unknown = sorted(set(params or {}) - set(names))
+    if unknown:
+        raise ValueError(f"parameters for {', '.join(unknown)}, which is not among measures={names}")
+    check_kernel(engine.get("kernel", "linear"))
+    check_precision(engine.get("precision", "exact"))
+    return {n: make_measure(n, dict((params or {}).get(n) or {}), **engine) for n in names}
+
+
+def run_order(measures: Mapping[str, Measure]) -> list[str]:
+    """CKA last: its kernel and centring may work in place on the batch's Grams, which the others read."""
+    return sorted(measures, key=lambda n: n == "cka")
+
+
+def recorder_options(measures: Mapping[str, Measure], precision: str) -> dict[str, Any]:
+    """The recorder's: the smallest batch any measure uses, the raw extras if any measure needs them."""
+    smallest = min(measures.values(), key=lambda m: m.min_n)
+    return {
+        "min_n": smallest.min_n, "min_reason": smallest.min_reason, "tf32": precision == "fast",
+        "out_dtype": torch_dtype(precision), "raw": any(m.needs_raw for m in measures.values()),
+    }  # fmt: skip
+
+
+class _MeasuresPass(nn.Module):
+    """What both classes share: the measures, their metrics (a ModuleDict: ``.to(device)`` moves them all)."""
+
+    def _setup(self, measures: dict[str, Measure], metrics: dict[str, Any], plumbing: Any) -> None:
+        self.measures = measures
+        self.metrics = nn.ModuleDict(metrics)
+        self._pass = plumbing
+        self.recorder = plumbing.recorder
+        self.activation_dtypes = self.recorder.activation_dtypes
+        for m in self.metrics.values():
+            m.activation_dtypes = self.activation_dtypes
+        self._order = run_order(measures)
+        self._work = torch_dtype(next(iter(measures.values())).engine.get("precision", "exact"))
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.metrics.values())).device
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[Any]:
+        """Register the forward hooks for the duration of the block; they are removed on exit."""
+        with self.recorder.track():
+            yield self
+
+    def _on_skip(self, batch_id: int) -> None:
+        sides = self._pass.sides
+        sx, sy = sides if isinstance(sides, tuple) else (sides, None)
+        for name in self._order:
+            metric = self.metrics[name]
+            self.measures[name].skipped(metric, sx, sy, device=metric.device, dtype=self._work)
+
+    def _on_batch(self, gx: Grams, gy: Grams | None, masked: bool, batch_id: int) -> None:
+        for i, name in enumerate(self._order):
+            last = i == len(self._order) - 1
+            self.measures[name].add(self.metrics[name], gx, gy, batch_id=batch_id, masked=masked, last=last)
+
+    def _results(self) -> dict[str, Any]:
+        self.recorder.check_finite()
+        return {name: self.metrics[name].compute() for name in self.measures}
+
+    def reset(self) -> None:
+        for m in self.metrics.values():
+            m.reset()
+
+
+class StreamingSimilarity(_MeasuresPass):
+    """``measures`` between the layers of ``model`` (and of ``other``) in one pass, streamed over batches.
+
+    Args:
+        measures: names of registered measures, e.g. ``["cka", "rsa", "knn"]``.
+        params: each measure's parameters, e.g. ``{"rsa": {"correlation": "pearson"}, "knn": {"k": 10}}``.
+        the others: as :class:`~vvm.cka.streaming.StreamingCKA` (``kernel``, ``estimator``, ``rbf_*`` are
+            CKA's; ``precision`` is the recorder's and CKA's).
+
+    Usage::
+
+        m = StreamingSimilarity(model, "blocks", measures=["cka", "rsa", "knn"])
+        with m.track():
+            for x in batches:
+                model(x)
+        res = m.compute()   # {"cka": CKAResult, "rsa": MeasureResult, "knn": MeasureResult}
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: LayerSpec = "blocks",
+        *,
+        measures: Sequence[str] = ("cka",),
+        params: Params | None = None,
+        other: nn.Module | None = None,
+        other_layers: LayerSpec | None = None,
+        max_batches: int | None = None,
+        **engine: Any,
+    ) -> None:
+        super().__init__()
+        built = build_measures(measures, params, engine)
+        plumbing = StreamingPass(
+            model, layers, other=other, other_layers=other_layers, on_batch=self._on_batch,
+            on_layers=self._on_layers, on_skip=self._on_skip,
+            **recorder_options(built, engine.get("precision", "exact")),
+        )  # fmt: skip
+        ly = None if plumbing.symmetric else plumbing.modules_y
+        metrics = {
+            n: m.make_metric(plumbing.modules_x, ly, max_batches=max_batches) for n, m in built.items()
+        }
+        self._setup(built, metrics, plumbing)
+
+    def _on_layers(self, layers_x: list[str], layers_y: list[str]) -> None:
+        for m in self.metrics.values():
+            m.set_layers(layers_x, layers_y)
+
+    def compute(self) -> dict[str, Any]:
+        """``{measure: result}``: a :class:`~vvm.cka.result.CKAResult` for ``cka``, a :class:`MeasureResult`
+        for the others."""
+        return self._results()
+
+
+class JointSimilarity(_MeasuresPass):
+    """``measures`` between every layer of every model in ``models`` (``{key: network}``), one pass; arguments
+    as :class:`~vvm.cka.joint.JointCKA` plus ``measures`` and ``params`` (see :class:`StreamingSimilarity`).
+    ``compute()`` gives ``{measure: result}`` with the blocks of :class:`~vvm.cka.joint.JointResult`."""
+
+    def __init__(
+        self,
+        models: Mapping[str, nn.Module],
+        layers: LayerSpec | Mapping[str, LayerSpec] = "blocks",
+        *,
+        measures: Sequence[str] = ("cka",),
+        params: Params | None = None,
+        max_batches: int | None = None,
+        block_layers: int | str | None = "auto",
+        **engine: Any,
+    ) -> None:
+        super().__init__()
+        self._auto_blocks = block_layers == "auto"
+        built = build_measures(
+            measures, params, {**engine, "update": self._update} if "cka" in measures else engine
+        )
+        plumbing = JointPass(
+            {k: hook_target(m) for k, m in models.items()}, layers, on_batch=self._on_batch,
+            on_layers=self._on_layers, on_skip=self._on_skip,
+            **recorder_options(built, engine.get("precision", "exact")),
+        )  # fmt: skip
+        metrics = {n: m.make_metric(plumbing.names, None, max_batches=max_batches) for n, m in built.items()}
+        if isinstance(metrics.get("cka"), HSICMetric) and not self._auto_blocks:
+            metrics["cka"].block_layers = block_layers
+        self._models = dict(models)
+        self._setup(built, metrics, plumbing)
+
+    @property
+    def models(self) -> list[str]:
+        return self._pass.models
+
+    @property
+    def model_index(self) -> Tensor:
+        return self._pass.model_index
+
+    def feed(self, x: Tensor) -> None:
+        """One batch: run every model on ``x`` once, each through its own forward (and preprocessing)."""
+        feed(self._models, x)
+
+    def _on_layers(self, names: list[str]) -> None:
+        for m in self.metrics.values():
+            m.set_layers(names, names)
+
+    def _update(self, metric: HSICMetric, kx: Tensor, ky: Tensor | None, batch_id: int, last: bool) -> None:
+        update_joint(metric, kx, batch_id, auto=self._auto_blocks, overwrite=last)
+
+    def compute(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, res in self._results().items():
+            if isinstance(res, MeasureResult):
+                base = {f.name: getattr(res, f.name) for f in fields(MeasureResult) if f.init}
+                out[name] = JointMeasureResult(**base, models=self.models, model_index=self.model_index)
+            else:
+                out[name] = joint_result(res, self.models, self.model_index)
+        return out
+
+
+__all__ = ["JointMeasureResult", "JointSimilarity", "StreamingSimilarity", "build_measures"]
