@@ -1,9 +1,9 @@
-"""Experiment loggers: building one from the config, logging a CKA result to it, finishing it.
+"""Experiment loggers: building one from its settings, logging a CKA result to it, finishing it.
 
 ``logger=wandb`` (the default), ``logger=csv`` (Lightning's CSVLogger in the run directory) or ``logger=none``.
 W&B runs offline unless ``WANDB_MODE=online`` or ``logger.mode=online``: nothing needs an account, and an
 offline run is a folder ``<run dir>/wandb/offline-run-*`` that ``wandb sync`` uploads later. Project, group
-(``<model>-<init>-<dataset>``, the config's ``tag``), run name and tags come from conf/logger/wandb.yaml.
+(``<model>-<init>-<dataset>``, the config's ``tag``), run name and tags come from src/vvm/conf/logger/wandb.yaml.
 
 What reaches W&B: the resolved config; at every CKA pass (each ``cka.every_n_epochs`` probe during training
 and the final pass) the heatmap image (one key per stage, so the step slider shows the representations

@@ -18,7 +18,7 @@ InitName = choices("InitName", ("random", "pretrained"), "random | pretrained")
 
 @dataclass
 class InitSettings:
-    """``init.*``: random (seeded) or pretrained weights; see ``conf/init/pretrained.yaml``."""
+    """``init.*``: random (seeded) or pretrained weights; see ``src/vvm/conf/init/pretrained.yaml``."""
 
     name: InitName = InitName.random
     checkpoint: str | None = None
