@@ -18,7 +18,8 @@ def rng():
     return torch.Generator().manual_seed(0)
 
 
-if os.environ.get("VVM_TEST_TIMES"):  # VVM_TEST_TIMES=times.jsonl: wall and CPU seconds per test (self + children)
+# VVM_TEST_TIMES=times.jsonl: wall and CPU seconds per test (self + children)
+if os.environ.get("VVM_TEST_TIMES"):
     import json
     import resource
     import time
