@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test test-slow test-all lint format bench bench-peers bench-train clean
+.PHONY: install test test-slow test-all lint format bench bench-peers bench-train gpu-pkgs clean
 
 ## install: torch from the pinned local wheels, then vvm with its dev extras (editable)
 install:
@@ -39,6 +39,13 @@ bench-peers:
 ## bench-train: one CIFAR-sized training epoch of ResNet-18 through each data pipeline (use a GPU)
 bench-train:
 	$(PYTHON) bench/bench_train.py
+
+## gpu-pkgs: the pure-Python packages the GPU machine lacks (hydra-core, omegaconf, antlr4) into .gpu_pkgs/, which
+## bench/gpu_session.sh puts on PYTHONPATH there (carry=[".gpu_pkgs"] in the device tool's run)
+gpu-pkgs:
+	rm -rf .gpu_pkgs
+	$(PIP) install --quiet --no-deps --no-compile --target .gpu_pkgs \
+		hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
