@@ -25,11 +25,12 @@ DRY=${DRY:-0}
 OUT=${OUT:-$ROOT/gpu-out}
 WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/gpu_session.XXXXXX")}
 DEADLINE=${DEADLINE:-540}
+PY=${PYTHON:-python3}  # the device's python3 holds PyTorch
 mkdir -p "$OUT" "$WORK"
 : >"$OUT/summary.txt"
 export PYTHONPATH="$ROOT/.gpu_pkgs:$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 export WANDB_MODE=offline HYDRA_FULL_ERROR=1 PYTHONUNBUFFERED=1
-export WORK VVM_CHECKPOINTS="${WORK}_checkpoints"  # outside the archive: checkpoints are big
+export PY WORK VVM_CHECKPOINTS="${WORK}_checkpoints"  # outside the archive: checkpoints are big
 START=$(date +%s)
 
 if [ "$DRY" = 1 ]; then
@@ -41,6 +42,7 @@ if [ "$DRY" = 1 ]; then
   B256=(--models r18 --batch 8)
   B64=(--models vit_l32 --batch 4 --no-memory)
   B1024=(--models r18 --batch 8 --no-memory)
+  C22=(--no-memory)
   TSCALE=${TSCALE:-8}  # a shared 2-core CPU is slower than the GPU machine at these tiny steps
   BENCH_TRAIN=(--device cpu --images 32 --batch-size 16 --warmup 1 --workers 0)
   BENCH_TRAIN+=(--pipelines compute resident lightning)
@@ -52,6 +54,7 @@ else
   B256=(--models r18 --batch 256)
   B64=(--models vit_l32 --batch 64)
   B1024=(--models r18 --batch 1024)
+  C22=()
   BENCH_TRAIN=()
   TSCALE=${TSCALE:-1}
 fi
@@ -89,7 +92,7 @@ step() {
 }
 
 versions() {
-  python - <<'EOF'
+  "$PY" - <<'EOF'
 import importlib
 import platform
 
@@ -115,7 +118,7 @@ EOF
 vvm_job() {  # vvm_job NAME OVERRIDES...: one job of the CLI, its run directory under $WORK/NAME
   local name=$1
   shift
-  python -m vvm "$@" logger=none "hydra.run.dir=$WORK/$name"
+  "$PY" -m vvm "$@" logger=none "hydra.run.dir=$WORK/$name"
 }
 
 export -f versions vvm_job
@@ -123,7 +126,7 @@ export -f versions vvm_job
 # 1. what runs there
 step versions 30 versions
 # 2. the GPU tests (exactness on the device, TF32 switch, no host sync per batch, trainer=gpu end to end)
-step pytest_gpu 150 python -m pytest -m gpu -q -p no:cacheprovider --junitxml="$WORK/pytest_gpu.xml" tests
+step pytest_gpu 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$WORK/pytest_gpu.xml" tests
 # 3. a Lambda-ResNet fit on the GPU: channels_last with its 5-D Conv3d, bf16 where native, then the CKA pass
 step lambda_fit 90 vvm_job lambda_fit model=lambda_r26 init=pretrained dataset=synthetic "$TRAINER" \
   train.epochs=1 "${TINY[@]}" "${CKA_SMALL[@]}"
@@ -131,12 +134,16 @@ step lambda_fit 90 vvm_job lambda_fit model=lambda_r26 init=pretrained dataset=s
 step compare 90 vvm_job compare model=r18 compare=vit_l32 dataset=synthetic "$TRAINER" cka.tf32=off \
   "${TINY[@]}" "${CKA_SMALL[@]}"
 # 5. the CKA pass against the bare forward pass: time, error against float64, peak memory
-step cka_256 90 python bench/bench_cka.py "${BENCH_CKA[@]}" "${B256[@]}" --json "$WORK/bench_cka_256.json"
-step cka_vit_64 90 python bench/bench_cka.py "${BENCH_CKA[@]}" "${B64[@]}" \
+step cka_256 90 "$PY" bench/bench_cka.py "${BENCH_CKA[@]}" "${B256[@]}" --json "$WORK/bench_cka_256.json"
+step cka_vit_64 90 "$PY" bench/bench_cka.py "${BENCH_CKA[@]}" "${B64[@]}" \
   --json "$WORK/bench_cka_vit_64.json"
-step cka_1024 75 python bench/bench_cka.py "${BENCH_CKA[@]}" "${B1024[@]}" --json "$WORK/bench_cka_1024.json"
+step cka_1024 75 "$PY" bench/bench_cka.py "${BENCH_CKA[@]}" "${B1024[@]}" --json "$WORK/bench_cka_1024.json"
 # 6. one CIFAR-100-sized training epoch through each data pipeline
-step train 150 python bench/bench_train.py "${BENCH_TRAIN[@]}" --json "$WORK/bench_train.json"
+step train 150 "$PY" bench/bench_train.py "${BENCH_TRAIN[@]}" --json "$WORK/bench_train.json"
+# 7. if time is left: the hooks' centring in 16 MiB column blocks instead of whole activations (time vs memory:
+# a CPU emulation of the CUDA path put whole activations at 1.02 of the memory budget, 2^22 blocks at 0.93)
+step cka_256_c22 60 "$PY" bench/bench_cka.py "${BENCH_CKA[@]}" "${B256[@]}" "${C22[@]}" \
+  --chunk-elements 4194304 --json "$WORK/bench_cka_256_c22.json"
 
 echo "=== summary ($(($(date +%s) - START)) s; files: $OUT/summary.txt, $OUT/gpu_session.tgz)"
 cat "$OUT/summary.txt"

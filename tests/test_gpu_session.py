@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["versions", "pytest_gpu", "lambda_fit", "compare", "cka_256", "cka_vit_64", "cka_1024", "train"]
+STEPS = [
+    "versions",
+    "pytest_gpu",
+    "lambda_fit",
+    "compare",
+    "cka_256",
+    "cka_vit_64",
+    "cka_1024",
+    "train",
+    "cka_256_c22",
+]
 
 
 @pytest.mark.slow
