@@ -114,6 +114,18 @@ def test_job_writes_analyses_files_result_and_csv_scalars(tmp_path):
     assert any(r.get("analyses/erf/radius50_frac_last") for r in rows)
 
 
+def test_only_rank_zero_runs_the_analyses(tmp_path, monkeypatch):
+    import vvm.pipeline
+
+    monkeypatch.setattr(vvm.pipeline, "is_rank_zero", lambda: False)  # this process: rank 1 of a DDP job
+    job = compose_settings(
+        ["model=r18", *TINY, "cka.layers=[stem,fc]", "analyses=[erf]", "logger=none"], tmp_path
+    )
+    summary = run(job)
+    assert summary["status"] == "ok" and "analyses" not in summary and "erf" not in summary["seconds"]
+    assert not (tmp_path / "erf.npz").exists()
+
+
 ANALYSES_ORDER = ["erf", "attention", "probe"]
 ANY_FLAT = "no spatial layout (a flat output)"
 
