@@ -58,6 +58,7 @@ class JobRecord:
     layers_x: list[str] = field(default_factory=list)
     layers_y: list[str] = field(default_factory=list)
     logger: dict[str, Any] | None = None  # the job's resolved logger config (W&B project, group, mode)
+    analyses: dict[str, Any] = field(default_factory=dict)  # result.json's per-layer analyses entries
 
     @property
     def layers(self) -> int | str | None:
@@ -162,6 +163,7 @@ def _read_result(rec: JobRecord, result: dict[str, Any]) -> None:
     cfg = result.get("config") or {}
     rec.logger = cfg.get("logger") if isinstance(cfg.get("logger"), dict) else None
     rec.family = canonical_family(result.get("family"), rec.model)
+    rec.analyses = result.get("analyses") if isinstance(result.get("analyses"), dict) else {}
     if rec.status == "running":
         rec.status, rec.error = "incomplete", rec.error or "result.json says the job is still running"
 
@@ -179,6 +181,28 @@ def _read_matrix(rec: JobRecord, npz_path: Path) -> None:
     except (OSError, KeyError, ValueError) as e:
         rec.status = "incomplete"
         rec.error = f"cka.npz is missing or unreadable: {type(e).__name__}: {e}"
+
+
+def analysis_records(jobs: Sequence[JobRecord], kind: str) -> list[dict[str, Any]]:
+    """The records of analysis ``kind`` (erf, attention, probe) for the sweep's figure
+    (:func:`vvm.plots.analyses_sweep.sweep_figure`): per job that finished ok and ran it, ``model``, ``family``,
+    ``init`` and the arrays of its ``<kind>.npz`` (none where it did not apply: attention for a CNN). A timm
+    model is coloured by the family of its architecture's name (vit_tiny_patch16_224: vit)."""
+    out = []
+    for j in jobs:
+        if j.status != "ok" or kind not in j.analyses:
+            continue
+        named = model_family(j.model)
+        rec: dict[str, Any] = {
+            "model": j.model,
+            "family": named if j.family == "timm" and named != "other" else j.family,
+            "init": j.init,
+        }
+        path = j.output_dir / f"{kind}.npz"
+        if path.is_file():
+            rec.update(load_npz(path))
+        out.append(rec)
+    return out
 
 
 def _literal(v: Any) -> str | None:
@@ -210,6 +234,7 @@ def collect_jobs(sweep_dir: str | Path) -> list[JobRecord]:
 
 __all__ = [
     "JobRecord",
+    "analysis_records",
     "canonical_family",
     "collect_jobs",
     "job_dirs",

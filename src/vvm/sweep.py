@@ -10,8 +10,10 @@ reads those files back and writes, atomically, into the sweep dir:
   by side, one colour scale [0, 1] (NaN grey); a failed job's panel shows its error;
 - ``summary.csv``: one row per job (model, family, init, dataset, status, layers, samples, accuracy, mean CKA,
   seconds, error, ...);
-- when the jobs logged to W&B: the grid and the table in a W&B run of the sweep's group (offline unless the
-  jobs were online); a W&B failure is logged and never fails the sweep.
+- when the jobs ran per-layer analyses (``analyses=[erf,attention,probe]``): ``summary-<analysis>.png``/``.pdf``,
+  every model on one relative-depth axis, a colour per family, random inits dashed and trained ones solid;
+- when the jobs logged to W&B: the grid, the analyses' figures and the table in a W&B run of the sweep's group
+  (offline unless the jobs were online); a W&B failure is logged and never fails the sweep.
 
 Failing jobs do not stop the sweep: :func:`vvm.job.run_job` records a failure in the job's ``result.json`` and
 returns, and the summary lists it. The sweep itself exits 0 once its summary is written, unless
@@ -42,7 +44,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from vvm.models import display_order, families
-from vvm.records import JobRecord, canonical_family, collect_jobs, job_sort_key
+from vvm.records import JobRecord, analysis_records, canonical_family, collect_jobs, job_sort_key
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,35 @@ def sweep_name(sweep_dir: str | Path) -> str:
     return "_".join(parts[-2:]) if len(parts) >= 2 else parts[-1]
 
 
+ANALYSIS_TITLES = {
+    "erf": "effective receptive fields",
+    "attention": "mean attention distance",
+    "probe": "linear probes",
+}
+
+
+def analysis_figures(sweep_dir: Path, jobs: Sequence[JobRecord]) -> dict[str, tuple[Path, Path]]:
+    """``summary-<kind>.png``/``.pdf`` for each analysis (erf, attention, probe) the sweep's jobs ran: every model
+    on one relative-depth axis, a colour per family, random dashed, trained solid
+    (:func:`vvm.plots.analyses_sweep.sweep_figure`). Returns ``{kind: (png, pdf)}``."""
+    from vvm.plots.analyses_sweep import sweep_figure
+    from vvm.plots.heatmap import save_figure
+
+    datasets = {j.dataset for j in jobs if j.dataset}
+    where = f" on {datasets.pop()}" if len(datasets) == 1 else ""
+    out: dict[str, tuple[Path, Path]] = {}
+    for kind, title in ANALYSIS_TITLES.items():
+        records = analysis_records(jobs, kind)
+        if not any("layers" in r or "blocks" in r for r in records):
+            if records:
+                log.info("sweep summary: %s applies to none of the sweep's models: no figure", kind)
+            continue
+        fig = sweep_figure(kind, records, title=f"{title}{where} - {sweep_name(sweep_dir)}")
+        png, pdf = save_figure(fig, sweep_dir / f"summary-{kind}")
+        out[kind] = (png, pdf)
+    return out
+
+
 def write_summary(
     sweep_dir: str | Path, *, wandb_group: str | None = None, log_wandb: bool = True
 ) -> dict[str, Any]:
@@ -153,12 +184,18 @@ def write_summary(
     files = {"csv": write_bytes(sweep_dir / "summary.csv", df.to_csv(index=False).encode())}
     fig = summary_figure(grid_rows(jobs), title=summary_title(jobs, sweep_dir))
     files["png"], files["pdf"] = save_figure(fig, sweep_dir / "summary")
+    analyses = analysis_figures(sweep_dir, jobs)
+    for kind, (png, pdf) in analyses.items():
+        files[f"{kind}_png"], files[f"{kind}_pdf"] = png, pdf
     failed = [j for j in jobs if j.status != "ok"]
     log.info("sweep summary: %d/%d jobs ok -> %s", len(jobs) - len(failed), len(jobs), files["png"])
     for j in failed:
         log.warning("sweep summary: job %s (%s, %s) %s: %s", j.job, j.model, j.init, j.status, j.error)
     if log_wandb:
-        files_logged = log_summary_to_wandb(sweep_dir, jobs, df, files["png"], group=wandb_group)
+        figures = {f"summary/{kind}": png for kind, (png, _) in analyses.items()}
+        files_logged = log_summary_to_wandb(
+            sweep_dir, jobs, df, files["png"], group=wandb_group, figures=figures
+        )
         if files_logged:
             files["wandb"] = files_logged
     return {"jobs": jobs, "files": files, "failed": failed}
@@ -170,10 +207,16 @@ def wandb_loggers(jobs: Sequence[JobRecord]) -> list[dict[str, Any]]:
 
 
 def log_summary_to_wandb(
-    sweep_dir: Path, jobs: Sequence[JobRecord], table: Any, image: Path, *, group: str | None = None
+    sweep_dir: Path,
+    jobs: Sequence[JobRecord],
+    table: Any,
+    image: Path,
+    *,
+    group: str | None = None,
+    figures: dict[str, Path] | None = None,
 ) -> Path | None:
-    """Log the grid and the table to a W&B run of the sweep's group, when the jobs used W&B
-    (:func:`vvm.loggers.log_files_run`, the one helper for runs made of files).
+    """Log the grid, the analyses' ``figures`` (key -> image) and the table to a W&B run of the sweep's group,
+    when the jobs used W&B (:func:`vvm.loggers.log_files_run`, the one helper for runs made of files).
 
     Project, mode and group come from the jobs' logger settings: the jobs' group when they share one (say
     ``logger.group=my-study``), else ``sweep-<date>_<time>``. Mode: ``WANDB_MODE``, else the jobs' ``mode``,
@@ -196,8 +239,8 @@ def log_summary_to_wandb(
     try:
         run_dir = log_files_run(
             run_dir=sweep_dir, name=f"summary-{sweep_name(sweep_dir)}", job_type="sweep-summary",
-            images={"summary/grid": image}, tables={"summary/jobs": table}, project=project, group=group,
-            mode=mode, config={"sweep_dir": str(sweep_dir), "jobs": len(jobs)},
+            images={"summary/grid": image, **(figures or {})}, tables={"summary/jobs": table}, project=project,
+            group=group, mode=mode, config={"sweep_dir": str(sweep_dir), "jobs": len(jobs)},
             summary={"jobs": len(jobs), "jobs_ok": n_ok, "jobs_failed": len(jobs) - n_ok},
         )  # fmt: skip
     except Exception as e:  # W&B must never fail the sweep
@@ -278,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p_sum = sub.add_parser(
-        "summary", help="(re)write summary.png/pdf/csv of a sweep dir from its jobs' files"
+        "summary",
+        help="(re)write summary.png/pdf/csv (and summary-<analysis>.png/pdf) of a sweep dir from its jobs' files",
     )
     p_sum.add_argument("sweep_dir")
     p_sum.add_argument("--no-wandb", action="store_true", help="do not log the summary to W&B")

@@ -9,6 +9,7 @@ registry by :mod:`vvm.schema`) and dataset (:mod:`vvm.data`); ``logger`` a :clas
 from dataclasses import dataclass, field
 from typing import Any
 
+from vvm.settings.analyses import AnalysisName, AnalysisSettings
 from vvm.settings.base import MISSING, choices
 from vvm.settings.cka import CKASettings
 from vvm.settings.train import TrainerSettings, TrainSettings
@@ -63,6 +64,9 @@ class JobSettings:
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     logger: Any = None
     cka: CKASettings = field(default_factory=CKASettings)
+    # per-layer analyses run after the CKA pass on the (first) model: analyses=[erf,attention,probe]
+    analyses: list[AnalysisName] = field(default_factory=list)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     compare: Any = None
     compare_init: InitSettings | None = None
