@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test test-slow test-all lint format bench bench-peers bench-train bench-analyses bench-smoke clean
+.PHONY: install test test-slow test-all lint format bench bench-peers bench-train bench-analyses bench-smoke gpu-pkgs clean
 
 CONSTRAINTS ?= .ci/constraints.txt
 
@@ -54,6 +54,13 @@ bench-smoke:
 	$(PYTHON) bench/bench_joint.py --ms 2 --samples 16 --batch 8 --device cpu
 	$(PYTHON) bench/bench_train.py --images 64 --batch-size 16 --warmup 1 --workers 0 --device cpu
 	$(PYTHON) bench/bench_analyses.py --smoke
+
+## gpu-pkgs: the pure-Python packages the GPU machine lacks (hydra-core, omegaconf, antlr4) into .gpu_pkgs/, which
+## bench/gpu_session.sh puts on PYTHONPATH there (carry=[".gpu_pkgs"] in the device tool's run)
+gpu-pkgs:
+	rm -rf .gpu_pkgs
+	$(PIP) install --quiet --no-deps --no-compile --target .gpu_pkgs \
+		hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

@@ -1,9 +1,9 @@
 """One CIFAR-sized training epoch of the CIFAR ResNet-18, data pipeline and augmentation included.
 
-50,000 random uint8 images 3x32x32, 100 classes, batch 256, SGD with the seed's settings. Pipelines:
+50,000 random uint8 images 3x32x32, 100 classes, batch 256, SGD with the term project's settings. Pipelines:
 
 - ``compute``: one batch already on the device, reused: the network's forward + backward + step alone;
-- ``seed``: the seed's loader: a DataLoader over PIL images with per-image torchvision transforms
+- ``term_project``: the term project's loader: a DataLoader over PIL images with per-image torchvision transforms
   (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize), ``--workers`` worker processes;
 - ``per_image``: vvm's per-image path (the datamodules' own loaders: the same transforms with torchvision v2 on
   uint8 tensors), ``--workers`` workers;
@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-MEAN = (0.5071, 0.4865, 0.4409)  # CIFAR-100, as the seed
+MEAN = (0.5071, 0.4865, 0.4409)  # CIFAR-100, as the term project
 STD = (0.2673, 0.2564, 0.2762)
-PIPELINES = ("compute", "seed", "per_image", "resident", "lightning")
+PIPELINES = ("compute", "term_project", "per_image", "resident", "lightning")
 
 
 def sync(device: torch.device) -> None:
@@ -59,7 +59,7 @@ class PILImages(Dataset):
         return self.transform(Image.fromarray(self.data[i])), self.targets[i]
 
 
-def seed_loader(images, labels, batch_size, workers, pin) -> DataLoader:
+def term_project_loader(images, labels, batch_size, workers, pin) -> DataLoader:
     from torchvision import transforms as T
 
     tf = T.Compose(
@@ -294,7 +294,7 @@ def main() -> None:
             labels[: args.batch_size].to(device),
             args.images,
         ),
-        "seed": lambda: seed_loader(images, labels, args.batch_size, args.workers, pin),
+        "term_project": lambda: term_project_loader(images, labels, args.batch_size, args.workers, pin),
         "per_image": lambda: per_image_loader(images, labels, args.batch_size, args.workers, pin),
         "resident": lambda: resident_batches(images, labels, args.batch_size, device, channels_last),
     }

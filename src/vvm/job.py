@@ -168,21 +168,24 @@ def single_job_ddp_launch() -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------------- resume
 def completed_result(out_dir: str | Path, config: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The result.json of a finished job in ``out_dir`` (status ok and cka.npz present), else None.
+    """The result.json of a finished job in ``out_dir``, else None. Finished means what the sweep summary and the
+    joint pass need (:func:`missing_pieces`): status ok, every result file it lists there and readable (cka.npz
+    among them), and for weights vvm trained the checkpoint they were saved to.
 
     With ``config`` (the job's settings as plain values, :func:`vvm.schema.record`), the result must also come
     from the same settings (see :func:`config_differences`): a sweep rerun into the same dir with other overrides
     recomputes instead of reusing another job's result.
     """
     out_dir = Path(out_dir)
-    res_path, npz_path = out_dir / "result.json", out_dir / "cka.npz"
-    if not (res_path.is_file() and npz_path.is_file()):
-        return None
     try:
-        prev = load_json(res_path)
-    except ValueError:
+        prev = load_json(out_dir / "result.json")
+    except (OSError, ValueError):
         return None
     if prev.get("status") != "ok":
+        return None
+    missing = missing_pieces(out_dir, prev)
+    if missing:
+        log.warning("resume: %s is not complete (%s); computing it again", out_dir, "; ".join(missing))
         return None
     if config is not None:
         diff = config_differences(prev.get("config"), config)
@@ -194,6 +197,37 @@ def completed_result(out_dir: str | Path, config: dict[str, Any] | None = None) 
             )
             return None
     return prev
+
+
+def _listed_files(files: Any) -> list[Path]:
+    if isinstance(files, dict):
+        return [p for v in files.values() for p in _listed_files(v)]
+    if isinstance(files, (list, tuple)):
+        return [p for v in files for p in _listed_files(v)]
+    return [Path(files)] if isinstance(files, str) else []
+
+
+def missing_pieces(out_dir: Path, result: dict[str, Any]) -> list[str]:
+    """What a finished job's directory lacks: result files that are gone or unreadable (``.npz``: they must
+    load), and the checkpoint of weights vvm trained (or took from its cache), which the joint pass rebuilds the
+    model from. Empty when the job is complete."""
+    from vvm.io import load_npz
+
+    out = []
+    files = {out_dir / "cka.npz", *_listed_files(result.get("files"))}
+    for path in sorted(files):
+        if not path.is_file():
+            out.append(f"{path.name} is missing")
+        elif path.suffix == ".npz":
+            try:
+                load_npz(path)
+            except Exception as e:  # noqa: BLE001 - any file numpy cannot read is damage here
+                out.append(f"{path.name} is unreadable ({type(e).__name__})")
+    weights = str(result.get("weights") or "")
+    ckpt = result.get("checkpoint")
+    if weights.startswith(("trained", "cached checkpoint")) and ckpt and not Path(ckpt).is_file():
+        out.append(f"the checkpoint its weights were trained into ({ckpt}) is gone")
+    return out
 
 
 _NOT_IDENTITY = ("resume", "paths", "logger")  # keys that do not change a job's result
@@ -223,6 +257,7 @@ def _normalised(v: Any) -> Any:
 
 __all__ = [
     "completed_result",
+    "missing_pieces",
     "resume_command",
     "config_differences",
     "in_multirun",

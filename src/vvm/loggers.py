@@ -1,14 +1,15 @@
-"""Experiment loggers: building one from the config, logging a CKA result to it, finishing it.
+"""Experiment loggers: building one from its settings, logging a CKA result to it, finishing it.
 
 ``logger=wandb`` (the default), ``logger=csv`` (Lightning's CSVLogger in the run directory) or ``logger=none``.
 W&B runs offline unless ``WANDB_MODE=online`` or ``logger.mode=online``: nothing needs an account, and an
 offline run is a folder ``<run dir>/wandb/offline-run-*`` that ``wandb sync`` uploads later. Project, group
-(``<model>-<init>-<dataset>``, the config's ``tag``), run name and tags come from conf/logger/wandb.yaml.
+(``<model>-<init>-<dataset>``, the config's ``tag``), run name and tags come from src/vvm/conf/logger/wandb.yaml.
 
 What reaches W&B: the resolved config; at every CKA pass (each ``cka.every_n_epochs`` probe during training
 and the final pass) the heatmap image (one key per stage, so the step slider shows the representations
 forming), the matrix as a table with layer names and standard errors, and the mean off-diagonal CKA; Lightning's
-loss and accuracy curves; at the end, summary scalars (status, mean CKA, accuracies).
+loss and accuracy curves; the per-layer analyses' figures and a few of their numbers (``analyses/*``, a CSV
+logger gets the numbers only); at the end, summary scalars (status, mean CKA, accuracies).
 """
 
 from __future__ import annotations
@@ -170,6 +171,42 @@ def log_measure(
         logger.log_image(f"{prefix}/heatmap", images=[str(image)], step=step, caption=[caption])
 
 
+def analysis_scalars(entries: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """A few numbers per analysis (result.json entries of :func:`vvm.analyses.run_analyses`), under
+    ``analyses/<name>/``: its seconds; the probe's best accuracy; the ERF radii of the last layer with a map (as
+    fractions of the image side); the attention distance averaged over blocks and heads (pixels)."""
+    out: dict[str, float] = {}
+    for name, e in entries.items():
+        if "seconds" in e:
+            out[f"analyses/{name}/seconds"] = float(e["seconds"])
+        if name == "probe" and e.get("best_accuracy") is not None:
+            out["analyses/probe/best_accuracy"] = float(e["best_accuracy"])
+        for q in ("radius50_frac", "radius90_frac"):
+            if name == "erf" and e.get(q) and e[q][-1] is not None:
+                out[f"analyses/erf/{q}_last"] = float(e[q][-1])
+        if name == "attention" and e.get("mean_distance_px"):
+            out["analyses/attention/mean_distance_px"] = float(
+                sum(e["mean_distance_px"]) / len(e["mean_distance_px"])
+            )
+    return out
+
+
+def log_analyses(logger: Any, entries: dict[str, dict[str, Any]]) -> None:
+    """The per-layer analyses of a job: :func:`analysis_scalars` to any logger; to W&B also each figure as an
+    image under ``analyses/<name>`` (an analysis that does not apply logs nothing but its seconds)."""
+    if logger is False or logger is None or not is_rank_zero():
+        return
+    scalars = analysis_scalars(entries)
+    if scalars:
+        logger.log_metrics(scalars)
+    if not is_wandb(logger):
+        return
+    for name, e in entries.items():
+        png = (e.get("files") or {}).get("png")
+        if png is not None:
+            logger.log_image(f"analyses/{name}", images=[str(png)], caption=[name])
+
+
 def finish_logger(logger: Any, summary: dict[str, Any]) -> None:
     """Summary scalars, then close the logger: the W&B run ends with exit code 1 unless the job's status is
     ok (also after a failure); other loggers are finalised with the status."""
@@ -226,10 +263,12 @@ def log_files_run(
 
 
 __all__ = [
+    "analysis_scalars",
     "build_logger",
     "cka_table_rows",
     "finish_logger",
     "is_wandb",
+    "log_analyses",
     "log_cka",
     "log_config",
     "log_files_run",

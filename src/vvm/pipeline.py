@@ -1,4 +1,5 @@
-"""One job: settings -> model + data -> weights (training when the init asks for it) -> CKA pass -> files + logger.
+"""One job: settings -> model + data -> weights (training when the init asks for it) -> CKA pass -> analyses -> files
++ logger.
 
 The CLI (``python -m vvm``, through :func:`vvm.job.run_job`), the sweep and the tests all go through :func:`run`,
 which receives the job as typed objects (:class:`vvm.settings.JobSettings`), never a config.
@@ -29,7 +30,7 @@ from vvm.models.base import VisionModel
 from vvm.preflight import check_layers, check_plan, check_published, check_writable
 from vvm.settings import InitSettings, JobSettings, ModelSettings, job_measures, measure_params, plain
 from vvm.train.cache import CheckpointCache
-from vvm.train.fit import Fit, trainer_factory, vision_module
+from vvm.train.fit import Fit, planned_device, trainer_factory, vision_module
 from vvm.weights import load_or_train, weights_source
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ def run(job: JobSettings, *, resume_command: str = "") -> dict[str, Any]:
             if logger:
                 log_config(logger, plain(job))
             summary.update(measure(job, dm, models, summary, timings, logger))
+            if job.analyses and is_rank_zero():
+                summary["analyses"] = analyse(job, dm, models.model, summary, timings, logger)
         summary["status"] = "ok"
         return summary
     except BaseException as e:
@@ -190,6 +193,35 @@ def measure(
     if trainer.is_global_zero and cka_cb.final is not None:
         facts.update(result_facts(cka_cb.final, metrics))
     return facts
+
+
+def analyse(
+    job: JobSettings, dm: Any, model: VisionModel, summary: dict[str, Any], timings: dict, logger: Any
+) -> dict[str, Any]:
+    """The per-layer analyses (``analyses=[...]``) of the job's (first) model with its final weights, for the
+    CKA pass's layers, into the run directory (rank 0 only: their images come from the batch plan, the same
+    on every rank); returns the result.json entries, each analysis's seconds in ``timings``."""
+    from vvm.analyses import run_analyses
+    from vvm.loggers import log_analyses
+
+    model.to(planned_device(job.trainer.accelerator))  # Lightning leaves it on the CPU after the pass
+    title = f"{summary['model']} ({summary['init']}, {summary['dataset']})"
+    entries = run_analyses(
+        job.analyses,
+        model,
+        job.cka.layer_spec(),
+        dm,
+        job.paths.output_dir,
+        job.analysis,
+        title=title,
+        seed=job.seed,
+    )
+    for name, entry in entries.items():
+        timings[name] = entry["seconds"]
+        if entry.get("applies") is False:
+            log.info("%s: %s", name, entry["note"])
+    log_analyses(logger, entries)
+    return entries
 
 
 def prepare_weights(job: JobSettings, dm: Any, member: Member, fit: Fit) -> dict[str, Any]:
@@ -342,6 +374,7 @@ def result_facts(final: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[s
 __all__ = [
     "Member",
     "Models",
+    "analyse",
     "build",
     "build_datamodule",
     "build_model",

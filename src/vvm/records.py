@@ -64,6 +64,7 @@ class JobRecord:
     # result.json's `measures`: each similarity measure's mean off-diagonal value (cka only for older results)
     measures: dict[str, float | None] = field(default_factory=dict)
     matrices: dict[str, Any] = field(default_factory=dict)  # the matrices of the measures besides cka
+    analyses: dict[str, Any] = field(default_factory=dict)  # result.json's per-layer analyses entries
 
     @property
     def layers(self) -> int | str | None:
@@ -171,6 +172,7 @@ def _read_result(rec: JobRecord, result: dict[str, Any]) -> None:
     cfg = result.get("config") or {}
     rec.logger = cfg.get("logger") if isinstance(cfg.get("logger"), dict) else None
     rec.family = canonical_family(result.get("family"), rec.model)
+    rec.analyses = result.get("analyses") if isinstance(result.get("analyses"), dict) else {}
     if rec.status == "running":
         rec.status, rec.error = "incomplete", rec.error or "result.json says the job is still running"
 
@@ -291,6 +293,28 @@ def unique_tags(jobs: list[JointJob]) -> None:
         j.tag = (f"{j.tag}-{j.job}" if counts[j.tag] > 1 else j.tag).replace("/", "_")
 
 
+def analysis_records(jobs: Sequence[JobRecord], kind: str) -> list[dict[str, Any]]:
+    """The records of analysis ``kind`` (erf, attention, probe) for the sweep's figure
+    (:func:`vvm.plots.analyses_sweep.sweep_figure`): per job that finished ok and ran it, ``model``, ``family``,
+    ``init`` and the arrays of its ``<kind>.npz`` (none where it did not apply: attention for a CNN). A timm
+    model is coloured by the family of its architecture's name (vit_tiny_patch16_224: vit)."""
+    out = []
+    for j in jobs:
+        if j.status != "ok" or kind not in j.analyses:
+            continue
+        named = model_family(j.model)
+        rec: dict[str, Any] = {
+            "model": j.model,
+            "family": named if j.family == "timm" and named != "other" else j.family,
+            "init": j.init,
+        }
+        path = j.output_dir / f"{kind}.npz"
+        if path.is_file():
+            rec.update(load_npz(path))
+        out.append(rec)
+    return out
+
+
 def _literal(v: Any) -> str | None:
     """A config value as written, unless it is an interpolation (then the caller falls back)."""
     return None if v is None or (isinstance(v, str) and "${" in v) else str(v)
@@ -321,6 +345,7 @@ def collect_jobs(sweep_dir: str | Path) -> list[JobRecord]:
 __all__ = [
     "JobRecord",
     "JointJob",
+    "analysis_records",
     "canonical_family",
     "collect_jobs",
     "job_dirs",

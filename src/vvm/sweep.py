@@ -12,8 +12,10 @@ reads those files back and writes, atomically, into the sweep dir:
   seconds, error, ...; ``mean_rsa``, ``mean_knn`` when the jobs computed those measures);
 - ``summary-<measure>.png``/``.pdf`` for each measure besides CKA the jobs computed (``measures=[cka,rsa,knn]``):
   the same grid with that measure's matrices;
-- when the jobs logged to W&B: the grid and the table in a W&B run of the sweep's group (offline unless the
-  jobs were online); a W&B failure is logged and never fails the sweep.
+- when the jobs ran per-layer analyses (``analyses=[erf,attention,probe]``): ``summary-<analysis>.png``/``.pdf``,
+  every model on one relative-depth axis, a colour per family, random inits dashed and trained ones solid;
+- when the jobs logged to W&B: the grid, the measures' and the analyses' figures and the table in a W&B run of the
+  sweep's group (offline unless the jobs were online); a W&B failure is logged and never fails the sweep.
 
 Failing jobs do not stop the sweep: :func:`vvm.job.run_job` records a failure in the job's ``result.json`` and
 returns, and the summary lists it. The sweep itself exits 0 once its summary is written, unless
@@ -46,6 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 from vvm.models import display_order, families
 from vvm.records import (
     JobRecord,
+    analysis_records,
     canonical_family,
     collect_jobs,
     job_sort_key,
@@ -157,6 +160,35 @@ def sweep_name(sweep_dir: str | Path) -> str:
     return "_".join(parts[-2:]) if len(parts) >= 2 else parts[-1]
 
 
+ANALYSIS_TITLES = {
+    "erf": "effective receptive fields",
+    "attention": "mean attention distance",
+    "probe": "linear probes",
+}
+
+
+def analysis_figures(sweep_dir: Path, jobs: Sequence[JobRecord]) -> dict[str, tuple[Path, Path]]:
+    """``summary-<kind>.png``/``.pdf`` for each analysis (erf, attention, probe) the sweep's jobs ran: every model
+    on one relative-depth axis, a colour per family, random dashed, trained solid
+    (:func:`vvm.plots.analyses_sweep.sweep_figure`). Returns ``{kind: (png, pdf)}``."""
+    from vvm.plots.analyses_sweep import sweep_figure
+    from vvm.plots.heatmap import save_figure
+
+    datasets = {j.dataset for j in jobs if j.dataset}
+    where = f" on {datasets.pop()}" if len(datasets) == 1 else ""
+    out: dict[str, tuple[Path, Path]] = {}
+    for kind, title in ANALYSIS_TITLES.items():
+        records = analysis_records(jobs, kind)
+        if not any("layers" in r or "blocks" in r for r in records):
+            if records:
+                log.info("sweep summary: %s applies to none of the sweep's models: no figure", kind)
+            continue
+        fig = sweep_figure(kind, records, title=f"{title}{where} - {sweep_name(sweep_dir)}")
+        png, pdf = save_figure(fig, sweep_dir / f"summary-{kind}")
+        out[kind] = (png, pdf)
+    return out
+
+
 def write_summary(
     sweep_dir: str | Path, *, wandb_group: str | None = None, log_wandb: bool = True
 ) -> dict[str, Any]:
@@ -182,12 +214,16 @@ def write_summary(
     )
     fig = summary_figure(grid_rows(jobs), title=summary_title(jobs, sweep_dir))
     files["png"], files["pdf"] = save_figure(fig, sweep_dir / "summary")
+    analyses = analysis_figures(sweep_dir, jobs)
+    for kind, (png, pdf) in analyses.items():
+        files[f"{kind}_png"], files[f"{kind}_pdf"] = png, pdf
     failed = [j for j in jobs if j.status != "ok"]
     log.info("sweep summary: %d/%d jobs ok -> %s", len(jobs) - len(failed), len(jobs), files["png"])
     for j in failed:
         log.warning("sweep summary: job %s (%s, %s) %s: %s", j.job, j.model, j.init, j.status, j.error)
     if log_wandb:
         figures = {f"summary/{m}": png for m, (png, _) in per_measure.items()}
+        figures.update({f"summary/{kind}": png for kind, (png, _) in analyses.items()})
         files_logged = log_summary_to_wandb(
             sweep_dir, jobs, df, files["png"], group=wandb_group, figures=figures
         )
@@ -210,8 +246,8 @@ def log_summary_to_wandb(
     group: str | None = None,
     figures: dict[str, Path] | None = None,
 ) -> Path | None:
-    """Log the grid and the table to a W&B run of the sweep's group, when the jobs used W&B
-    (:func:`vvm.loggers.log_files_run`, the one helper for runs made of files).
+    """Log the grid, the analyses' ``figures`` (key -> image) and the table to a W&B run of the sweep's group,
+    when the jobs used W&B (:func:`vvm.loggers.log_files_run`, the one helper for runs made of files).
 
     Project, mode and group come from the jobs' logger settings: the jobs' group when they share one (say
     ``logger.group=my-study``), else ``sweep-<date>_<time>``. Mode: ``WANDB_MODE``, else the jobs' ``mode``,
@@ -316,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p_sum = sub.add_parser(
-        "summary", help="(re)write summary.png/pdf/csv of a sweep dir from its jobs' files"
+        "summary",
+        help="(re)write summary.png/pdf/csv (and summary-<analysis>.png/pdf) of a sweep dir from its jobs' files",
     )
     p_sum.add_argument("sweep_dir")
     p_sum.add_argument("--no-wandb", action="store_true", help="do not log the summary to W&B")

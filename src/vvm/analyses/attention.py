@@ -28,16 +28,6 @@ from torch import Tensor, nn
 from vvm.analyses.common import TokenGrid, analysis_mode, device_of, split_model, token_grid
 
 
-@dataclass(frozen=True)
-class AttentionSettings:
-    """``n_images``: images averaged (the first of the CKA pass's order); ``batch_size``: images per forward
-    pass; ``renormalise``: renormalise each query's weights over the patch keys (see the module's doc)."""
-
-    n_images: int = 64
-    batch_size: int = 32
-    renormalise: bool = True
-
-
 @dataclass
 class AttentionResult:
     """``distance`` ``[blocks, heads]`` in input pixels for the attention modules ``blocks`` (in order)."""

@@ -45,15 +45,6 @@ ZERO_MAP = (
 )
 
 
-@dataclass(frozen=True)
-class ERFSettings:
-    """``n_images``: images averaged (the first of the CKA pass's order); ``batch_size``: images per
-    forward/backward pass (memory: every tracked layer's activations of a batch are kept for the backwards)."""
-
-    n_images: int = 64
-    batch_size: int = 32
-
-
 @dataclass
 class ERFResult:
     """Per layer with a spatial layout, in tracked order: ``maps`` ``[L, H, W]`` (mean |gradient|, summed over

@@ -41,24 +41,7 @@ from vvm.analyses.common import (
 )
 from vvm.cka.presets import LayerSpec, resolve_layers
 from vvm.data.batches import balanced_batches, permutation
-
-# ridge strengths, relative to the mean eigenvalue of the centred XᵀX (trace / d)
-RELATIVE_RIDGES = tuple(float(r) for r in np.logspace(-8, 2, 11))
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    """``max_train``: a seeded random subset of the training split (None: all of it); ``holdout``: the fraction
-    of it that chooses the ridge strength; ``ridges``: the grid, relative to ``trace(XᵀX_c) / d``;
-    ``max_eval``: a cap on evaluation examples; ``max_gram_mib``: the largest ``XᵀX`` allowed per layer."""
-
-    max_train: int | None = None
-    holdout: float = 0.2
-    ridges: Sequence[float] = RELATIVE_RIDGES
-    max_eval: int | None = None
-    batch_size: int = 256
-    max_gram_mib: float = 1024.0
-    seed: int = 0
+from vvm.settings.analyses import RELATIVE_RIDGES, ProbeSettings
 
 
 class RidgeStats:
@@ -153,19 +136,20 @@ class ProbeResult:
 
 
 def probe_plans(
-    n_train_split: int, n_eval_split: int, settings: ProbeSettings
+    n_train_split: int, n_eval_split: int, settings: ProbeSettings, seed: int = 0
 ) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
-    """Batch plans ``(fit, holdout, eval)``: a seeded random permutation of the training split (its first
-    ``max_train``), the first ``holdout`` fraction of it held out; the evaluation split's first ``max_eval``."""
+    """Batch plans ``(fit, holdout, eval)``: a permutation of the training split seeded by ``seed`` (its first
+    ``max_train``), the first ``holdout`` fraction of it held out; the evaluation split's first ``max_eval`` (of
+    a permutation seeded by ``seed + 1``)."""
     if not 0 <= settings.holdout < 1:
         raise ValueError(f"probe holdout={settings.holdout}: use a fraction in [0, 1)")
-    order = permutation(n_train_split, settings.seed)[: settings.max_train]
+    order = permutation(n_train_split, seed)[: settings.max_train]
     n_hold = int(round(settings.holdout * len(order)))
     if (settings.holdout > 0 and n_hold == 0) or len(order) - n_hold < 2:
         raise ValueError(
             f"probe: {len(order)} training examples leave too few to fit and hold out {settings.holdout}"
         )
-    evals = permutation(n_eval_split, settings.seed + 1)[: settings.max_eval]
+    evals = permutation(n_eval_split, seed + 1)[: settings.max_eval]
     size = settings.batch_size
     return (
         balanced_batches(order[n_hold:], size),
@@ -292,11 +276,14 @@ def linear_probe(
     )
 
 
-def probe_datamodule(model: nn.Module, layers: LayerSpec, dm: Any, settings: ProbeSettings) -> ProbeResult:
+def probe_datamodule(
+    model: nn.Module, layers: LayerSpec, dm: Any, settings: ProbeSettings, *, seed: int = 0
+) -> ProbeResult:
     """:func:`linear_probe` on a vvm datamodule: the training split without augmentation
-    (``dm.dataset("train")``) for fitting and choosing the ridge, the test split for accuracy."""
+    (``dm.dataset("train")``) for fitting and choosing the ridge, the test split for accuracy (the plans of
+    :func:`probe_plans`, seeded by ``seed``: the job's)."""
     train, test = dm.dataset("train"), dm.dataset("test")
-    fit, hold, ev = probe_plans(len(train), len(test), settings)
+    fit, hold, ev = probe_plans(len(train), len(test), settings, seed)
     workers = int(getattr(dm, "num_workers", 0) or 0)
     return linear_probe(
         model,

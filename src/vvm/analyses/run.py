@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,36 +18,26 @@ from torch import nn
 
 from vvm.analyses.attention import (
     AttentionResult,
-    AttentionSettings,
     NotApplicable,
     mean_attention_distance,
     not_applicable,
 )
 from vvm.analyses.common import first_images
-from vvm.analyses.erf import ERFResult, ERFSettings, effective_receptive_fields
-from vvm.analyses.probe import ProbeResult, ProbeSettings, probe_datamodule
+from vvm.analyses.erf import ERFResult, effective_receptive_fields
+from vvm.analyses.probe import ProbeResult, probe_datamodule
 from vvm.cka.presets import LayerSpec
 from vvm.io import write_npz
 from vvm.plots.analyses import attention_figure, erf_figure, probe_figure
 from vvm.plots.heatmap import save_figure
-
-ANALYSES = ("erf", "attention", "probe")
-
-
-@dataclass(frozen=True)
-class AnalysisSettings:
-    """The settings of each analysis (the ``analyses`` config's plain form)."""
-
-    erf: ERFSettings = field(default_factory=ERFSettings)
-    attention: AttentionSettings = field(default_factory=AttentionSettings)
-    probe: ProbeSettings = field(default_factory=ProbeSettings)
+from vvm.settings.analyses import ANALYSES, AnalysisSettings
 
 
 def check_names(names: Sequence[str]) -> list[str]:
     """The analyses asked for, in order, without repeats; an unknown name is an error that lists the known."""
+    names = [str(n) for n in names]  # AnalysisName members are their strings
     unknown = [n for n in names if n not in ANALYSES]
     if unknown:
-        raise ValueError(f"analyses={list(names)}: {unknown} unknown; choose from {', '.join(ANALYSES)}")
+        raise ValueError(f"analyses={names}: {unknown} unknown; choose from {', '.join(ANALYSES)}")
     return list(dict.fromkeys(names))
 
 
@@ -96,10 +85,12 @@ def run_analyses(
     settings: AnalysisSettings | None = None,
     *,
     title: str | None = None,
+    seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Run the analyses ``names`` (any of ``erf``, ``attention``, ``probe``) on ``model`` (a VisionModel with
     its final weights, on its device) for the tracked ``layers`` (the CKA pass's spec), write their files into
-    ``out_dir`` and return ``{name: result.json entry}``; each entry has ``seconds``."""
+    ``out_dir`` and return ``{name: result.json entry}``; each entry has ``seconds``. ``seed`` seeds the
+    probe's choice of training examples (the job's seed)."""
     settings = settings or AnalysisSettings()
     out: dict[str, dict[str, Any]] = {}
     for name in check_names(names):
@@ -119,7 +110,8 @@ def run_analyses(
             )
             entry = write_attention(att, out_dir, title=label)
         else:
-            entry = write_probe(probe_datamodule(model, layers, dm, settings.probe), out_dir, title=label)
+            res = probe_datamodule(model, layers, dm, settings.probe, seed=seed)
+            entry = write_probe(res, out_dir, title=label)
         entry["seconds"] = round(time.perf_counter() - t, 3)
         out[name] = entry
     return out

@@ -1,9 +1,10 @@
 """Model registry: ``create(name, ...)`` builds a :class:`VisionModel` (network + preprocessing).
 
-Hydra model configs point at :func:`create` with ``_target_``; each family registers a builder with
-:func:`register`. The registry is the one place that says, for each model: its family, whether vvm trains it
-for ``init=pretrained`` (the CIFAR models, which have no published weights) and, by the order of registration,
-where it stands in tables and figures.
+Each family registers a builder with :func:`register`; ``model=<name>`` and ``compare=<name>`` are generated from
+the registry (:mod:`vvm.schema.models`) and built by :func:`from_settings`. The registry is the one place that
+says, for each model: its family, whether vvm trains it for ``init=pretrained`` (the CIFAR models, which have no
+published weights), what it is (its description) and, by the order of registration, where it stands in tables and
+figures.
 """
 
 from __future__ import annotations

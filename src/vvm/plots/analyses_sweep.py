@@ -113,7 +113,7 @@ def sweep_figure(kind: str, records: Sequence[Mapping[str, Any]], *, title: str 
     colours = family_colours([str(r["family"]) for r in usable])
     markers = _markers(usable)
     panels = _panels(kind)
-    fig = Figure(figsize=(5.2 * len(panels) + 1.8, 4.2), layout="constrained")
+    fig = Figure(figsize=(5.6 * len(panels) + 0.4, 4.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (key, ylabel) in zip(axes[0], panels):
         for rec in usable:
@@ -132,10 +132,12 @@ def sweep_figure(kind: str, records: Sequence[Mapping[str, Any]], *, title: str 
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
+    # below the panels, so that neither a long legend nor a long title covers the other
     fig.legend(
         handles,
         labels,
-        loc="outside right upper",
+        loc="outside lower center",
+        ncols=min(len(labels), 3 * len(panels)),
         fontsize=7,
         title="dashed/hollow: random init",
         title_fontsize=7,

@@ -96,8 +96,10 @@ def added_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
             parent = prefix.rstrip(".")
             errors.append(f"{full} is not a setting of {parent or 'vvm'}: {closest(str(key), known, prefix)}")
             continue
-        node = cfg._get_node(key)
-        if isinstance(node, DictConfig) and not node._is_none() and not node._is_missing():
+        if OmegaConf.is_missing(cfg, key) or OmegaConf.is_interpolation(cfg, key):
+            continue
+        node = cfg[key]
+        if isinstance(node, DictConfig):
             errors += added_keys(node, full + ".")
     return errors
 

@@ -1,9 +1,11 @@
 """The rules that tie settings together, in one place beside the schema. Each number's own range is its field's
 (:func:`vvm.settings.check_ranges`); what depends on two settings is here: a batch below the estimator's
 minimum, no epochs for weights vvm must train, a model name that is not its node's, layer lists that are
-neither a preset nor names. Whether a job trains is :func:`vvm.weights.weights_source`'s decision alone."""
+neither a preset nor names, the probe's ridge grid. Whether a job trains is :func:`vvm.weights.weights_source`'s decision alone."""
 
 from __future__ import annotations
+
+import math
 
 from vvm.cka.functional import min_samples
 from vvm.models import registry
@@ -83,9 +85,23 @@ def _models(job: JobSettings) -> list[str]:
     return out
 
 
+def _probe(job: JobSettings) -> list[str]:
+    """The probe's ridge grid: positive strengths, and held-out examples to choose among several."""
+    probe = job.analysis.probe
+    ridges = list(probe.ridges)
+    if not ridges or not all(math.isfinite(r) and r > 0 for r in ridges):
+        return [f"analysis.probe.ridges={ridges}: a non-empty list of positive ridge strengths (relative)"]
+    if probe.holdout == 0 and len(ridges) > 1:
+        return [
+            f"analysis.probe.holdout=0 with {len(ridges)} ridges: choosing a ridge needs held-out examples; "
+            "use holdout > 0 (0.2) or a single ridge (analysis.probe.ridges=[1.0e-3])"
+        ]
+    return []
+
+
 def rule_errors(job: JobSettings) -> list[str]:
     """Every broken range or rule of ``job``, each naming its full key."""
-    return [*check_ranges(job), *_batches(job), *_layers(job), *_models(job)]
+    return [*check_ranges(job), *_batches(job), *_layers(job), *_models(job), *_probe(job)]
 
 
 def check_rules(job: JobSettings) -> JobSettings:

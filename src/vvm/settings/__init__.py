@@ -5,6 +5,14 @@ the composed config into these objects once, and checks them (:func:`~vvm.settin
 number's range; cross-field rules in :mod:`vvm.schema.rules`). Nothing here imports omegaconf or Hydra.
 """
 
+from vvm.settings.analyses import (
+    ANALYSES,
+    AnalysisName,
+    AnalysisSettings,
+    AttentionSettings,
+    ERFSettings,
+    ProbeSettings,
+)
 from vvm.settings.base import MISSING, Choice, ConfigError, check_ranges, closest, plain, recipe_fields
 from vvm.settings.cka import TF32, Bandwidth, CKASettings, Estimator, Kernel, Precision
 from vvm.settings.data import DatasetSettings, Split
@@ -14,13 +22,18 @@ from vvm.settings.model import ModelSettings
 from vvm.settings.train import SpeedSettings, TrainerSettings, TrainSettings
 
 __all__ = [
+    "ANALYSES",
     "MISSING",
+    "AnalysisName",
+    "AnalysisSettings",
+    "AttentionSettings",
     "Bandwidth",
     "CKASettings",
     "CSVSettings",
     "Choice",
     "ConfigError",
     "DatasetSettings",
+    "ERFSettings",
     "Estimator",
     "InitName",
     "InitSettings",
@@ -31,6 +44,7 @@ __all__ = [
     "ModelSettings",
     "PathSettings",
     "Precision",
+    "ProbeSettings",
     "SpeedSettings",
     "TF32",
     "Split",

@@ -41,11 +41,13 @@ def choices(name: str, values: tuple[str, ...], doc: str = "") -> type[Choice]:
 
 @dataclass(frozen=True)
 class Range:
-    """What a number may be: ``minimum`` (inclusive), ``above`` (exclusive), ``finite``; ``why`` says it."""
+    """What a number may be: ``minimum`` (inclusive), ``above`` and ``below`` (exclusive), ``finite``; ``why``
+    says it."""
 
     minimum: float | None = None
     above: float | None = None
     why: str = ""
+    below: float | None = None
 
     def problem(self, value: Any) -> str | None:
         if value is None:
@@ -56,6 +58,8 @@ class Range:
             return f"must be >= {self.minimum:g}{': ' + self.why if self.why else ''}"
         if self.above is not None and value <= self.above:
             return f"must be > {self.above:g}{': ' + self.why if self.why else ''}"
+        if self.below is not None and value >= self.below:
+            return f"must be < {self.below:g}{': ' + self.why if self.why else ''}"
         return None
 
 
@@ -71,9 +75,16 @@ class OneOf:
         return f"must be one of {', '.join(str(a).lower() for a in self.allowed)}"
 
 
-def number(default: Any, *, minimum: float | None = None, above: float | None = None, why: str = "") -> Any:
+def number(
+    default: Any,
+    *,
+    minimum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    why: str = "",
+) -> Any:
     """A dataclass field holding a number in a range (checked by :func:`check_ranges`)."""
-    return field(default=default, metadata={"rule": Range(minimum, above, why)})
+    return field(default=default, metadata={"rule": Range(minimum, above, why, below)})
 
 
 def one_of(default: Any, *allowed: Any) -> Any:

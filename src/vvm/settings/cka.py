@@ -21,7 +21,7 @@ TF32 = choices(
 
 @dataclass
 class CKASettings:
-    """``cka.*``: see ``conf/cka/default.yaml`` for what each one does."""
+    """``cka.*``: see ``src/vvm/conf/cka/default.yaml`` for what each one does."""
 
     kernel: Kernel = Kernel.linear
     estimator: Estimator = Estimator.unbiased

@@ -9,6 +9,7 @@ registry by :mod:`vvm.schema`) and dataset (:mod:`vvm.data`); ``logger`` a :clas
 from dataclasses import dataclass, field
 from typing import Any
 
+from vvm.settings.analyses import AnalysisName, AnalysisSettings
 from vvm.settings.base import MISSING, choices
 from vvm.settings.cka import CKASettings
 from vvm.settings.measures import MeasureName, MeasureSettings
@@ -19,7 +20,7 @@ InitName = choices("InitName", ("random", "pretrained"), "random | pretrained")
 
 @dataclass
 class InitSettings:
-    """``init.*``: random (seeded) or pretrained weights; see ``conf/init/pretrained.yaml``."""
+    """``init.*``: random (seeded) or pretrained weights; see ``src/vvm/conf/init/pretrained.yaml``."""
 
     name: InitName = InitName.random
     checkpoint: str | None = None
@@ -64,6 +65,9 @@ class JobSettings:
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     logger: Any = None
     cka: CKASettings = field(default_factory=CKASettings)
+    # per-layer analyses run after the CKA pass on the (first) model: analyses=[erf,attention,probe]
+    analyses: list[AnalysisName] = field(default_factory=list)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     # the similarity measures of the CKA pass, one file each (<name>.npz): measures=[cka,rsa,knn]; their
     # parameters under measure.* (conf/measure/default.yaml)
