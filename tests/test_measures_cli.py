@@ -56,6 +56,26 @@ def test_a_plan_too_small_for_k_is_refused_before_any_work(tmp_path):
         check_job(job, dm, models)  # 24 examples in batches of 12: none holds k + 1 = 20
 
 
+def test_all_measures_come_from_one_forward_per_batch(tmp_path, monkeypatch):
+    """measures=[cka,rsa,knn] runs one pass: the model's forward runs once per batch, as for measures=[cka]."""
+    import vvm.pipeline
+
+    build, calls = vvm.pipeline.build, []
+
+    def counting_build(job, summary):
+        dm, models = build(job, summary)
+        models.model.register_forward_hook(lambda *a: calls.append(1))
+        return dm, models
+
+    monkeypatch.setattr(vvm.pipeline, "build", counting_build)
+    summary = vvm.pipeline.run(
+        compose_settings([*SMALL, "measures=[cka,rsa,knn]", "measure.knn.k=5"], tmp_path)
+    )
+    assert summary["status"] == "ok" and summary["n_batches"] == 2
+    assert len(calls) == 2  # 40 test images in two batches of 20: two forwards, three measures
+    assert (tmp_path / "measures.png").stat().st_size > 0  # the three side by side
+
+
 # ---------------------------------------------------------------------------------------------- one CLI run
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -81,6 +101,9 @@ def test_cli_writes_every_measure_beside_cka(run_dir):
         np.testing.assert_array_equal(np.diag(z["matrix"]), 1.0)
         mask = ~np.eye(10, dtype=bool)
         assert res["measures"][name] == pytest.approx(z["matrix"][mask].mean())
+    assert res["measure_files"]["side_by_side"] == {
+        ext: str(run_dir / f"measures.{ext}") for ext in ("png", "pdf")
+    }
     assert (
         load_npz(run_dir / "knn.npz")["k"] == 5 and load_npz(run_dir / "rsa.npz")["correlation"] == "spearman"
     )

@@ -28,7 +28,7 @@ from vvm.cka import CKAResult, MeasureResult, StreamingSimilarity
 from vvm.cka.precision import check_tf32, float32_precision, pass_float32
 from vvm.data.batches import EvalBatches
 from vvm.io import save_result, write_npz
-from vvm.plots.heatmap import heatmap_figure, save_figure
+from vvm.plots.heatmap import heatmap_figure, measures_figure, save_figure
 from vvm.settings import CKASettings
 
 
@@ -158,6 +158,7 @@ class CKACallback(pl.Callback):
         self._pass: contextlib.ExitStack | None = None
         self._batches: EvalBatches | None = None
         self._t0 = 0.0
+        self._panel_titles: dict[str, str] = {}
 
     # ------------------------------------------------------------------ passes
     def _start(self, pl_module: pl.LightningModule, loaders: Any) -> None:
@@ -197,6 +198,7 @@ class CKACallback(pl.Callback):
         self._stop()
         assert self._metric is not None
         results = self._metric.compute()
+        self._panel_titles = {name: m.title for name, m in self._metric.measures.items()}
         seconds = time.perf_counter() - self._t0
         entry: dict[str, Any] = {
             "stage": stage,
@@ -213,6 +215,10 @@ class CKACallback(pl.Callback):
                 entry["paths"] = paths["cka"]
             for name, res in results.items():
                 self._log(trainer, res, stage, paths[name], measure=name)
+            if len(results) > 1:  # the measures side by side: measures.png / measures.pdf
+                side = self._write_side_by_side(results, stage, trainer, out_dir)
+                entry["measure_paths"]["side_by_side"] = side
+                self._log_side_by_side(trainer, stage, side["png"])
         self.results.append(entry)
         self._metric = None
         return entry["result"]
@@ -229,6 +235,27 @@ class CKACallback(pl.Callback):
             ylabel=self.model_label,
             extra=self._names(),
         )
+
+    def _write_side_by_side(
+        self, results: dict[str, Any], stage: str, trainer: pl.Trainer, out_dir: Path
+    ) -> dict[str, Path]:
+        panels = [
+            (self._panel_titles.get(name, name), res.matrix.numpy(), res.layers_x, res.layers_y)
+            for name, res in results.items()
+        ]
+        what = self.title.rsplit(" - ", 1)[0]  # the job's title without its measure ("r18 (random, digits)")
+        label = f"{what} ({stage}, epoch {trainer.current_epoch})" if stage == "probe" else what
+        fig = measures_figure(panels, title=label, xlabel=self.other_label, ylabel=self.model_label)
+        png, pdf = save_figure(fig, Path(out_dir) / "measures")
+        return {"png": png, "pdf": pdf}
+
+    def _log_side_by_side(self, trainer: pl.Trainer, stage: str, png: Path) -> None:
+        from vvm.loggers import is_wandb
+
+        key = "measures/side_by_side" if stage == "final" else f"measures_{stage}/side_by_side"
+        for logger in trainer.loggers:
+            if is_wandb(logger):
+                logger.log_image(key, images=[str(png)], step=trainer.global_step)
 
     def _log(
         self, trainer: pl.Trainer, res: Any, stage: str, paths: dict[str, Path], measure: str = "cka"

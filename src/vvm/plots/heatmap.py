@@ -1,4 +1,4 @@
-"""CKA heatmaps: layer names on the axes, colour scale fixed to [0, 1], undefined (NaN) entries grey."""
+"""Similarity heatmaps (CKA, RSA, kNN): layer names on the axes, colour scale fixed to [0, 1], undefined (NaN) entries grey."""
 
 from __future__ import annotations
 
@@ -113,6 +113,32 @@ def heatmap_figure(
             va="top",
             fontsize=7,
         )
+    return fig
+
+
+def measures_figure(
+    panels: Sequence[tuple[str, np.ndarray, Sequence[str], Sequence[str]]],
+    *,
+    title: str | None = None,
+    xlabel: str = "layer",
+    ylabel: str = "layer",
+) -> Figure:
+    """Several measures of one pass side by side: ``panels`` of ``(title, matrix, layers_x, layers_y)``, one
+    colour scale [0, 1] (a negative RSA correlation shows as 0), undefined entries grey."""
+    n = max(max(len(p[2]), len(p[3])) for p in panels)
+    size = float(np.clip(3.0 + 0.1 * n, 4.0, 9.0))
+    fig = Figure(figsize=(size * len(panels) + 1.0, size + 0.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for i, (ax, (name, matrix, lx, ly)) in enumerate(zip(axes, panels)):
+        last = i == len(panels) - 1
+        draw_heatmap(
+            ax, matrix, lx, ly, title=name, xlabel=xlabel, ylabel=ylabel if i == 0 else None, cbar=last,
+            show_ticks=True,
+        )  # fmt: skip
+        if i:
+            ax.set_yticklabels([])
+    if title:
+        fig.suptitle(title, fontsize=11)
     return fig
 
 
