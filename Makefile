@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test test-slow test-all lint format bench bench-peers bench-train bench-analyses bench-smoke gpu-pkgs clean
+.PHONY: install test test-slow test-all lint format bench bench-peers bench-train bench-analyses bench-measures bench-smoke gpu-pkgs clean
 
 CONSTRAINTS ?= .ci/constraints.txt
 
@@ -47,6 +47,10 @@ bench-train:
 bench-analyses:
 	$(PYTHON) bench/bench_analyses.py
 
+## bench-measures: measures=[cka,rsa,knn] against measures=[cka] on the same batches (r18, blocks, batch 256, CPU)
+bench-measures:
+	$(PYTHON) bench/bench_measures.py
+
 ## bench-smoke: every bench script once, tiny, on the CPU (CI runs it so that none of them rots)
 bench-smoke:
 	$(PYTHON) bench/bench_cka.py --device cpu --batch 8 --repeats 1 --layers blocks --no-memory
@@ -54,6 +58,7 @@ bench-smoke:
 	$(PYTHON) bench/bench_joint.py --ms 2 --samples 16 --batch 8 --device cpu
 	$(PYTHON) bench/bench_train.py --images 64 --batch-size 16 --warmup 1 --workers 0 --device cpu
 	$(PYTHON) bench/bench_analyses.py --smoke
+	$(PYTHON) bench/bench_measures.py --smoke
 
 ## gpu-pkgs: the pure-Python packages the GPU machine lacks (hydra-core, omegaconf, antlr4) into .gpu_pkgs/, which
 ## bench/gpu_session.sh puts on PYTHONPATH there (carry=[".gpu_pkgs"] in the device tool's run)

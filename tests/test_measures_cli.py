@@ -56,10 +56,14 @@ def test_a_plan_too_small_for_k_is_refused_before_any_work(tmp_path):
         check_job(job, dm, models)  # 24 examples in batches of 12: none holds k + 1 = 20
 
 
-def test_all_measures_come_from_one_forward_per_batch(tmp_path, monkeypatch):
-    """measures=[cka,rsa,knn] runs one pass: the model's forward runs once per batch, as for measures=[cka]."""
+# ---------------------------------------------------------------------------------------------- one job
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One job with measures=[cka,rsa,knn] (in-process: the CLI's composition is the settings test's; the slow
+    compare test runs the CLI), counting the model's forward calls."""
     import vvm.pipeline
 
+    out = tmp_path_factory.mktemp("measures") / "run"
     build, calls = vvm.pipeline.build, []
 
     def counting_build(job, summary):
@@ -67,25 +71,25 @@ def test_all_measures_come_from_one_forward_per_batch(tmp_path, monkeypatch):
         models.model.register_forward_hook(lambda *a: calls.append(1))
         return dm, models
 
-    monkeypatch.setattr(vvm.pipeline, "build", counting_build)
-    summary = vvm.pipeline.run(
-        compose_settings([*SMALL, "measures=[cka,rsa,knn]", "measure.knn.k=5"], tmp_path)
-    )
-    assert summary["status"] == "ok" and summary["n_batches"] == 2
-    assert len(calls) == 2  # 40 test images in two batches of 20: two forwards, three measures
-    assert (tmp_path / "measures.png").stat().st_size > 0  # the three side by side
-
-
-# ---------------------------------------------------------------------------------------------- one CLI run
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("measures")
-    out = cwd / "run"
-    run_vvm([*SMALL, "measures=[cka,rsa,knn]", "measure.knn.k=5", f"hydra.run.dir={out}"], cwd=cwd)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vvm.pipeline, "build", counting_build)
+        summary = vvm.pipeline.run(
+            compose_settings([*SMALL, "measures=[cka,rsa,knn]", "measure.knn.k=5"], out)
+        )
+    assert summary["status"] == "ok", summary.get("error")
+    (out / "forward_calls").write_text(str(len(calls)))
     return out
 
 
-def test_cli_writes_every_measure_beside_cka(run_dir):
+def test_all_measures_come_from_one_forward_per_batch(run_dir):
+    """measures=[cka,rsa,knn] runs one pass: the model's forward runs once per batch, as for measures=[cka]."""
+    res = json.loads((run_dir / "result.json").read_text())
+    assert (
+        res["n_batches"] == 2 and (run_dir / "forward_calls").read_text() == "2"
+    )  # 40 images, batches of 20
+
+
+def test_a_job_writes_every_measure_beside_cka(run_dir):
     res = json.loads((run_dir / "result.json").read_text())
     assert res["status"] == "ok" and set(res["measures"]) == {"cka", "rsa", "knn"}
     assert res["mean_cka"] == res["measures"]["cka"]
@@ -199,11 +203,9 @@ def test_loggers_get_each_measure():
 # ---------------------------------------------------------------------------------------------- slow: compare, joint
 @pytest.mark.slow
 def test_compare_works_for_every_measure(tmp_path):
-    from vvm.pipeline import run
-
-    job = compose_settings([*SMALL, "measures=[cka,rsa,knn]", "measure.knn.k=5", "compare=r18",
-                            "compare.seed=1", "cka.other_layers=[stem,layer2.0,fc]"], tmp_path)  # fmt: skip
-    run(job)
+    """Through the CLI (python -m vvm ... measures=[cka,rsa,knn] compare=r18)."""
+    run_vvm([*SMALL, "measures=[cka,rsa,knn]", "measure.knn.k=5", "compare=r18", "compare.seed=1",
+             "cka.other_layers=[stem,layer2.0,fc]", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)  # fmt: skip
     for name in ("cka", "rsa", "knn"):
         z = load_npz(tmp_path / f"{name}.npz")
         m = z["cka" if name == "cka" else "matrix"]

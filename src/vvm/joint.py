@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m vvm.joint", description="Joint CKA over every finished job of a sweep."
     )
     p.add_argument("sweep_dir")
-    p.add_argument("--layers", help="a preset (blocks, all, seed) or names/globs: stem,layer1.*,fc")
+    p.add_argument("--layers", help="a preset (blocks, all, term_project) or names/globs: stem,layer1.*,fc")
     p.add_argument(
         "--batch-size", type=int, help="examples per CKA batch (default: the sweep's cka.batch_size)"
     )
