@@ -29,22 +29,41 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from vvm.cka.functional import paired_difference_stderr
-from vvm.io import load_npz, write_npz
+from vvm.io import InputError, exit_with_error, load_npz, write_npz
 
 _PER_BATCH = ("batch_ids", "batch_weights", "batch_hsic_xy", "batch_hsic_xx", "batch_hsic_yy")
+
+
+# what a map must hold to be compared
+_NEEDED = ("cka", "cka_stderr", "layers_x", "layers_y")
 
 
 def _npz_path(p: str | Path) -> Path:
     p = Path(p)
     path = p / "cka.npz" if p.is_dir() else p
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: give a run directory that holds cka.npz, or the file"
-        )
+        kind = "holds no cka.npz" if p.is_dir() else "does not exist"
+        raise InputError(f"{p} {kind}: give a job's run directory (one that holds cka.npz), or the file")
     return path
+
+
+def load_map(p: str | Path) -> dict:
+    """The arrays of a run's cka.npz; :class:`InputError` naming the file when it cannot be read or is not a
+    CKA map (a truncated or damaged file, a joint.npz, another file)."""
+    path = _npz_path(p)
+    try:
+        z = load_npz(path)
+    except Exception as e:  # noqa: BLE001 - truncated (BadZipFile, EOFError), damaged (zlib.error), not npz
+        raise InputError(
+            f"{path} is not a readable cka.npz ({type(e).__name__}: {e}): run the job again to write it"
+        ) from None
+    missing = [k for k in _NEEDED if k not in z]
+    if missing:
+        raise InputError(
+            f"{path} is not a job's CKA map (no {', '.join(missing)}): give a job's cka.npz or run directory"
+        )
+    return z
 
 
 def _names(values: np.ndarray, k: int = 4) -> str:
@@ -55,7 +74,7 @@ def _names(values: np.ndarray, k: int = 4) -> str:
 def _check_comparable(za: dict, zb: dict) -> None:
     for key in ("layers_x", "layers_y"):
         if [str(v) for v in za[key]] != [str(v) for v in zb[key]]:
-            raise ValueError(
+            raise InputError(
                 f"the two maps have different {key}: [{_names(za[key])}] vs [{_names(zb[key])}]; a difference "
                 "map needs the same model and layer selection in both runs"
             )
@@ -80,6 +99,10 @@ def paired(za: dict, zb: dict) -> bool:
 def difference_stderr(za: dict, zb: dict) -> tuple[np.ndarray, bool]:
     """The standard error of ``cka_A - cka_B``, and whether it is paired (see the module docstring)."""
     if paired(za, zb):
+        import torch
+
+        from vvm.cka.functional import paired_difference_stderr
+
         t, u = (
             {k: torch.as_tensor(np.asarray(z[k], dtype=np.float64)) for k in _PER_BATCH} for z in (za, zb)
         )
@@ -147,7 +170,7 @@ def significance(
 def cka_difference(
     a: str | Path, b: str | Path, *, level: float = 0.95, fdr: float | None = None
 ) -> dict[str, np.ndarray]:
-    za, zb = load_npz(_npz_path(a)), load_npz(_npz_path(b))
+    za, zb = load_map(a), load_map(b)
     _check_comparable(za, zb)
     se, is_paired = difference_stderr(za, zb)
     diff = za["cka"] - zb["cka"]
@@ -178,8 +201,10 @@ def write_difference(
 ) -> list[Path]:
     from vvm.plots.heatmap import heatmap_figure, save_figure
 
-    d = cka_difference(a, b, level=level, fdr=fdr)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file: give a directory for diff.npz, diff.png and diff.pdf")
+    d = cka_difference(a, b, level=level, fdr=fdr)
     paths = [write_npz(out / "diff.npz", **d, source_a=str(_npz_path(a)), source_b=str(_npz_path(b)))]
     finite = d["diff"][np.isfinite(d["diff"])]
     lim = float(max(np.abs(finite).max(), 1e-3)) if finite.size else 1.0
@@ -208,6 +233,7 @@ def mark_not_significant(ax, diff: np.ndarray, significant: np.ndarray) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line; a map it cannot read or compare is one line on stderr, exit status 2."""
     p = argparse.ArgumentParser(
         prog="python -m vvm.diff", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -224,7 +250,11 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in (("--level", args.level), ("--fdr", args.fdr)):
         if value is not None and not 0 < value < 1:
             p.error(f"{name} {value}: use a number between 0 and 1")
-    for path in write_difference(args.a, args.b, args.out, title=args.title, level=args.level, fdr=args.fdr):
+    try:
+        paths = write_difference(args.a, args.b, args.out, title=args.title, level=args.level, fdr=args.fdr)
+    except InputError as e:
+        exit_with_error(p.prog, e)
+    for path in paths:
         print(path)
 
 

@@ -29,78 +29,19 @@ import argparse
 import dataclasses
 import logging
 import sys
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from vvm.cka.joint import JointCKA, JointResult, hook_target, move_models
-from vvm.cka.presets import PRESETS, classifier_name
-from vvm.io import load_json
-from vvm.settings import JobSettings, WandbSettings, plain
+from vvm.records import JointJob, read_jobs, sweep_jobs
+
+if TYPE_CHECKING:  # the heavy imports (torch, the engine) wait for the work: --help answers at once
+    from vvm.cka.joint import JointResult
+    from vvm.settings import JobSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class JointJob:
-    """A finished job of the sweep, as the joint pass uses it."""
-
-    job: str
-    tag: str
-    model: str
-    init: str
-    family: str
-    settings: JobSettings
-    result: dict[str, Any]
-
-
-# ---------------------------------------------------------------------------------------------- the jobs
-def read_jobs(sweep_dir: str | Path, only: Sequence[str] | None = None) -> tuple[list[JointJob], list[str]]:
-    """The sweep's finished jobs (``only``: these job names) with unique tags, and a note per skipped job."""
-    from vvm.records import job_dirs, read_job
-    from vvm.schema import from_record
-
-    sweep_dir = Path(sweep_dir)
-    jobs, notes = [], []
-    for d in job_dirs(sweep_dir):
-        rel = str(d.relative_to(sweep_dir))
-        if only is not None and rel not in only:
-            continue
-        rec = read_job(sweep_dir, d)
-        if rec.status != "ok":
-            error = " ".join(str(rec.error or "no error recorded").split())[:300]
-            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: it is {rec.status}: {error}")
-            continue
-        result = load_json(d / "result.json")
-        config = result.get("config")
-        if not isinstance(config, dict) or "model" not in config:
-            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: its result.json holds no config")
-            continue
-        try:
-            settings = from_record(config, str(result.get("dataset")))
-        except Exception as e:  # noqa: BLE001 - a config this vvm cannot read is a note, not the end
-            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: its stored config does not read: {e}")
-            continue
-        tag = str(result.get("tag") or f"{rec.model}-{rec.init}")
-        jobs.append(JointJob(rel, tag, str(rec.model), str(rec.init), rec.family, settings, result))
-    unique_tags(jobs)
-    return jobs, notes
-
-
-def unique_tags(jobs: list[JointJob]) -> None:
-    """Drop the dataset suffix every tag shares, add the job number to tags that repeat; no ``/``."""
-    suffixes = {f"-{j.result.get('dataset')}" for j in jobs}
-    if len(suffixes) == 1 and all(j.tag.endswith(s) and j.tag != s for j in jobs for s in suffixes):
-        for j in jobs:
-            j.tag = j.tag[: -len(next(iter(suffixes)))]
-    counts = Counter(j.tag for j in jobs)
-    for j in jobs:
-        j.tag = (f"{j.tag}-{j.job}" if counts[j.tag] > 1 else j.tag).replace("/", "_")
 
 
 def rebuild_model(job: JointJob) -> tuple[Any, str | None]:
@@ -130,6 +71,8 @@ def rebuild_model(job: JointJob) -> tuple[Any, str | None]:
 # ---------------------------------------------------------------------------------------------- the pass
 def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[JobSettings, list[str]]:
     """The first job's settings with the command line's overrides; a note when the jobs' data differ."""
+    from vvm.settings import plain
+
     first = jobs[0].settings
     notes = []
     differ = [j.job for j in jobs[1:] if plain(j.settings.dataset) != plain(first.dataset)]
@@ -146,6 +89,8 @@ def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[JobS
 
 def parse_layers(text: str | None) -> str | list[str] | None:
     """``blocks`` (a preset) or ``stem,layer1.*,fc`` (names and globs)."""
+    from vvm.cka.presets import PRESETS
+
     if text is None or text in PRESETS:
         return text
     return [t.strip() for t in text.split(",") if t.strip()]
@@ -157,6 +102,7 @@ def run_pass(
     """One pass of every model over the CKA batches of ``settings``' dataset (the EvalBatches plan)."""
     from tqdm import tqdm
 
+    from vvm.cka.joint import JointCKA, move_models
     from vvm.pipeline import build_datamodule
 
     dm = build_datamodule(settings)
@@ -287,6 +233,7 @@ def write_outputs(
 def log_to_wandb(files: dict[str, Any], jobs: list[JointJob], out: Path, sweep_dir: Path) -> Path | None:
     """The figures and the table in a W&B run (project and mode of the jobs' loggers; offline by default)."""
     from vvm.loggers import log_files_run
+    from vvm.settings import WandbSettings
     from vvm.sweep import sweep_name
 
     loggers = [j.settings.logger for j in jobs if isinstance(j.settings.logger, WandbSettings)]
@@ -308,17 +255,30 @@ def log_to_wandb(files: dict[str, Any], jobs: list[JointJob], out: Path, sweep_d
 
 
 def uses_wandb(jobs: list[JointJob]) -> bool:
+    from vvm.settings import WandbSettings
+
     return any(isinstance(j.settings.logger, WandbSettings) for j in jobs)
 
 
 # ---------------------------------------------------------------------------------------------- entry points
-def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device: str | None = None,
-                jobs: Sequence[str] | None = None, logger: str = "auto", progress: bool = True,
-                **overrides: Any) -> dict[str, Any]:  # fmt: skip
-    """Rebuild the sweep's models, run the joint pass, write the files (see the module docstring).
-    ``overrides``: ``layers``, ``batch_size``, ``max_samples``, ``seed``. Returns the result, files, notes."""
-    sweep_dir = Path(sweep_dir)
-    found, notes = read_jobs(sweep_dir, jobs)
+FLAGS = {"batch_size": "--batch-size", "max_samples": "--max-samples", "limit": "the jobs' dataset.limit"}
+
+
+def check_plan(settings: JobSettings) -> None:
+    """The pass's batch plan holds a batch the estimator can use (:func:`vvm.preflight.check_plan`, naming the
+    joint pass's flags)."""
+    from vvm.pipeline import build_datamodule
+    from vvm.preflight import check_plan as check
+
+    check(build_datamodule(settings), settings.cka, limit=settings.dataset.limit, flags=FLAGS)
+
+
+def rebuild_models(
+    found: list[JointJob], notes: list[str], sweep_dir: Path
+) -> tuple[dict[str, Any], list[JointJob]]:
+    """Every job's model that can be rebuilt (a note in ``notes`` for each that cannot), and those jobs."""
+    from vvm.io import InputError
+
     models, used = {}, []
     for job in found:
         model, note = rebuild_model(job)
@@ -330,37 +290,73 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
     for note in notes:
         log.warning("joint CKA: %s", note)
     if not used:
-        raise RuntimeError(
-            f"no finished job in {sweep_dir} could be rebuilt: {'; '.join(notes) or 'no jobs'}"
-        )
-    settings, data_notes = pass_settings(used, {**overrides, "layers": parse_layers(overrides.get("layers"))})
-    notes += data_notes
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    res, batches = run_pass(models, settings, device, progress=progress)
-    out = Path(out) if out is not None else sweep_dir / "joint"
-    title = (
-        f"{res.kernel} CKA, {len(used)} models, {used[0].result.get('dataset')} ({res.n_samples} examples)"
-    )
-    extra = {"notes": np.array(notes, dtype=str), "batch_fingerprint": batches.fingerprint()}
-    heads = {tag: classifier_name(hook_target(m)) for tag, m in models.items()}
-    files = write_outputs(res, used, out, title=title, extra=extra, heads=heads)
-    if logger == "wandb" or (logger == "auto" and uses_wandb(used)):
-        files["wandb"] = log_to_wandb(files, used, out, sweep_dir)
+        raise InputError(f"no finished job in {sweep_dir} could be rebuilt: {'; '.join(notes)}")
+    return models, used
+
+
+def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device: str | None = None,
+                jobs: Sequence[str] | None = None, logger: str = "auto", progress: bool = True,
+                **overrides: Any) -> dict[str, Any]:  # fmt: skip
+    """Rebuild the sweep's models, run the joint pass, write the files (see the module docstring).
+    ``overrides``: ``layers``, ``batch_size``, ``max_samples``, ``seed``. Returns the result, files, notes.
+
+    Before any model is built: ``out`` can be written (else :class:`vvm.settings.ConfigError` naming ``--out``),
+    no other joint pass writes there (a lock, ``<out>/.joint.lock``, held to the end), ``jobs`` are the sweep's,
+    and the pass's batch plan can be estimated (errors name ``--batch-size``/``--max-samples``)."""
+    import torch
+
+    from vvm.cka.joint import hook_target
+    from vvm.cka.presets import classifier_name
+    from vvm.io import InputError, exclusive_lock
+    from vvm.preflight import check_writable
+
+    sweep_dir = Path(sweep_dir)
+    sweep_jobs(sweep_dir)  # a sweep's directory, before anything is made
+    out = check_writable(sweep_dir / "joint" if out is None else out, "--out")
+    with exclusive_lock(out / ".joint.lock", f"--out={out}: another joint pass is writing there; "
+                        "wait for it to finish, or give another --out"):  # fmt: skip
+        found, notes = read_jobs(sweep_dir, jobs)
+        overrides = {**overrides, "layers": parse_layers(overrides.get("layers"))}
+        if not found:
+            raise InputError(f"no finished job in {sweep_dir}: {'; '.join(notes)}; run or resume its jobs")
+        check_plan(pass_settings(found, overrides)[0])
+        models, used = rebuild_models(found, notes, sweep_dir)
+        settings, data_notes = pass_settings(used, overrides)
+        notes += data_notes
+        if used[0] is not found[0]:
+            check_plan(settings)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        res, batches = run_pass(models, settings, device, progress=progress)
+        title = f"{res.kernel} CKA, {len(used)} models, {used[0].result.get('dataset')} ({res.n_samples} examples)"
+        extra = {"notes": np.array(notes, dtype=str), "batch_fingerprint": batches.fingerprint()}
+        heads = {tag: classifier_name(hook_target(m)) for tag, m in models.items()}
+        files = write_outputs(res, used, out, title=title, extra=extra, heads=heads)
+        if logger == "wandb" or (logger == "auto" and uses_wandb(used)):
+            files["wandb"] = log_to_wandb(files, used, out, sweep_dir)
     log.info("joint CKA: %d models, %d layers -> %s", len(used), len(res.layers_x), out)
     return {"result": res, "jobs": used, "files": files, "notes": notes, "out": out}
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give a whole number of examples >= 1")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (see the module docstring); an input it cannot use is one line on stderr, exit 2."""
     p = argparse.ArgumentParser(
         prog="python -m vvm.joint", description="Joint CKA over every finished job of a sweep."
     )
     p.add_argument("sweep_dir")
     p.add_argument("--layers", help="a preset (blocks, all, seed) or names/globs: stem,layer1.*,fc")
     p.add_argument(
-        "--batch-size", type=int, help="examples per CKA batch (default: the sweep's cka.batch_size)"
+        "--batch-size", type=positive, help="examples per CKA batch (default: the sweep's cka.batch_size)"
     )
     p.add_argument(
-        "--max-samples", type=int, help="examples in the pass (default: the sweep's cka.max_samples)"
+        "--max-samples", type=positive, help="examples in the pass (default: the sweep's cka.max_samples)"
     )
     p.add_argument("--seed", type=int, help="the data order's seed (default: the first job's seed)")
     p.add_argument("--jobs", help="only these jobs, e.g. 0,1,2 (fewer models when they do not fit together)")
@@ -370,14 +366,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="auto: W&B when the sweep's jobs logged to W&B (offline unless WANDB_MODE=online)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    from vvm.io import InputError, exit_with_error
+
     if not Path(args.sweep_dir).is_dir():
-        p.error(f"{args.sweep_dir} is not a directory")
-    out = joint_sweep(
-        args.sweep_dir, out=args.out, device=args.device, logger=args.logger, progress=not args.no_progress,
-        jobs=args.jobs.split(",") if args.jobs else None, layers=args.layers, batch_size=args.batch_size,
-        max_samples=args.max_samples, seed=args.seed,
-    )  # fmt: skip
+        exit_with_error(
+            p.prog, f"{args.sweep_dir} is not a directory: give a sweep directory (multirun/<date>/<time>)"
+        )
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    from vvm.settings import ConfigError
+
+    try:
+        out = joint_sweep(
+            args.sweep_dir, out=args.out, device=args.device, logger=args.logger, progress=not args.no_progress,
+            jobs=[j.strip() for j in args.jobs.split(",") if j.strip()] if args.jobs else None, layers=args.layers,
+            batch_size=args.batch_size, max_samples=args.max_samples, seed=args.seed,
+        )  # fmt: skip
+    except (ConfigError, InputError) as e:
+        exit_with_error(p.prog, e)
     print(f"joint CKA of {len(out['jobs'])} models written to {out['out']}")
     for note in out["notes"]:
         print(f"note: {note}")

@@ -43,13 +43,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from vvm.models import display_order, families
-from vvm.records import JobRecord, analysis_records, canonical_family, collect_jobs, job_sort_key
+from vvm.io import InputError, exit_with_error
+from vvm.records import JobRecord, analysis_records, canonical_family, collect_jobs, job_sort_key, sweep_jobs
 
 log = logging.getLogger(__name__)
 
-FAMILY_ORDER = tuple(dict.fromkeys(canonical_family(f) for f in families()))  # resnet lambda vit timm
-MODEL_ORDER = display_order()
 INIT_ORDER = ("pretrained", "random")
 SUMMARY_COLUMNS = (
     "job",
@@ -70,6 +68,28 @@ SUMMARY_COLUMNS = (
 )
 
 
+def family_order() -> tuple[str, ...]:
+    """The families in display order (resnet lambda vit timm), from the model registry."""
+    from vvm.models import families  # the registry imports torch: not at import, which a --help waits for
+
+    return tuple(dict.fromkeys(canonical_family(f) for f in families()))
+
+
+def model_order() -> tuple[str, ...]:
+    from vvm.models import display_order
+
+    return tuple(display_order())
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``FAMILY_ORDER`` and ``MODEL_ORDER``, computed when first asked for (see :func:`family_order`)."""
+    if name == "FAMILY_ORDER":
+        return family_order()
+    if name == "MODEL_ORDER":
+        return model_order()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # ---------------------------------------------------------------------------------------------- the summary
 def _order(value: str | None, known: Sequence[str]) -> tuple[int, str]:
     return (known.index(value), "") if value in known else (len(known), str(value))
@@ -79,14 +99,15 @@ def grid_rows(jobs: Sequence[JobRecord]) -> list[tuple[str, list[Any]]]:
     """The figure's rows: one per family (and variant), panels ordered by model, then init."""
     from vvm.plots.summary import Panel
 
+    families, models = family_order(), model_order()
     groups: dict[tuple[str, str], list[JobRecord]] = {}
     for j in jobs:
         groups.setdefault((j.family, j.variant), []).append(j)
     rows = []
-    for family, variant in sorted(groups, key=lambda k: (_order(k[0], FAMILY_ORDER), k[1])):
+    for family, variant in sorted(groups, key=lambda k: (_order(k[0], families), k[1])):
         members = sorted(
             groups[(family, variant)],
-            key=lambda j: (_order(j.model, MODEL_ORDER), _order(j.init, INIT_ORDER), job_sort_key(j.job)),
+            key=lambda j: (_order(j.model, models), _order(j.init, INIT_ORDER), job_sort_key(j.job)),
         )
         panels = []
         for j in members:
@@ -292,16 +313,19 @@ def resume_command(sweep_dir: str | Path, extra: Sequence[str] = ()) -> list[str
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: {sweep_dir} is not a Hydra sweep directory (multirun/<date>/<time>)"
+        raise InputError(
+            f"{path} not found: {sweep_dir} is not a Hydra sweep directory: give one (multirun/<date>/<time>)"
         )
-    cfg = OmegaConf.load(path)
-    task = [str(o) for o in cfg.hydra.overrides.task if not str(o).startswith("resume=")]
-    hydra_ov = [
-        str(o)
-        for o in cfg.hydra.overrides.hydra
-        if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode="))
-    ]
+    try:
+        overrides = OmegaConf.to_container(OmegaConf.load(path).hydra.overrides)
+        task, hydra_ov = list(overrides["task"]), list(overrides["hydra"])
+    except Exception as e:  # noqa: BLE001 - not YAML, a list where the mapping goes, keys missing
+        raise InputError(
+            f"{path} is not the multirun.yaml Hydra writes ({type(e).__name__}: {e}): rerun the sweep's own "
+            "command with resume=true hydra.sweep.dir=" + str(sweep_dir)
+        ) from None
+    task = [str(o) for o in task if not str(o).startswith("resume=")]
+    hydra_ov = [str(o) for o in hydra_ov if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode="))]
     return [
         sys.executable,
         "-m",
@@ -316,6 +340,7 @@ def resume_command(sweep_dir: str | Path, extra: Sequence[str] = ()) -> list[str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; a directory or file it cannot use is one line on stderr, exit status 2."""
     parser = argparse.ArgumentParser(
         prog="python -m vvm.sweep", description="Summarise or resume a vvm sweep."
     )
@@ -333,12 +358,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_res.add_argument("overrides", nargs="*", help="extra overrides appended to the sweep's own")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    if args.command == "summary":
-        if not Path(args.sweep_dir).is_dir():
-            parser.error(f"{args.sweep_dir} is not a directory")
-        out = write_summary(args.sweep_dir, log_wandb=not args.no_wandb)
-        return 0 if out["jobs"] else 1
-    cmd = resume_command(args.sweep_dir, args.overrides)
+    try:
+        if args.command == "summary":
+            if not Path(args.sweep_dir).is_dir():
+                raise InputError(
+                    f"{args.sweep_dir} is not a directory: give a sweep directory (multirun/<date>/<time>)"
+                )
+            sweep_jobs(Path(args.sweep_dir))  # a sweep's directory: one that holds jobs
+            out = write_summary(args.sweep_dir, log_wandb=not args.no_wandb)
+            return 0 if out["jobs"] else 1
+        cmd = resume_command(args.sweep_dir, args.overrides)
+    except InputError as e:
+        exit_with_error(f"{parser.prog} {args.command}", e)
     print("+", " ".join(cmd), flush=True)
     return subprocess.call(cmd)
 
