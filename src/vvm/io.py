@@ -9,8 +9,10 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,6 +220,29 @@ def exit_with_error(prog: str, message: object, code: int = 2) -> NoReturn:
     exit status 2, as argparse answers a bad flag (the usage is left out: the message names what to change)."""
     print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
     raise SystemExit(code)
+
+
+def writable_dir(path: str | Path, key: str, *, need_bytes: int = 0) -> Path:
+    """Make ``path`` (a directory) if needed and write a file there; an :class:`InputError` names ``key`` and
+    the path. With ``need_bytes``, the file system must also have that much room. (No torch: a command line
+    checks its output folder with it before the heavy imports.)"""
+    path = Path(path).expanduser()
+    fix = f"set {key} to a folder you can write to"
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{key}={str(path)!r} is a file, not a directory: {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".vvm-write-check-"):
+            pass
+    except OSError as e:
+        raise InputError(f"{key}={str(path)!r} is not writable ({type(e).__name__}: {e}): {fix}") from None
+    free = shutil.disk_usage(path).free
+    if need_bytes and free < need_bytes:
+        raise InputError(
+            f"{key}={str(path)!r} has {free / 2**20:.0f} MiB free, and this job writes about "
+            f"{need_bytes / 2**20:.0f} MiB there: free some space or {fix}"
+        )
+    return path
 
 
 @contextlib.contextmanager

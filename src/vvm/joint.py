@@ -300,21 +300,21 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
     """Rebuild the sweep's models, run the joint pass, write the files (see the module docstring).
     ``overrides``: ``layers``, ``batch_size``, ``max_samples``, ``seed``. Returns the result, files, notes.
 
-    Before any model is built: ``out`` can be written (else :class:`vvm.settings.ConfigError` naming ``--out``),
+    Before any model is built: ``out`` can be written (else :class:`vvm.io.InputError` naming ``--out``),
     no other joint pass writes there (a lock, ``<out>/.joint.lock``, held to the end), ``jobs`` are the sweep's,
     and the pass's batch plan can be estimated (errors name ``--batch-size``/``--max-samples``)."""
-    import torch
-
-    from vvm.cka.joint import hook_target
-    from vvm.cka.presets import classifier_name
-    from vvm.io import InputError, exclusive_lock
-    from vvm.preflight import check_writable
+    from vvm.io import InputError, exclusive_lock, writable_dir
 
     sweep_dir = Path(sweep_dir)
-    sweep_jobs(sweep_dir)  # a sweep's directory, before anything is made
-    out = check_writable(sweep_dir / "joint" if out is None else out, "--out")
+    sweep_jobs(sweep_dir, jobs)  # a sweep's directory, holding these jobs: before anything is made
+    out = writable_dir(sweep_dir / "joint" if out is None else out, "--out")  # before torch is imported
     with exclusive_lock(out / ".joint.lock", f"--out={out}: another joint pass is writing there; "
                         "wait for it to finish, or give another --out"):  # fmt: skip
+        import torch
+
+        from vvm.cka.joint import hook_target
+        from vvm.cka.presets import classifier_name
+
         found, notes = read_jobs(sweep_dir, jobs)
         overrides = {**overrides, "layers": parse_layers(overrides.get("layers"))}
         if not found:
@@ -373,15 +373,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.prog, f"{args.sweep_dir} is not a directory: give a sweep directory (multirun/<date>/<time>)"
         )
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    from vvm.settings import ConfigError
-
     try:
         out = joint_sweep(
             args.sweep_dir, out=args.out, device=args.device, logger=args.logger, progress=not args.no_progress,
             jobs=[j.strip() for j in args.jobs.split(",") if j.strip()] if args.jobs else None, layers=args.layers,
             batch_size=args.batch_size, max_samples=args.max_samples, seed=args.seed,
         )  # fmt: skip
-    except (ConfigError, InputError) as e:
+    except InputError as e:
+        exit_with_error(p.prog, e)
+    # a ConfigError (the batch plan's): vvm.settings imports torch, so it is imported once one is raised
+    except ValueError as e:
+        from vvm.settings import ConfigError
+
+        if not isinstance(e, ConfigError):
+            raise
         exit_with_error(p.prog, e)
     print(f"joint CKA of {len(out['jobs'])} models written to {out['out']}")
     for note in out["notes"]:
