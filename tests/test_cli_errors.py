@@ -211,6 +211,8 @@ def test_diff_cli_errors(tmp_path, capsys):
     (tmp_path / "a-file").write_text("")
     err = one_line_error(capsys, main, [str(good), str(good), "--out", str(tmp_path / "a-file")])
     assert "--out" in err and "is a file" in err
+    err = one_line_error(capsys, main, [str(good), str(good), "--out", "/proc/x"])
+    assert "--out='/proc/x' is not writable" in err
 
 
 def test_help_does_not_wait_for_torch():

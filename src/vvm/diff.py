@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vvm.io import InputError, exit_with_error, load_npz, write_npz
+from vvm.io import InputError, exit_with_error, load_npz, writable_dir, write_npz
 
 _PER_BATCH = ("batch_ids", "batch_weights", "batch_hsic_xy", "batch_hsic_xx", "batch_hsic_yy")
 
@@ -201,9 +201,7 @@ def write_difference(
 ) -> list[Path]:
     from vvm.plots.heatmap import heatmap_figure, save_figure
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file: give a directory for diff.npz, diff.png and diff.pdf")
+    out = writable_dir(out, "--out")  # a folder that takes files (not a file, not /proc), before the work
     d = cka_difference(a, b, level=level, fdr=fdr)
     paths = [write_npz(out / "diff.npz", **d, source_a=str(_npz_path(a)), source_b=str(_npz_path(b)))]
     finite = d["diff"][np.isfinite(d["diff"])]
