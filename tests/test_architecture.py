@@ -24,7 +24,9 @@ LAYERS = (
         "vvm.job",
         "vvm.records",
         "vvm.sweep",
+        "vvm.sweep_figures",
         "vvm.joint",
+        "vvm.joint_files",
     ),  # job assembly: the config is read here
     ("vvm.__main__", "vvm"),
 )

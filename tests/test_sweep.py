@@ -16,7 +16,7 @@ import pytest
 from helpers import run_vvm
 from omegaconf import OmegaConf
 
-from vvm.io import write_json, write_npz
+from vvm.io import InputError, write_json, write_npz
 from vvm.job import completed_result
 from vvm.records import canonical_family, collect_jobs, model_family
 from vvm.sweep import SweepSummary, grid_rows, resume_command, write_summary
@@ -415,7 +415,7 @@ def test_resume_command_from_multirun_yaml(tmp_path):
         f"hydra.sweep.dir={sweep_dir}",
         "train.epochs=1",
     ]
-    with pytest.raises(FileNotFoundError, match="not a Hydra sweep directory"):
+    with pytest.raises(InputError, match="not a Hydra sweep directory"):
         resume_command(tmp_path)
 
 

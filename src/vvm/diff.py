@@ -32,24 +32,46 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from vvm.cka.functional import paired_difference_stderr
-from vvm.cka.measures import MEASURES, weighted_mean_stderr
-from vvm.io import load_npz, write_npz
+from vvm.io import InputError, exit_with_error, load_npz, writable_dir, write_npz
 
 _PER_BATCH = ("batch_ids", "batch_weights", "batch_hsic_xy", "batch_hsic_xx", "batch_hsic_yy")
+
+
+# what a map must hold to be compared: cka.npz, or another measure's <measure>.npz
+_NEEDED = {"cka": ("cka", "cka_stderr", "layers_x", "layers_y")}
+_NEEDED_MEASURE = ("matrix", "stderr", "layers_x", "layers_y")
 
 
 def _npz_path(p: str | Path, measure: str = "cka") -> Path:
     p = Path(p)
     path = p / f"{measure}.npz" if p.is_dir() else p
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: give a run directory that holds {measure}.npz, or the file"
-            + (f" (a run writes it with measures=[...,{measure}])" if measure != "cka" else "")
+        kind = f"holds no {measure}.npz" if p.is_dir() else "does not exist"
+        how = f" (a run writes it with measures=[...,{measure}])" if measure != "cka" else ""
+        raise InputError(
+            f"{p} {kind}: give a job's run directory (one that holds {measure}.npz), or the file{how}"
         )
     return path
+
+
+def load_map(p: str | Path, measure: str = "cka") -> dict:
+    """The arrays of a run's ``<measure>.npz``; :class:`InputError` naming the file when it cannot be read or is
+    not a map of that measure (a truncated or damaged file, a joint.npz, another file)."""
+    path = _npz_path(p, measure)
+    try:
+        z = load_npz(path)
+    except Exception as e:  # noqa: BLE001 - truncated (BadZipFile, EOFError), damaged (zlib.error), not npz
+        raise InputError(
+            f"{path} is not a readable {measure}.npz ({type(e).__name__}: {e}): run the job again to write it"
+        ) from None
+    missing = [k for k in _NEEDED.get(measure, _NEEDED_MEASURE) if k not in z]
+    if missing:
+        raise InputError(
+            f"{path} is not a job's {measure} map (no {', '.join(missing)}): give a job's {measure}.npz or run "
+            "directory"
+        )
+    return z
 
 
 def _maps(z: dict, measure: str) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +83,10 @@ def measure_difference_stderr(za: dict, zb: dict) -> tuple[np.ndarray, np.ndarra
     """For a measure averaged over batches (RSA, kNN): the standard error of ``A - B``, the per-entry degrees of
     freedom when paired (batches both runs saw and defined, less one), and whether it is paired: the weighted
     standard error of the per-batch differences when both runs saw the same batches, else independent."""
+    import torch
+
+    from vvm.cka.measures import weighted_mean_stderr
+
     keys = ("batch_ids", "batch_weights", "batch_values", "batch_fingerprint")
     if all(k in za and k in zb for k in keys) and str(za["batch_fingerprint"]) == str(
         zb["batch_fingerprint"]
@@ -80,7 +106,7 @@ def _names(values: np.ndarray, k: int = 4) -> str:
 def _check_comparable(za: dict, zb: dict) -> None:
     for key in ("layers_x", "layers_y"):
         if [str(v) for v in za[key]] != [str(v) for v in zb[key]]:
-            raise ValueError(
+            raise InputError(
                 f"the two maps have different {key}: [{_names(za[key])}] vs [{_names(zb[key])}]; a difference "
                 "map needs the same model and layer selection in both runs"
             )
@@ -105,6 +131,10 @@ def paired(za: dict, zb: dict) -> bool:
 def difference_stderr(za: dict, zb: dict) -> tuple[np.ndarray, bool]:
     """The standard error of ``cka_A - cka_B``, and whether it is paired (see the module docstring)."""
     if paired(za, zb):
+        import torch
+
+        from vvm.cka.functional import paired_difference_stderr
+
         t, u = (
             {k: torch.as_tensor(np.asarray(z[k], dtype=np.float64)) for k in _PER_BATCH} for z in (za, zb)
         )
@@ -172,7 +202,7 @@ def significance(
 def cka_difference(
     a: str | Path, b: str | Path, *, level: float = 0.95, fdr: float | None = None, measure: str = "cka"
 ) -> dict[str, np.ndarray]:
-    za, zb = load_npz(_npz_path(a, measure)), load_npz(_npz_path(b, measure))
+    za, zb = load_map(a, measure), load_map(b, measure)
     _check_comparable(za, zb)
     if measure != "cka":
         return measure_difference(za, zb, measure, level=level, fdr=fdr)
@@ -223,8 +253,8 @@ def write_difference(
 ) -> list[Path]:
     from vvm.plots.heatmap import heatmap_figure, save_figure
 
+    out = writable_dir(out, "--out")  # a folder that takes files (not a file, not /proc), before the work
     d = cka_difference(a, b, level=level, fdr=fdr, measure=measure)
-    out = Path(out)
     stem = "diff" if measure == "cka" else f"diff-{measure}"
     sources = {"source_a": str(_npz_path(a, measure)), "source_b": str(_npz_path(b, measure))}
     paths = [write_npz(out / f"{stem}.npz", **d, **sources)]
@@ -256,6 +286,7 @@ def mark_not_significant(ax, diff: np.ndarray, significant: np.ndarray) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line; a map it cannot read or compare is one line on stderr, exit status 2."""
     p = argparse.ArgumentParser(
         prog="python -m vvm.diff", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -263,8 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("b", help="run directory or cka.npz (subtracted, e.g. random)")
     p.add_argument("--out", "-o", required=True, help="directory for diff.npz, diff.png, diff.pdf")
     p.add_argument(
-        "--measure", default="cka", choices=list(MEASURES),
-        help="which measure's maps (cka.npz, rsa.npz, knn.npz); files diff-<measure>.* for all but cka",
+        "--measure", default="cka",
+        help="which measure's maps: <measure>.npz of the runs (measures=[...]: e.g. rsa); files diff-<measure>.*",
     )  # fmt: skip
     p.add_argument("--title", default=None)
     p.add_argument("--level", type=float, default=0.95, help="confidence level of each entry's t interval")
@@ -276,9 +307,16 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in (("--level", args.level), ("--fdr", args.fdr)):
         if value is not None and not 0 < value < 1:
             p.error(f"{name} {value}: use a number between 0 and 1")
-    paths = write_difference(
-        args.a, args.b, args.out, title=args.title, level=args.level, fdr=args.fdr, measure=args.measure
-    )
+    from vvm.cka.measures import MEASURES  # the engine (torch): after --help
+
+    if args.measure not in MEASURES:
+        p.error(f"--measure {args.measure}: use one of {', '.join(MEASURES)}")
+    try:
+        paths = write_difference(
+            args.a, args.b, args.out, title=args.title, level=args.level, fdr=args.fdr, measure=args.measure
+        )
+    except InputError as e:
+        exit_with_error(p.prog, e)
     for path in paths:
         print(path)
 

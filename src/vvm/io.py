@@ -9,11 +9,14 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -206,6 +209,62 @@ def _optional_arrays(res: Any) -> dict[str, np.ndarray]:
 
 def save_result(path: str | os.PathLike, res: Any, **extra: Any) -> Path:
     return write_npz(path, **result_arrays(res, **extra))
+
+
+class InputError(ValueError):
+    """A file, directory or flag given to a command that it cannot use; the message names it and the way out."""
+
+
+def exit_with_error(prog: str, message: object, code: int = 2) -> NoReturn:
+    """A command line's answer to an input it cannot use: one line on stderr, ``<prog>: error: <message>``, and
+    exit status 2, as argparse answers a bad flag (the usage is left out: the message names what to change)."""
+    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def writable_dir(path: str | Path, key: str, *, need_bytes: int = 0) -> Path:
+    """Make ``path`` (a directory) if needed and write a file there; an :class:`InputError` names ``key`` and
+    the path. With ``need_bytes``, the file system must also have that much room. (No torch: a command line
+    checks its output folder with it before the heavy imports.)"""
+    path = Path(path).expanduser()
+    fix = f"set {key} to a folder you can write to"
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{key}={str(path)!r} is a file, not a directory: {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".vvm-write-check-"):
+            pass
+    except OSError as e:
+        raise InputError(f"{key}={str(path)!r} is not writable ({type(e).__name__}: {e}): {fix}") from None
+    free = shutil.disk_usage(path).free
+    if need_bytes and free < need_bytes:
+        raise InputError(
+            f"{key}={str(path)!r} has {free / 2**20:.0f} MiB free, and this job writes about "
+            f"{need_bytes / 2**20:.0f} MiB there: free some space or {fix}"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``path`` (created, holding this process's id) while the block runs; the
+    system releases it when the block ends, on an error too, and when the process dies. Taken already (by
+    another process, or another open of it here): :class:`InputError` ``busy``, with the holder's pid."""
+    import fcntl
+
+    path = Path(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise InputError(f"{busy} (pid {holder}, lock {path})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, Any]:

@@ -37,21 +37,20 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from vvm.cka.joint import JointResult, hook_target, move_models
-from vvm.cka.measures import MEASURES, make_measure
-from vvm.cka.presets import PRESETS, classifier_name
-from vvm.records import JointJob, read_jobs
-from vvm.settings import JobSettings, WandbSettings, plain
+from vvm.joint_files import log_to_wandb, uses_wandb, write_outputs
+from vvm.records import JointJob, read_jobs, sweep_jobs
+
+if TYPE_CHECKING:  # the heavy imports (torch, the engine) wait for the work: --help answers at once
+    from vvm.cka.joint import JointResult
+    from vvm.settings import JobSettings
 
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------------------------- the jobs
 def rebuild_model(job: JointJob) -> tuple[Any, str | None]:
     """The job's model with the weights it used, or ``(None, note)``; never trains (no ``fit``): a trained
     model comes from its cached checkpoint, else from the file the job recorded."""
@@ -79,6 +78,8 @@ def rebuild_model(job: JointJob) -> tuple[Any, str | None]:
 # ---------------------------------------------------------------------------------------------- the pass
 def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[JobSettings, list[str]]:
     """The first job's settings with the command line's overrides; a note when the jobs' data differ."""
+    from vvm.settings import plain
+
     first = jobs[0].settings
     notes = []
     differ = [j.job for j in jobs[1:] if plain(j.settings.dataset) != plain(first.dataset)]
@@ -94,6 +95,8 @@ def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[JobS
 
 
 def parse_measures(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    from vvm.cka.measures import MEASURES  # the engine (torch): after --help
+
     names = [t.strip() for t in text.split(",") if t.strip()]
     bad = [n for n in names if n not in MEASURES]
     if bad or not names or len(set(names)) != len(names):
@@ -103,6 +106,8 @@ def parse_measures(parser: argparse.ArgumentParser, text: str) -> list[str]:
 
 def parse_layers(text: str | None) -> str | list[str] | None:
     """``blocks`` (a preset) or ``stem,layer1.*,fc`` (names and globs)."""
+    from vvm.cka.presets import PRESETS
+
     if text is None or text in PRESETS:
         return text
     return [t.strip() for t in text.split(",") if t.strip()]
@@ -128,6 +133,7 @@ def run_measures(
     settings' ``measure.*``: ``{measure: result}`` and the batches."""
     from tqdm import tqdm
 
+    from vvm.cka.joint import move_models
     from vvm.cka.similarity import JointSimilarity
     from vvm.pipeline import build_datamodule
     from vvm.settings import measure_params
@@ -150,148 +156,27 @@ def run_measures(
     return metric.compute(), batches
 
 
-# ---------------------------------------------------------------------------------------------- the files
-def pair_rows(
-    res: JointResult, jobs: list[JointJob], heads: dict[str, str | None] | None = None, measure: str = "cka"
-) -> list[dict[str, Any]]:
-    """One row per pair of models (A before B in job order); ``heads``: each model's classifier module name."""
-    from vvm.cka.correspondence import TOLERANCE, Identification, identification, mean_row_max, records
-
-    by_tag = {j.tag: j for j in jobs}
-    rows = []
-    for a_i, a in enumerate(res.models):
-        for b in res.models[a_i + 1 :]:
-            ja, jb = by_tag[a], by_tag[b]
-            block = res.block(a, b).numpy()
-            same = ja.model == jb.model
-            ident = (
-                identification(block, res.layers_of(a), res.layers_of(b), res.block(a, b, "stderr").numpy())
-                if same
-                else Identification(float("nan"), 0, 0, 0)
-            )
-            rows.append({
-                "model_a": a, "model_b": b, "job_a": ja.job, "job_b": jb.job, "arch_a": ja.model,
-                "arch_b": jb.model, "family_a": ja.family, "family_b": jb.family, "init_a": ja.init,
-                "init_b": jb.init, "layers_a": block.shape[0], "layers_b": block.shape[1],
-                f"mean_{measure}": float(np.nanmean(block)) if not np.isnan(block).all() else None,
-                "mean_row_max": mean_row_max(block), "layer_identification": ident.accuracy,
-                "identification_layers": ident.layers, "identification_ties": ident.ties,
-                "identification_tolerance": TOLERANCE if same else "",
-                "includes_classifier": None if heads is None else any(
-                    records(res.layers_of(m), heads.get(m)) for m in (a, b)),
-            })  # fmt: skip
-    return rows
-
-
-def correspondence_panels(res: JointResult, jobs: list[JointJob]) -> list[Any]:
-    """One panel per family pair (:func:`vvm.plots.joint.correspondence_panels`, families in the sweep's order)."""
-    from vvm.plots.joint import correspondence_panels as panels
-    from vvm.sweep import FAMILY_ORDER
-
-    return panels(res, {j.tag: (j.family, j.init) for j in jobs}, FAMILY_ORDER)
-
-
-def write_outputs(
-    res: JointResult,
-    jobs: list[JointJob],
-    out: Path,
-    *,
-    title: str,
-    extra: dict[str, Any],
-    heads: dict[str, str | None] | None = None,
-    measure: str = "cka",
-) -> dict[str, Any]:
-    """joint.npz, joint.csv, joint.png/pdf, pairs/<A>__<B>.png, correspondence.png/pdf; for another measure
-    joint-<measure>.npz (``matrix``, ``stderr``, the measure's parameters), .csv, .png/pdf, pairs-<measure>/,
-    correspondence-<measure>.png/pdf."""
-    import pandas as pd
-
-    from vvm.io import write_bytes, write_npz
-    from vvm.plots.heatmap import heatmap_figure, save_figure
-    from vvm.plots.joint import correspondence_figure, joint_figure
-
-    by_tag = {j.tag: j for j in jobs}
-    suffix = "" if measure == "cka" else f"-{measure}"
-    own = (dict(cka=res.matrix.numpy(), cka_stderr=res.stderr.numpy(), hsic_diag=res.hsic_xx.numpy(), kernel=res.kernel,
-                estimator=res.estimator) if measure == "cka" else
-           dict(matrix=res.matrix.numpy(), stderr=res.stderr.numpy(), measure=measure, **res.params))  # fmt: skip
-    files: dict[str, Any] = {"npz": write_npz(
-        out / f"joint{suffix}.npz", **own, layers=np.array(res.layers_x),
-        models=np.array(res.models), model_index=res.model_index.numpy(), n_samples=res.n_samples,
-        n_batches=res.n_batches,
-        jobs=np.array([by_tag[m].job for m in res.models]), model_names=np.array([by_tag[m].model for m in res.models]),
-        families=np.array([by_tag[m].family for m in res.models]), inits=np.array([by_tag[m].init for m in res.models]),
-        **extra,
-    )}  # fmt: skip
-    table = pd.DataFrame(pair_rows(res, jobs, heads, measure))
-    files["csv"] = write_bytes(out / f"joint{suffix}.csv", table.to_csv(index=False).encode())
-    files["png"], files["pdf"] = save_figure(
-        joint_figure(res.matrix.numpy(), res.models, res.model_index.numpy(), title=title),
-        out / f"joint{suffix}",
-    )
-    files["pairs"] = []
-    for a_i, a in enumerate(res.models):
-        for b in res.models[a_i + 1 :]:
-            fig = heatmap_figure(
-                res.block(a, b).numpy(),
-                res.layers_of(a),
-                res.layers_of(b),
-                title=f"{a} vs {b}",
-                xlabel=b,
-                ylabel=a,
-            )
-            files["pairs"].append(save_figure(fig, out / f"pairs{suffix}" / f"{a}__{b}", formats=("png",))[0])
-    if len(res.models) > 1:
-        fig = correspondence_figure(correspondence_panels(res, jobs), title=f"best-matching layers\n{title}")
-        files["correspondence_png"], files["correspondence_pdf"] = save_figure(
-            fig, out / f"correspondence{suffix}"
-        )
-    files["table"] = table
-    return files
-
-
-def log_to_wandb(files: dict[str, Any], jobs: list[JointJob], out: Path, sweep_dir: Path) -> Path | None:
-    """The figures and the table in a W&B run (project and mode of the jobs' loggers; offline by default)."""
-    from vvm.loggers import log_files_run
-    from vvm.sweep import sweep_name
-
-    loggers = [j.settings.logger for j in jobs if isinstance(j.settings.logger, WandbSettings)]
-    projects = {lg.project for lg in loggers}
-    modes = {lg.mode for lg in loggers}
-    images, tables = {}, {}
-    for m, mf in {"cka": files, **files.get("measures", {})}.items():
-        key = "joint" if m == "cka" else f"joint/{m}"  # each measure's figures and table under its own key
-        if "png" in mf:
-            images.update({f"{key}/matrix": mf["png"], **{f"{key}/pairs/{p.stem}": p for p in mf["pairs"]}})
-            images.update(
-                {f"{key}/correspondence": mf["correspondence_png"]} if "correspondence_png" in mf else {}
-            )
-            tables[f"{key}/pairs"] = mf["table"]
-    try:
-        return log_files_run(
-            run_dir=out, name=f"joint-{sweep_name(sweep_dir)}", job_type="joint-cka", images=images,
-            tables=tables, project=projects.pop() if len(projects) == 1 else "vvm",
-            group=f"sweep-{sweep_name(sweep_dir)}", mode=modes.pop() if len(modes) == 1 else None,
-            config={"sweep_dir": str(sweep_dir), "models": [j.tag for j in jobs]},
-        )  # fmt: skip
-    except Exception as e:  # W&B must not lose the files already written
-        log.warning("joint CKA: could not log to W&B (%s: %s); the files are written", type(e).__name__, e)
-        return None
-
-
-def uses_wandb(jobs: list[JointJob]) -> bool:
-    return any(isinstance(j.settings.logger, WandbSettings) for j in jobs)
-
-
 # ---------------------------------------------------------------------------------------------- entry points
-def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device: str | None = None,
-                jobs: Sequence[str] | None = None, logger: str = "auto", progress: bool = True,
-                measures: Sequence[str] = ("cka",), **overrides: Any) -> dict[str, Any]:  # fmt: skip
-    """Rebuild the sweep's models, run the joint pass, write the files (see the module docstring).
-    ``overrides``: ``layers``, ``batch_size``, ``max_samples``, ``seed``. Returns the result (the first
-    measure's; ``results``: every measure's), files, notes."""
-    sweep_dir = Path(sweep_dir)
-    found, notes = read_jobs(sweep_dir, jobs)
+FLAGS = {"batch_size": "--batch-size", "max_samples": "--max-samples", "limit": "the jobs' dataset.limit"}
+
+
+def check_plan(settings: JobSettings, measures: Sequence[str] = ("cka",)) -> None:
+    """The pass's batch plan holds a batch the estimator (and each measure: kNN's k + 1) can use
+    (:func:`vvm.preflight.check_plan`, naming the joint pass's flags)."""
+    from vvm.pipeline import build_datamodule
+    from vvm.preflight import check_plan as check
+    from vvm.settings import job_measures
+
+    built = job_measures(list(measures), settings.measure, settings.cka)
+    check(build_datamodule(settings), settings.cka, limit=settings.dataset.limit, flags=FLAGS, measures=built)
+
+
+def rebuild_models(
+    found: list[JointJob], notes: list[str], sweep_dir: Path
+) -> tuple[dict[str, Any], list[JointJob]]:
+    """Every job's model that can be rebuilt (a note in ``notes`` for each that cannot), and those jobs."""
+    from vvm.io import InputError
+
     models, used = {}, []
     for job in found:
         model, note = rebuild_model(job)
@@ -303,24 +188,55 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
     for note in notes:
         log.warning("joint CKA: %s", note)
     if not used:
-        raise RuntimeError(
-            f"no finished job in {sweep_dir} could be rebuilt: {'; '.join(notes) or 'no jobs'}"
-        )
-    settings, data_notes = pass_settings(used, {**overrides, "layers": parse_layers(overrides.get("layers"))})
-    notes += data_notes
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    results, batches = run_measures(models, settings, device, measures, progress=progress)
-    out = Path(out) if out is not None else sweep_dir / "joint"
-    extra = {"notes": np.array(notes, dtype=str), "batch_fingerprint": batches.fingerprint()}
-    heads = {tag: classifier_name(hook_target(m)) for tag, m in models.items()}
-    by_measure = {}
-    for m, res in results.items():
-        kind = f"{res.kernel} CKA" if m == "cka" else make_measure(m, res.params).title
-        title = f"{kind}, {len(used)} models, {used[0].result.get('dataset')} ({res.n_samples} examples)"
-        by_measure[m] = write_outputs(res, used, out, title=title, extra=extra, heads=heads, measure=m)
-    files = {**by_measure.get("cka", {}), "measures": {m: f for m, f in by_measure.items() if m != "cka"}}
-    if logger == "wandb" or (logger == "auto" and uses_wandb(used)):
-        files["wandb"] = log_to_wandb(files, used, out, sweep_dir)
+        raise InputError(f"no finished job in {sweep_dir} could be rebuilt: {'; '.join(notes)}")
+    return models, used
+
+
+def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device: str | None = None,
+                jobs: Sequence[str] | None = None, logger: str = "auto", progress: bool = True,
+                measures: Sequence[str] = ("cka",), **overrides: Any) -> dict[str, Any]:  # fmt: skip
+    """Rebuild the sweep's models, run the joint pass, write the files (see the module docstring).
+    ``overrides``: ``layers``, ``batch_size``, ``max_samples``, ``seed``. Returns the result (the first
+    measure's; ``results``: every measure's), files, notes.
+
+    Before any model is built: ``out`` can be written (else :class:`vvm.io.InputError` naming ``--out``),
+    no other joint pass writes there (a lock, ``<out>/.joint.lock``, held to the end), ``jobs`` are the sweep's,
+    and the pass's batch plan can be estimated (errors name ``--batch-size``/``--max-samples``)."""
+    from vvm.io import InputError, exclusive_lock, writable_dir
+
+    sweep_dir = Path(sweep_dir)
+    sweep_jobs(sweep_dir, jobs)  # a sweep's directory, holding these jobs: before anything is made
+    out = writable_dir(sweep_dir / "joint" if out is None else out, "--out")  # before torch is imported
+    with exclusive_lock(out / ".joint.lock", f"--out={out}: another joint pass is writing there; "
+                        "wait for it to finish, or give another --out"):  # fmt: skip
+        import torch
+
+        from vvm.cka.joint import hook_target
+        from vvm.cka.measures import make_measure
+        from vvm.cka.presets import classifier_name
+
+        found, notes = read_jobs(sweep_dir, jobs)
+        overrides = {**overrides, "layers": parse_layers(overrides.get("layers"))}
+        if not found:
+            raise InputError(f"no finished job in {sweep_dir}: {'; '.join(notes)}; run or resume its jobs")
+        check_plan(pass_settings(found, overrides)[0], measures)
+        models, used = rebuild_models(found, notes, sweep_dir)
+        settings, data_notes = pass_settings(used, overrides)
+        notes += data_notes
+        if used[0] is not found[0]:
+            check_plan(settings, measures)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        results, batches = run_measures(models, settings, device, measures, progress=progress)
+        extra = {"notes": np.array(notes, dtype=str), "batch_fingerprint": batches.fingerprint()}
+        heads = {tag: classifier_name(hook_target(m)) for tag, m in models.items()}
+        by_measure = {}
+        for m, res in results.items():
+            kind = f"{res.kernel} CKA" if m == "cka" else make_measure(m, res.params).title
+            title = f"{kind}, {len(used)} models, {used[0].result.get('dataset')} ({res.n_samples} examples)"
+            by_measure[m] = write_outputs(res, used, out, title=title, extra=extra, heads=heads, measure=m)
+        files = {**by_measure.get("cka", {}), "measures": {m: f for m, f in by_measure.items() if m != "cka"}}
+        if logger == "wandb" or (logger == "auto" and uses_wandb(used)):
+            files["wandb"] = log_to_wandb(files, used, out, sweep_dir)
     res = next(iter(results.values()))
     log.info(
         "joint pass: %d models, %d layers, %s -> %s", len(used), len(res.layers_x), ", ".join(results), out
@@ -328,17 +244,26 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
     return {"result": res, "results": results, "jobs": used, "files": files, "notes": notes, "out": out}
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give a whole number of examples >= 1")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (see the module docstring); an input it cannot use is one line on stderr, exit 2."""
     p = argparse.ArgumentParser(
         prog="python -m vvm.joint", description="Joint CKA over every finished job of a sweep."
     )
     p.add_argument("sweep_dir")
     p.add_argument("--layers", help="a preset (blocks, all, term_project) or names/globs: stem,layer1.*,fc")
     p.add_argument(
-        "--batch-size", type=int, help="examples per CKA batch (default: the sweep's cka.batch_size)"
+        "--batch-size", type=positive, help="examples per CKA batch (default: the sweep's cka.batch_size)"
     )
     p.add_argument(
-        "--max-samples", type=int, help="examples in the pass (default: the sweep's cka.max_samples)"
+        "--max-samples", type=positive, help="examples in the pass (default: the sweep's cka.max_samples)"
     )
     p.add_argument("--seed", type=int, help="the data order's seed (default: the first job's seed)")
     p.add_argument("--jobs", help="only these jobs, e.g. 0,1,2 (fewer models when they do not fit together)")
@@ -351,14 +276,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="auto: W&B when the sweep's jobs logged to W&B (offline unless WANDB_MODE=online)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    from vvm.io import InputError, exit_with_error
+
     if not Path(args.sweep_dir).is_dir():
-        p.error(f"{args.sweep_dir} is not a directory")
-    out = joint_sweep(
-        args.sweep_dir, out=args.out, device=args.device, logger=args.logger, progress=not args.no_progress,
-        jobs=args.jobs.split(",") if args.jobs else None, layers=args.layers, batch_size=args.batch_size,
-        max_samples=args.max_samples, seed=args.seed, measures=parse_measures(p, args.measures),
-    )  # fmt: skip
+        exit_with_error(
+            p.prog, f"{args.sweep_dir} is not a directory: give a sweep directory (multirun/<date>/<time>)"
+        )
+    measures = parse_measures(p, args.measures)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    try:
+        out = joint_sweep(
+            args.sweep_dir, out=args.out, device=args.device, logger=args.logger, progress=not args.no_progress,
+            jobs=[j.strip() for j in args.jobs.split(",") if j.strip()] if args.jobs else None, layers=args.layers,
+            batch_size=args.batch_size, max_samples=args.max_samples, seed=args.seed, measures=measures,
+        )  # fmt: skip
+    except InputError as e:
+        exit_with_error(p.prog, e)
+    # a ConfigError (the batch plan's): vvm.settings imports torch, so it is imported once one is raised
+    except ValueError as e:
+        from vvm.settings import ConfigError
+
+        if not isinstance(e, ConfigError):
+            raise
+        exit_with_error(p.prog, e)
     print(f"joint CKA of {len(out['jobs'])} models written to {out['out']}")
     for note in out["notes"]:
         print(f"note: {note}")

@@ -12,13 +12,12 @@ composed: :mod:`vvm.schema`.)
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 from vvm.cka.functional import min_samples
+from vvm.io import InputError, writable_dir
 from vvm.models import published_arch
 from vvm.models.published import check_published_weights
 from vvm.settings import CKASettings, ConfigError, JobSettings
@@ -27,24 +26,11 @@ from vvm.weights import weights_source
 
 def check_writable(path: str | Path, key: str, *, need_bytes: int = 0) -> Path:
     """Make ``path`` (a directory) if needed and write a file there; an error names ``key`` and the path.
-    With ``need_bytes``, the file system must also have that much room."""
-    path = Path(path).expanduser()
-    fix = f"set {key} to a folder you can write to"
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{key}={str(path)!r} is a file, not a directory: {fix}")
+    With ``need_bytes``, the file system must also have that much room (:func:`vvm.io.writable_dir`)."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".vvm-write-check-"):
-            pass
-    except OSError as e:
-        raise ConfigError(f"{key}={str(path)!r} is not writable ({type(e).__name__}: {e}): {fix}") from None
-    free = shutil.disk_usage(path).free
-    if need_bytes and free < need_bytes:
-        raise ConfigError(
-            f"{key}={str(path)!r} has {free / 2**20:.0f} MiB free, and this job writes about "
-            f"{need_bytes / 2**20:.0f} MiB there: free some space or {fix}"
-        )
-    return path
+        return writable_dir(path, key, need_bytes=need_bytes)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_layers(model: Any, spec: Any, cka: CKASettings, *, key: str = "cka.layers", **other: Any) -> None:

@@ -8,14 +8,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from vvm.cka.measures import MEASURES
-from vvm.io import load_json, load_npz
-from vvm.models import family_of
-from vvm.settings import JobSettings
+from vvm.io import InputError, load_json, load_npz
+
+if TYPE_CHECKING:
+    from vvm.settings import JobSettings
 
 # overrides that say which job it is without being a "variant" of the sweep
 _IDENTITY_KEYS = {"model", "init", "model.name", "init.name", "compare", "compare_init", "resume"}
@@ -31,6 +31,8 @@ def canonical_family(family: str | None, model: str | None = None) -> str:
 def model_family(name: str | None) -> str:
     """The summary's row for a model name: its family in the registry (see :func:`vvm.models.family_of`: resnet
     for r18 and resnet50, lambda for lambda_r26, vit for vit_l32 and deit_small, else other)."""
+    from vvm.models import family_of  # the registry (torch): not for a command's --help
+
     return canonical_family(family_of(name))
 
 
@@ -122,11 +124,12 @@ def read_job(sweep_dir: str | Path, job_dir: str | Path) -> JobRecord:
     rec.overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
 
     # what the job was, from Hydra's record (there even when the job died before writing anything)
-    hydra_cfg = _read_yaml(job_dir / ".hydra" / "hydra.yaml") or {}
-    choices = (hydra_cfg.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
-    task_cfg = _read_yaml(job_dir / ".hydra" / "config.yaml") or {}
-    rec.model = _literal((task_cfg.get("model") or {}).get("name")) or choices.get("model")
-    rec.init = _literal((task_cfg.get("init") or {}).get("name")) or choices.get("init")
+    hydra_cfg = _read_yaml(job_dir / ".hydra" / "hydra.yaml")
+    choices = _mapping(_mapping(_mapping(hydra_cfg).get("hydra")).get("runtime")).get("choices")
+    choices = {k: v for k, v in _mapping(choices).items() if isinstance(v, str)}
+    task_cfg = _mapping(_read_yaml(job_dir / ".hydra" / "config.yaml"))
+    rec.model = _literal(_mapping(task_cfg.get("model")).get("name")) or choices.get("model")
+    rec.init = _literal(_mapping(task_cfg.get("init")).get("name")) or choices.get("init")
     rec.dataset = choices.get("dataset")
 
     result: dict[str, Any] | None = None
@@ -134,8 +137,13 @@ def read_job(sweep_dir: str | Path, job_dir: str | Path) -> JobRecord:
     if res_path.is_file():
         try:
             result = load_json(res_path)
-        except ValueError as e:
+        except (OSError, ValueError) as e:
             rec.error = f"result.json is unreadable: {e}"
+        if result is not None and not isinstance(result, dict):
+            rec.error = (
+                f"result.json holds a JSON {type(result).__name__}, not a job's mapping: run the job again"
+            )
+            result = None
     elif rec.error is None:
         rec.error = "no result.json: the job was killed, is still running, or never started its pipeline"
 
@@ -169,7 +177,7 @@ def _read_result(rec: JobRecord, result: dict[str, Any]) -> None:
     other = result.get("compare")
     if isinstance(other, dict):
         rec.compare = f"{other.get('model')} · {other.get('init')}"
-    cfg = result.get("config") or {}
+    cfg = _mapping(result.get("config"))
     rec.logger = cfg.get("logger") if isinstance(cfg.get("logger"), dict) else None
     rec.family = canonical_family(result.get("family"), rec.model)
     rec.analyses = result.get("analyses") if isinstance(result.get("analyses"), dict) else {}
@@ -187,7 +195,7 @@ def _read_matrix(rec: JobRecord, npz_path: Path) -> None:
         rec.layers_y = [str(s) for s in z["layers_y"]]
         if rec.samples is None and "n_samples" in z:
             rec.samples = int(z["n_samples"])
-    except (OSError, KeyError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - truncated (BadZipFile, EOFError), damaged (zlib.error), or not npz
         rec.status = "incomplete"
         rec.error = f"cka.npz is missing or unreadable: {type(e).__name__}: {e}"
 
@@ -218,6 +226,8 @@ def measured(j: JobRecord, measure: str) -> tuple[Any, float | None, str]:
     """A job's matrix, mean off-diagonal value and label for ``measure``."""
     if measure == "cka":
         return j.matrix, j.mean_cka, "CKA"
+    from vvm.cka.measures import MEASURES  # the engine (torch): not for a command's --help
+
     label = MEASURES[measure].label if measure in MEASURES else measure
     mean = j.measures.get(measure)
     return j.matrices.get(measure), None if mean is None or mean != mean else mean, label
@@ -234,63 +244,6 @@ def summary_columns(jobs: Sequence[JobRecord], columns: Sequence[str]) -> list[s
     cols = list(columns)
     at = cols.index("mean_cka") + 1
     return cols[:at] + [f"mean_{m}" for m in measures_of(jobs)] + cols[at:]
-
-
-# ---------------------------------------------------------------------------------------------- the joint pass's jobs
-@dataclass
-class JointJob:
-    """A finished job of the sweep, as the joint pass uses it."""
-
-    job: str
-    tag: str
-    model: str
-    init: str
-    family: str
-    settings: JobSettings
-    result: dict[str, Any]
-
-
-def read_jobs(sweep_dir: str | Path, only: Sequence[str] | None = None) -> tuple[list[JointJob], list[str]]:
-    """The sweep's finished jobs (``only``: these job names) with unique tags, and a note per skipped job: what
-    the joint pass (:mod:`vvm.joint`) rebuilds its models from."""
-    from vvm.schema import from_record
-
-    sweep_dir = Path(sweep_dir)
-    jobs, notes = [], []
-    for d in job_dirs(sweep_dir):
-        rel = str(d.relative_to(sweep_dir))
-        if only is not None and rel not in only:
-            continue
-        rec = read_job(sweep_dir, d)
-        if rec.status != "ok":
-            error = " ".join(str(rec.error or "no error recorded").split())[:300]
-            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: it is {rec.status}: {error}")
-            continue
-        result = load_json(d / "result.json")
-        config = result.get("config")
-        if not isinstance(config, dict) or "model" not in config:
-            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: its result.json holds no config")
-            continue
-        try:
-            settings = from_record(config, str(result.get("dataset")))
-        except Exception as e:  # noqa: BLE001 - a config this vvm cannot read is a note, not the end
-            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: its stored config does not read: {e}")
-            continue
-        tag = str(result.get("tag") or f"{rec.model}-{rec.init}")
-        jobs.append(JointJob(rel, tag, str(rec.model), str(rec.init), rec.family, settings, result))
-    unique_tags(jobs)
-    return jobs, notes
-
-
-def unique_tags(jobs: list[JointJob]) -> None:
-    """Drop the dataset suffix every tag shares, add the job number to tags that repeat; no ``/``."""
-    suffixes = {f"-{j.result.get('dataset')}" for j in jobs}
-    if len(suffixes) == 1 and all(j.tag.endswith(s) and j.tag != s for j in jobs for s in suffixes):
-        for j in jobs:
-            j.tag = j.tag[: -len(next(iter(suffixes)))]
-    counts = Counter(j.tag for j in jobs)
-    for j in jobs:
-        j.tag = (f"{j.tag}-{j.job}" if counts[j.tag] > 1 else j.tag).replace("/", "_")
 
 
 def analysis_records(jobs: Sequence[JobRecord], kind: str) -> list[dict[str, Any]]:
@@ -313,6 +266,11 @@ def analysis_records(jobs: Sequence[JobRecord], kind: str) -> list[dict[str, Any
             rec.update(load_npz(path))
         out.append(rec)
     return out
+
+
+def _mapping(v: Any) -> dict:
+    """``v`` when it is a mapping, else an empty one (a file holding a list or a string where a mapping goes)."""
+    return v if isinstance(v, dict) else {}
 
 
 def _literal(v: Any) -> str | None:
@@ -342,6 +300,84 @@ def collect_jobs(sweep_dir: str | Path) -> list[JobRecord]:
     return jobs
 
 
+# ---------------------------------------------------------------------------------------------- the joint pass's jobs
+@dataclass
+class JointJob:
+    """A finished job of the sweep, as the joint pass uses it."""
+
+    job: str
+    tag: str
+    model: str
+    init: str
+    family: str
+    settings: JobSettings
+    result: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------- the jobs
+def read_jobs(sweep_dir: str | Path, only: Sequence[str] | None = None) -> tuple[list[JointJob], list[str]]:
+    """The sweep's finished jobs (``only``: these job names) with unique tags, and a note per skipped job."""
+    from vvm.schema import from_record
+
+    sweep_dir = Path(sweep_dir)
+    jobs, notes = [], []
+    for d in sweep_jobs(sweep_dir, only):
+        rel = str(d.relative_to(sweep_dir))
+        rec = read_job(sweep_dir, d)
+        if rec.status != "ok":
+            error = " ".join(str(rec.error or "no error recorded").split())[:300]
+            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: it is {rec.status}: {error}")
+            continue
+        result = load_json(d / "result.json")
+        config = result.get("config")
+        if not isinstance(config, dict) or "model" not in config:
+            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: its result.json holds no config")
+            continue
+        try:
+            settings = from_record(config, str(result.get("dataset")))
+        except Exception as e:  # noqa: BLE001 - a config this vvm cannot read is a note, not the end
+            notes.append(f"job {rel} ({rec.model}, {rec.init}) skipped: its stored config does not read: {e}")
+            continue
+        tag = str(result.get("tag") or f"{rec.model}-{rec.init}")
+        jobs.append(JointJob(rel, tag, str(rec.model), str(rec.init), rec.family, settings, result))
+    unique_tags(jobs)
+    return jobs, notes
+
+
+def sweep_jobs(sweep_dir: Path, only: Sequence[str] | None = None) -> list[Path]:
+    """The job directories of ``sweep_dir`` (``only``: these jobs); :class:`InputError` when it holds none (a job's
+    own directory, an empty one) or ``only`` names a job it does not hold."""
+    dirs = job_dirs(sweep_dir)
+    if not dirs:
+        if (sweep_dir / "result.json").is_file() or (sweep_dir / ".hydra").is_dir():
+            raise InputError(
+                f"{sweep_dir} is one job's directory, not a sweep's: give the sweep directory that holds the jobs "
+                f"({sweep_dir.parent}, multirun/<date>/<time>)"
+            )
+        raise InputError(
+            f"{sweep_dir} holds no jobs (no <job>/result.json or <job>/.hydra): give a sweep directory "
+            "(multirun/<date>/<time>)"
+        )
+    names = [str(d.relative_to(sweep_dir)) for d in dirs]
+    unknown = [j for j in dict.fromkeys(only or ()) if j not in names]
+    if unknown:
+        raise InputError(
+            f"--jobs: {sweep_dir} holds no job {', '.join(unknown)}; its jobs are {', '.join(names)}"
+        )
+    return [d for d, n in zip(dirs, names) if only is None or n in only]
+
+
+def unique_tags(jobs: list[JointJob]) -> None:
+    """Drop the dataset suffix every tag shares, add the job number to tags that repeat; no ``/``."""
+    suffixes = {f"-{j.result.get('dataset')}" for j in jobs}
+    if len(suffixes) == 1 and all(j.tag.endswith(s) and j.tag != s for j in jobs for s in suffixes):
+        for j in jobs:
+            j.tag = j.tag[: -len(next(iter(suffixes)))]
+    counts = Counter(j.tag for j in jobs)
+    for j in jobs:
+        j.tag = (f"{j.tag}-{j.job}" if counts[j.tag] > 1 else j.tag).replace("/", "_")
+
+
 __all__ = [
     "JobRecord",
     "JointJob",
@@ -356,5 +392,6 @@ __all__ = [
     "read_job",
     "read_jobs",
     "summary_columns",
+    "sweep_jobs",
     "unique_tags",
 ]

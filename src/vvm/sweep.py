@@ -45,23 +45,25 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from vvm.models import display_order, families
+from vvm.io import InputError, exit_with_error
 from vvm.records import (
     JobRecord,
-    analysis_records,
-    canonical_family,
     collect_jobs,
-    job_sort_key,
-    measured,
-    measures_of,
     summary_columns,
+    sweep_jobs,
+)
+from vvm.sweep_figures import (
+    analysis_figures,
+    family_order,
+    grid_rows,
+    measure_figures,
+    model_order,
+    summary_title,
+    sweep_name,
 )
 
 log = logging.getLogger(__name__)
 
-FAMILY_ORDER = tuple(dict.fromkeys(canonical_family(f) for f in families()))  # resnet lambda vit timm
-MODEL_ORDER = display_order()
-INIT_ORDER = ("pretrained", "random")
 SUMMARY_COLUMNS = (
     "job",
     "model",
@@ -81,114 +83,16 @@ SUMMARY_COLUMNS = (
 )
 
 
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``FAMILY_ORDER`` and ``MODEL_ORDER``, computed when first asked for (see :func:`family_order`)."""
+    if name == "FAMILY_ORDER":
+        return family_order()
+    if name == "MODEL_ORDER":
+        return model_order()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # ---------------------------------------------------------------------------------------------- the summary
-def _order(value: str | None, known: Sequence[str]) -> tuple[int, str]:
-    return (known.index(value), "") if value in known else (len(known), str(value))
-
-
-def grid_rows(jobs: Sequence[JobRecord], measure: str = "cka") -> list[tuple[str, list[Any]]]:
-    """The figure's rows: one per family (and variant), panels ordered by model, then init; the panels show
-    ``measure``'s matrices (``cka``, or ``rsa``, ``knn`` for ``summary-<measure>.png``)."""
-    from vvm.plots.summary import Panel
-
-    groups: dict[tuple[str, str], list[JobRecord]] = {}
-    for j in jobs:
-        groups.setdefault((j.family, j.variant), []).append(j)
-    rows = []
-    for family, variant in sorted(groups, key=lambda k: (_order(k[0], FAMILY_ORDER), k[1])):
-        members = sorted(
-            groups[(family, variant)],
-            key=lambda j: (_order(j.model, MODEL_ORDER), _order(j.init, INIT_ORDER), job_sort_key(j.job)),
-        )
-        panels = []
-        for j in members:
-            matrix, mean, label = measured(j, measure)
-            sub = []
-            if mean is not None:
-                sub.append(f"mean {label} {mean:.2f}")
-            if j.accuracy is not None:
-                sub.append(f"acc {100 * j.accuracy:.0f}%")
-            note = None
-            if j.status != "ok" or matrix is None:
-                note = f"{j.status}: {j.error or f'no {label} matrix'}"
-            panels.append(
-                Panel(
-                    title=f"{j.model} · {j.init}" + (f" vs {j.compare}" if j.compare else ""),
-                    matrix=matrix,
-                    layers_x=j.layers_x,
-                    layers_y=j.layers_y,
-                    subtitle=" · ".join(sub) or None,
-                    note=note,
-                )
-            )
-        rows.append((family if not variant else f"{family}\n{variant}", panels))
-    return rows
-
-
-def measure_figures(sweep_dir: Path, jobs: Sequence[JobRecord]) -> dict[str, tuple[Path, Path]]:
-    """``summary-<measure>.png``/``.pdf`` for each measure besides CKA the jobs computed (``measures=[...]``):
-    the grid of summary.png with that measure's matrices. Returns ``{measure: (png, pdf)}``."""
-    from vvm.plots.heatmap import save_figure
-    from vvm.plots.summary import summary_figure
-
-    out = {}
-    for m in measures_of(jobs):
-        fig = summary_figure(grid_rows(jobs, m), title=summary_title(jobs, sweep_dir, measure=m))
-        out[m] = save_figure(fig, sweep_dir / f"summary-{m}")
-    return out
-
-
-def summary_title(jobs: Sequence[JobRecord], sweep_dir: Path, measure: str = "cka") -> str:
-    def one(values: set) -> str | None:
-        values.discard(None)
-        return str(next(iter(values))) if len(values) == 1 else None
-
-    kernel, dataset = one({j.kernel for j in jobs}), one({j.dataset for j in jobs})
-    samples = one({j.samples for j in jobs})
-    n_ok = sum(j.status == "ok" for j in jobs)
-    parts = [f"{kernel or ''} CKA".strip() if measure == "cka" else measured(jobs[0], measure)[2]]
-    if dataset:
-        parts.append(f"on {dataset}")
-    if samples:
-        parts.append(f"({samples} examples)")
-    return f"{' '.join(parts)} - {n_ok}/{len(jobs)} jobs ok - {sweep_name(sweep_dir)}"
-
-
-def sweep_name(sweep_dir: str | Path) -> str:
-    """``multirun/2026-01-02/03-04-05`` -> ``2026-01-02_03-04-05`` (the last two path parts)."""
-    parts = Path(sweep_dir).resolve().parts
-    return "_".join(parts[-2:]) if len(parts) >= 2 else parts[-1]
-
-
-ANALYSIS_TITLES = {
-    "erf": "effective receptive fields",
-    "attention": "mean attention distance",
-    "probe": "linear probes",
-}
-
-
-def analysis_figures(sweep_dir: Path, jobs: Sequence[JobRecord]) -> dict[str, tuple[Path, Path]]:
-    """``summary-<kind>.png``/``.pdf`` for each analysis (erf, attention, probe) the sweep's jobs ran: every model
-    on one relative-depth axis, a colour per family, random dashed, trained solid
-    (:func:`vvm.plots.analyses_sweep.sweep_figure`). Returns ``{kind: (png, pdf)}``."""
-    from vvm.plots.analyses_sweep import sweep_figure
-    from vvm.plots.heatmap import save_figure
-
-    datasets = {j.dataset for j in jobs if j.dataset}
-    where = f" on {datasets.pop()}" if len(datasets) == 1 else ""
-    out: dict[str, tuple[Path, Path]] = {}
-    for kind, title in ANALYSIS_TITLES.items():
-        records = analysis_records(jobs, kind)
-        if not any("layers" in r or "blocks" in r for r in records):
-            if records:
-                log.info("sweep summary: %s applies to none of the sweep's models: no figure", kind)
-            continue
-        fig = sweep_figure(kind, records, title=f"{title}{where} - {sweep_name(sweep_dir)}")
-        png, pdf = save_figure(fig, sweep_dir / f"summary-{kind}")
-        out[kind] = (png, pdf)
-    return out
-
-
 def write_summary(
     sweep_dir: str | Path, *, wandb_group: str | None = None, log_wandb: bool = True
 ) -> dict[str, Any]:
@@ -323,16 +227,19 @@ def resume_command(sweep_dir: str | Path, extra: Sequence[str] = ()) -> list[str
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: {sweep_dir} is not a Hydra sweep directory (multirun/<date>/<time>)"
+        raise InputError(
+            f"{path} not found: {sweep_dir} is not a Hydra sweep directory: give one (multirun/<date>/<time>)"
         )
-    cfg = OmegaConf.load(path)
-    task = [str(o) for o in cfg.hydra.overrides.task if not str(o).startswith("resume=")]
-    hydra_ov = [
-        str(o)
-        for o in cfg.hydra.overrides.hydra
-        if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode="))
-    ]
+    try:
+        overrides = OmegaConf.to_container(OmegaConf.load(path).hydra.overrides)
+        task, hydra_ov = list(overrides["task"]), list(overrides["hydra"])
+    except Exception as e:  # noqa: BLE001 - not YAML, a list where the mapping goes, keys missing
+        raise InputError(
+            f"{path} is not the multirun.yaml Hydra writes ({type(e).__name__}: {e}): rerun the sweep's own "
+            "command with resume=true hydra.sweep.dir=" + str(sweep_dir)
+        ) from None
+    task = [str(o) for o in task if not str(o).startswith("resume=")]
+    hydra_ov = [str(o) for o in hydra_ov if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode="))]
     return [
         sys.executable,
         "-m",
@@ -347,6 +254,7 @@ def resume_command(sweep_dir: str | Path, extra: Sequence[str] = ()) -> list[str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; a directory or file it cannot use is one line on stderr, exit status 2."""
     parser = argparse.ArgumentParser(
         prog="python -m vvm.sweep", description="Summarise or resume a vvm sweep."
     )
@@ -364,12 +272,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_res.add_argument("overrides", nargs="*", help="extra overrides appended to the sweep's own")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    if args.command == "summary":
-        if not Path(args.sweep_dir).is_dir():
-            parser.error(f"{args.sweep_dir} is not a directory")
-        out = write_summary(args.sweep_dir, log_wandb=not args.no_wandb)
-        return 0 if out["jobs"] else 1
-    cmd = resume_command(args.sweep_dir, args.overrides)
+    try:
+        if args.command == "summary":
+            if not Path(args.sweep_dir).is_dir():
+                raise InputError(
+                    f"{args.sweep_dir} is not a directory: give a sweep directory (multirun/<date>/<time>)"
+                )
+            sweep_jobs(Path(args.sweep_dir))  # a sweep's directory: one that holds jobs
+            out = write_summary(args.sweep_dir, log_wandb=not args.no_wandb)
+            return 0 if out["jobs"] else 1
+        cmd = resume_command(args.sweep_dir, args.overrides)
+    except InputError as e:
+        exit_with_error(f"{parser.prog} {args.command}", e)
     print("+", " ".join(cmd), flush=True)
     return subprocess.call(cmd)
 

@@ -1,0 +1,154 @@
+"""The files of the joint pass (:mod:`vvm.joint`): joint.npz/.csv/.png/.pdf, every cross-model block, the layer
+correspondence figure (and each measure's own, ``joint-<measure>.*``), and their W&B run."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from vvm.cka.joint import JointResult
+    from vvm.records import JointJob
+
+log = logging.getLogger("vvm.joint")
+
+
+def pair_rows(
+    res: JointResult, jobs: list[JointJob], heads: dict[str, str | None] | None = None, measure: str = "cka"
+) -> list[dict[str, Any]]:
+    """One row per pair of models (A before B in job order); ``heads``: each model's classifier module name."""
+    from vvm.cka.correspondence import TOLERANCE, Identification, identification, mean_row_max, records
+
+    by_tag = {j.tag: j for j in jobs}
+    rows = []
+    for a_i, a in enumerate(res.models):
+        for b in res.models[a_i + 1 :]:
+            ja, jb = by_tag[a], by_tag[b]
+            block = res.block(a, b).numpy()
+            same = ja.model == jb.model
+            ident = (
+                identification(block, res.layers_of(a), res.layers_of(b), res.block(a, b, "stderr").numpy())
+                if same
+                else Identification(float("nan"), 0, 0, 0)
+            )
+            rows.append({
+                "model_a": a, "model_b": b, "job_a": ja.job, "job_b": jb.job, "arch_a": ja.model,
+                "arch_b": jb.model, "family_a": ja.family, "family_b": jb.family, "init_a": ja.init,
+                "init_b": jb.init, "layers_a": block.shape[0], "layers_b": block.shape[1],
+                f"mean_{measure}": float(np.nanmean(block)) if not np.isnan(block).all() else None,
+                "mean_row_max": mean_row_max(block), "layer_identification": ident.accuracy,
+                "identification_layers": ident.layers, "identification_ties": ident.ties,
+                "identification_tolerance": TOLERANCE if same else "",
+                "includes_classifier": None if heads is None else any(
+                    records(res.layers_of(m), heads.get(m)) for m in (a, b)),
+            })  # fmt: skip
+    return rows
+
+
+def correspondence_panels(res: JointResult, jobs: list[JointJob]) -> list[Any]:
+    """One panel per family pair (:func:`vvm.plots.joint.correspondence_panels`, families in the sweep's order)."""
+    from vvm.plots.joint import correspondence_panels as panels
+    from vvm.sweep import FAMILY_ORDER
+
+    return panels(res, {j.tag: (j.family, j.init) for j in jobs}, FAMILY_ORDER)
+
+
+def write_outputs(
+    res: JointResult,
+    jobs: list[JointJob],
+    out: Path,
+    *,
+    title: str,
+    extra: dict[str, Any],
+    heads: dict[str, str | None] | None = None,
+    measure: str = "cka",
+) -> dict[str, Any]:
+    """joint.npz, joint.csv, joint.png/pdf, pairs/<A>__<B>.png, correspondence.png/pdf; for another measure
+    joint-<measure>.npz (``matrix``, ``stderr``, the measure's parameters), .csv, .png/pdf, pairs-<measure>/,
+    correspondence-<measure>.png/pdf."""
+    import pandas as pd
+
+    from vvm.io import write_bytes, write_npz
+    from vvm.plots.heatmap import heatmap_figure, save_figure
+    from vvm.plots.joint import correspondence_figure, joint_figure
+
+    by_tag = {j.tag: j for j in jobs}
+    suffix = "" if measure == "cka" else f"-{measure}"
+    own = (dict(cka=res.matrix.numpy(), cka_stderr=res.stderr.numpy(), hsic_diag=res.hsic_xx.numpy(), kernel=res.kernel,
+                estimator=res.estimator) if measure == "cka" else
+           dict(matrix=res.matrix.numpy(), stderr=res.stderr.numpy(), measure=measure, **res.params))  # fmt: skip
+    files: dict[str, Any] = {"npz": write_npz(
+        out / f"joint{suffix}.npz", **own, layers=np.array(res.layers_x),
+        models=np.array(res.models), model_index=res.model_index.numpy(), n_samples=res.n_samples,
+        n_batches=res.n_batches,
+        jobs=np.array([by_tag[m].job for m in res.models]), model_names=np.array([by_tag[m].model for m in res.models]),
+        families=np.array([by_tag[m].family for m in res.models]), inits=np.array([by_tag[m].init for m in res.models]),
+        **extra,
+    )}  # fmt: skip
+    table = pd.DataFrame(pair_rows(res, jobs, heads, measure))
+    files["csv"] = write_bytes(out / f"joint{suffix}.csv", table.to_csv(index=False).encode())
+    files["png"], files["pdf"] = save_figure(
+        joint_figure(res.matrix.numpy(), res.models, res.model_index.numpy(), title=title),
+        out / f"joint{suffix}",
+    )
+    files["pairs"] = []
+    for a_i, a in enumerate(res.models):
+        for b in res.models[a_i + 1 :]:
+            fig = heatmap_figure(
+                res.block(a, b).numpy(),
+                res.layers_of(a),
+                res.layers_of(b),
+                title=f"{a} vs {b}",
+                xlabel=b,
+                ylabel=a,
+            )
+            files["pairs"].append(save_figure(fig, out / f"pairs{suffix}" / f"{a}__{b}", formats=("png",))[0])
+    if len(res.models) > 1:
+        fig = correspondence_figure(correspondence_panels(res, jobs), title=f"best-matching layers\n{title}")
+        files["correspondence_png"], files["correspondence_pdf"] = save_figure(
+            fig, out / f"correspondence{suffix}"
+        )
+    files["table"] = table
+    return files
+
+
+def log_to_wandb(files: dict[str, Any], jobs: list[JointJob], out: Path, sweep_dir: Path) -> Path | None:
+    """The figures and the table in a W&B run (project and mode of the jobs' loggers; offline by default)."""
+    from vvm.loggers import log_files_run
+    from vvm.settings import WandbSettings
+    from vvm.sweep import sweep_name
+
+    loggers = [j.settings.logger for j in jobs if isinstance(j.settings.logger, WandbSettings)]
+    projects = {lg.project for lg in loggers}
+    modes = {lg.mode for lg in loggers}
+    images, tables = {}, {}
+    for m, mf in {"cka": files, **files.get("measures", {})}.items():
+        key = "joint" if m == "cka" else f"joint/{m}"  # each measure's figures and table under its own key
+        if "png" in mf:
+            images.update({f"{key}/matrix": mf["png"], **{f"{key}/pairs/{p.stem}": p for p in mf["pairs"]}})
+            images.update(
+                {f"{key}/correspondence": mf["correspondence_png"]} if "correspondence_png" in mf else {}
+            )
+            tables[f"{key}/pairs"] = mf["table"]
+    try:
+        return log_files_run(
+            run_dir=out, name=f"joint-{sweep_name(sweep_dir)}", job_type="joint-cka", images=images,
+            tables=tables, project=projects.pop() if len(projects) == 1 else "vvm",
+            group=f"sweep-{sweep_name(sweep_dir)}", mode=modes.pop() if len(modes) == 1 else None,
+            config={"sweep_dir": str(sweep_dir), "models": [j.tag for j in jobs]},
+        )  # fmt: skip
+    except Exception as e:  # W&B must not lose the files already written
+        log.warning("joint CKA: could not log to W&B (%s: %s); the files are written", type(e).__name__, e)
+        return None
+
+
+def uses_wandb(jobs: list[JointJob]) -> bool:
+    from vvm.settings import WandbSettings
+
+    return any(isinstance(j.settings.logger, WandbSettings) for j in jobs)
+
+
+__all__ = ["correspondence_panels", "log_to_wandb", "pair_rows", "uses_wandb", "write_outputs"]
