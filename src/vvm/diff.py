@@ -55,6 +55,11 @@ def _npz_path(p: str | Path, measure: str = "cka") -> Path:
     return path
 
 
+def label(measure: str) -> str:
+    """How messages name a measure's map: CKA, RSA, KNN."""
+    return measure.upper()
+
+
 def load_map(p: str | Path, measure: str = "cka") -> dict:
     """The arrays of a run's ``<measure>.npz``; :class:`InputError` naming the file when it cannot be read or is
     not a map of that measure (a truncated or damaged file, a joint.npz, another file)."""
@@ -68,7 +73,7 @@ def load_map(p: str | Path, measure: str = "cka") -> dict:
     missing = [k for k in _NEEDED.get(measure, _NEEDED_MEASURE) if k not in z]
     if missing:
         raise InputError(
-            f"{path} is not a job's {measure} map (no {', '.join(missing)}): give a job's {measure}.npz or run "
+            f"{path} is not a job's {label(measure)} map (no {', '.join(missing)}): give a job's {measure}.npz or run "
             "directory"
         )
     return z
@@ -152,7 +157,7 @@ def difference_df(za: dict, zb: dict, is_paired: bool, measure: str = "cka") -> 
     """Degrees of freedom of the t statistic of every entry: ``B - 1`` for ``B`` paired batches (as
     :meth:`CKAResult.interval`); for independent runs Welch–Satterthwaite's
     ``(v_A + v_B)² / (v_A² / (B_A - 1) + v_B² / (B_B - 1))`` with ``v = se²`` (NaN with fewer than 2 batches)."""
-    shape = np.shape(_maps(za, measure)[0])
+    shape = np.shape(za["cka" if measure == "cka" else "matrix"])
     if is_paired:
         return np.full(shape, len(za["batch_ids"]) - 1.0)
     va, vb = (np.asarray(_maps(z, measure)[1], dtype=float) ** 2 for z in (za, zb))
