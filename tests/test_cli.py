@@ -60,6 +60,7 @@ def test_cli_writes_every_output(tmp_path):
     assert not list(out.glob(".*.tmp")) and not [p for p in out.iterdir() if p.name.startswith(".cka")]
 
 
+@pytest.mark.slow
 def test_cli_options_and_reproducibility(tmp_path):
     args = [*SMALL, "cka.kernel=rbf", "cka.estimator=biased", "cka.layers=[stem,layer2.*.bn1,fc]", "seed=3"]
     run_vvm([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
@@ -70,6 +71,7 @@ def test_cli_options_and_reproducibility(tmp_path):
     np.testing.assert_array_equal(a["cka"], b["cka"])  # same seed, same weights, same CKA
 
 
+@pytest.mark.slow
 def test_cli_bad_layer_fails_with_helpful_error(tmp_path):
     proc = run_vvm(
         [*SMALL, "cka.layers=[layer9]", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path, check=False
@@ -80,6 +82,7 @@ def test_cli_bad_layer_fails_with_helpful_error(tmp_path):
     assert res["status"] == "failed" and "layer9" in res["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("vvm") is None, reason="console script not installed")
 def test_console_script_help(tmp_path):
     proc = subprocess.run(["vvm", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)

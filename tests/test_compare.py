@@ -21,6 +21,7 @@ from vvm.pipeline import run
 FAST = ["dataset=digits", "dataset.limit=96", "cka.batch_size=32", "logger=none", "trainer=cpu"]
 
 
+@pytest.mark.slow
 def test_compare_two_models_rectangular(tmp_path):
     cfg = compose_settings([*FAST, "model=r18", "compare=r34", "compare_init=random"], tmp_path)
     summary = run(cfg)
@@ -35,6 +36,7 @@ def test_compare_two_models_rectangular(tmp_path):
     assert (tmp_path / "cka.png").stat().st_size > 0 and (tmp_path / "cka.pdf").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_compare_with_itself_reproduces_single_run(tmp_path):
     run(compose_settings([*FAST, "model=r18"], tmp_path / "single"))
     run(compose_settings([*FAST, "model=r18", "compare=r18"], tmp_path / "pair"))
@@ -70,6 +72,7 @@ def test_each_model_gets_its_own_preprocessing(tmp_path):
     assert m.compute().matrix.shape == (2, 2)
 
 
+@pytest.mark.slow
 def test_difference_map(tmp_path):
     run(compose_settings([*FAST, "seed=1"], tmp_path / "a"))
     run(compose_settings([*FAST, "seed=2"], tmp_path / "b"))
@@ -126,6 +129,7 @@ def test_stderr_covers_truth_and_matches_spread():
     assert 0.88 <= coverage <= 0.99, coverage
 
 
+@pytest.mark.slow
 def test_stderr_shrinks_with_more_samples():
     se = {}
     for nb in (10, 40, 160):

@@ -52,7 +52,8 @@ def _overrides(model: str, init: str, dataset: str, data_root: Path) -> list[str
 
 # the default run builds each model once (for the first class count) and checks every combination's config,
 # datamodule and weight loading with it; the slow run builds each model for every class count
-CASES = [pytest.param(m, True, id=m) for m in MODELS] + [
+QUICK = ("r18", "lambda_r26")  # one build per family in the default suite; the heavier models are slow
+CASES = [pytest.param(m, True, id=m, marks=() if m in QUICK else pytest.mark.slow) for m in MODELS] + [
     pytest.param(m, False, id=f"{m}-every-head", marks=pytest.mark.slow) for m in MODELS
 ]
 

@@ -188,6 +188,7 @@ def test_layers_that_never_run_are_an_error(tmp_path):
         preflight.check_layers(model, ["used", "spare"], CKASettings())
 
 
+@pytest.mark.slow
 def test_unknown_command_line_key_names_the_closest(tmp_path):
     assert override_errors(["cka.kernal=rbf", "dataset=digits"], CONFIG_DIR) == [
         "cka.kernal is not a setting of cka: did you mean cka.kernel?"

@@ -345,6 +345,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak-RSS reset")
 def test_peak_memory_of_centring_and_a_batch():
     """Peak memory growth in units of what is being centred, measured as the peak resident set of a fresh

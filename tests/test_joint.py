@@ -193,6 +193,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     out = str(tmp_path / "ddp.npz")
     mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)

@@ -50,7 +50,7 @@ def test_r101_is_a_cifar_resnet_vvm_trains():
 @pytest.mark.parametrize(
     ("layers", "n_layers"),
     [
-        ("blocks", 35),
+        pytest.param("blocks", 35, marks=pytest.mark.slow),
         pytest.param("all", 310, marks=pytest.mark.slow),
         pytest.param("term_project", 202, marks=pytest.mark.slow),
     ],

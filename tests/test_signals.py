@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import run_vvm
 
@@ -59,6 +60,7 @@ def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_sigkill_during_training_then_rerun_equals_uninterrupted(tmp_path):
     run_vvm([*TRAIN, f"paths.checkpoints={tmp_path / 'a'}", f"hydra.run.dir={tmp_path / 'ra'}"], cwd=tmp_path)
     straight = _weights(tmp_path / "a")

@@ -75,6 +75,7 @@ def test_two_job_sweep_writes_summary(sweep2):
     assert_figures(sweep_dir)
 
 
+@pytest.mark.slow
 def test_resume_skips_complete_jobs(sweep2):
     sweep_dir, _ = sweep2
     cwd = sweep_dir.parent.parent
@@ -116,6 +117,7 @@ def test_resume_requires_the_same_config(sweep2):
         assert completed_result(job, changed(key, value)) is None, key  # another job's result is not reused
 
 
+@pytest.mark.slow
 def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     sweep_dir = tmp_path / "multirun" / "f"
     proc = run_vvm(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from compose import compose_settings
 from helpers import build_job, compose_error, run_vvm, weights_of
 from torch.utils.data import DistributedSampler, TensorDataset
 
@@ -208,6 +209,7 @@ def test_fit_precision(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ the settings
+@pytest.mark.slow
 def test_speed_switches_are_found_under_train_speed(tmp_path):
     """A speed switch written at the recipe's level names where it lives; a recipe typo is refused before any
     training."""
@@ -419,10 +421,13 @@ def test_explicit_checkpoint_and_published_weights(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ the CLI
-def test_cli_pretrained_trains_with_cka_probes_then_reuses_the_checkpoint(tmp_path):
+def test_pretrained_trains_with_cka_probes_then_reuses_the_checkpoint(tmp_path):
+    """In-process jobs (the CLI's own path is test_cli's): train, cache, probe CKA; then the cache is used."""
+    from vvm.pipeline import run
+
     ckpt = tmp_path / "ckpt"
     args = [*TINY, "init=pretrained", "train.epochs=2", "cka.every_n_epochs=1", f"paths.checkpoints={ckpt}"]
-    run_vvm([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    run(compose_settings(args, tmp_path / "a"))
     a = json.loads((tmp_path / "a" / "result.json").read_text())
     assert a["status"] == "ok" and a["trained"] is True and a["train_epochs"] == 2
     assert a["gpu_resident"] is False  # auto on the CPU: the datamodule's own loaders
@@ -436,7 +441,7 @@ def test_cli_pretrained_trains_with_cka_probes_then_reuses_the_checkpoint(tmp_pa
     obj = torch.load(path, weights_only=True)
     assert obj["dataset_name"] == "synthetic" and obj["vvm"]["train_epochs"] == 2
 
-    run_vvm([*args, f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
+    run(compose_settings(args, tmp_path / "b"))
     b = json.loads((tmp_path / "b" / "result.json").read_text())
     assert b["status"] == "ok" and b["trained"] is False
     assert b["weights"] == f"cached checkpoint {path}" and b["checkpoint"] == str(path)
@@ -448,6 +453,7 @@ def test_cli_pretrained_trains_with_cka_probes_then_reuses_the_checkpoint(tmp_pa
     )
 
 
+@pytest.mark.slow
 def test_ddp_on_cpu_trains_and_cka_matches_one_process(tmp_path):
     """trainer=ddp with 2 CPU processes (gloo): training, the cache, and CKA equal to one process with the saved
     weights (both visit the datamodule's plan: a seeded permutation in balanced batches; rank r runs r, r+2)."""

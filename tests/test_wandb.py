@@ -152,6 +152,7 @@ def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path):
     assert exit_code(records) == 0
 
 
+@pytest.mark.slow
 def test_wandb_finishes_when_training_fails(tmp_path):
     out = tmp_path / "run"
     proc = run_cli(
@@ -175,6 +176,7 @@ def test_wandb_finishes_when_training_fails(tmp_path):
     assert summary["status"] == "failed" and "bogus" in summary["error"]
 
 
+@pytest.mark.slow
 def test_csv_logger_gets_training_and_cka_scalars(tmp_path):
     out = tmp_path / "run"
     run_cli(
@@ -213,6 +215,7 @@ def test_logger_none_and_mode():
             os.environ["WANDB_MODE"] = saved
 
 
+@pytest.mark.slow
 def test_wandb_under_ddp_logs_from_rank_zero_only(tmp_path):
     out = tmp_path / "run"
     args = [*SMALL, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "init=pretrained"]
