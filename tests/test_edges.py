@@ -220,6 +220,7 @@ def _rbf_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_fixed_rbf_bandwidth_under_ddp_with_a_rank_of_small_batches_does_not_hang(tmp_path):
     """Every rank joins rank 0's broadcast of the fixed bandwidths, even one whose batches are all skipped (it
     hung before: the broadcast waited for a rank that never called it)."""

@@ -431,6 +431,7 @@ def test_difference_carries_a_paired_or_independent_stderr(tmp_path):
     assert {p.name for p in paths} == {"diff.npz", "diff.png", "diff.pdf"}
 
 
+@pytest.mark.slow
 def test_difference_of_different_models_warns_and_names_plainly(tmp_path):
     from vvm.diff import cka_difference
 

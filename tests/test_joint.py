@@ -301,6 +301,7 @@ def test_blocks_equal_the_jobs_own_runs_and_compare(sweep):
     np.testing.assert_allclose(block, compare["cka"], atol=1e-9, rtol=0)
 
 
+@pytest.mark.slow
 def test_overrides_jobs_and_a_missing_checkpoint(sweep, tmp_path):
     import shutil
 
@@ -324,6 +325,7 @@ def test_overrides_jobs_and_a_missing_checkpoint(sweep, tmp_path):
     assert any("job 1" in n and "the joint pass never trains" in n for n in out["notes"])
 
 
+@pytest.mark.slow
 def test_wandb_logging(sweep, tmp_path, monkeypatch):
     from test_sweep import fake_wandb
 

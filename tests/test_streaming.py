@@ -217,7 +217,9 @@ def capture(net, layers, batches):
     return store
 
 
-@pytest.mark.parametrize("precision,tol", [("exact", 1e-6), ("fast", 1e-4)])
+@pytest.mark.parametrize(
+    "precision,tol", [("exact", 1e-6), pytest.param("fast", 1e-4, marks=pytest.mark.slow)]
+)
 def test_precision_on_random_r18(precision, tol):
     torch.manual_seed(0)
     net = create("r18", num_classes=100).net.eval()

@@ -94,19 +94,17 @@ def exit_code(records: list) -> int | None:
     return codes[-1] if codes else None
 
 
-def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path):
+def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path, monkeypatch):
+    """An in-process job (the CLI's own path is test_cli's; the failing and DDP runs below go through it)."""
+    from compose import compose_settings
+
+    from vvm.pipeline import run
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # logger.mode: offline by default
     out = tmp_path / "run"
-    run_cli(
-        [
-            *SMALL,
-            "init=pretrained",
-            "train.epochs=2",
-            "cka.every_n_epochs=1",
-            f"paths.checkpoints={tmp_path}/c",
-            f"hydra.run.dir={out}",
-        ],
-        cwd=tmp_path,
-    )
+    overrides = [*SMALL, "init=pretrained", "train.epochs=2", "cka.every_n_epochs=1",
+                 f"paths.checkpoints={tmp_path}/c", "logger=wandb", f"logger.save_dir={out}"]  # fmt: skip
+    run(compose_settings(overrides, out))
     res = json.loads((out / "result.json").read_text())
     assert res["status"] == "ok" and res["trained"] is True
     run_dir, records = offline_run(out)
