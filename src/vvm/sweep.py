@@ -261,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_sum = sub.add_parser(
         "summary",
-        help="(re)write summary.png/pdf/csv (and summary-<analysis>.png/pdf) of a sweep dir from its jobs' files",
+        help="(re)write summary.png/pdf/csv (and summary-<measure>.png/pdf, summary-<analysis>.png/pdf) of a sweep "
+        "dir from its jobs' files",
     )
     p_sum.add_argument("sweep_dir")
     p_sum.add_argument("--no-wandb", action="store_true", help="do not log the summary to W&B")
