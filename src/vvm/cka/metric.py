@@ -48,6 +48,20 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"precision={precision!r} is not supported: use one of {', '.join(PRECISIONS)}")
 
 
+def synced_compute(metric: Any, compute: Callable) -> Callable:
+    """``compute`` run inside the metric's rank sync (states summed across ranks for the call, restored after),
+    without torchmetrics' squeeze and cache: the ``_wrap_compute`` of vvm's result-returning metrics."""
+
+    @functools.wraps(compute)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with metric.sync_context(
+            dist_sync_fn=metric.dist_sync_fn, should_sync=metric._to_sync, should_unsync=metric._should_unsync
+        ):
+            return compute(*args, **kwargs)
+
+    return wrapped
+
+
 class HSICMetric(Metric):
     """Sums of per-batch HSIC between ``L_x`` row kernels and ``L_y`` column kernels, and their CKA.
 
@@ -246,15 +260,7 @@ class HSICMetric(Metric):
     def _wrap_compute(self, compute: Callable) -> Callable:
         """torchmetrics' wrapper, less what does not fit a result object: it would squeeze a 1x1 matrix to a
         scalar and cache the first result. States are still synced across ranks for the call."""
-
-        @functools.wraps(compute)
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            with self.sync_context(
-                dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
-            ):
-                return compute(*args, **kwargs)
-
-        return wrapped
+        return synced_compute(self, compute)
 
     def compute(self) -> CKAResult:
         """CKA matrix and its delta-method standard error (see :func:`vvm.cka.functional.delta_stderr`)."""

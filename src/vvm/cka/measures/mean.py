@@ -11,7 +11,6 @@ summed across DDP ranks. Per-batch values (NaN where undefined) are kept by glob
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -23,7 +22,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from vvm.cka.metric import MAX_PER_BATCH_VALUES
+from vvm.cka.metric import MAX_PER_BATCH_VALUES, synced_compute
 from vvm.cka.result import mean_offdiagonal
 
 _SUMS = ("w", "wv", "w2", "w2v", "w2v2", "count")
@@ -226,15 +225,7 @@ class BatchMeanMetric(Metric):
 
     def _wrap_compute(self, compute: Callable) -> Callable:
         """torchmetrics' wrapper less the squeeze and the cache (as :class:`~vvm.cka.metric.HSICMetric`)."""
-
-        @functools.wraps(compute)
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            with self.sync_context(
-                dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
-            ):
-                return compute(*args, **kwargs)
-
-        return wrapped
+        return synced_compute(self, compute)
 
     def compute(self) -> MeasureResult:
         nb = int(self.n_batches.item())
