@@ -27,18 +27,29 @@ Sides = list[tuple[str, int]]
 OnBatch = Callable[[Grams, "Grams | None", bool, int], None]
 
 
-def stack_grams(per_layer: dict[str, Tensor], names: list[str], keep: set[str] | None = None) -> Tensor:
-    """``[L, n, n]`` in the order of ``names``; each Gram is dropped from ``per_layer`` once copied, except those
-    in ``keep`` (still needed for the other side)."""
-    first = per_layer[names[0]]
-    out = torch.empty((len(names), *first.shape), dtype=first.dtype, device=first.device)
-    for i, name in enumerate(names):
-        out[i] = per_layer[name] if name in (keep or ()) else per_layer.pop(name)
+Blocks = list[tuple[dict[str, Tensor], list[str]]]
+
+
+def stack_grams(blocks: Blocks, keep: set[str] | None = None) -> Tensor:
+    """``[ΣL, n, n]``: the Grams of every ``(per_layer, names)`` block, block after block, each in the order of
+    its ``names``; each Gram is dropped from its ``per_layer`` dict once copied, except those in ``keep`` (still
+    needed for the other side)."""
+    first = next(per[names[0]] for per, names in blocks if names)
+    total = sum(len(names) for _, names in blocks)
+    out = torch.empty((total, *first.shape), dtype=first.dtype, device=first.device)
+    i = 0
+    for per, names in blocks:
+        for name in names:
+            out[i] = per[name] if name in (keep or ()) else per.pop(name)
+            i += 1
     return out
 
 
-def stack_parts(per_layer: Mapping[str, RawParts], names: list[str]) -> RawParts:
-    return RawParts(*(torch.stack([getattr(per_layer[n], f) for n in names]) for f in RawParts._fields))
+def stack_parts(blocks: list[tuple[Mapping[str, RawParts], list[str]]]) -> RawParts:
+    """The :class:`RawParts` of every block's layers, stacked in the order of :func:`stack_grams`."""
+    return RawParts(
+        *(torch.stack([getattr(per[n], f) for per, names in blocks for n in names]) for f in RawParts._fields)
+    )
 
 
 def expand(modules: list[str], names: list[str]) -> list[str]:
@@ -109,12 +120,14 @@ class StreamingPass:
         keep = set(self.layers_y) if y_key == "x" and not self.symmetric else set()
         sx, sy = self.sides
         gx = Grams(
-            stack_grams(kernels["x"], self.layers_x, keep), sx, raw and stack_parts(raw["x"], self.layers_x)
+            stack_grams([(kernels["x"], self.layers_x)], keep),
+            sx,
+            raw and stack_parts([(raw["x"], self.layers_x)]),
         )
         gy = None
         if sy is not None:
-            parts = raw and stack_parts(raw[y_key], self.layers_y)
-            gy = Grams(stack_grams(kernels[y_key], self.layers_y), sy, parts)
+            parts = raw and stack_parts([(raw[y_key], self.layers_y)])
+            gy = Grams(stack_grams([(kernels[y_key], self.layers_y)]), sy, parts)
         self.on_batch(gx, gy, masked, batch_id)
 
 
@@ -203,20 +216,9 @@ class JointPass:
         self, kernels: BatchKernels, masked: bool, batch_id: int, raw: BatchParts | None = None
     ) -> None:
         self._learn()
-        first = next(iter(next(iter(kernels.values())).values()))
-        n = first.shape[-1]
-        total = sum(len(v) for v in self.model_layers.values())
-        out = torch.empty(total, n, n, dtype=first.dtype, device=first.device)
-        i = 0
-        for key, names in self.model_layers.items():
-            per = kernels[key]
-            for j, name in enumerate(names):
-                out[i + j] = per.pop(name)
-            i += len(names)
-        parts = None
-        if raw is not None:
-            pieces = [stack_parts(raw[k], names) for k, names in self.model_layers.items()]
-            parts = RawParts(*(torch.cat([getattr(p, f) for p in pieces]) for f in RawParts._fields))
+        order = list(self.model_layers.items())
+        out = stack_grams([(kernels[key], names) for key, names in order])
+        parts = None if raw is None else stack_parts([(raw[key], names) for key, names in order])
         self.on_batch(Grams(out, self.sides, parts), None, masked, batch_id)
 
 
