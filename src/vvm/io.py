@@ -165,50 +165,9 @@ def write_npz(path: str | os.PathLike, **arrays: Any) -> Path:
     return write_bytes(path, buf.getvalue())
 
 
-def result_arrays(res: Any, **extra: Any) -> dict[str, np.ndarray]:
-    """The arrays of a :class:`vvm.cka.CKAResult` as cka.npz stores them."""
-    return {
-        "cka": res.matrix.numpy().astype(np.float64),
-        "cka_stderr": res.stderr.numpy().astype(np.float64),
-        "layers_x": np.array(res.layers_x, dtype=str),
-        "layers_y": np.array(res.layers_y, dtype=str),
-        "n_samples": np.array(res.n_samples),
-        "n_batches": np.array(res.n_batches),
-        "hsic_xx": res.hsic_xx.numpy(),
-        "hsic_yy": res.hsic_yy.numpy(),
-        "kernel": np.array(res.kernel),
-        "estimator": np.array(res.estimator),
-        "activation_dtype": np.array(res.activation_dtype),
-        **_optional_arrays(res),
-        **{k: np.asarray(v) for k, v in extra.items()},
-    }
-
-
-# what a result holds only sometimes: RBF bandwidths, per-batch HSIC values (for paired differences)
-_OPTIONAL = (
-    "rbf_sigma2_x",
-    "rbf_sigma2_y",
-    "batch_ids",
-    "batch_weights",
-    "batch_hsic_xy",
-    "batch_hsic_xx",
-    "batch_hsic_yy",
-)
-
-
-def _optional_arrays(res: Any) -> dict[str, np.ndarray]:
-    out = {}
-    if res.kernel == "rbf":
-        out["rbf_bandwidth"] = np.array(res.rbf_bandwidth)
-    for key in _OPTIONAL:
-        v = getattr(res, key, None)
-        if v is not None:
-            out[key] = v.numpy()
-    return out
-
-
 def save_result(path: str | os.PathLike, res: Any, **extra: Any) -> Path:
-    return write_npz(path, **result_arrays(res, **extra))
+    """A result of vvm.cka (CKA's, or another measure's) as its npz file: ``res.arrays(**extra)``."""
+    return write_npz(path, **res.arrays(**extra))
 
 
 class InputError(ValueError):

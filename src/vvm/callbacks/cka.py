@@ -27,28 +27,9 @@ import torch
 from vvm.cka import CKAResult, MeasureResult, StreamingSimilarity
 from vvm.cka.precision import check_tf32, float32_precision, pass_float32
 from vvm.data.batches import EvalBatches
-from vvm.io import save_result, write_npz
+from vvm.io import save_result
 from vvm.plots.heatmap import heatmap_figure, measures_figure, save_figure
 from vvm.settings import CKASettings
-
-
-def write_cka_outputs(
-    res: CKAResult,
-    out_dir: str | Path,
-    *,
-    title: str | None = None,
-    xlabel: str = "layer",
-    ylabel: str = "layer",
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Path]:
-    """cka.npz (``cka``, ``cka_stderr``, ``layers_x``, ``layers_y``, ``n_samples``, ...), cka.png and cka.pdf."""
-    out_dir = Path(out_dir)
-    npz = save_result(out_dir / "cka.npz", res, **(extra or {}))
-    fig = heatmap_figure(
-        res.matrix.numpy(), res.layers_x, res.layers_y, title=title, xlabel=xlabel, ylabel=ylabel
-    )
-    png, pdf = save_figure(fig, out_dir / "cka")
-    return {"npz": npz, "png": png, "pdf": pdf}
 
 
 def write_measure_outputs(
@@ -61,13 +42,11 @@ def write_measure_outputs(
     ylabel: str = "layer",
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """``<name>.npz`` (``matrix``, ``stderr``, ``layers_x``, ``layers_y``, ``n_samples``, ``n_batches``, the
-    measure's parameters, per-batch values), ``<name>.png`` and ``<name>.pdf``; CKA's files as
-    :func:`write_cka_outputs` writes them."""
-    if isinstance(res, CKAResult):
-        return write_cka_outputs(res, out_dir, title=title, xlabel=xlabel, ylabel=ylabel, extra=extra)
+    """``<name>.npz`` (:meth:`~vvm.cka.result.MatrixResult.arrays`: cka.npz holds ``cka``, ``cka_stderr``, the
+    HSICs...; the other measures ``matrix``, ``stderr``, their parameters...), ``<name>.png`` and
+    ``<name>.pdf``."""
     out_dir = Path(out_dir)
-    npz = write_npz(out_dir / f"{name}.npz", **res.arrays(**(extra or {})))
+    npz = save_result(out_dir / f"{name}.npz", res, **(extra or {}))
     fig = heatmap_figure(
         res.matrix.numpy(), res.layers_x, res.layers_y, title=title, xlabel=xlabel, ylabel=ylabel
     )
@@ -351,4 +330,4 @@ class CKACallback(pl.Callback):
         return {}
 
 
-__all__ = ["CKACallback", "write_cka_outputs", "write_measure_outputs"]
+__all__ = ["CKACallback", "write_measure_outputs"]

@@ -23,7 +23,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from vvm.cka.metric import MAX_PER_BATCH_VALUES, synced_compute
-from vvm.cka.result import mean_offdiagonal
+from vvm.cka.result import MatrixResult, optional_arrays
 
 _SUMS = ("w", "wv", "w2", "w2v", "w2v2", "count")
 
@@ -54,7 +54,7 @@ def weighted_mean_stderr(values: Tensor, weights: Tensor) -> tuple[Tensor, Tenso
 
 
 @dataclass
-class MeasureResult:
+class MeasureResult(MatrixResult):
     """A similarity matrix of one measure with its standard error and what it was estimated from.
 
     ``matrix`` (float64 ``[L_x, L_y]``), ``stderr`` (NaN with fewer than two batches), ``layers_x``/``layers_y``;
@@ -86,35 +86,14 @@ class MeasureResult:
         self.undefined_x = none(self.layers_x, self.defined_x) if self.n_batches else []
         self.undefined_y = none(self.layers_y, self.defined_y) if self.n_batches else []
 
-    def mean_offdiagonal(self) -> float:
-        return mean_offdiagonal(self.matrix)
-
-    def interval(self, level: float = 0.95) -> tuple[Tensor, Tensor]:
-        """``matrix ± t · stderr``, ``t`` Student's quantile for ``n_batches - 1`` degrees of freedom."""
-        from scipy.stats import t as student_t
-
-        q = float(student_t.ppf(0.5 + level / 2, max(self.n_batches - 1, 1)))
-        return self.matrix - q * self.stderr, self.matrix + q * self.stderr
-
-    def arrays(self, **extra: Any) -> dict[str, np.ndarray]:
-        """``<measure>.npz``: ``matrix``, ``stderr``, ``layers_x``, ``layers_y``, ``n_samples``, ``n_batches``,
-        ``measure``, the parameters by name, and the per-batch values when kept."""
-        out = {
-            "matrix": self.matrix.numpy().astype(np.float64),
-            "stderr": self.stderr.numpy().astype(np.float64),
-            "layers_x": np.array(self.layers_x, dtype=str),
-            "layers_y": np.array(self.layers_y, dtype=str),
-            "n_samples": np.array(self.n_samples),
-            "n_batches": np.array(self.n_batches),
+    def own_arrays(self) -> dict[str, np.ndarray]:
+        """``<measure>.npz``'s own: ``measure``, the parameters by name, in how many batches each layer had a
+        value, and the per-batch values when kept."""
+        return {
             "measure": np.array(self.measure),
-            "activation_dtype": np.array(self.activation_dtype),
             **{k: np.asarray(v) for k, v in self.params.items()},
+            **optional_arrays(self, ("defined_x", "defined_y", "batch_ids", "batch_weights", "batch_values")),
         }
-        for key in ("defined_x", "defined_y", "batch_ids", "batch_weights", "batch_values"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value.numpy()
-        return {**out, **{k: np.asarray(v) for k, v in extra.items()}}
 
     def __repr__(self) -> str:
         return (
