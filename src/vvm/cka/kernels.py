@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from vvm.cka.bandwidth import Bandwidths
+from vvm.cka.registry import Registry
 
 
 class Kernel:
@@ -45,14 +46,8 @@ class Kernel:
         return {}
 
 
-KERNELS: dict[str, type[Kernel]] = {}
-
-
-def register_kernel(cls: type[Kernel]) -> type[Kernel]:
-    if not cls.name or cls.name in KERNELS:
-        raise ValueError(f"kernel {cls.__name__} needs a name that is not taken yet (got {cls.name!r})")
-    KERNELS[cls.name] = cls
-    return cls
+KERNELS: Registry[Kernel] = Registry("kernel", "{kind}={name!r} is not supported: use one of {known}")
+register_kernel = KERNELS.register
 
 
 @register_kernel
@@ -89,15 +84,12 @@ class RBFKernel(Kernel):
         return self.bandwidths.sigma2
 
 
-def check_kernel(name: str) -> None:
-    if name not in KERNELS:
-        raise ValueError(f"kernel={name!r} is not supported: use one of {', '.join(KERNELS)}")
+check_kernel = KERNELS.check
 
 
 def make_kernel(name: str, **options: Any) -> Kernel:
     """The kernel ``name`` with its options (each kernel takes the ones named for it, e.g. ``rbf_frac``)."""
-    check_kernel(name)
-    return KERNELS[name](**options)
+    return KERNELS.make(name, **options)
 
 
 def apply_kernel(

@@ -27,6 +27,7 @@ from torchmetrics import Metric
 
 from vvm.cka.functional import RawParts, raw_gram
 from vvm.cka.measures.mean import BatchMeanMetric
+from vvm.cka.registry import Registry
 
 
 @dataclass
@@ -206,21 +207,14 @@ class ProductMeasure(Measure):
         metric.update(values, weight=float(n), batch_id=batch_id, defined_x=dx, defined_y=dy)
 
 
-MEASURES: dict[str, type[Measure]] = {}
-
-
-def register_measure(cls: type[Measure]) -> type[Measure]:
-    """Make ``cls`` known by its ``name`` (``measures=[...]``, the settings, the files)."""
-    if not cls.name or cls.name in MEASURES:
-        raise ValueError(f"measure {cls.__name__} needs a name that is not taken yet (got {cls.name!r})")
-    MEASURES[cls.name] = cls
-    return cls
+# the measures by name (``measures=[...]``, the settings, the files); ``@register_measure`` adds one
+MEASURES: Registry[Measure] = Registry("measure")
+register_measure = MEASURES.register
 
 
 def make_measure(name: str, params: dict[str, Any] | None = None, **engine: Any) -> Measure:
     """The registered measure ``name`` with its parameters and the pass's options."""
-    if name not in MEASURES:
-        raise ValueError(f"measure {name!r} is not known: use one of {', '.join(MEASURES)}")
+    MEASURES.check(name)
     return MEASURES[name].create(params, **engine)
 
 
