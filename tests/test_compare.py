@@ -11,8 +11,7 @@ import torch
 from compose import compose_settings
 from helpers import latent_population
 
-from vvm.cka import StreamingCKA
-from vvm.cka.functional import gram
+from vvm.cka import StreamingCKA, gram
 from vvm.diff import cka_difference
 from vvm.diff import main as diff_main
 from vvm.io import load_npz

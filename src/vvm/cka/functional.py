@@ -22,15 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-Kernel = Literal["linear", "rbf"]
 Estimator = Literal["unbiased", "biased"]
-KERNELS = ("linear", "rbf")
 ESTIMATORS = ("unbiased", "biased")
-
-
-def check_kernel(kernel: str) -> None:
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel={kernel!r} is not supported: use one of {', '.join(KERNELS)}")
 
 
 def check_estimator(estimator: str) -> None:
@@ -200,13 +193,6 @@ def rbf_from_linear(k: Tensor, frac: float = 1.0, sigma2: Tensor | float | None 
     return rbf_kernels(k, s2)
 
 
-def gram(x: Tensor, kernel: Kernel = "linear", *, rbf_frac: float = 1.0) -> Tensor:
-    """Kernel matrix of one representation (features are centred first)."""
-    check_kernel(kernel)
-    k = linear_gram(x)
-    return rbf_from_linear(k, rbf_frac) if kernel == "rbf" else k
-
-
 def u_centre(k: Tensor, *, inplace: bool = False) -> Tensor:
     """U-centring of (a stack of) symmetric kernel matrices ``[..., n, n]`` (Székely & Rizzo 2014).
 
@@ -275,42 +261,6 @@ def cka_from_hsic(hsic_xy: Tensor, hsic_xx: Tensor, hsic_yy: Tensor) -> Tensor:
     out = hsic_xy / denom
     undefined = (hsic_xx <= 0)[:, None] | (hsic_yy <= 0)[None, :]
     return out.masked_fill(undefined, math.nan)
-
-
-def cka(
-    x: Tensor,
-    y: Tensor,
-    *,
-    kernel: Kernel = "linear",
-    estimator: Estimator = "unbiased",
-    rbf_frac: float = 1.0,
-) -> float:
-    """CKA of two representations of the same ``n`` examples (``n x d₁`` and ``n x d₂``), in float64.
-
-    Returns NaN when either representation has no self-similarity (e.g. constant features).
-    """
-    check_kernel(kernel)
-    check_estimator(estimator)
-    x, y = as_tensor(x), as_tensor(y)
-    if x.dim() == 0 or y.dim() == 0:
-        raise ValueError(
-            "cka() needs representations with a batch dimension (n examples first), got a 0-d scalar"
-        )
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y must hold the same examples: got n={x.shape[0]} and n={y.shape[0]}")
-    n = x.shape[0]
-    if n < min_samples(estimator):
-        raise ValueError(f"the {estimator} estimator needs n >= {min_samples(estimator)} examples, got n={n}")
-    check_finite(x.double(), "x's features")
-    check_finite(y.double(), "y's features")
-    k = gram(x.double(), kernel, rbf_frac=rbf_frac)
-    l = gram(y.double(), kernel, rbf_frac=rbf_frac)  # noqa: E741
-    check_finite(k, "x's kernel")
-    check_finite(l, "y's kernel")
-    kc = centre_kernel(torch.stack([k, l]), estimator).reshape(2, -1)
-    h = kc @ kc.T
-    value = cka_from_hsic(h[:1, 1:], h[:1, :1].diagonal(), h[1:, 1:].diagonal())
-    return float(value)
 
 
 def delta_stderr(

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from vvm.cka.correspondence import best_matches, identification, layer_identification, mean_row_max
-from vvm.cka.functional import Estimator, Kernel
+from vvm.cka.functional import Estimator
 from vvm.cka.kernels import check_kernel
 from vvm.cka.measures.base import Grams
 from vvm.cka.measures.cka import CKA
@@ -162,7 +162,7 @@ class JointCKA(HSICMetric):
         models: Mapping[str, nn.Module],
         layers: LayerSpec | Mapping[str, LayerSpec] = "blocks",
         *,
-        kernel: Kernel = "linear",
+        kernel: str = "linear",
         estimator: Estimator = "unbiased",
         precision: str = "exact",
         rbf_frac: float = 1.0,

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from vvm.cka.functional import Estimator, Kernel
+from vvm.cka.functional import Estimator
 from vvm.cka.kernels import check_kernel
 from vvm.cka.measures.base import Grams
 from vvm.cka.measures.cka import CKA
@@ -58,7 +58,7 @@ class StreamingCKA(HSICMetric):
         *,
         other: nn.Module | None = None,
         other_layers: LayerSpec | None = None,
-        kernel: Kernel = "linear",
+        kernel: str = "linear",
         estimator: Estimator = "unbiased",
         precision: str = "exact",
         rbf_frac: float = 1.0,
