@@ -30,10 +30,9 @@ from vvm.cka.kernels import check_kernel
 from vvm.cka.measures.base import Grams
 from vvm.cka.measures.cka import CKA
 from vvm.cka.metric import HSICMetric, check_precision
-from vvm.cka.passes import SEP, JointPass, hook_target
+from vvm.cka.passes import SEP, JointPass, hook_target, recorder_options
 from vvm.cka.presets import LayerSpec
 from vvm.cka.result import CKAResult
-from vvm.cka.streaming import torch_dtype
 
 # the one-product path holds the stack and its centred copy (u_centre works in place on the copy): 2 stacks
 ONE_PRODUCT_COPIES = 2
@@ -177,8 +176,7 @@ class JointCKA(HSICMetric):
                   rbf_bandwidth=rbf_bandwidth, update=self._update)  # fmt: skip
         plumbing = JointPass(
             {k: hook_target(m) for k, m in models.items()}, layers, on_batch=self._on_batch,
-            on_layers=self._on_layers, on_skip=self._on_skip, min_n=cka.min_n, tf32=precision == "fast",
-            out_dtype=torch_dtype(precision), min_reason=cka.min_reason,
+            on_layers=self._on_layers, on_skip=self._on_skip, **recorder_options({"cka": cka}, precision),
         )  # fmt: skip
         self._auto_blocks = block_layers == "auto"
         super().__init__(

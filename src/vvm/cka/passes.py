@@ -13,12 +13,13 @@ Each Gram leaves the recorder's dict as it is stacked, so a batch's Grams exist 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from vvm.cka.functional import RawParts
-from vvm.cka.measures.base import Grams
+from vvm.cka.measures.base import Grams, Measure
 from vvm.cka.presets import LayerSpec, resolve_layers
 from vvm.cka.recorder import BatchKernels, BatchParts, KernelRecorder
 
@@ -58,6 +59,21 @@ def expand(modules: list[str], names: list[str]) -> list[str]:
     for m in modules:
         out.extend(n for n in names if n == m or n.rsplit("#", 1)[0] == m and "#" in n)
     return out
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    """The work dtype of a precision mode: float64 (``exact``) or float32 (``fast``)."""
+    return torch.float64 if precision == "exact" else torch.float32
+
+
+def recorder_options(measures: Mapping[str, Measure], precision: str) -> dict[str, Any]:
+    """The recorder's options for a pass of ``measures``: the smallest batch any of them uses (and why), TF32
+    Grams for ``fast``, the work dtype, the raw-Gram extras if any measure needs them."""
+    smallest = min(measures.values(), key=lambda m: m.min_n)
+    return {
+        "min_n": smallest.min_n, "min_reason": smallest.min_reason, "tf32": precision == "fast",
+        "out_dtype": torch_dtype(precision), "raw": any(m.needs_raw for m in measures.values()),
+    }  # fmt: skip
 
 
 class StreamingPass:
@@ -230,7 +246,9 @@ __all__ = [
     "expand",
     "hook_target",
     "joint_names",
+    "recorder_options",
     "spec_of",
     "stack_grams",
     "stack_parts",
+    "torch_dtype",
 ]

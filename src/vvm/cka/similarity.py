@@ -25,9 +25,8 @@ from vvm.cka.kernels import check_kernel
 from vvm.cka.measures.base import Grams, Measure, make_measure
 from vvm.cka.measures.mean import MeasureResult
 from vvm.cka.metric import HSICMetric, check_precision
-from vvm.cka.passes import JointPass, StreamingPass, hook_target
+from vvm.cka.passes import JointPass, StreamingPass, hook_target, recorder_options, torch_dtype
 from vvm.cka.presets import LayerSpec
-from vvm.cka.streaming import torch_dtype
 
 Params = Mapping[str, Mapping[str, Any]]
 
@@ -58,15 +57,6 @@ def build_measures(names: Sequence[str], params: Params | None, engine: dict[str
 def run_order(measures: Mapping[str, Measure]) -> list[str]:
     """CKA last: its kernel and centring may work in place on the batch's Grams, which the others read."""
     return sorted(measures, key=lambda n: n == "cka")
-
-
-def recorder_options(measures: Mapping[str, Measure], precision: str) -> dict[str, Any]:
-    """The recorder's: the smallest batch any measure uses, the raw extras if any measure needs them."""
-    smallest = min(measures.values(), key=lambda m: m.min_n)
-    return {
-        "min_n": smallest.min_n, "min_reason": smallest.min_reason, "tf32": precision == "fast",
-        "out_dtype": torch_dtype(precision), "raw": any(m.needs_raw for m in measures.values()),
-    }  # fmt: skip
 
 
 class _MeasuresPass(nn.Module):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import torch
 from torch import nn
 
 from vvm.cka.functional import Estimator
@@ -21,7 +20,7 @@ from vvm.cka.kernels import check_kernel
 from vvm.cka.measures.base import Grams
 from vvm.cka.measures.cka import CKA
 from vvm.cka.metric import HSICMetric, check_precision
-from vvm.cka.passes import StreamingPass
+from vvm.cka.passes import StreamingPass, recorder_options
 from vvm.cka.presets import LayerSpec
 
 
@@ -70,11 +69,9 @@ class StreamingCKA(HSICMetric):
         check_precision(precision)
         cka = CKA(kernel=kernel, estimator=estimator, precision=precision, rbf_frac=rbf_frac,
                   rbf_bandwidth=rbf_bandwidth)  # fmt: skip
-        work = torch_dtype(precision)
         plumbing = StreamingPass(
             model, layers, other=other, other_layers=other_layers, on_batch=self._on_batch,
-            on_layers=self._on_layers, on_skip=self._on_skip, min_n=cka.min_n, tf32=precision == "fast",
-            out_dtype=work, min_reason=cka.min_reason,
+            on_layers=self._on_layers, on_skip=self._on_skip, **recorder_options({"cka": cka}, precision),
         )  # fmt: skip
         super().__init__(
             plumbing.modules_x,
@@ -110,8 +107,3 @@ class StreamingCKA(HSICMetric):
 
     def _on_batch(self, gx: Grams, gy: Grams | None, masked: bool, batch_id: int) -> None:
         self._cka.add(self, gx, gy, batch_id=batch_id, masked=masked, last=True)
-
-
-def torch_dtype(precision: str) -> torch.dtype:
-    """The work dtype of a precision mode: float64 (``exact``) or float32 (``fast``)."""
-    return torch.float64 if precision == "exact" else torch.float32
