@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 import warnings
 
 import torch
+from bench_common import device_name
 
 from vvm.analyses import (
     ProbeSettings,
@@ -127,8 +127,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     dm = DigitsDataModule(limit=64 if args.smoke else None, eval_batch_size=256)
     rounds, n_images = (1, 8) if args.smoke else (args.rounds, args.n_images)
-    cpu = platform.processor() or platform.machine()
-    print(f"CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}; layers {args.layers!r}")
+    print(f"{device_name(torch.device('cpu'))}, torch {torch.__version__}; layers {args.layers!r}")
     rows = []
     for name in args.models.split(","):
         model = build(name, dm)
@@ -138,7 +137,7 @@ def main() -> None:
         rows.append(report(name, times, images, only))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cpu": cpu, "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)
+            json.dump({"device": device_name(torch.device("cpu")), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

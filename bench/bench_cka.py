@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -23,22 +22,12 @@ import threading
 import time
 
 import torch
+from bench_common import device_name, sync
 
 import vvm.cka.recorder as recorder
 from vvm.cka import StreamingCKA, resolve_layers
 from vvm.cka.functional import centre_kernel, cka_from_hsic, hsic_normaliser
 from vvm.models import create
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_inputs(model_name: str, batch: int, n_batches: int, device: torch.device) -> list[torch.Tensor]:

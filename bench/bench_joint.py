@@ -20,6 +20,7 @@ import statistics
 import time
 
 import torch
+from bench_common import device_name, sync
 
 from vvm.cka import JointCKA, StreamingCKA
 from vvm.data import DigitsDataModule
@@ -27,14 +28,6 @@ from vvm.models import create
 
 # M models: CIFAR ResNets of three depths, seeds 0, 1, 2, ... (random inits)
 ARCHS = ("r18", "r34", "r50")
-
-
-def device_name(device: torch.device) -> str:
-    import platform
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def build(m: int, device: torch.device, archs: tuple[str, ...]) -> dict:
@@ -51,11 +44,6 @@ def build(m: int, device: torch.device, archs: tuple[str, ...]) -> dict:
 def batches(samples: int, batch: int, device: torch.device) -> list[torch.Tensor]:
     dm = DigitsDataModule(eval_batch_size=batch, max_samples=samples)
     return [x.to(device) for x, _ in dm.cka_batches()]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn, device) -> tuple[float, object]:

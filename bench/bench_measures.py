@@ -22,27 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import time
 
 import torch
+from bench_common import device_name, summary, sync
 
 from vvm.cka import StreamingSimilarity
 from vvm.models import create
 
 VARIANTS = {"forward": None, "cka": ["cka"], "cka+rsa+knn": ["cka", "rsa", "knn"]}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def one_pass(model, inputs, layers: str, measures: list[str] | None, device) -> float:
@@ -85,10 +73,6 @@ def run(args: argparse.Namespace) -> dict:
         "device": device_name(device), "torch": torch.__version__, "model": args.model, "layers": args.layers,
         "batch": args.batch, "batches": args.batches, "rounds": args.rounds, "seconds": times, "ratios": ratios,
     }  # fmt: skip
-
-
-def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def main() -> None:

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 import torchvision
+from bench_common import device_name
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
@@ -329,7 +329,7 @@ def markdown(rows: list[dict]) -> str:
 
 def describe() -> str:
     return (
-        f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"{device_name(torch.device('cpu'))}, "
         f"torch {torch.__version__}, torchvision {torchvision.__version__}"
     )
 

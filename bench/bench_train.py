@@ -24,22 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
+from bench_common import cpu_name, sync
 from torch.utils.data import DataLoader, Dataset
 
 MEAN = (0.5071, 0.4865, 0.4409)  # CIFAR-100, as the term project
 STD = (0.2673, 0.2564, 0.2762)
 PIPELINES = ("compute", "term_project", "per_image", "resident", "lightning")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class PILImages(Dataset):
@@ -232,15 +227,6 @@ def time_lightning(images, labels, args, device, amp, channels_last) -> dict:
         "images_per_s": len(labels) / seconds,
         "first_epoch_seconds": timer.times[0],
     }
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def main() -> None:
