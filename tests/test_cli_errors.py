@@ -96,6 +96,24 @@ def test_joint_refuses_an_unknown_job(sweep, tmp_path, capsys, no_work):
     assert "--jobs" in err and "no job 99" in err and "its jobs are 0, 1" in err
 
 
+def test_joint_checks_layers_on_the_first_model(sweep, tmp_path, capsys, monkeypatch):
+    """A --layers name the models lack: one line naming --layers and the close names, after one model was
+    built (not after every model was loaded and the pass set up)."""
+    import vvm.joint
+
+    built = []
+    real = vvm.joint.rebuild_model
+
+    def counting(job):
+        built.append(job.job)
+        return real(job)
+
+    monkeypatch.setattr("vvm.joint.rebuild_model", counting)
+    err = joint(capsys, str(sweep), "--out", str(tmp_path / "j"), "--layers", "layer1,layer9")
+    assert "vvm.joint: error: --layers=layer1,layer9: job 0's model" in err, err
+    assert "'layer9' matches no module" in err and "closest names: layer4" in err and built == ["0"], built
+
+
 def test_joint_locks_its_out(sweep, tmp_path, capsys, no_work):
     out = tmp_path / "j"
     out.mkdir()

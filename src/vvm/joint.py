@@ -172,9 +172,13 @@ def check_plan(settings: JobSettings, measures: Sequence[str] = ("cka",)) -> Non
 
 
 def rebuild_models(
-    found: list[JointJob], notes: list[str], sweep_dir: Path
+    found: list[JointJob], notes: list[str], sweep_dir: Path, layers: Any = None
 ) -> tuple[dict[str, Any], list[JointJob]]:
-    """Every job's model that can be rebuilt (a note in ``notes`` for each that cannot), and those jobs."""
+    """Every job's model that can be rebuilt (a note in ``notes`` for each that cannot), and those jobs.
+    ``layers`` (the ``--layers`` spec, if given) is resolved on each model as soon as it is built: a layer a
+    model lacks is an :class:`~vvm.io.InputError` naming ``--layers`` before the other models are loaded."""
+    from vvm.cka.joint import hook_target
+    from vvm.cka.presets import resolve_layers
     from vvm.io import InputError
 
     models, used = {}, []
@@ -183,6 +187,12 @@ def rebuild_models(
         if model is None:
             notes.append(note)
             continue
+        if layers is not None:
+            try:
+                resolve_layers(hook_target(model), layers)
+            except ValueError as e:
+                text = layers if isinstance(layers, str) else ",".join(layers)
+                raise InputError(f"--layers={text}: job {job.job}'s model ({job.tag}): {e}") from None
         models[job.tag] = model
         used.append(job)
     for note in notes:
@@ -220,7 +230,7 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
         if not found:
             raise InputError(f"no finished job in {sweep_dir}: {'; '.join(notes)}; run or resume its jobs")
         check_plan(pass_settings(found, overrides)[0], measures)
-        models, used = rebuild_models(found, notes, sweep_dir)
+        models, used = rebuild_models(found, notes, sweep_dir, overrides.get("layers"))
         settings, data_notes = pass_settings(used, overrides)
         notes += data_notes
         if used[0] is not found[0]:
