@@ -190,7 +190,7 @@ def test_loggers_get_each_measure():
         def log_image(self, key, images, step, caption):
             self.calls.append(("image", key, caption[0]))
 
-    res = MeasureResult("knn", torch.eye(2), torch.zeros(2, 2), ["a", "b"], ["a", "b"], 8, 2, {"k": 3})
+    res = MeasureResult(torch.eye(2), torch.zeros(2, 2), ["a", "b"], ["a", "b"], 8, 2, "knn", {"k": 3})
     logger = WandbLogger()
     log_measure(logger, res, measure="knn", stage="final", image="knn.png", step=0)
     assert logger.calls == [

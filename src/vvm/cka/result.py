@@ -21,9 +21,11 @@ def mean_offdiagonal(matrix: Any) -> float:
     return float(vals.mean()) if vals.size else math.nan
 
 
+@dataclass
 class MatrixResult:
     """What every result has: ``matrix`` and ``stderr`` (float64 ``[L_x, L_y]``), ``layers_x``/``layers_y``,
-    ``n_samples``, ``n_batches``; and what it gives: an interval, the mean off the diagonal, its npz arrays."""
+    ``n_samples``, ``n_batches``; and what it gives: an interval, the mean off the diagonal, its npz arrays.
+    (Subclasses add ``activation_dtype``, the dtype(s) the hooks received, among their own fields.)"""
 
     matrix: Tensor
     stderr: Tensor
@@ -31,7 +33,6 @@ class MatrixResult:
     layers_y: list[str]
     n_samples: int
     n_batches: int
-    activation_dtype: str
 
     # the npz keys of matrix and stderr (cka.npz names them cka and cka_stderr)
     matrix_key: ClassVar[str] = "matrix"
@@ -63,7 +64,7 @@ class MatrixResult:
             "layers_y": np.array(self.layers_y, dtype=str),
             "n_samples": np.array(self.n_samples),
             "n_batches": np.array(self.n_batches),
-            "activation_dtype": np.array(self.activation_dtype),
+            "activation_dtype": np.array(getattr(self, "activation_dtype", "")),
             **self.own_arrays(),
             **{k: np.asarray(v) for k, v in extra.items()},
         }
@@ -99,12 +100,6 @@ class CKAResult(MatrixResult):
     batch ids ``batch_ids``) when they were kept: they give paired standard errors of differences.
     """
 
-    matrix: Tensor
-    stderr: Tensor
-    layers_x: list[str]
-    layers_y: list[str]
-    n_samples: int
-    n_batches: int
     hsic_xx: Tensor
     hsic_yy: Tensor
     kernel: str

@@ -63,12 +63,6 @@ class MeasureResult(MatrixResult):
     ``batch_*``: per-batch values by global batch id, when kept (paired differences)."""
 
     measure: str
-    matrix: Tensor
-    stderr: Tensor
-    layers_x: list[str]
-    layers_y: list[str]
-    n_samples: int
-    n_batches: int
     params: dict[str, Any] = field(default_factory=dict)
     defined_x: Tensor | None = None
     defined_y: Tensor | None = None
