@@ -2,7 +2,7 @@
 
 >>> from vvm.cka import cka, StreamingCKA
 
-Layout: ``functional`` (the math on tensors), ``precision`` (autocast and TF32 sealed off), ``bandwidth`` (one
+Layout: ``functional`` (the math on tensors), ``batch_sums`` (what the result metrics share), ``precision`` (autocast and TF32 sealed off), ``bandwidth`` (one
 RBF kernel per layer), ``kernels`` (kernel objects that own their parameters), ``pair`` (CKA of one pair of representations: :func:`cka`, :func:`gram`), ``recorder`` (forward hooks ->
 per-batch kernels), ``passes`` (the recorder side of a pass: layers learnt, Grams stacked), ``metric`` (float64
 states, update, compute), ``streaming`` (one or two models), ``joint`` (every layer of several models against

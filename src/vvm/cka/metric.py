@@ -13,15 +13,12 @@ one rank that ran it; the others hold zeros there), so they too are summed acros
 
 from __future__ import annotations
 
-import functools
 import warnings
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
+from vvm.cka.batch_sums import LayerPairMetric, Shapes
 from vvm.cka.functional import (
     Estimator,
     centre_kernel,
@@ -35,9 +32,6 @@ from vvm.cka.precision import matmul_precision, sealed
 from vvm.cka.result import CKAResult
 
 PRECISIONS = ("exact", "fast")
-# keep per-batch HSIC values (for paired differences) only up to this many numbers (64 MiB in float64)
-MAX_PER_BATCH_VALUES = 1 << 23
-
 _MATRIX_SUMS = ("hsic_xy", "sum_aa", "sum_ab", "sum_ac", "sum_bc")
 _X_SUMS = ("hsic_xx", "sum_bb")
 _Y_SUMS = ("hsic_yy", "sum_cc")
@@ -48,31 +42,13 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"precision={precision!r} is not supported: use one of {', '.join(PRECISIONS)}")
 
 
-def synced_compute(metric: Any, compute: Callable) -> Callable:
-    """``compute`` run inside the metric's rank sync (states summed across ranks for the call, restored after),
-    without torchmetrics' squeeze and cache: the ``_wrap_compute`` of vvm's result-returning metrics."""
-
-    @functools.wraps(compute)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with metric.sync_context(
-            dist_sync_fn=metric.dist_sync_fn, should_sync=metric._to_sync, should_unsync=metric._should_unsync
-        ):
-            return compute(*args, **kwargs)
-
-    return wrapped
-
-
-class HSICMetric(Metric):
+class HSICMetric(LayerPairMetric):
     """Sums of per-batch HSIC between ``L_x`` row kernels and ``L_y`` column kernels, and their CKA.
 
     ``update(kx, ky)`` takes one batch's kernel stacks (``[L_x, n, n]``, ``[L_y, n, n]``; ``ky=None`` when the
     columns are the rows: a symmetric matrix from one product). ``compute()`` returns a :class:`CKAResult`.
     Subclasses (``StreamingCKA``, ``JointCKA``) add the recorder that makes the kernels from forward hooks.
     """
-
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = None
 
     def __init__(
         self,
@@ -86,7 +62,6 @@ class HSICMetric(Metric):
         block_layers: int | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
         check_estimator(estimator)
         check_precision(precision)
         if block_layers is not None and block_layers < 1:
@@ -94,50 +69,26 @@ class HSICMetric(Metric):
         self.kernel = kernel
         self.estimator = estimator
         self.precision = precision
-        self.max_batches = max_batches
         # centre and multiply in blocks of this many layers (None: the whole stack at once), see _blocked_hsic
         self.block_layers = block_layers
-        self._symmetric = layers_y is None
-        self.set_layers(layers_x, layers_x if layers_y is None else layers_y)
+        super().__init__(layers_x, layers_y, max_batches=max_batches, **kwargs)
         # filled in by subclasses that make the kernels
-        self.activation_dtypes: set[str] = set()
         self.rbf_bandwidth = "fixed"
         self.sigma2: dict[str, Tensor | None] = {"x": None, "y": None}
         self._warned_undefined: set[str] = set()
 
     # ------------------------------------------------------------------ states
-    def set_layers(self, layers_x: list[str], layers_y: list[str]) -> None:
-        """(Re)allocate the states for these rows and columns (before the first update), on the metric's device:
-        a rank that renames its layers on a padding batch (which never updates, so never moves the states) must
-        still hold them where the all-gather of ``compute()`` expects them (NCCL: on the GPU)."""
-        self.layers_x, self.layers_y = list(layers_x), list(layers_y)
-        lx, ly = len(self.layers_x), len(self.layers_y)
+    def sum_shapes(self, lx: int, ly: int) -> Shapes:
+        """Σ w·HSIC (``hsic_*``) and the sums of squares and products the delta method needs (``sum_*``), and
+        the total weight."""
+        return {
+            **{n: (lx, ly) for n in _MATRIX_SUMS}, **{n: (lx,) for n in _X_SUMS}, **{n: (ly,) for n in _Y_SUMS},
+            "weight_sum": (),
+        }  # fmt: skip
 
-        def zeros(*shape: int) -> Tensor:
-            return torch.zeros(shape, dtype=torch.float64, device=self.device)
-
-        for name in _MATRIX_SUMS:
-            self.add_state(name, default=zeros(lx, ly), dist_reduce_fx="sum")
-        for name in _X_SUMS:
-            self.add_state(name, default=zeros(lx), dist_reduce_fx="sum")
-        for name in _Y_SUMS:
-            self.add_state(name, default=zeros(ly), dist_reduce_fx="sum")
-        for name in ("n_batches", "n_samples", "weight_sum"):
-            self.add_state(name, default=zeros(), dist_reduce_fx="sum")
-        nb = self.max_batches
-        self._keep_batches = bool(nb) and nb * (lx * ly + lx + ly) <= MAX_PER_BATCH_VALUES
-        if self._keep_batches:
-            self.add_state("batch_w", default=zeros(nb), dist_reduce_fx="sum")
-            self.add_state("batch_a", default=zeros(nb, lx, ly), dist_reduce_fx="sum")
-            self.add_state("batch_b", default=zeros(nb, lx), dist_reduce_fx="sum")
-            self.add_state("batch_c", default=zeros(nb, ly), dist_reduce_fx="sum")
-        self._next_batch_id = 0
-        self._added: set[int] = set()  # batch ids this process added (kept on the host: no device read)
-
-    def reset(self) -> None:
-        super().reset()
-        self._next_batch_id = 0
-        self._added = set()
+    def batch_shapes(self, lx: int, ly: int) -> Shapes:
+        """Per batch: the cross HSICs ``a`` and the self HSICs ``b`` (rows) and ``c`` (columns)."""
+        return {"a": (lx, ly), "b": (lx,), "c": (ly,)}
 
     @property
     def work_dtype(self) -> torch.dtype:
@@ -161,9 +112,7 @@ class HSICMetric(Metric):
                 f"expected {len(self.layers_x)} x kernels and {len(self.layers_y)} y kernels, "
                 f"got {kx.shape[0]} and {None if ky is None else ky.shape[0]}"
             )
-        if batch_id is None:
-            batch_id = self._next_batch_id
-        self._next_batch_id = batch_id + 1
+        batch_id = self.next_batch_id(batch_id)
         if n < min_samples(self.estimator):
             warnings.warn(
                 f"CKA: skipped a batch of {n} examples: the {self.estimator} estimator needs at least "
@@ -245,23 +194,9 @@ class HSICMetric(Metric):
         self.n_batches += 1
         self.n_samples += w
         self.weight_sum += w
-        if self._keep_batches:
-            if not 0 <= batch_id < self.max_batches:
-                raise ValueError(f"batch_id={batch_id} is outside max_batches={self.max_batches}")
-            if batch_id in self._added:
-                raise ValueError(f"batch {batch_id} was added twice: every example must count once")
-            self._added.add(batch_id)
-            self.batch_w[batch_id] = w
-            self.batch_a[batch_id] = a
-            self.batch_b[batch_id] = b
-            self.batch_c[batch_id] = c
+        self.keep_batch(batch_id, w, a=a, b=b, c=c)
 
     # ------------------------------------------------------------------ result
-    def _wrap_compute(self, compute: Callable) -> Callable:
-        """torchmetrics' wrapper, less what does not fit a result object: it would squeeze a 1x1 matrix to a
-        scalar and cache the first result. States are still synced across ranks for the call."""
-        return synced_compute(self, compute)
-
     def compute(self) -> CKAResult:
         """CKA matrix and its delta-method standard error (see :func:`vvm.cka.functional.delta_stderr`)."""
         recorder = getattr(self, "recorder", None)  # the subclasses' hooks defer their finiteness check
@@ -281,15 +216,11 @@ class HSICMetric(Metric):
             stderr = stderr.masked_fill(torch.isnan(matrix), float("nan"))
         mean_w = W if W > 0 else 1.0
         per_batch = {}
-        if self._keep_batches:
-            seen = torch.nonzero(self.batch_w > 0).flatten()
-            per_batch = {
-                "batch_ids": seen.cpu(),
-                "batch_weights": self.batch_w[seen].cpu(),
-                "batch_hsic_xy": self.batch_a[seen].cpu(),
-                "batch_hsic_xx": self.batch_b[seen].cpu(),
-                "batch_hsic_yy": self.batch_c[seen].cpu(),
-            }
+        kept = self.kept_batches()
+        if kept is not None:
+            ids, v = kept
+            per_batch = {"batch_ids": ids, "batch_weights": v["w"], "batch_hsic_xy": v["a"],
+                         "batch_hsic_xx": v["b"], "batch_hsic_yy": v["c"]}  # fmt: skip
         sig = {k: (None if v is None else v.detach().double().cpu()) for k, v in self.sigma2.items()}
         res = CKAResult(
             matrix=matrix.detach().cpu(),

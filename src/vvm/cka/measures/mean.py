@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
-from vvm.cka.metric import MAX_PER_BATCH_VALUES, synced_compute
+from vvm.cka.batch_sums import LayerPairMetric, Shapes
 from vvm.cka.result import MatrixResult, optional_arrays
 
 _SUMS = ("w", "wv", "w2", "w2v", "w2v2", "count")
@@ -96,16 +94,12 @@ class MeasureResult(MatrixResult):
         )
 
 
-class BatchMeanMetric(Metric):
+class BatchMeanMetric(LayerPairMetric):
     """Size-weighted means of per-batch similarity matrices ``[L_x, L_y]`` with their standard errors.
 
     ``update(values, weight=n, batch_id=..., defined_x=..., defined_y=...)`` adds one batch (an entry counts only
     where both its layers are defined); ``compute()`` returns a :class:`MeasureResult`. ``layers_y=None``: the
     columns are the rows (a symmetric matrix; its diagonal has no spread)."""
-
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = None
 
     def __init__(
         self,
@@ -117,41 +111,19 @@ class BatchMeanMetric(Metric):
         max_batches: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
         self.measure = measure
         self.params = dict(params or {})
-        self.max_batches = max_batches
-        self._symmetric = layers_y is None
-        self.activation_dtypes: set[str] = set()
         self._warned: set[str] = set()
-        self.set_layers(layers_x, layers_x if layers_y is None else layers_y)
+        super().__init__(layers_x, layers_y, max_batches=max_batches, **kwargs)
 
-    def set_layers(self, layers_x: list[str], layers_y: list[str]) -> None:
-        """(Re)allocate the states for these rows and columns, on the metric's device (as HSICMetric does)."""
-        self.layers_x, self.layers_y = list(layers_x), list(layers_y)
-        lx, ly = len(self.layers_x), len(self.layers_y)
+    def sum_shapes(self, lx: int, ly: int) -> Shapes:
+        """The weighted sums of the values (module docstring) per entry, and per layer the number of batches in
+        which it had a value."""
+        return {**{n: (lx, ly) for n in _SUMS}, "defined_x": (lx,), "defined_y": (ly,)}
 
-        def zeros(*shape: int) -> Tensor:
-            return torch.zeros(shape, dtype=torch.float64, device=self.device)
-
-        for name in _SUMS:
-            self.add_state(name, default=zeros(lx, ly), dist_reduce_fx="sum")
-        self.add_state("defined_x", default=zeros(lx), dist_reduce_fx="sum")
-        self.add_state("defined_y", default=zeros(ly), dist_reduce_fx="sum")
-        for name in ("n_batches", "n_samples"):
-            self.add_state(name, default=zeros(), dist_reduce_fx="sum")
-        nb = self.max_batches
-        self._keep_batches = bool(nb) and nb * lx * ly <= MAX_PER_BATCH_VALUES
-        if self._keep_batches:
-            self.add_state("batch_w", default=zeros(nb), dist_reduce_fx="sum")
-            self.add_state("batch_v", default=zeros(nb, lx, ly), dist_reduce_fx="sum")
-        self._next_batch_id = 0
-        self._added: set[int] = set()
-
-    def reset(self) -> None:
-        super().reset()
-        self._next_batch_id = 0
-        self._added = set()
+    def batch_shapes(self, lx: int, ly: int) -> Shapes:
+        """Per batch: its values ``v`` (NaN where undefined)."""
+        return {"v": (lx, ly)}
 
     def update(
         self,
@@ -167,8 +139,7 @@ class BatchMeanMetric(Metric):
         shape = (len(self.layers_x), len(self.layers_y))
         if tuple(values.shape) != shape:
             raise ValueError(f"expected values of shape {shape}, got {tuple(values.shape)}")
-        batch_id = self._next_batch_id if batch_id is None else int(batch_id)
-        self._next_batch_id = batch_id + 1
+        batch_id = self.next_batch_id(batch_id)
         if self.w.device != values.device:
             self.to(values.device)
         v = values.to(torch.float64)
@@ -187,18 +158,7 @@ class BatchMeanMetric(Metric):
         self.defined_y += dy.to(self.defined_y)
         self.n_batches += 1
         self.n_samples += w
-        if self._keep_batches:
-            if not 0 <= batch_id < int(self.max_batches or 0):
-                raise ValueError(f"batch_id={batch_id} is outside max_batches={self.max_batches}")
-            if batch_id in self._added:
-                raise ValueError(f"batch {batch_id} was added twice: every example must count once")
-            self._added.add(batch_id)
-            self.batch_w[batch_id] = w
-            self.batch_v[batch_id] = torch.where(d, v, torch.full_like(v, math.nan))
-
-    def _wrap_compute(self, compute: Callable) -> Callable:
-        """torchmetrics' wrapper less the squeeze and the cache (as :class:`~vvm.cka.metric.HSICMetric`)."""
-        return synced_compute(self, compute)
+        self.keep_batch(batch_id, w, v=torch.where(d, v, torch.full_like(v, math.nan)))
 
     def compute(self) -> MeasureResult:
         nb = int(self.n_batches.item())
@@ -207,13 +167,10 @@ class BatchMeanMetric(Metric):
             # a layer against itself has the same value (1) in every batch: no spread
             stderr.diagonal().copy_(torch.where(self.count.diagonal() > 1, 0.0, math.nan))
         per_batch = {}
-        if self._keep_batches:
-            seen = torch.nonzero(self.batch_w > 0).flatten()
-            per_batch = {
-                "batch_ids": seen.cpu(),
-                "batch_weights": self.batch_w[seen].cpu(),
-                "batch_values": self.batch_v[seen].cpu(),
-            }
+        kept = self.kept_batches()
+        if kept is not None:
+            ids, v = kept
+            per_batch = {"batch_ids": ids, "batch_weights": v["w"], "batch_values": v["v"]}
         res = MeasureResult(
             measure=self.measure,
             matrix=matrix.detach().cpu(),
