@@ -2,13 +2,14 @@
 
 >>> from vvm.cka import cka, StreamingCKA
 
-Layout: ``functional`` (the math on tensors), ``batch_sums`` (what the result metrics share), ``precision`` (autocast and TF32 sealed off), ``bandwidth`` (one
-RBF kernel per layer), ``kernels`` (kernel objects that own their parameters), ``pair`` (CKA of one pair of representations: :func:`cka`, :func:`gram`), ``recorder`` (forward hooks ->
-per-batch kernels), ``passes`` (the recorder side of a pass: layers learnt, Grams stacked), ``metric`` (float64
-states, update, compute), ``streaming`` (one or two models), ``joint`` (every layer of several models against
-every other, one product), ``measures`` (CKA, RSA, mutual kNN: one file each and a registry), ``similarity``
-(several measures in one pass), ``correspondence`` (layer identification and best matches of a cross-model
-block), ``presets`` (which layers), ``result`` (what compute returns), ``registry`` (kernels and measures by name).
+Layout: ``functional`` (the math on tensors), ``batch_sums`` (what the result metrics share), ``precision``
+(autocast and TF32 sealed off), ``bandwidth`` (one RBF kernel per layer), ``kernels`` (kernel objects that own their
+parameters), ``pair`` (CKA of one pair of representations: :func:`cka`, :func:`gram`), ``recorder`` (forward hooks
+-> per-batch kernels), ``passes`` (the recorder side of a pass: layers learnt, Grams stacked), ``metric`` (float64
+states, update, compute), ``streaming`` (one or two models), ``joint`` (every layer of several models against every
+other, one product), ``measures`` (CKA, RSA, mutual kNN: one file each and a registry), ``similarity`` (several
+measures in one pass), ``correspondence`` (layer identification and best matches of a cross-model block),
+``presets`` (which layers), ``result`` (what compute returns), ``registry`` (kernels and measures by name).
 
 >>> from vvm.cka import StreamingSimilarity   # measures=["cka", "rsa", "knn"] in one pass
 """
