@@ -136,7 +136,29 @@ def update_joint(metric: HSICMetric, stack: Tensor, batch_id: int, *, auto: bool
     metric.update(stack, batch_id=batch_id, overwrite=overwrite)
 
 
-class JointCKA(HSICMetric):
+class JointModels:
+    """What a pass over several models offers (:class:`JointCKA`, :class:`~vvm.cka.similarity.JointSimilarity`):
+    the model keys in order, the model of every row and column, and :meth:`feed`. Its users hold the pass's
+    :class:`~vvm.cka.passes.JointPass` as ``_pass`` and the models as ``_models``."""
+
+    _pass: JointPass
+    _models: dict[str, nn.Module]
+
+    @property
+    def models(self) -> list[str]:
+        return self._pass.models
+
+    @property
+    def model_index(self) -> Tensor:
+        """``[ΣL]``: the model (its position in :attr:`models`) of every row/column."""
+        return self._pass.model_index
+
+    def feed(self, x: Tensor) -> None:
+        """One batch: run every model on ``x`` once, each through its own forward (and preprocessing)."""
+        feed(self._models, x)
+
+
+class JointCKA(JointModels, HSICMetric):
     """Minibatch CKA between all layers of all ``models``, streamed over batches (see the module docstring).
 
     Args:
@@ -198,24 +220,11 @@ class JointCKA(HSICMetric):
         self.recorder = plumbing.recorder
         self.activation_dtypes = self.recorder.activation_dtypes
 
-    @property
-    def models(self) -> list[str]:
-        return self._pass.models
-
-    @property
-    def model_index(self) -> Tensor:
-        """``[ΣL]``: the model (its position in :attr:`models`) of every row/column."""
-        return self._pass.model_index
-
     @contextlib.contextmanager
     def track(self) -> Iterator[JointCKA]:
         """Register the forward hooks on every model for the duration of the block; removed on exit."""
         with self.recorder.track():
             yield self
-
-    def feed(self, x: Tensor) -> None:
-        """One batch: run every model on ``x`` once, each through its own forward (and preprocessing)."""
-        feed(self._models, x)
 
     # ------------------------------------------------------------------ per batch
     def _on_layers(self, names: list[str]) -> None:
@@ -267,6 +276,7 @@ def auto_block_layers(stack: Tensor, free_bytes: int) -> int | None:
 
 __all__ = [
     "JointCKA",
+    "JointModels",
     "JointResult",
     "auto_block_layers",
     "best_matches",

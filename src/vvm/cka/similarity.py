@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vvm.cka.joint import JointLayout, feed, joint_result, update_joint
+from vvm.cka.joint import JointLayout, JointModels, joint_result, update_joint
 from vvm.cka.kernels import check_kernel
 from vvm.cka.measures.base import Grams, Measure, make_measure
 from vvm.cka.measures.mean import MeasureResult
@@ -157,7 +157,7 @@ class StreamingSimilarity(_MeasuresPass):
         return self._results()
 
 
-class JointSimilarity(_MeasuresPass):
+class JointSimilarity(JointModels, _MeasuresPass):
     """``measures`` between every layer of every model in ``models`` (``{key: network}``), one pass; arguments
     as :class:`~vvm.cka.joint.JointCKA` plus ``measures`` and ``params`` (see :class:`StreamingSimilarity`).
     ``compute()`` gives ``{measure: result}`` with the blocks of :class:`~vvm.cka.joint.JointResult`."""
@@ -188,18 +188,6 @@ class JointSimilarity(_MeasuresPass):
             metrics["cka"].block_layers = block_layers
         self._models = dict(models)
         self._setup(built, metrics, plumbing)
-
-    @property
-    def models(self) -> list[str]:
-        return self._pass.models
-
-    @property
-    def model_index(self) -> Tensor:
-        return self._pass.model_index
-
-    def feed(self, x: Tensor) -> None:
-        """One batch: run every model on ``x`` once, each through its own forward (and preprocessing)."""
-        feed(self._models, x)
 
     def _on_layers(self, names: list[str]) -> None:
         for m in self.metrics.values():
