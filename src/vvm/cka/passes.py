@@ -76,7 +76,20 @@ def recorder_options(measures: Mapping[str, Measure], precision: str) -> dict[st
     }  # fmt: skip
 
 
-class StreamingPass:
+class _Pass:
+    """What both passes share: the layers are learnt from the recorder on the first batch, skipped or not."""
+
+    on_skip: Callable[[int], None]
+
+    def _learn(self) -> None:
+        raise NotImplementedError
+
+    def _skip(self, batch_id: int) -> None:
+        self._learn()
+        self.on_skip(batch_id)
+
+
+class StreamingPass(_Pass):
     """Hooks on ``model`` (and ``other``); per batch ``on_batch(gx, gy, masked, batch_id)`` with the Grams of the
     ``layers`` (rows) and of the ``other_layers`` (columns; ``gy=None`` when they are the rows). ``on_layers(lx,
     ly)`` when the first batch renames the layers (a module that runs twice); ``on_skip(batch_id)`` for a batch
@@ -124,10 +137,6 @@ class StreamingPass:
                 self.layers_x, self.layers_y = lx, ly
                 self.on_layers(lx, ly)
 
-    def _skip(self, batch_id: int) -> None:
-        self._learn()
-        self.on_skip(batch_id)
-
     def _batch(
         self, kernels: BatchKernels, masked: bool, batch_id: int, raw: BatchParts | None = None
     ) -> None:
@@ -174,7 +183,7 @@ def check_model_keys(models: Mapping[str, object]) -> None:
         raise ValueError(f"model keys must be non-empty strings without {SEP!r}: {bad}")
 
 
-class JointPass:
+class JointPass(_Pass):
     """Hooks on every model of ``models`` (``{key: network}``, already the hook targets); per batch
     ``on_batch(g, None, masked, batch_id)`` with every layer of every model in one stack, model after model.
     ``on_layers(names)`` when the first batch renames the layers; ``on_skip(batch_id)`` as StreamingPass."""
@@ -223,10 +232,6 @@ class JointPass:
         if learnt is not None and learnt != self.model_layers:
             self.model_layers = {k: list(learnt[k]) for k in self.model_layers}
             self.on_layers(self.names)
-
-    def _skip(self, batch_id: int) -> None:
-        self._learn()
-        self.on_skip(batch_id)
 
     def _batch(
         self, kernels: BatchKernels, masked: bool, batch_id: int, raw: BatchParts | None = None
