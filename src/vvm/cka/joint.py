@@ -17,8 +17,7 @@ one-product path falls back to blocks (retried once the failed attempt is freed)
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -30,7 +29,7 @@ from vvm.cka.kernels import check_kernel
 from vvm.cka.measures.base import Grams
 from vvm.cka.measures.cka import CKA
 from vvm.cka.metric import HSICMetric, check_precision
-from vvm.cka.passes import SEP, JointPass, hook_target, recorder_options
+from vvm.cka.passes import SEP, JointPass, Tracking, hook_target, recorder_options
 from vvm.cka.presets import LayerSpec
 from vvm.cka.result import CKAResult
 
@@ -158,7 +157,7 @@ class JointModels:
         feed(self._models, x)
 
 
-class JointCKA(JointModels, HSICMetric):
+class JointCKA(JointModels, Tracking, HSICMetric):
     """Minibatch CKA between all layers of all ``models``, streamed over batches (see the module docstring).
 
     Args:
@@ -214,17 +213,9 @@ class JointCKA(JointModels, HSICMetric):
         self.rbf_frac = float(rbf_frac)
         self.rbf_bandwidth = rbf_bandwidth
         self._cka = cka
-        self._pass = plumbing
         # kept out of the module tree: moving or saving the metric must not move or save the networks
         self._models = dict(models)
-        self.recorder = plumbing.recorder
-        self.activation_dtypes = self.recorder.activation_dtypes
-
-    @contextlib.contextmanager
-    def track(self) -> Iterator[JointCKA]:
-        """Register the forward hooks on every model for the duration of the block; removed on exit."""
-        with self.recorder.track():
-            yield self
+        self.attach(plumbing)
 
     # ------------------------------------------------------------------ per batch
     def _on_layers(self, names: list[str]) -> None:

@@ -12,8 +12,9 @@ Each Gram leaves the recorder's dict as it is stacked, so a batch's Grams exist 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Self
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +75,22 @@ def recorder_options(measures: Mapping[str, Measure], precision: str) -> dict[st
         "min_n": smallest.min_n, "min_reason": smallest.min_reason, "tf32": precision == "fast",
         "out_dtype": torch_dtype(precision), "raw": any(m.needs_raw for m in measures.values()),
     }  # fmt: skip
+
+
+class Tracking:
+    """What holds a pass (:class:`StreamingPass` or :class:`JointPass`) for its user (the CKA metrics, the
+    measures' passes): the pass as ``_pass``, its recorder, the dtypes the hooks saw, and :meth:`track`."""
+
+    def attach(self, plumbing: StreamingPass | JointPass) -> None:
+        self._pass = plumbing
+        self.recorder = plumbing.recorder
+        self.activation_dtypes = self.recorder.activation_dtypes
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[Self]:
+        """Register the forward hooks for the duration of the block; they are removed on exit."""
+        with self.recorder.track():
+            yield self
 
 
 class _Pass:
@@ -247,6 +264,7 @@ __all__ = [
     "SEP",
     "JointPass",
     "StreamingPass",
+    "Tracking",
     "check_model_keys",
     "expand",
     "hook_target",

@@ -12,8 +12,7 @@ CKA's numbers are those of StreamingCKA/JointCKA exactly: it runs last, on the G
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -25,7 +24,7 @@ from vvm.cka.kernels import check_kernel
 from vvm.cka.measures.base import Grams, Measure, make_measure
 from vvm.cka.measures.mean import MeasureResult
 from vvm.cka.metric import HSICMetric, check_precision
-from vvm.cka.passes import JointPass, StreamingPass, hook_target, recorder_options, torch_dtype
+from vvm.cka.passes import JointPass, StreamingPass, Tracking, hook_target, recorder_options, torch_dtype
 from vvm.cka.presets import LayerSpec
 
 Params = Mapping[str, Mapping[str, Any]]
@@ -59,15 +58,13 @@ def run_order(measures: Mapping[str, Measure]) -> list[str]:
     return sorted(measures, key=lambda n: n == "cka")
 
 
-class _MeasuresPass(nn.Module):
+class _MeasuresPass(Tracking, nn.Module):
     """What both classes share: the measures, their metrics (a ModuleDict: ``.to(device)`` moves them all)."""
 
     def _setup(self, measures: dict[str, Measure], metrics: dict[str, Any], plumbing: Any) -> None:
         self.measures = measures
         self.metrics = nn.ModuleDict(metrics)
-        self._pass = plumbing
-        self.recorder = plumbing.recorder
-        self.activation_dtypes = self.recorder.activation_dtypes
+        self.attach(plumbing)
         for m in self.metrics.values():
             m.activation_dtypes = self.activation_dtypes
         self._order = run_order(measures)
@@ -76,12 +73,6 @@ class _MeasuresPass(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(iter(self.metrics.values())).device
-
-    @contextlib.contextmanager
-    def track(self) -> Iterator[Any]:
-        """Register the forward hooks for the duration of the block; they are removed on exit."""
-        with self.recorder.track():
-            yield self
 
     def _on_skip(self, batch_id: int) -> None:
         sides = self._pass.sides

@@ -10,9 +10,6 @@ Several measures in the same pass: :class:`vvm.cka.similarity.StreamingSimilarit
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 from torch import nn
 
 from vvm.cka.functional import Estimator
@@ -20,11 +17,11 @@ from vvm.cka.kernels import check_kernel
 from vvm.cka.measures.base import Grams
 from vvm.cka.measures.cka import CKA
 from vvm.cka.metric import HSICMetric, check_precision
-from vvm.cka.passes import StreamingPass, recorder_options
+from vvm.cka.passes import StreamingPass, Tracking, recorder_options
 from vvm.cka.presets import LayerSpec
 
 
-class StreamingCKA(HSICMetric):
+class StreamingCKA(Tracking, HSICMetric):
     """Minibatch CKA between the layers of ``model`` (and of ``other``), streamed over batches.
 
     Args:
@@ -85,16 +82,8 @@ class StreamingCKA(HSICMetric):
         self.rbf_frac = float(rbf_frac)
         self.rbf_bandwidth = rbf_bandwidth
         self._cka = cka
-        self._pass = plumbing
         self._modules_x, self._modules_y = plumbing.modules_x, plumbing.modules_y
-        self.recorder = plumbing.recorder
-        self.activation_dtypes = self.recorder.activation_dtypes
-
-    @contextlib.contextmanager
-    def track(self) -> Iterator[StreamingCKA]:
-        """Register the forward hooks for the duration of the block; they are removed on exit."""
-        with self.recorder.track():
-            yield self
+        self.attach(plumbing)
 
     def _on_layers(self, layers_x: list[str], layers_y: list[str]) -> None:
         if (layers_x, layers_y) != (self.layers_x, self.layers_y):
