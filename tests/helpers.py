@@ -51,6 +51,19 @@ class Twice(nn.Module):
         return self.relu(self.lin2(self.relu(self.lin1(x))))
 
 
+# a tiny r18 job: 8x8 synthetic images, 32 in each split, batches of 16, on the CPU
+TINY_R18 = [
+    "model=r18",
+    "dataset=synthetic",
+    "dataset.image_size=8",
+    "dataset.train_size=32",
+    "dataset.test_size=32",
+    "cka.batch_size=16",
+    "train.batch_size=16",
+    "trainer=cpu",
+]
+
+
 def make_layer_batches(batch_sizes, dims, seed=0, dtype=torch.float32):
     """Per batch, per layer features that share a latent factor (so CKA is informative)."""
     g = torch.Generator().manual_seed(seed)

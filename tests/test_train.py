@@ -11,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from compose import compose_settings
-from helpers import build_job, compose_error, run_vvm, weights_of
+from helpers import TINY_R18, build_job, compose_error, run_vvm, weights_of
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from vvm.train.gpu_data import (
@@ -25,18 +25,7 @@ from vvm.train.gpu_data import (
 )
 
 # tiny runs: r18 on 8x8 synthetic images (32 train, 32 test), batches of 16
-TINY = [
-    "model=r18",
-    "dataset=synthetic",
-    "dataset.image_size=8",
-    "dataset.train_size=32",
-    "dataset.test_size=32",
-    "cka.batch_size=16",
-    "train.batch_size=16",
-    "trainer=cpu",
-    "trainer.enable_progress_bar=false",
-    "logger=none",
-]
+TINY = [*TINY_R18, "trainer.enable_progress_bar=false", "logger=none"]
 
 
 def compose_job(tmp_path: Path, *overrides: str):

@@ -15,18 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import run_vvm
+from helpers import TINY_R18, run_vvm
 
-SMALL = [
-    "model=r18",
-    "dataset=synthetic",
-    "dataset.image_size=8",
-    "dataset.train_size=32",
-    "dataset.test_size=32",
-    "cka.batch_size=16",
-    "train.batch_size=16",
-    "trainer=cpu",
-]
+SMALL = TINY_R18
 
 
 def run_cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
