@@ -64,6 +64,29 @@ TINY_R18 = [
 ]
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a DDP rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_gloo(rank: int, world: int, port: int, timeout_s: float | None = None) -> None:
+    """Join a gloo process group of ``world`` processes on 127.0.0.1:``port``, one CPU thread each (the spawned
+    workers of the DDP tests)."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    kw = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+    dist.init_process_group("gloo", rank=rank, world_size=world, **kw)
+    torch.set_num_threads(1)
+
+
 def make_layer_batches(batch_sizes, dims, seed=0, dtype=torch.float32):
     """Per batch, per layer features that share a latent factor (so CKA is informative)."""
     g = torch.Generator().manual_seed(seed)

@@ -3,15 +3,11 @@ batches sum their states in compute(), and give what one process gives over all 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import Replay, make_layer_batches
-from test_ddp_metric import _free_port
+from helpers import Replay, free_port, init_gloo, make_layer_batches
 
 from vvm.cka import StreamingSimilarity
 
@@ -32,10 +28,7 @@ def _stream(batches, ids):
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+    init_gloo(rank, world, port)
     batches = make_layer_batches(BATCHES, DIMS, seed=3)
     ids = list(range(len(BATCHES)))[rank::world]  # rank 0: batches 0, 2, 4; rank 1: 1, 3, 5
     res = _stream(batches[rank::world], ids)
@@ -54,7 +47,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     out = str(tmp_path / "ddp")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
     got = np.load(f"{out}.npz")
     single = _stream(make_layer_batches(BATCHES, DIMS, seed=3), range(len(BATCHES)))
     for name in MEASURES:

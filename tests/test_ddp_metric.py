@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import numpy as np
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import Replay, make_layer_batches
+from helpers import Replay, free_port, init_gloo, make_layer_batches
 
 from vvm.cka import StreamingCKA
 
 BATCHES = [32, 32, 24, 32, 16, 8]  # unequal sizes on purpose
 DIMS = [6, 50, 3, 20]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stream(batches, **kw):
@@ -36,10 +26,7 @@ OPTIONS = [{}, {"kernel": "rbf", "estimator": "biased"}]
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+    init_gloo(rank, world, port)
     batches = make_layer_batches(BATCHES, DIMS, seed=3)
     mine = batches[rank::world]  # a known share: rank 0 gets batches 0, 2, 4; rank 1 gets 1, 3, 5
     for i, kw in enumerate(OPTIONS):
@@ -58,7 +45,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_two_processes_match_one(tmp_path):
     out = str(tmp_path / "ddp")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
     for i, kw in enumerate(OPTIONS):
         got = np.load(f"{out}_{i}.npz")
         single = _stream(make_layer_batches(BATCHES, DIMS, seed=3), **kw).compute()

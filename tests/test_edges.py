@@ -170,29 +170,18 @@ def test_per_batch_bandwidth_records_the_first_batchs_sigma2():
 
 
 # ---------------------------------------------------------------------------------------------- 4. RBF under DDP
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rbf_worker(rank: int, world: int, port: int, out: str) -> None:
     """Rank 0 runs batch 0 (8 examples), rank 1 batch 1 (3: below the unbiased estimator's 4, skipped), with a
     fixed RBF bandwidth broadcast from rank 0: StreamingCKA with two models (two broadcasts) and JointCKA."""
-    import datetime
-    import os
-
     import numpy as np
     import torch.distributed as dist
-    from helpers import Replay, make_layer_batches
+    from helpers import Replay, init_gloo, make_layer_batches
 
     from vvm.cka import JointCKA, StreamingCKA
 
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
-    torch.set_num_threads(1)
+    init_gloo(rank, world, port, timeout_s=60)
     mine = make_layer_batches([8, 3], [5, 6], seed=2)[rank]
     a, b = Replay(2), Replay(2)
     results = {}
@@ -226,13 +215,13 @@ def test_fixed_rbf_bandwidth_under_ddp_with_a_rank_of_small_batches_does_not_han
     hung before: the broadcast waited for a rank that never called it)."""
     import numpy as np
     import torch.multiprocessing as mp
-    from helpers import Replay, make_layer_batches
+    from helpers import Replay, free_port, make_layer_batches
 
     from vvm.cka import StreamingCKA
 
     out = str(tmp_path / "rbf")
     ctx = mp.start_processes(
-        _rbf_worker, args=(2, _free_port(), out), nprocs=2, join=False, start_method="spawn"
+        _rbf_worker, args=(2, free_port(), out), nprocs=2, join=False, start_method="spawn"
     )
     try:
         deadline = time.monotonic() + 240

@@ -4,15 +4,12 @@ a failed job)."""
 
 from __future__ import annotations
 
-import os
-import socket
-
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import Replay, Twice, make_layer_batches
+from helpers import Replay, Twice, free_port, init_gloo, make_layer_batches
 
 from vvm.cka import HSICMetric, JointCKA, StreamingCKA
 from vvm.cka.joint import auto_block_layers, best_matches, layer_identification, mean_row_max, move_models
@@ -167,17 +164,10 @@ def test_block_facts():
 
 
 # ---------------------------------------------------------------------------------------------- DDP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+    init_gloo(rank, world, port)
     feats = features()
     models = {k: Replay(len(DIMS[k])) for k in DIMS}
     m = JointCKA(models, "blocks", kernel="rbf", max_batches=len(BATCHES))
@@ -196,7 +186,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     out = str(tmp_path / "ddp.npz")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), out), nprocs=2, join=True)
     got = np.load(out)
     single = run_joint(features(), kernel="rbf").compute()
     np.testing.assert_allclose(got["cka"], single.matrix.numpy(), atol=1e-9, rtol=0)

@@ -120,6 +120,19 @@ class LayerPairMetric(Metric):
         names = ["w", *self.batch_shapes(1, 1)]
         return seen.cpu(), {n: getattr(self, f"batch_{n}")[seen].cpu() for n in names}
 
+    def result_fields(self, matrix: Tensor, stderr: Tensor) -> dict[str, Any]:
+        """The fields every result has (:class:`~vvm.cka.result.MatrixResult`'s, and ``activation_dtype``), on
+        the CPU, for the subclass's ``compute()``."""
+        return {
+            "matrix": matrix.detach().cpu(),
+            "stderr": stderr.detach().cpu(),
+            "layers_x": list(self.layers_x),
+            "layers_y": list(self.layers_y),
+            "n_samples": int(round(self.n_samples.item())),
+            "n_batches": int(self.n_batches.item()),
+            "activation_dtype": ",".join(sorted(self.activation_dtypes)),
+        }
+
     def _wrap_compute(self, compute: Callable) -> Callable:
         """torchmetrics' wrapper, less what does not fit a result object: it would squeeze a 1x1 matrix to a
         scalar and cache the first result. States are still synced across ranks for the call."""

@@ -223,17 +223,11 @@ class HSICMetric(LayerPairMetric):
                          "batch_hsic_xx": v["b"], "batch_hsic_yy": v["c"]}  # fmt: skip
         sig = {k: (None if v is None else v.detach().double().cpu()) for k, v in self.sigma2.items()}
         res = CKAResult(
-            matrix=matrix.detach().cpu(),
-            stderr=stderr.detach().cpu(),
-            layers_x=list(self.layers_x),
-            layers_y=list(self.layers_y),
-            n_samples=int(round(self.n_samples.item())),
-            n_batches=nb,
+            **self.result_fields(matrix, stderr),
             hsic_xx=(self.hsic_xx / mean_w).detach().cpu().clone(),
             hsic_yy=(self.hsic_yy / mean_w).detach().cpu().clone(),
             kernel=self.kernel,
             estimator=self.estimator,
-            activation_dtype=",".join(sorted(self.activation_dtypes)),
             rbf_bandwidth=self.rbf_bandwidth,
             rbf_sigma2_x=sig.get("x"),
             rbf_sigma2_y=sig.get("x") if self._symmetric else sig.get("y"),

@@ -161,7 +161,6 @@ class BatchMeanMetric(LayerPairMetric):
         self.keep_batch(batch_id, w, v=torch.where(d, v, torch.full_like(v, math.nan)))
 
     def compute(self) -> MeasureResult:
-        nb = int(self.n_batches.item())
         matrix, stderr = mean_and_stderr({k: getattr(self, k) for k in _SUMS})
         if self._symmetric:
             # a layer against itself has the same value (1) in every batch: no spread
@@ -172,17 +171,11 @@ class BatchMeanMetric(LayerPairMetric):
             ids, v = kept
             per_batch = {"batch_ids": ids, "batch_weights": v["w"], "batch_values": v["v"]}
         res = MeasureResult(
+            **self.result_fields(matrix, stderr),
             measure=self.measure,
-            matrix=matrix.detach().cpu(),
-            stderr=stderr.detach().cpu(),
-            layers_x=list(self.layers_x),
-            layers_y=list(self.layers_y),
-            n_samples=int(round(self.n_samples.item())),
-            n_batches=nb,
             params=dict(self.params),
             defined_x=self.defined_x.detach().cpu().clone(),
             defined_y=self.defined_y.detach().cpu().clone(),
-            activation_dtype=",".join(sorted(self.activation_dtypes)),
             **per_batch,
         )
         self._warn_undefined(res)
