@@ -22,20 +22,6 @@ MAX_PER_BATCH_VALUES = 1 << 23
 Shapes = dict[str, tuple[int, ...]]
 
 
-def synced_compute(metric: Any, compute: Callable) -> Callable:
-    """``compute`` run inside the metric's rank sync (states summed across ranks for the call, restored after),
-    without torchmetrics' squeeze and cache: the ``_wrap_compute`` of vvm's result-returning metrics."""
-
-    @functools.wraps(compute)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with metric.sync_context(
-            dist_sync_fn=metric.dist_sync_fn, should_sync=metric._to_sync, should_unsync=metric._should_unsync
-        ):
-            return compute(*args, **kwargs)
-
-    return wrapped
-
-
 class LayerPairMetric(Metric):
     """Float64 states for ``layers_x`` rows and ``layers_y`` columns (``layers_y=None``: the columns are the
     rows, a symmetric matrix), all summed across ranks.
@@ -136,7 +122,15 @@ class LayerPairMetric(Metric):
     def _wrap_compute(self, compute: Callable) -> Callable:
         """torchmetrics' wrapper, less what does not fit a result object: it would squeeze a 1x1 matrix to a
         scalar and cache the first result. States are still synced across ranks for the call."""
-        return synced_compute(self, compute)
+
+        @functools.wraps(compute)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            with self.sync_context(
+                dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
+            ):
+                return compute(*args, **kwargs)
+
+        return wrapped
 
 
-__all__ = ["MAX_PER_BATCH_VALUES", "LayerPairMetric", "synced_compute"]
+__all__ = ["MAX_PER_BATCH_VALUES", "LayerPairMetric"]

@@ -79,12 +79,13 @@ class HSICMetric(LayerPairMetric):
 
     # ------------------------------------------------------------------ states
     def sum_shapes(self, lx: int, ly: int) -> Shapes:
-        """Σ w·HSIC (``hsic_*``) and the sums of squares and products the delta method needs (``sum_*``), and
-        the total weight."""
+        """Σ w·HSIC (``hsic_*``) and the sums of squares and products the delta method needs (``sum_*``); the
+        total weight is ``n_samples`` (each batch weighs its size)."""
         return {
-            **{n: (lx, ly) for n in _MATRIX_SUMS}, **{n: (lx,) for n in _X_SUMS}, **{n: (ly,) for n in _Y_SUMS},
-            "weight_sum": (),
-        }  # fmt: skip
+            **{n: (lx, ly) for n in _MATRIX_SUMS},
+            **{n: (lx,) for n in _X_SUMS},
+            **{n: (ly,) for n in _Y_SUMS},
+        }
 
     def batch_shapes(self, lx: int, ly: int) -> Shapes:
         """Per batch: the cross HSICs ``a`` and the self HSICs ``b`` (rows) and ``c`` (columns)."""
@@ -193,7 +194,6 @@ class HSICMetric(LayerPairMetric):
         self.sum_cc += w2 * c * c
         self.n_batches += 1
         self.n_samples += w
-        self.weight_sum += w
         self.keep_batch(batch_id, w, a=a, b=b, c=c)
 
     # ------------------------------------------------------------------ result
@@ -203,7 +203,7 @@ class HSICMetric(LayerPairMetric):
         if recorder is not None:
             recorder.check_finite()
         nb = int(self.n_batches.item())
-        W = float(self.weight_sum.item())
+        W = float(self.n_samples.item())  # the batches' weights are their sizes
         matrix = cka_from_hsic(self.hsic_xy, self.hsic_xx, self.hsic_yy)
         sums = {
             "aa": self.sum_aa, "bb": self.sum_bb, "cc": self.sum_cc,
