@@ -25,10 +25,9 @@ from torch import Tensor, nn
 
 from vvm.cka.correspondence import best_matches, identification, layer_identification, mean_row_max
 from vvm.cka.functional import Estimator
-from vvm.cka.kernels import check_kernel
 from vvm.cka.measures.base import Grams
 from vvm.cka.measures.cka import CKA
-from vvm.cka.metric import HSICMetric, check_precision
+from vvm.cka.metric import HSICMetric
 from vvm.cka.passes import SEP, JointPass, Tracking, hook_target, recorder_options
 from vvm.cka.presets import LayerSpec
 from vvm.cka.result import CKAResult
@@ -191,8 +190,7 @@ class JointCKA(JointModels, Tracking, HSICMetric):
         block_layers: int | str | None = "auto",
         **kwargs,
     ) -> None:
-        check_kernel(kernel)
-        check_precision(precision)
+        # CKA() checks the kernel, estimator and precision before any hook is set
         cka = CKA(kernel=kernel, estimator=estimator, precision=precision, rbf_frac=rbf_frac,
                   rbf_bandwidth=rbf_bandwidth, update=self._update)  # fmt: skip
         plumbing = JointPass(

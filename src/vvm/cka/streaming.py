@@ -13,10 +13,9 @@ from __future__ import annotations
 from torch import nn
 
 from vvm.cka.functional import Estimator
-from vvm.cka.kernels import check_kernel
 from vvm.cka.measures.base import Grams
 from vvm.cka.measures.cka import CKA
-from vvm.cka.metric import HSICMetric, check_precision
+from vvm.cka.metric import HSICMetric
 from vvm.cka.passes import StreamingPass, Tracking, recorder_options
 from vvm.cka.presets import LayerSpec
 
@@ -62,8 +61,7 @@ class StreamingCKA(Tracking, HSICMetric):
         max_batches: int | None = None,
         **kwargs,
     ) -> None:
-        check_kernel(kernel)
-        check_precision(precision)
+        # CKA() checks the kernel, estimator and precision before any hook is set
         cka = CKA(kernel=kernel, estimator=estimator, precision=precision, rbf_frac=rbf_frac,
                   rbf_bandwidth=rbf_bandwidth)  # fmt: skip
         plumbing = StreamingPass(
