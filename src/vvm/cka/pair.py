@@ -28,10 +28,9 @@ from vvm.cka.kernels import check_kernel, make_kernel
 def gram(x: Tensor, kernel: str = "linear", *, rbf_frac: float = 1.0, **options: Any) -> Tensor:
     """Kernel matrix ``[n, n]`` of one representation (features are centred first); ``options``: the kernel's
     other keyword options, if it has any."""
-    check_kernel(kernel)
+    fn = make_kernel(kernel, rbf_frac=rbf_frac, rbf_bandwidth="per_batch", **options)  # checks the name
     k = linear_gram(x)
     assert isinstance(k, Tensor)
-    fn = make_kernel(kernel, rbf_frac=rbf_frac, rbf_bandwidth="per_batch", **options)
     return fn("x", k[None])[0]
 
 
