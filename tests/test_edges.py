@@ -109,8 +109,12 @@ def test_layers_renamed_on_a_padding_batch_keep_the_states_on_the_metrics_device
 
 # ---------------------------------------------------------------------------------------------- 5. precision
 _CPU_PROBE = r"""
-import json, torch
-from vvm.cka.precision import matmul_precision
+import importlib.util, json, sys, torch
+# precision.py alone (it imports only torch): the vvm.cka package would import torchmetrics, seconds of start-up
+spec = importlib.util.spec_from_file_location("vvm_precision", sys.argv[1])
+precision = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(precision)
+matmul_precision = precision.matmul_precision
 flags = {"cuda": torch.backends.cuda.matmul, "cpu": torch.backends.mkldnn.matmul}
 def state():
     return {k: f.fp32_precision for k, f in flags.items()}
@@ -135,7 +139,10 @@ def test_cpu_matmuls_stay_float32_and_flags_are_restored():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", _CPU_PROBE], capture_output=True, text=True, timeout=120)
+    import vvm.cka.precision
+
+    probe = [sys.executable, "-c", _CPU_PROBE, vvm.cka.precision.__file__]
+    proc = subprocess.run(probe, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = json.loads(proc.stdout.strip().splitlines()[-1])
     assert runs[1]["before"]["cpu"] == "bf16"  # what "medium" does on the CPU (the reason for the fix)

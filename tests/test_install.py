@@ -37,6 +37,7 @@ def python_without_config_libraries(tmp_path: Path) -> tuple[list[str], dict[str
     return [sys.executable, "-S"], env
 
 
+@pytest.mark.slow  # 11-16 s of imports; test_architecture checks the same rule in the source, in the default run
 def test_engine_models_data_and_the_job_below_the_config_import_without_hydra(tmp_path):
     """``vvm.cka``, ``vvm.models``, ``vvm.data``, ``vvm.settings``, ``vvm.weights``, ``vvm.pipeline`` import
     with omegaconf, hydra and antlr4 not installed (a GPU machine without them); the config layer does need
