@@ -1,0 +1,108 @@
+"""The last rough edges (issue 30): a damaged result file of any measure skips its job with a note, a hostile
+file is refused in vvm's own words (never a library's advice to load it unsafely), and a record that says
+nothing never reads as "None"."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vvm.io import write_json, write_npz
+
+UNSAFE_ADVICE = ("allow_pickle", "weights_only")
+
+
+def measured_job(sweep_dir: Path, job: str) -> Path:
+    """A finished r18 job of a sweep that measured CKA, RSA and kNN (result.json and the three .npz)."""
+    from test_sweep import fake_job
+
+    d = fake_job(sweep_dir, job, "r18", "random")
+    result = json.loads((d / "result.json").read_text())
+    write_json(d / "result.json", {**result, "measures": {"cka": 0.5, "rsa": 0.4, "knn": 0.3}})
+    layers = np.array([f"r18.l{i}" for i in range(4)])
+    for name in ("rsa", "knn"):
+        write_npz(
+            d / f"{name}.npz", matrix=np.eye(4), stderr=np.zeros((4, 4)), layers_x=layers, layers_y=layers
+        )
+    return d
+
+
+def hostile_npz(path: Path) -> None:
+    """An .npz whose array holds pickled objects: loading it with ``allow_pickle=True`` would run code."""
+    np.savez(path, matrix=np.array([{"x": 1}, None], dtype=object))
+
+
+# ---------------------------------------------------------------------------------------------- item 1
+@pytest.mark.parametrize("measure", ["rsa", "knn"])
+def test_a_damaged_measure_file_skips_its_job_with_a_note(tmp_path, measure, caplog):
+    from vvm.records import collect_jobs, read_jobs
+    from vvm.sweep import write_summary
+
+    sweep_dir = tmp_path / "multirun" / "2026-01-02" / "03-04-05"
+    for job in "012":
+        measured_job(sweep_dir, job)
+    path = sweep_dir / "0" / f"{measure}.npz"
+    path.write_bytes(path.read_bytes()[:100])  # truncated: zipfile.BadZipFile
+    hostile_npz(sweep_dir / "1" / f"{measure}.npz")
+    jobs = {j.job: j for j in collect_jobs(sweep_dir)}
+    for job in "01":
+        assert jobs[job].status == "incomplete", jobs[job]
+        assert f"{measure}.npz is missing or unreadable" in jobs[job].error
+        assert not any(a in jobs[job].error for a in UNSAFE_ADVICE), jobs[job].error
+    assert "damaged or not an .npz file (BadZipFile)" in jobs["0"].error
+    assert "pickled Python objects, which vvm never loads" in jobs["1"].error
+    assert jobs["2"].status == "ok" and jobs["2"].matrices[measure].shape == (4, 4)
+    assert jobs["2"].matrix.shape == (4, 4)
+
+    with caplog.at_level(logging.WARNING, logger="vvm.sweep"):
+        out = write_summary(sweep_dir, log_wandb=False)
+    assert [j.job for j in out["failed"]] == ["0", "1"]
+    assert f"job 0 (r18, random) incomplete: {measure}.npz is missing or unreadable" in caplog.text
+    _, notes = read_jobs(sweep_dir)  # the joint pass's reading: one note per skipped job
+    assert [n.split(" (")[0] for n in notes[:2]] == ["job 0", "job 1"], notes
+    assert all(f"{measure}.npz is missing or unreadable" in n for n in notes[:2])
+
+
+def test_a_damaged_analysis_file_is_left_out_of_the_sweep_figure(tmp_path):
+    from vvm.records import analysis_records, collect_jobs
+
+    sweep_dir = tmp_path / "sweep"
+    d = measured_job(sweep_dir, "0")
+    write_json(d / "result.json", {**json.loads((d / "result.json").read_text()), "analyses": {"erf": {}}})
+    (d / "erf.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    (rec,) = analysis_records(collect_jobs(sweep_dir), "erf")
+    assert rec["model"] == "r18" and "layers" not in rec
+
+
+@pytest.mark.parametrize("content", ["null", '{"status": "incomplete"}', '{"status": null}'])
+def test_a_result_that_says_nothing_never_reads_as_none(tmp_path, content, caplog):
+    from test_sweep import fake_job
+
+    from vvm.records import collect_jobs
+    from vvm.sweep import write_summary
+
+    d = fake_job(tmp_path / "sweep", "0", "r18", "random")
+    (d / "result.json").write_text(content)
+    (job,) = collect_jobs(tmp_path / "sweep")
+    assert job.status == "incomplete" and job.error and "None" not in job.error
+    with caplog.at_level(logging.WARNING, logger="vvm.sweep"):
+        write_summary(tmp_path / "sweep", log_wandb=False)
+    assert (
+        "incomplete: None" not in caplog.text and "job 0 (r18, random) incomplete: result.json" in caplog.text
+    )
+
+
+def test_load_npz_names_the_file_in_its_own_words(tmp_path):
+    from vvm.io import UnreadableFile, load_npz
+
+    hostile_npz(tmp_path / "a.npz")
+    (tmp_path / "b.npz").write_bytes(pickle.dumps({"x": 1}))  # a pickle, not an npz
+    for name in ("a.npz", "b.npz", "gone.npz"):
+        with pytest.raises(UnreadableFile) as e:
+            load_npz(tmp_path / name)
+        assert str(tmp_path / name) in str(e.value) and not any(a in str(e.value) for a in UNSAFE_ADVICE)
