@@ -106,3 +106,37 @@ def test_load_npz_names_the_file_in_its_own_words(tmp_path):
         with pytest.raises(UnreadableFile) as e:
             load_npz(tmp_path / name)
         assert str(tmp_path / name) in str(e.value) and not any(a in str(e.value) for a in UNSAFE_ADVICE)
+
+
+# ---------------------------------------------------------------------------------------------- item 3
+class _Hostile:
+    """Unpickling this creates ``marker``: it would run code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("name", ["r18-x.last.ckpt", "r18-x.ckpt"])
+@pytest.mark.parametrize("damage", ["hostile", "truncated"])
+def test_a_damaged_or_hostile_cache_file_is_moved_aside_in_vvms_words(tmp_path, name, damage, caplog):
+    import torch
+
+    from vvm import weights
+
+    path, marker = tmp_path / name, tmp_path / "code-ran"
+    torch.save({"state_dict": {"a": torch.zeros(100)}, "x": _Hostile(marker)}, path)
+    if damage == "truncated":
+        torch.save({"state_dict": {"a": torch.zeros(100)}}, path)
+        path.write_bytes(path.read_bytes()[:300])
+    with caplog.at_level(logging.WARNING, logger="vvm.weights"):
+        assert not weights.readable_cache_file(path)
+    assert not path.exists() and len(list(tmp_path.glob(f"{name}.corrupt-*"))) == 1
+    assert not marker.exists()
+    assert "moved it to" in caplog.text and not any(a in caplog.text for a in UNSAFE_ADVICE), caplog.text
+    if damage == "hostile":
+        assert "which vvm never loads" in caplog.text and "(it names " in caplog.text
+    last = name.endswith(".last.ckpt")
+    assert ("resumes from its last saved epoch" if last else "trained again") in caplog.text
