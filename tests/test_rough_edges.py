@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +143,63 @@ def test_a_damaged_or_hostile_cache_file_is_moved_aside_in_vvms_words(tmp_path, 
         assert "which vvm never loads" in caplog.text and "(it names " in caplog.text
     last = name.endswith(".last.ckpt")
     assert ("resumes from its last saved epoch" if last else "trained again") in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- item 2
+def _in_child(code: str, limit: int, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``code`` in a child process whose files may not grow past ``limit`` bytes (RLIMIT_FSIZE: what a full disk
+    or a quota looks like to a writer; Python ignores SIGXFSZ, so a write past it is ``OSError`` errno 27)."""
+    import vvm
+
+    tests = Path(__file__).parent
+    prelude = f"import resource\nresource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(vvm.__file__).parents[1]), str(tests)])}
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+
+
+def test_a_write_past_the_file_size_limit_names_the_file(tmp_path):
+    code = (
+        "from vvm.io import write_bytes\n"
+        "try:\n"
+        "    write_bytes('big.bin', bytes(50_000))\n"
+        "except OSError as e:\n"
+        "    print(type(e).__name__, e.errno, e.filename, '|', e)\n"
+    )
+    done = _in_child(code, 10_000, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stdout.startswith("OSError 27 big.bin |")
+        and "could not write big.bin (File too large)" in done.stdout
+    )
+    assert not list(tmp_path.iterdir())  # no half file, no temporary left
+
+
+@pytest.mark.slow
+def test_results_are_written_before_any_figure(tmp_path):
+    """A job whose figures hit the file-size limit: every measure's .npz is written, the job fails naming the
+    figure, result.json says so."""
+    code = (
+        "from compose import compose_settings\n"
+        "from test_measures_cli import SMALL\n"
+        "import vvm.pipeline\n"
+        "job = compose_settings([*SMALL, 'measures=[cka,rsa,knn]', 'measure.knn.k=5'], 'run')\n"
+        "try:\n"
+        "    vvm.pipeline.run(job)\n"
+        "except OSError as e:\n"
+        "    print('raised', e)\n"
+    )
+    done = _in_child(code, 30_000, tmp_path)
+    assert done.returncode == 0 and "raised" in done.stdout, done.stderr[-3000:]
+    run = tmp_path / "run"
+    assert {p.name for p in run.glob("*.npz")} == {"cka.npz", "rsa.npz", "knn.npz"}
+    res = json.loads((run / "result.json").read_text())
+    assert res["status"] == "failed" and "File too large" in res["error"] and ".png" in res["error"], res[
+        "error"
+    ]

@@ -121,6 +121,10 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
             finally:
                 os.close(fd)
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a quota, a file-size limit: name the file (writers often do not)
+        if e.errno is None or e.filename == str(path):
+            raise
+        raise OSError(e.errno, f"could not write {path.name} ({e.strerror})", str(path)) from e
     finally:
         if tmp.exists():
             tmp.unlink()
