@@ -45,13 +45,25 @@ def write_measure_outputs(
     """``<name>.npz`` (:meth:`~vvm.cka.result.MatrixResult.arrays`: cka.npz holds ``cka``, ``cka_stderr``, the
     HSICs...; the other measures ``matrix``, ``stderr``, their parameters...), ``<name>.png`` and
     ``<name>.pdf``."""
-    out_dir = Path(out_dir)
-    npz = save_result(out_dir / f"{name}.npz", res, **(extra or {}))
+    npz = save_result(Path(out_dir) / f"{name}.npz", res, **(extra or {}))
+    return {"npz": npz, **draw_measure(name, res, out_dir, title=title, xlabel=xlabel, ylabel=ylabel)}
+
+
+def draw_measure(
+    name: str,
+    res: CKAResult | MeasureResult,
+    out_dir: str | Path,
+    *,
+    title: str | None,
+    xlabel: str,
+    ylabel: str,
+) -> dict[str, Path]:
+    """``<name>.png`` and ``<name>.pdf``: the heatmap of a measure's matrix."""
     fig = heatmap_figure(
         res.matrix.numpy(), res.layers_x, res.layers_y, title=title, xlabel=xlabel, ylabel=ylabel
     )
-    png, pdf = save_figure(fig, out_dir / name)
-    return {"npz": npz, "png": png, "pdf": pdf}
+    png, pdf = save_figure(fig, Path(out_dir) / name)
+    return {"png": png, "pdf": pdf}
 
 
 def _eval_batches(loaders: Any) -> EvalBatches | None:
@@ -188,7 +200,15 @@ class CKACallback(pl.Callback):
             "float32": {"tf32": self.tf32, **self._float32},
         }
         if trainer.is_global_zero:
-            paths = {name: self._write(name, res, trainer, stage, out_dir) for name, res in results.items()}
+            # every result file before any figure: a full disk or a file-size limit costs a figure, not a result
+            npz = {
+                name: save_result(out_dir / f"{name}.npz", res, **self._names())
+                for name, res in results.items()
+            }
+            paths = {
+                name: {"npz": npz[name], **self._write(name, res, trainer, stage, out_dir)}
+                for name, res in results.items()
+            }
             entry["measure_paths"] = paths
             if "cka" in paths:
                 entry["paths"] = paths["cka"]
@@ -203,17 +223,10 @@ class CKACallback(pl.Callback):
         return entry["result"]
 
     def _write(self, name: str, res: Any, trainer: pl.Trainer, stage: str, out_dir: Path) -> dict[str, Path]:
+        """The figures of measure ``name`` (its .npz is written before any figure)."""
         title = self.titles.get(name, self.title)
         label = f"{title} ({stage}, epoch {trainer.current_epoch})" if stage == "probe" else title
-        return write_measure_outputs(
-            name,
-            res,
-            out_dir,
-            title=label,
-            xlabel=self.other_label,
-            ylabel=self.model_label,
-            extra=self._names(),
-        )
+        return draw_measure(name, res, out_dir, title=label, xlabel=self.other_label, ylabel=self.model_label)
 
     def _write_side_by_side(
         self, results: dict[str, Any], stage: str, trainer: pl.Trainer, out_dir: Path
