@@ -19,7 +19,8 @@ from omegaconf import OmegaConf
 from vvm.io import InputError, write_json, write_npz
 from vvm.job import completed_result
 from vvm.records import canonical_family, collect_jobs, model_family
-from vvm.sweep import SweepSummary, grid_rows, resume_command, write_summary
+from vvm.sweep import SweepSummary, resume_command, write_summary
+from vvm.sweep_figures import grid_rows
 
 FAST = [
     "dataset=synthetic",

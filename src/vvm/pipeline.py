@@ -27,6 +27,7 @@ from vvm.io import is_rank_zero, write_json
 from vvm.loggers import build_logger, finish_logger, log_config
 from vvm.models import from_settings
 from vvm.models.base import VisionModel
+from vvm.plots.style import job_title
 from vvm.preflight import check_layers, check_plan, check_published, check_writable
 from vvm.settings import InitSettings, JobSettings, ModelSettings, job_measures, measure_params, plain
 from vvm.train.cache import CheckpointCache
@@ -63,14 +64,8 @@ def axis_labels(summary: dict[str, Any]) -> tuple[str, str]:
 
 
 def _title(summary: dict[str, Any], job: JobSettings, kind: str | None = None) -> str:
-    kind = kind or f"{job.cka.kernel} CKA"
-    other = summary.get("compare")
-    if other:
-        return (
-            f"{summary['model']} ({summary['init']}) vs {other['model']} ({other['init']}), "
-            f"{summary['dataset']} - {kind}"
-        )
-    return f"{summary['model']} ({summary['init']}, {summary['dataset']}) - {kind}"
+    """The figures' title from the job's facts: ``r18 (pretrained, digits, seed 0) - linear CKA``."""
+    return f"{job_title(summary)} - {kind or f'{job.cka.kernel} CKA'}"
 
 
 @dataclass
@@ -205,7 +200,7 @@ def analyse(
     from vvm.loggers import log_analyses
 
     model.to(planned_device(job.trainer.accelerator))  # Lightning leaves it on the CPU after the pass
-    title = f"{summary['model']} ({summary['init']}, {summary['dataset']})"
+    title = job_title(summary)
     entries = run_analyses(
         job.analyses,
         model,

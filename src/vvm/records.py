@@ -58,6 +58,8 @@ class JobRecord:
     accuracy: float | None = None
     mean_cka: float | None = None
     kernel: str | None = None
+    seed: int | None = None
+    n_batches: int | None = None
     overrides: list[str] = field(default_factory=list)
     variant: str = ""
     matrix: Any = None
@@ -177,6 +179,7 @@ def _read_result(rec: JobRecord, result: dict[str, Any]) -> None:
     mean = result.get("mean_cka")
     rec.mean_cka = None if mean is None or (isinstance(mean, float) and math.isnan(mean)) else mean
     rec.kernel = result.get("kernel")
+    rec.seed, rec.n_batches = result.get("seed"), result.get("n_batches")
     measures = result.get("measures")
     rec.measures = dict(measures) if isinstance(measures, dict) and measures else {"cka": rec.mean_cka}
     other = result.get("compare")

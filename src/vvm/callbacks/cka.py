@@ -28,7 +28,8 @@ from vvm.cka import CKAResult, MeasureResult, StreamingSimilarity
 from vvm.cka.precision import check_tf32, float32_precision, pass_float32
 from vvm.data.batches import EvalBatches
 from vvm.io import save_result
-from vvm.plots.heatmap import heatmap_figure, measures_figure, save_figure
+from vvm.plots.heatmap import Uncertainty, heatmap_figure, measures_figure, save_figure
+from vvm.plots.style import caption, chance_level, result_quantity
 from vvm.settings import CKASettings
 
 
@@ -41,12 +42,17 @@ def write_measure_outputs(
     xlabel: str = "layer",
     ylabel: str = "layer",
     extra: dict[str, Any] | None = None,
+    colour_range: str = "fixed",
 ) -> dict[str, Path]:
     """``<name>.npz`` (:meth:`~vvm.cka.result.MatrixResult.arrays`: cka.npz holds ``cka``, ``cka_stderr``, the
     HSICs...; the other measures ``matrix``, ``stderr``, their parameters...), ``<name>.png`` and
-    ``<name>.pdf``."""
+    ``<name>.pdf``: the map with its quantity on the colour bar, the sample in the caption and each entry's 95%
+    interval half-width beside it."""
     npz = save_result(Path(out_dir) / f"{name}.npz", res, **(extra or {}))
-    return {"npz": npz, **draw_measure(name, res, out_dir, title=title, xlabel=xlabel, ylabel=ylabel)}
+    figures = draw_measure(
+        name, res, out_dir, title=title, xlabel=xlabel, ylabel=ylabel, colour_range=colour_range
+    )
+    return {"npz": npz, **figures}
 
 
 def draw_measure(
@@ -57,13 +63,47 @@ def draw_measure(
     title: str | None,
     xlabel: str,
     ylabel: str,
+    colour_range: str = "fixed",
 ) -> dict[str, Path]:
-    """``<name>.png`` and ``<name>.pdf``: the heatmap of a measure's matrix."""
-    fig = heatmap_figure(
-        res.matrix.numpy(), res.layers_x, res.layers_y, title=title, xlabel=xlabel, ylabel=ylabel
-    )
+    """``<name>.png`` and ``<name>.pdf``: the heatmap of a measure's matrix (:func:`measure_figure`)."""
+    fig = measure_figure(res, title=title, xlabel=xlabel, ylabel=ylabel, colour_range=colour_range)
     png, pdf = save_figure(fig, Path(out_dir) / name)
     return {"png": png, "pdf": pdf}
+
+
+def _reference(res: CKAResult | MeasureResult) -> tuple[float | None, str]:
+    """The chance level of a measure that has one (mutual kNN: k/(n-1)), for its colour bar."""
+    if isinstance(res, CKAResult):
+        return None, ""
+    facts = {**res.params, **getattr(res, "facts", {})}  # a declared chance level, where the result has one
+    return chance_level(res.measure, facts, res.n_samples, res.n_batches), "chance k/(n−1)"
+
+
+def measure_figure(
+    res: CKAResult | MeasureResult,
+    *,
+    title: str | None = None,
+    xlabel: str = "layer",
+    ylabel: str = "layer",
+    colour_range: str = "fixed",
+    level: float = 0.95,
+) -> Any:
+    """The heatmap of one result: its quantity (CKA with kernel and estimator), n and batches in the caption,
+    the half-width of each entry's ``level`` t interval (:meth:`~vvm.cka.result.MatrixResult.interval`)."""
+    lo, hi = res.interval(level)
+    fig = heatmap_figure(
+        res.matrix.numpy(), res.layers_x, res.layers_y, title=title, xlabel=xlabel, ylabel=ylabel,
+        cbar_label=result_quantity(res), caption=caption(res.n_samples, res.n_batches),
+        uncertainty=Uncertainty(((hi - lo) / 2).numpy(), f"{level:.0%} interval half-width (t, batches − 1 df)"),
+        colour_range=colour_range, reference=_reference(res),
+    )  # fmt: skip
+    return fig
+
+
+def epoch_number(trainer: pl.Trainer) -> int:
+    """The epoch a pass during training belongs to: N after N completed training epochs (1-based), the number
+    of its folder ``cka_epochs/epoch_000N``, its figure's title and its W&B ``epoch``."""
+    return trainer.current_epoch + 1
 
 
 def _eval_batches(loaders: Any) -> EvalBatches | None:
@@ -89,6 +129,7 @@ class CKACallback(pl.Callback):
             other_layers=settings.layer_spec(other=True) if settings.other_layers is not None else None,
             every_n_epochs=settings.every_n_epochs,
             tf32=settings.tf32.value,
+            colour_range=settings.colour_range.value,
             **settings.engine_options(),
             **job,
         )
@@ -113,8 +154,10 @@ class CKACallback(pl.Callback):
         measures: Any = ("cka",),
         params: dict[str, dict[str, Any]] | None = None,
         titles: dict[str, str] | None = None,
+        colour_range: str = "fixed",
     ) -> None:
         super().__init__()
+        self.colour_range = colour_range
         self.measures = [str(m) for m in measures]
         self.params = {k: dict(v) for k, v in (params or {}).items() if k in self.measures}
         self.titles = dict(titles or {})
@@ -149,7 +192,6 @@ class CKACallback(pl.Callback):
         self._pass: contextlib.ExitStack | None = None
         self._batches: EvalBatches | None = None
         self._t0 = 0.0
-        self._panel_titles: dict[str, str] = {}
 
     # ------------------------------------------------------------------ passes
     def _start(self, pl_module: pl.LightningModule, loaders: Any) -> None:
@@ -189,11 +231,10 @@ class CKACallback(pl.Callback):
         self._stop()
         assert self._metric is not None
         results = self._metric.compute()
-        self._panel_titles = {name: m.title for name, m in self._metric.measures.items()}
         seconds = time.perf_counter() - self._t0
         entry: dict[str, Any] = {
             "stage": stage,
-            "epoch": trainer.current_epoch,
+            "epoch": epoch_number(trainer) if stage == "probe" else None,  # N after N training epochs
             "result": results.get("cka"),
             "results": results,
             "seconds": seconds,
@@ -225,19 +266,31 @@ class CKACallback(pl.Callback):
     def _write(self, name: str, res: Any, trainer: pl.Trainer, stage: str, out_dir: Path) -> dict[str, Path]:
         """The figures of measure ``name`` (its .npz is written before any figure)."""
         title = self.titles.get(name, self.title)
-        label = f"{title} ({stage}, epoch {trainer.current_epoch})" if stage == "probe" else title
-        return draw_measure(name, res, out_dir, title=label, xlabel=self.other_label, ylabel=self.model_label)
+        label = f"{title} ({stage}, epoch {epoch_number(trainer)})" if stage == "probe" else title
+        return draw_measure(
+            name,
+            res,
+            out_dir,
+            title=label,
+            xlabel=self.other_label,
+            ylabel=self.model_label,
+            colour_range=self.colour_range,
+        )
 
     def _write_side_by_side(
         self, results: dict[str, Any], stage: str, trainer: pl.Trainer, out_dir: Path
     ) -> dict[str, Path]:
         panels = [
-            (self._panel_titles.get(name, name), res.matrix.numpy(), res.layers_x, res.layers_y)
-            for name, res in results.items()
+            (result_quantity(res), res.matrix.numpy(), res.layers_x, res.layers_y) for res in results.values()
         ]
         what = self.title.rsplit(" - ", 1)[0]  # the job's title without its measure ("r18 (random, digits)")
-        label = f"{what} ({stage}, epoch {trainer.current_epoch})" if stage == "probe" else what
-        fig = measures_figure(panels, title=label, xlabel=self.other_label, ylabel=self.model_label)
+        label = f"{what} ({stage}, epoch {epoch_number(trainer)})" if stage == "probe" else what
+        first = next(iter(results.values()))
+        fig = measures_figure(
+            panels, title=label, xlabel=self.other_label, ylabel=self.model_label,
+            caption=caption(first.n_samples, first.n_batches, "standard errors: each measure's own figure"),
+            colour_range=self.colour_range, references=[_reference(r) for r in results.values()],
+        )  # fmt: skip
         png, pdf = save_figure(fig, Path(out_dir) / "measures")
         return {"png": png, "pdf": pdf}
 
@@ -255,7 +308,7 @@ class CKACallback(pl.Callback):
         from vvm.loggers import log_measure
 
         for logger in trainer.loggers:
-            epoch = trainer.current_epoch + 1 if stage == "probe" else None
+            epoch = epoch_number(trainer) if stage == "probe" else None
             log_measure(
                 logger, res, measure=measure, stage=stage, image=paths["png"], step=trainer.global_step,
                 epoch=epoch,
@@ -331,7 +384,7 @@ class CKACallback(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pass is not None:
-            out = self.output_dir / "cka_epochs" / f"epoch_{trainer.current_epoch + 1:04d}"
+            out = self.output_dir / "cka_epochs" / f"epoch_{epoch_number(trainer):04d}"
             self._finish(trainer, "probe", out)
 
     def on_exception(
@@ -343,4 +396,4 @@ class CKACallback(pl.Callback):
         return {}
 
 
-__all__ = ["CKACallback", "write_measure_outputs"]
+__all__ = ["CKACallback", "epoch_number", "measure_figure", "write_measure_outputs"]
