@@ -203,3 +203,24 @@ def test_results_are_written_before_any_figure(tmp_path):
     assert res["status"] == "failed" and "File too large" in res["error"] and ".png" in res["error"], res[
         "error"
     ]
+
+
+# ---------------------------------------------------------------------------------------------- item 5
+@pytest.mark.slow  # it imports torch in a fresh process (4 s on a quiet machine, half a minute under load)
+def test_main_help_imports_no_lightning(tmp_path):
+    """``python -m vvm --help`` lists the config groups and the composed config without Lightning (it took 16 s
+    of a quiet machine's 16 s there): the schema lists the datasets' settings from vvm.settings.datasets."""
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['vvm', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('vvm', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "heavy = ('pytorch_lightning', 'lightning', 'lightning_fabric', 'timm')\n"
+        "print('IMPORTED', [m for m in heavy if m in sys.modules])\n"
+    )
+    done = _in_child(code, 10_000_000, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "dataset: cifar10, cifar100, digits, imagenet, synthetic" in done.stdout
+    assert "IMPORTED []" in done.stdout, done.stdout[-500:]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from vvm.settings import DatasetSettings, plain
+from vvm.settings.datasets import DATASET_SETTINGS
 
 M = TypeVar("M")
 
@@ -27,6 +28,9 @@ def register_dataset(settings: type[DatasetSettings]) -> Callable[[type[M]], typ
 
     def deco(cls: type[M]) -> type[M]:
         name = str(cls.name)  # type: ignore[attr-defined]
+        known = DATASET_SETTINGS.setdefault(name, settings)  # a dataset defined outside vvm joins the schema
+        if known is not settings:
+            raise ValueError(f"dataset {name!r}: its settings are {known.__name__}, not {settings.__name__}")
         DATASETS[name] = DatasetEntry(name, cls, settings)
         return cls
 

@@ -10,7 +10,6 @@ import math
 from vvm.cka.functional import min_samples
 from vvm.models import registry
 from vvm.settings import ConfigError, JobSettings, check_ranges, job_measures, measure_params
-from vvm.weights import weights_source
 
 
 def _batches(job: JobSettings) -> list[str]:
@@ -61,6 +60,10 @@ def _layers(job: JobSettings) -> list[str]:
 
 
 def _models(job: JobSettings) -> list[str]:
+    from vvm.weights import (
+        weights_source,
+    )  # here, not at the top: it imports Lightning, which --help never needs
+
     out = []
     pairs = [("model", job.model, "init", job.init)]
     if job.compare is not None:
