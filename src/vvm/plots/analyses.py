@@ -77,6 +77,9 @@ def attention_figure(arrays: Mapping[str, Any], *, title: str | None = None) -> 
     ax.set_ylim(0, max(0.75 * side, 1.1 * float(np.nanmax(dist))))
     renorm = bool(np.asarray(arrays.get("renormalised", True)))
     note = "class/prefix tokens left out" + ("; weights renormalised over patches" if renorm else "")
+    if "prefix_mass" in arrays:  # what the renormalisation hides: the share of attention on those tokens
+        mass = np.asarray(arrays["prefix_mass"], dtype=float)
+        note += f"\nattention on class/prefix tokens per head: {np.nanmin(mass):.3f}-{np.nanmax(mass):.3f}"
     n = int(np.asarray(arrays.get("n_images", 0)))
     ax.set_title(f"{title or 'mean attention distance'}\n{n} images\n{note}", fontsize=8)
     ax.legend(fontsize=7)
@@ -90,6 +93,9 @@ def probe_figure(arrays: Mapping[str, Any], *, title: str | None = None) -> Figu
     fig = Figure(figsize=(max(5.0, 0.22 * len(layers) + 2.5), 4.0), layout="constrained")
     ax = fig.subplots()
     ax.plot(x, acc, "o-", ms=3, label="evaluation accuracy")
+    if "accuracy_se" in arrays:  # the binomial standard error of each layer's accuracy
+        se = 2 * np.asarray(arrays["accuracy_se"], dtype=float)
+        ax.fill_between(x, acc - se, acc + se, alpha=0.2, lw=0, label="±2 SE (binomial)")
     if "holdout_accuracy" in arrays:
         ax.plot(x, np.asarray(arrays["holdout_accuracy"], dtype=float), ".:", color="grey", label="held-out")
     k = int(np.asarray(arrays.get("num_classes", 0)))
