@@ -105,6 +105,9 @@ def attention_figure(arrays: Mapping[str, Any], *, title: str | None = None) -> 
     ax.set_ylim(0, max(0.75 * side, 1.1 * float(np.nanmax(dist))))
     renorm = bool(np.asarray(arrays.get("renormalised", True)))
     note = "class/prefix tokens left out" + ("; weights renormalised over patches" if renorm else "")
+    if "prefix_mass" in arrays:  # what the renormalisation hides: the share of attention on those tokens
+        mass = np.asarray(arrays["prefix_mass"], dtype=float)
+        note += f"\nattention on class/prefix tokens per head: {np.nanmin(mass):.3f}-{np.nanmax(mass):.3f}"
     n = int(np.asarray(arrays.get("n_images", 0)))
     ax.set_title(f"{title or 'mean attention distance'}\n{n} images\n{note}", fontsize=8)
     ax.legend(fontsize=7)
