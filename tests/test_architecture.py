@@ -16,9 +16,9 @@ MAX_FUNCTION_LINES = 60
 LAYERS = (
     ("vvm.cka", "vvm.io", "vvm.settings"),  # the engine, helpers with no vvm imports, the typed settings
     ("vvm.models", "vvm.data"),
-    ("vvm.train", "vvm.callbacks", "vvm.plots", "vvm.analyses", "vvm.loggers", "vvm.diff"),
+    ("vvm.train", "vvm.callbacks", "vvm.plots", "vvm.analyses", "vvm.loggers", "vvm.wandb_run", "vvm.diff"),
     ("vvm.weights",),
-    ("vvm.pipeline", "vvm.preflight"),
+    ("vvm.pipeline", "vvm.preflight", "vvm.report"),
     (
         "vvm.schema",
         "vvm.job",

@@ -300,7 +300,7 @@ def test_wandb_online_without_network_falls_back_to_offline_quickly(tmp_path, mo
     with pytest.warns(UserWarning, match="logging offline instead: upload later with `wandb sync"):
         logger = loggers.build_logger(settings)
     assert time.perf_counter() - t < 15
-    assert logger._wandb_init["mode"] == "offline"
+    assert logger._wandb_init["mode"] == "offline" and "cannot be reached" in logger.vvm_mode.why
 
 
 def test_hub_goes_offline_when_unreachable(monkeypatch):

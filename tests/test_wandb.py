@@ -85,20 +85,53 @@ def exit_code(records: list) -> int | None:
     return codes[-1] if codes else None
 
 
-def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path, monkeypatch):
+def artifacts(records: list, kind: str) -> dict[str, list[str]]:
+    """name -> files of the artifacts of type ``kind`` a run logged (W&B's tables are artifacts too)."""
+    return {
+        r.artifact.name: sorted(e.path for e in r.artifact.manifest.contents)
+        for r in records
+        if r.WhichOneof("record_type") == "artifact" and r.artifact.type == kind
+    }
+
+
+def epoch_metrics(records: list) -> dict[str, str]:
+    """glob -> step metric of the run's metric definitions (``define_metric``)."""
+    out = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "metric" and r.metric.step_metric:
+            out[r.metric.glob_name or r.metric.name] = r.metric.step_metric
+    return out
+
+
+def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path, monkeypatch, caplog):
     """An in-process job (the CLI's own path is test_cli's; the failing and DDP runs below go through it)."""
     from compose import compose_settings
 
     from vvm.pipeline import run
 
-    monkeypatch.delenv("WANDB_MODE", raising=False)  # logger.mode: offline by default
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # logger.mode: auto, offline without an API key
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     out = tmp_path / "run"
     overrides = [*SMALL, "init=pretrained", "train.epochs=2", "cka.every_n_epochs=1",
                  f"paths.checkpoints={tmp_path}/c", "logger=wandb", f"logger.save_dir={out}"]  # fmt: skip
-    run(compose_settings(overrides, out))
+    with caplog.at_level("INFO", logger="vvm.report"):
+        run(compose_settings(overrides, out))
     res = json.loads((out / "result.json").read_text())
     assert res["status"] == "ok" and res["trained"] is True
     run_dir, records = offline_run(out)
+    # where the run is, in result.json and in the job's report (the exact `wandb sync` command)
+    assert res["wandb"]["mode"] == "offline" and res["wandb"]["dir"] == str(run_dir)
+    assert res["wandb"]["sync"] == f"wandb sync {run_dir}" and "no W&B API key" in res["wandb"]["why"]
+    (report,) = [r.getMessage() for r in caplog.records if r.name == "vvm.report"]
+    assert f"wandb sync {run_dir}" in report and f"run directory  {out}" in report
+    assert "trained 2 epochs" in report and "cka            mean off-diagonal" in report
+    # the result files as one artifact, kept in the run's transaction log until `wandb sync` uploads them
+    assert artifacts(records, "results") == {
+        "r18-pretrained-synthetic-s0-results": ["cka.npz", "result.json"]
+    }
+    # per-epoch values against `epoch`, the number of completed epochs, as the CKA passes during training
+    assert {"val/*": "epoch", "cka_probe/*": "epoch"}.items() <= epoch_metrics(records).items()
 
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run.project == "vvm" and run.run_group == "r18-pretrained-synthetic"
@@ -130,6 +163,8 @@ def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path, monkeypatch):
     assert len(list((run_dir / "files" / "media" / "images").rglob("*.png"))) == 3
     assert len(list((run_dir / "files" / "media" / "table").rglob("*.table.json"))) == 3
     assert any("train/acc" in r for r in rows) and any("val/acc" in r for r in rows)  # Lightning's curves
+    assert [r["epoch"] for r in having("val/acc")] == [1, 2]  # epoch N: after N completed epochs
+    assert [r["epoch"] for r in having("train/acc")] == [1, 2]
 
     summary = items(records, "summary")
     assert summary["status"] == "ok" and summary["trained"] is True
@@ -138,6 +173,7 @@ def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path, monkeypatch):
     config = items(records, "config")
     assert config["model"]["name"] == "r18" and config["train"]["epochs"] == 2
     assert config["tag"] == "r18-pretrained-synthetic"
+    assert not {"epochs", "lr", "momentum"} & set(config)  # the config once: no flat copy of the recipe
     assert exit_code(records) == 0
 
 
@@ -187,21 +223,103 @@ def test_csv_logger_gets_training_and_cka_scalars(tmp_path):
     assert not (out / "wandb").exists()
 
 
-def test_logger_none_and_mode():
+def test_logger_none_and_mode(monkeypatch, tmp_path):
     from vvm.loggers import build_logger, wandb_mode
     from vvm.settings import WandbSettings
 
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     assert build_logger(None) is False
     assert wandb_mode(WandbSettings(mode="online")) == "online"
-    saved = os.environ.pop("WANDB_MODE", None)
-    try:
-        assert wandb_mode(WandbSettings(mode="")) == "offline"
-        os.environ["WANDB_MODE"] = "online"
-        assert wandb_mode(None) == "online"
-    finally:
-        os.environ.pop("WANDB_MODE", None)
-        if saved is not None:
-            os.environ["WANDB_MODE"] = saved
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_mode(WandbSettings(mode="")) == "offline"  # auto, and no API key here
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert wandb_mode(None) == "online"
+    with pytest.raises(ValueError, match="logger.mode='onlin'"):
+        wandb_mode(WandbSettings(mode="onlin"))
+
+
+def test_auto_mode_is_online_only_with_a_key_and_an_answer(monkeypatch, tmp_path):
+    """``logger.mode=auto``: offline without an API key, offline (quickly) when the host does not answer, online
+    with a key (from $WANDB_API_KEY or a netrc entry, as `wandb login` writes) and a host that answers."""
+    import socket
+    import time
+
+    from vvm import wandb_run
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # tests/conftest.py sets it offline
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    netrc_file = tmp_path / "netrc"
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    with socket.socket() as listening:  # a host that answers: a local port that accepts connections
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        url = f"http://127.0.0.1:{listening.getsockname()[1]}"
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        choice = wandb_run.choose_mode("auto")
+        assert choice.mode == "offline" and "no W&B API key" in choice.why
+        netrc_file.write_text("machine 127.0.0.1\n  login user\n  password fake-key-0123456789\n")
+        netrc_file.chmod(0o600)
+        assert wandb_run.has_api_key()
+        choice = wandb_run.choose_mode("auto")
+        assert choice.mode == "online" and url in choice.why
+    netrc_file.unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "fake-key-0123456789")
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    t = time.perf_counter()
+    choice = wandb_run.choose_mode(None)
+    assert choice.mode == "offline" and "did not answer" in choice.why
+    assert time.perf_counter() - t < wandb_run.REACH_TIMEOUT_S + 1
+    assert wandb_run.choose_mode("offline").mode == "offline"  # asked for: never online
+
+
+def test_sweep_jobs_share_the_sweeps_group(monkeypatch):
+    """In a multirun every job's W&B group is the sweep's (the summary and joint runs use the same); a single job's
+    is its tag (see test_wandb_offline_logs_every_cka_pass_and_finishes for the composed config)."""
+    import types
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from vvm.schema.store import wandb_group
+    from vvm.wandb_run import sweep_group
+
+    assert sweep_group("/x/multirun/2026-01-02/03-04-05") == "sweep-2026-01-02_03-04-05"
+    hc = types.SimpleNamespace(mode=RunMode.MULTIRUN, sweep=types.SimpleNamespace(dir="multirun/d/t"))
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hc))
+    assert wandb_group("r18-random-digits") == "sweep-d_t"
+    hc.mode = RunMode.RUN
+    assert wandb_group("r18-random-digits") == "r18-random-digits"
+
+
+def test_log_config_once_and_no_recipe_without_training():
+    from vvm.loggers import log_config
+
+    class Logger:
+        def __init__(self):
+            self.logged = []
+
+        def log_hyperparams(self, params):
+            self.logged.append(params)
+
+    config = {"model": {"name": "r18"}, "train": {"epochs": 100, "lr": 0.1}, "seed": 0}
+    lg = Logger()
+    log_config(lg, config, trained=False)
+    log_config(lg, config)
+    assert lg.logged == [{"model": {"name": "r18"}, "seed": 0}, config]
+
+
+def test_vision_module_does_not_log_its_hyperparameters():
+    """The recipe reaches W&B once, as the job's ``train`` settings: Lightning logs a module's hyperparameters
+    (flat) unless it saved them with ``logger=False``."""
+    from vvm.models import create
+    from vvm.train.module import VisionModule
+
+    module = VisionModule(create("r18", num_classes=10), epochs=3)
+    assert module.hparams.epochs == 3 and module._log_hyperparams is False
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import contextlib
 import glob
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import socket
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -72,6 +74,44 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         except OSError:
             continue
     return removed
+
+
+# What the libraries below vvm say that no vvm user can act on, each matched by its own text, filtered while a
+# job runs (not process-wide, and never by silencing a library: W&B's own hints, such as `wandb sync`, stay)
+NOISE_WARNINGS = (
+    # torch 2.9+ deprecates LeafSpec, which Lightning's own _pytree still checks for on every batch
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # a short training (train=demo, dataset.limit) has fewer steps per epoch than Lightning's logging interval;
+    # vvm logs the epoch values anyway
+    (UserWarning, r"The number of training batches \(\d+\) is smaller than the logging interval"),
+)
+NOISE_LOG = (("pytorch_lightning.utilities.rank_zero", "💡 Tip: For seamless cloud logging"),)  # an advert
+
+
+class _DropPrefix(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def quiet_third_party() -> Iterator[None]:
+    """While a job runs: :data:`NOISE_WARNINGS` ignored and the :data:`NOISE_LOG` messages dropped from their
+    loggers; everything else, and every warning of vvm's own, still reaches the console and the job's log."""
+    filters = [(logging.getLogger(name), _DropPrefix(prefix)) for name, prefix in NOISE_LOG]
+    with warnings.catch_warnings():
+        for category, message in NOISE_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        for logger, f in filters:
+            logger.addFilter(f)
+        try:
+            yield
+        finally:
+            for logger, f in filters:
+                logger.removeFilter(f)
 
 
 def host_reachable(url: str, timeout: float = 5.0) -> bool:

@@ -150,10 +150,12 @@ def log_to_wandb(files: dict[str, Any], jobs: list[JointJob], out: Path, sweep_d
     from vvm.loggers import log_files_run
     from vvm.settings import WandbSettings
     from vvm.sweep import sweep_name
+    from vvm.wandb_run import sweep_group
 
     loggers = [j.settings.logger for j in jobs if isinstance(j.settings.logger, WandbSettings)]
     projects = {lg.project for lg in loggers}
     modes = {lg.mode for lg in loggers}
+    groups = {lg.group for lg in loggers}  # the sweep's (vvm.wandb_run.sweep_group) unless logger.group said
     images, tables = {}, {}
     for m, mf in {"cka": files, **files.get("measures", {})}.items():
         key = "joint" if m == "cka" else f"joint/{m}"  # each measure's figures and table under its own key
@@ -167,7 +169,7 @@ def log_to_wandb(files: dict[str, Any], jobs: list[JointJob], out: Path, sweep_d
         return log_files_run(
             run_dir=out, name=f"joint-{sweep_name(sweep_dir)}", job_type="joint-cka", images=images,
             tables=tables, project=projects.pop() if len(projects) == 1 else "vvm",
-            group=f"sweep-{sweep_name(sweep_dir)}", mode=modes.pop() if len(modes) == 1 else None,
+            group=groups.pop() if len(groups) == 1 else sweep_group(sweep_dir), mode=modes.pop() if len(modes) == 1 else None,
             config={"sweep_dir": str(sweep_dir), "models": [j.tag for j in jobs]},
         )  # fmt: skip
     except Exception as e:  # W&B must not lose the files already written

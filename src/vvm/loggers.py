@@ -1,21 +1,23 @@
 """Experiment loggers: building one from its settings, logging a CKA result to it, finishing it.
 
 ``logger=wandb`` (the default), ``logger=csv`` (Lightning's CSVLogger in the run directory) or ``logger=none``.
-W&B runs offline unless ``WANDB_MODE=online`` or ``logger.mode=online``: nothing needs an account, and an
-offline run is a folder ``<run dir>/wandb/offline-run-*`` that ``wandb sync`` uploads later. Project, group
-(``<model>-<init>-<dataset>``, the config's ``tag``), run name and tags come from src/vvm/conf/logger/wandb.yaml.
+W&B's mode (:mod:`vvm.wandb_run`): ``logger.mode=auto`` (the default) is online when this machine is logged in to
+W&B and W&B answers within seconds, offline otherwise (no account needed: an offline run is a folder
+``<run dir>/wandb/offline-run-*`` that ``wandb sync`` uploads later). Project, group (in a sweep the sweep's
+``sweep-<date>_<time>``, else the job's ``tag``), job type (the tag), run name and tags come from
+src/vvm/conf/logger/wandb.yaml.
 
-What reaches W&B: the resolved config; at every CKA pass (each ``cka.every_n_epochs`` probe during training
-and the final pass) the heatmap image (one key per stage, so the step slider shows the representations
-forming), the matrix as a table with layer names and standard errors, and the mean off-diagonal CKA; Lightning's
-loss and accuracy curves; the per-layer analyses' figures and a few of their numbers (``analyses/*``, a CSV
-logger gets the numbers only); at the end, summary scalars (status, mean CKA, accuracies).
+What reaches W&B: the job's settings once (the run's config; without the training recipe when nothing was
+trained); at every CKA pass (each ``cka.every_n_epochs`` probe during training, plotted against ``epoch``, and the
+final pass) the heatmap image (one key per stage, so the step slider shows the representations forming), the
+matrix as a table with layer names and standard errors, and the mean off-diagonal CKA; Lightning's loss and
+accuracy curves; the per-layer analyses' figures and a few of their numbers (``analyses/*``, a CSV logger gets the
+numbers only); at the end, summary scalars (status, mean CKA, accuracies) and the result files as an artifact.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from vvm.cka.measures import MEASURES
 from vvm.cka.result import mean_offdiagonal
 from vvm.io import host_reachable, is_rank_zero
 from vvm.settings import CSVSettings, WandbSettings
+from vvm.wandb_run import ModeChoice, base_url, choose_mode, define_epoch_metrics, log_result_files, run_facts
 
 SUMMARY_KEYS = (
     "status",
@@ -39,51 +42,65 @@ SUMMARY_KEYS = (
 
 
 def wandb_mode(settings: WandbSettings | None) -> str:
-    """``logger.mode`` (its default is ``${oc.env:WANDB_MODE,offline}``), else ``$WANDB_MODE``, else offline."""
-    mode = settings.mode if settings is not None else None
-    return str(mode or os.environ.get("WANDB_MODE") or "offline")
+    """The mode a W&B run of ``settings`` starts in (:func:`vvm.wandb_run.choose_mode`: ``logger.mode``, else
+    ``$WANDB_MODE``, else ``auto``: online when logged in and W&B answers, offline otherwise)."""
+    return choose_mode(settings.mode if settings is not None else None).mode
 
 
 def build_logger(settings: WandbSettings | CSVSettings | None) -> Any:
-    """``logger=none`` -> ``False`` (Lightning's "no logger"); else Lightning's WandbLogger or CSVLogger."""
+    """``logger=none`` -> ``False`` (Lightning's "no logger"); else Lightning's WandbLogger or CSVLogger. A W&B
+    logger starts in the mode :func:`vvm.wandb_run.choose_mode` picks (``logger.vvm_mode`` says which and why,
+    for the job's report)."""
     if settings is None:
         return False
     if isinstance(settings, CSVSettings):
         from pytorch_lightning.loggers import CSVLogger
 
         return CSVLogger(save_dir=settings.save_dir, name=settings.name)
-    os.environ.setdefault("WANDB_SILENT", "true")
     Path(settings.save_dir).mkdir(parents=True, exist_ok=True)
-    mode = wandb_mode(settings)
-    if mode == "online":
-        return online_or_offline(settings)
-    return wandb_logger(settings, mode)
+    choice = choose_mode(settings.mode)
+    if choice.mode == "online":
+        logger, choice = online_or_offline(settings, choice)
+    else:
+        logger = wandb_logger(settings, choice.mode)
+    logger.vvm_mode = choice
+    return logger
+
+
+# per-epoch values, plotted against `epoch` (completed training epochs): Lightning's validation and epoch-end
+# training values, and every measure's passes during training (`<measure>_probe/`)
+EPOCH_PREFIXES = ["val", "train", *[f"{m}_probe" for m in MEASURES]]
 
 
 def wandb_logger(settings: WandbSettings, mode: str, **extra: Any) -> Any:
     from pytorch_lightning.loggers import WandbLogger
 
-    return WandbLogger(
+    logger = WandbLogger(
         project=settings.project,
         group=settings.group,
         name=settings.name,
         tags=list(settings.tags),
+        job_type=settings.job_type,
         save_dir=settings.save_dir,
         log_model=settings.log_model,
         mode=mode,
         **extra,
     )
+    # Lightning passes `anonymous=None` to wandb.init, which W&B answers with a deprecation warning that no vvm
+    # user can act on: leave the argument out (its default is the same)
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    return logger
 
 
 WANDB_INIT_TIMEOUT_S = 10.0  # how long an online run may take to start before vvm logs offline instead
 
 
-def online_or_offline(settings: WandbSettings) -> Any:
+def online_or_offline(settings: WandbSettings, choice: ModeChoice) -> tuple[Any, ModeChoice]:
     """An online W&B logger whose run has started, or, when W&B cannot be reached within a few seconds (no
     network, a firewall), an offline one, with a warning that names ``wandb sync``."""
     import wandb
 
-    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    base = base_url()
     why = None
     if not host_reachable(base, timeout=5.0):
         why = f"{base} cannot be reached"
@@ -93,7 +110,7 @@ def online_or_offline(settings: WandbSettings) -> Any:
                 settings, "online", settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S)
             )
             _ = logger.experiment  # starts the run now, within the timeout
-            return logger
+            return logger, choice
         except Exception as e:  # noqa: BLE001 - any failure to start online: log offline
             why = f"the online run did not start ({type(e).__name__}: {e})"
     warnings.warn(
@@ -101,18 +118,23 @@ def online_or_offline(settings: WandbSettings) -> Any:
         f"`wandb sync {settings.save_dir}/wandb/offline-run-*`",
         stacklevel=2,
     )
-    return wandb_logger(settings, "offline")
+    return wandb_logger(settings, "offline"), ModeChoice("offline", f"online was asked for but {why}")
 
 
 def is_wandb(logger: Any) -> bool:
     return type(logger).__name__ == "WandbLogger"
 
 
-def log_config(logger: Any, config: dict[str, Any]) -> None:
-    """The job's settings (plain values) as the logger's hyperparameters (W&B: the run's config)."""
+def log_config(logger: Any, config: dict[str, Any], *, trained: bool = True) -> None:
+    """The job's settings (plain values) as the logger's hyperparameters (W&B: the run's config), once: the
+    LightningModule does not log its own flat copy (:class:`vvm.train.module.VisionModule`). ``trained``
+    False (random, published or a given checkpoint's weights): without the training recipe (``train``), which
+    did not make these weights. A W&B run also plots its per-epoch values against ``epoch`` from here on."""
     if logger is False or logger is None or not is_rank_zero():
         return  # under DDP only rank 0 logs (W&B's experiment elsewhere is a stand-in)
-    logger.log_hyperparams(config)
+    logger.log_hyperparams(config if trained else {k: v for k, v in config.items() if k != "train"})
+    if is_wandb(logger):
+        define_epoch_metrics(logger.experiment, EPOCH_PREFIXES)  # the run has started: plot per epoch
 
 
 def cka_table_rows(res: Any) -> list[list[Any]]:
@@ -207,9 +229,10 @@ def log_analyses(logger: Any, entries: dict[str, dict[str, Any]]) -> None:
             logger.log_image(f"analyses/{name}", images=[str(png)], caption=[name])
 
 
-def finish_logger(logger: Any, summary: dict[str, Any]) -> None:
-    """Summary scalars, then close the logger: the W&B run ends with exit code 1 unless the job's status is
-    ok (also after a failure); other loggers are finalised with the status."""
+def finish_logger(logger: Any, summary: dict[str, Any], files: list[Path] | None = None) -> None:
+    """Summary scalars and the result ``files`` (an artifact, :func:`vvm.wandb_run.log_result_files`), then close
+    the logger: the W&B run ends with exit code 1 unless the job's status is ok (also after a failure); other
+    loggers are finalised with the status."""
     status = str(summary.get("status", "ok"))
     if is_wandb(logger):
         if not is_rank_zero():
@@ -222,10 +245,27 @@ def finish_logger(logger: Any, summary: dict[str, Any]) -> None:
         for name, v in (summary.get("measures") or {}).items():  # each measure's mean off-diagonal value
             if name != "cka" and v is not None:
                 run.summary[f"mean_{name}"] = v
+        if files:
+            meta = {k: summary.get(k) for k in ("tag", "model", "init", "dataset", "seed", "status")}
+            log_result_files(
+                run, f"{summary.get('tag') or 'job'}-s{summary.get('seed')}-results", files, meta
+            )
         logger.finalize("success" if status == "ok" else "failed")
         run.finish(exit_code=0 if status == "ok" else 1)
     elif logger:
         logger.finalize("success" if status == "ok" else "failed")
+
+
+def where_logged(logger: Any) -> dict[str, Any] | None:
+    """Where a job's W&B run is (:func:`vvm.wandb_run.run_facts`) and why in that mode; None for other loggers
+    (and on ranks other than 0)."""
+    if not is_wandb(logger) or not is_rank_zero():
+        return None
+    choice = getattr(logger, "vvm_mode", None)
+    if choice is not None and choice.mode == "disabled":
+        return {"mode": "disabled", "why": choice.why}
+    facts = run_facts(logger.experiment)
+    return {**facts, "why": choice.why} if choice is not None else facts
 
 
 def log_files_run(
@@ -246,11 +286,10 @@ def log_files_run(
     Returns the W&B run directory; W&B trouble is an exception for the caller to report."""
     import wandb
 
-    os.environ.setdefault("WANDB_SILENT", "true")
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     run = wandb.init(
         project=project, group=group, job_type=job_type, name=name, dir=str(run_dir),
-        mode=mode or os.environ.get("WANDB_MODE") or "offline", config=config or {}, reinit="finish_previous",
+        mode=choose_mode(mode).mode, config=config or {}, reinit="finish_previous",
     )  # fmt: skip
     try:
         payload: dict[str, Any] = {k: wandb.Image(str(v)) for k, v in images.items()}
@@ -275,4 +314,5 @@ __all__ = [
     "log_measure",
     "online_or_offline",
     "wandb_mode",
+    "where_logged",
 ]

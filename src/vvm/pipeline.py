@@ -23,12 +23,13 @@ from vvm.callbacks.cka import CKACallback
 from vvm.cka.result import mean_offdiagonal
 from vvm.data import create_datamodule, dataset_name
 from vvm.data.batches import exact_length
-from vvm.io import is_rank_zero, write_json
-from vvm.loggers import build_logger, finish_logger, log_config
+from vvm.io import is_rank_zero, quiet_third_party
+from vvm.loggers import build_logger, log_config
 from vvm.models import from_settings
 from vvm.models.base import VisionModel
 from vvm.plots.style import job_title
 from vvm.preflight import check_layers, check_plan, check_published, check_writable
+from vvm.report import close_job
 from vvm.settings import InitSettings, JobSettings, ModelSettings, job_measures, measure_params, plain
 from vvm.train.cache import CheckpointCache
 from vvm.train.fit import Fit, planned_device, trainer_factory, vision_module
@@ -108,7 +109,7 @@ def run(job: JobSettings, *, resume_command: str = "") -> dict[str, Any]:
     timings: dict[str, float] = {}
     logger = None
     try:
-        with sigterm_as_interrupt():
+        with quiet_third_party(), sigterm_as_interrupt():
             check_writable(out_dir, "hydra.run.dir (the run directory, paths.output_dir)")
             pl.seed_everything(int(job.seed), workers=True, verbose=False)
             check_published(job)
@@ -117,8 +118,9 @@ def run(job: JobSettings, *, resume_command: str = "") -> dict[str, Any]:
             check_job(job, dm, models)
             timings["build"] = time.perf_counter() - t
             logger = build_logger(job.logger)
-            if logger:
-                log_config(logger, plain(job))
+            if logger:  # the training recipe only when it made the weights (trained here or cached)
+                trains = [weights_source(m.settings, m.init) == "trained" for m in models.members()]
+                log_config(logger, plain(job), trained=any(trains))
             summary.update(measure(job, dm, models, summary, timings, logger))
             if job.analyses and is_rank_zero():
                 summary["analyses"] = analyse(job, dm, models.model, summary, timings, logger)
@@ -140,9 +142,7 @@ def run(job: JobSettings, *, resume_command: str = "") -> dict[str, Any]:
         timings["total"] = time.perf_counter() - t_start
         summary["seconds"] = timings
         summary["config"] = plain(job)
-        _write_result(out_dir, summary)
-        if logger:
-            finish_logger(logger, summary)
+        close_job(out_dir, summary, logger)  # result.json, the logger finished, the report
 
 
 def checkpoint_cache(job: JobSettings, settings: ModelSettings) -> CheckpointCache:
@@ -230,16 +230,6 @@ def prepare_weights(job: JobSettings, dm: Any, member: Member, fit: Fit) -> dict
         fit=fit,
         keep_dir=job.paths.output_dir,
     )
-
-
-def _write_result(out_dir: Path, summary: dict[str, Any]) -> None:
-    if not is_rank_zero():
-        return
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "result.json", summary)
-    except OSError as e:  # an unwritable run directory: the error that says so is already on its way
-        log.error("could not write %s: %s", out_dir / "result.json", e)
 
 
 def is_interrupt(e: BaseException) -> bool:

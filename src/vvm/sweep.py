@@ -151,10 +151,12 @@ def log_summary_to_wandb(
     when the jobs used W&B (:func:`vvm.loggers.log_files_run`, the one helper for runs made of files).
 
     Project, mode and group come from the jobs' logger settings: the jobs' group when they share one (say
-    ``logger.group=my-study``), else ``sweep-<date>_<time>``. Mode: ``WANDB_MODE``, else the jobs' ``mode``,
-    else offline. Never raises: W&B trouble is logged. Returns the W&B run directory, or None.
+    ``logger.group=my-study``; by default every job of a sweep has the sweep's group), else
+    ``sweep-<date>_<time>``. Mode: ``WANDB_MODE``, else the jobs' ``mode``, decided as a job's is
+    (:func:`vvm.wandb_run.choose_mode`: ``auto`` is online when logged in and W&B answers). Never raises: W&B trouble is logged. Returns the W&B run directory, or None.
     """
     from vvm.loggers import log_files_run
+    from vvm.wandb_run import choose_mode, sweep_group
 
     loggers = wandb_loggers(jobs)
     if not loggers:
@@ -165,8 +167,8 @@ def log_summary_to_wandb(
         return vals.pop() if len(vals) == 1 else None
 
     project = shared("project") or "vvm"
-    group = group or shared("group") or f"sweep-{sweep_name(sweep_dir)}"
-    mode = os.environ.get("WANDB_MODE") or shared("mode") or "offline"
+    group = group or shared("group") or sweep_group(sweep_dir)
+    mode = choose_mode(os.environ.get("WANDB_MODE") or shared("mode")).mode
     n_ok = sum(j.status == "ok" for j in jobs)
     try:
         run_dir = log_files_run(

@@ -26,9 +26,26 @@ LOGGERS: dict[str, type | None] = {"wandb": WandbSettings, "csv": CSVSettings, "
 CHOICE_GROUPS = ("model", "compare", "dataset", "logger")
 
 
+def wandb_group(tag: str) -> str:
+    """``${vvm_wandb_group:${tag}}`` (conf/logger/wandb.yaml): in a multirun the sweep's W&B group
+    (:func:`vvm.wandb_run.sweep_group`, which the sweep's summary and joint runs share), else ``tag``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        from vvm.wandb_run import sweep_group
+
+        return sweep_group(HydraConfig.get().sweep.dir)
+    return tag
+
+
 @functools.cache
 def register_configs() -> None:
-    """Put the schema into Hydra's ConfigStore (once per process; before any composition)."""
+    """Put the schema into Hydra's ConfigStore and vvm's resolvers into OmegaConf (once per process; before
+    any composition)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("vvm_wandb_group", wandb_group, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="job_schema", node=JobSettings)
     for name, cls in model_settings_classes().items():

@@ -36,14 +36,17 @@ class PathSettings:
 
 @dataclass
 class WandbSettings:
-    """``logger=wandb``: Lightning's WandbLogger, offline unless ``mode`` (default: ``$WANDB_MODE``) is online."""
+    """``logger=wandb``: Lightning's WandbLogger. ``mode``: ``auto`` (online when this machine has a W&B API key
+    and W&B answers within seconds, else offline), ``online``, ``offline`` or ``disabled`` (default:
+    ``$WANDB_MODE``, else ``auto``; see :mod:`vvm.wandb_run`)."""
 
     project: str = "vvm"
     group: str | None = None
     name: str | None = None
+    job_type: str | None = None
     tags: list[str] = field(default_factory=list)
     save_dir: str = "."
-    mode: str = "offline"
+    mode: str = "auto"
     log_model: bool = False
 
 

@@ -54,7 +54,8 @@ class VisionModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.model = model
-        self.save_hyperparameters(ignore=["model"])
+        # the recipe reaches the logger once, as the job's `train` settings (vvm.loggers.log_config), not again flat
+        self.save_hyperparameters(ignore=["model"], logger=False)
         self._compiled: Any = None  # torch.compile(model), kept out of the module tree (state_dict unchanged)
         self._channels_last = False
 
@@ -118,6 +119,15 @@ class VisionModule(pl.LightningModule):
             f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n
         )
         return loss
+
+    # per-epoch values carry `epoch` = the number of completed training epochs (1-based, as cka_epochs/epoch_N/
+    # and the CKA passes during training): Lightning's own `epoch` would be the 0-based index of the epoch
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.log("epoch", float(self.current_epoch + 1))
+
+    def on_train_epoch_end(self) -> None:
+        self.log("epoch", float(self.current_epoch + 1))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "train")
