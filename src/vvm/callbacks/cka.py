@@ -17,17 +17,19 @@ inside the first model's forward pass (a pre-hook), so both run under the same a
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
 from vvm.cka import CKAResult, MeasureResult, StreamingSimilarity
 from vvm.cka.precision import check_tf32, float32_precision, pass_float32
 from vvm.data.batches import EvalBatches
-from vvm.io import save_result
+from vvm.io import save_result, write_npz
 from vvm.plots.heatmap import heatmap_figure, measures_figure, save_figure
 from vvm.settings import CKASettings
 
@@ -52,6 +54,25 @@ def write_measure_outputs(
     )
     png, pdf = save_figure(fig, out_dir / name)
     return {"npz": npz, "png": png, "pdf": pdf}
+
+
+def write_rdms(path: Path, measure: Any, res: Any, indices: list[int] | None) -> Path | None:
+    """``rdms.npz``: RSA's RDM of every layer on the first pool, in rsatoolbox's vector form (``dissimilarities``
+    ``[L, n(n-1)/2]``, the pairs ``i < j`` row after row), with ``layers`` (its ``rdm_descriptors``),
+    ``indices`` (the examples' indices in the split, its ``pattern_descriptors``) and ``dissimilarity_measure``:
+    ``rsatoolbox.rdm.RDMs(z["dissimilarities"], dissimilarity_measure=..., rdm_descriptors={"layer": ...},
+    pattern_descriptors={"index": ...})``. None when no pool was kept (a rank without the first pool)."""
+    rdms = getattr(measure, "first_rdms", None)
+    if not rdms:
+        return None
+    layers = list(res.layers_x) + (list(res.layers_y) if len(rdms) > 1 else [])
+    d = torch.cat(rdms).numpy()
+    n = int(round((1 + (1 + 8 * d.shape[1]) ** 0.5) / 2))
+    return write_npz(
+        path, dissimilarities=d, layers=np.array(layers, dtype=str),
+        indices=np.asarray(indices if indices is not None else range(n))[:n],
+        dissimilarity_measure=np.array(measure.params.distance), n=np.array(n),
+    )  # fmt: skip
 
 
 def _eval_batches(loaders: Any) -> EvalBatches | None:
@@ -156,6 +177,7 @@ class CKACallback(pl.Callback):
             other=other_net,
             other_layers=self.other_layers,
             max_batches=max_batches,
+            plan=self._batches.layout if self._batches is not None else None,
             **self.options,
         ).to(pl_module.device)
         self._pass = contextlib.ExitStack()
@@ -189,6 +211,12 @@ class CKACallback(pl.Callback):
         }
         if trainer.is_global_zero:
             paths = {name: self._write(name, res, trainer, stage, out_dir) for name, res in results.items()}
+            if "rsa" in results:
+                pools = self._batches.pools() if self._batches is not None else None
+                rdms = write_rdms(out_dir / "rdms.npz", self._metric.measures["rsa"], results["rsa"],
+                                  pools[0] if pools else None)  # fmt: skip
+                if rdms is not None:
+                    paths["rsa"]["rdms"] = rdms
             entry["measure_paths"] = paths
             if "cka" in paths:
                 entry["paths"] = paths["cka"]
@@ -205,6 +233,13 @@ class CKACallback(pl.Callback):
     def _write(self, name: str, res: Any, trainer: pl.Trainer, stage: str, out_dir: Path) -> dict[str, Path]:
         title = self.titles.get(name, self.title)
         label = f"{title} ({stage}, epoch {trainer.current_epoch})" if stage == "probe" else title
+        note = res.note() if hasattr(res, "note") else ""
+        label = f"{label}\n{note}" if note and label else label
+        assert self._metric is not None
+        measure = self._metric.measures[name]
+        extra = {**self._names(), "comparable": json.dumps(measure.comparable(getattr(res, "facts", None)))}
+        if measure.pooled and self._batches is not None:  # pooled measures pair by their pools
+            extra["batch_fingerprint"] = self._batches.pool_fingerprint()
         return write_measure_outputs(
             name,
             res,
@@ -212,7 +247,7 @@ class CKACallback(pl.Callback):
             title=label,
             xlabel=self.other_label,
             ylabel=self.model_label,
-            extra=self._names(),
+            extra=extra,
         )
 
     def _write_side_by_side(
