@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 
 from vvm.cka.functional import min_samples
-from vvm.models import registry
 from vvm.cka.pools import declared_pool
+from vvm.models import registry
 from vvm.settings import ConfigError, JobSettings, check_ranges, job_measures, measure_params
 from vvm.weights import weights_source
 
