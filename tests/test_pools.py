@@ -6,6 +6,7 @@ measured different things, and (slow) two gloo processes giving what one gives."
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -230,3 +231,67 @@ def test_pools_on_two_processes_match_one(tmp_path):
         np.testing.assert_allclose(got[f"{name}_matrix"], single[name].matrix.numpy(), atol=1e-9, rtol=0)
         np.testing.assert_allclose(got[f"{name}_stderr"], single[name].stderr.numpy(), atol=1e-7, rtol=1e-6)
     assert single["knn"].n_batches == 4 and single["cka"].n_samples == N_DDP  # 4 pools of 32, 22 left over
+
+
+# ---------------------------------------------------------------------------------------------- slow: real runs
+@pytest.mark.slow
+def test_knn_on_pools_does_not_follow_the_batch_size_on_a_real_model():
+    """Issue 27's experiment on r18 and 256 digits: within CKA batches the mean off-diagonal kNN moves with the
+    batch size; on pools of 64 it is the same at every batch size, and equals scikit-learn's on each pool."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_knn_pools import engine_pools, load_images, off_mean, per_batch, raw_grams
+
+    from vvm.cka.presets import resolve_layers
+    from vvm.models import create
+
+    model = create("r18", num_classes=10, seed=0).net.eval()
+    x = load_images(256, 0)
+    layers = resolve_layers(model, "blocks")
+    pooled = {b: engine_pools(model, x, b, 64, 10) for b in (16, 64, 256)}
+    for b, (matrix, per_pool) in pooled.items():
+        np.testing.assert_allclose(matrix, pooled[16][0], atol=1e-12, err_msg=f"batch {b}")
+        assert per_pool.shape[0] == 4
+    feats = {}
+    named = dict(model.named_modules())
+    hooks = [
+        named[n].register_forward_hook(lambda m, a, o, n=n: feats.__setitem__(n, o.flatten(1)))
+        for n in layers
+    ]
+    with torch.inference_mode():
+        model(x[:64])
+    for h in hooks:
+        h.remove()
+    for i, j in ((0, 9), (3, 7), (8, 9)):
+        want = ref.knn(feats[layers[i]], feats[layers[j]], 10)
+        assert pooled[16][1][0, i, j] == pytest.approx(want, abs=1e-12)
+    grams = raw_grams(model, layers, x)
+    before = {b: per_batch(grams, torch.arange(256), b, 10) for b in (16, 64)}
+    (m16, s16), (m64, s64) = before[16], before[64]
+    assert m16 - m64 > 3 * math.hypot(s16, s64)  # the old definition follows the batch size
+    assert off_mean(pooled[16][0]) < m16
+
+
+@pytest.mark.slow
+def test_diff_is_clean_across_batch_sizes_and_refuses_another_k(tmp_path):
+    from compose import compose_settings
+
+    from vvm.diff import cka_difference
+    from vvm.io import InputError
+    from vvm.pipeline import run
+
+    small = ["dataset=synthetic", "dataset.train_size=32", "dataset.test_size=48", "dataset.image_size=16",
+             "logger=none", "trainer=cpu", "measures=[cka,knn]", "measure.knn.n=24"]  # fmt: skip
+    for name, extra in (
+        ("b8", ["cka.batch_size=8"]),
+        ("b24", ["cka.batch_size=24"]),
+        ("k3", ["measure.knn.k=3"]),
+    ):
+        assert run(compose_settings([*small, *extra], tmp_path / name))["status"] == "ok"
+    d = cka_difference(tmp_path / "b8", tmp_path / "b24", measure="knn")
+    assert bool(d["paired"]) and np.nanmax(np.abs(d["diff"])) < 1e-12 and not d["significant"].any()
+    cka_difference(tmp_path / "b8", tmp_path / "b24")  # CKA: clean (different batches, unpaired)
+    with pytest.raises(InputError, match=r"differ in measure.knn.k \(10 vs 3\)"):
+        cka_difference(tmp_path / "b8", tmp_path / "k3", measure="knn")
