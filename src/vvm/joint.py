@@ -135,10 +135,9 @@ def run_measures(
 
     from vvm.cka.joint import move_models
     from vvm.cka.similarity import JointSimilarity
-    from vvm.pipeline import build_datamodule
     from vvm.settings import measure_params
 
-    dm = build_datamodule(settings)
+    dm = pass_datamodule(settings, measures)
     batches = dm.cka_batches()
     move_models(models, device)
     metric = JointSimilarity(
@@ -164,12 +163,24 @@ FLAGS = {"batch_size": "--batch-size", "max_samples": "--max-samples", "limit": 
 def check_plan(settings: JobSettings, measures: Sequence[str] = ("cka",)) -> None:
     """The pass's batch plan holds a batch the estimator (and each measure: kNN's k + 1) can use
     (:func:`vvm.preflight.check_plan`, naming the joint pass's flags)."""
-    from vvm.pipeline import build_datamodule
     from vvm.preflight import check_plan as check
     from vvm.settings import job_measures
 
     built = job_measures(list(measures), settings.measure, settings.cka)
-    check(build_datamodule(settings), settings.cka, limit=settings.dataset.limit, flags=FLAGS, measures=built)
+    dm = pass_datamodule(settings, measures)
+    check(dm, settings.cka, limit=settings.dataset.limit, flags=FLAGS, measures=built)
+
+
+def pass_datamodule(settings: JobSettings, measures: Sequence[str]) -> Any:
+    """The pass's datamodule: the settings' data, with pools of the declared n of ``measures`` (the joint pass's
+    own ``--measures``, not the first job's): the same pools for every model."""
+    from vvm.cka.pools import declared_pool
+    from vvm.pipeline import build_datamodule
+    from vvm.settings import job_measures
+
+    dm = build_datamodule(settings)
+    dm.pool_size = declared_pool(job_measures(list(measures), settings.measure, settings.cka).values())
+    return dm
 
 
 def setting_notes(jobs: list[JointJob], measures: Sequence[str]) -> list[str]:
