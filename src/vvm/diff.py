@@ -108,7 +108,23 @@ def _names(values: np.ndarray, k: int = 4) -> str:
     return ", ".join(names[:k]) + (", ..." if len(names) > k else "")
 
 
+def _settings(z: dict) -> dict | None:
+    """What the run recorded that a comparison needs to share (``comparable``: parameters, kernel, estimator,
+    precision, examples per pool); None for a file written before it was recorded."""
+    import json
+
+    return json.loads(str(z["comparable"])) if "comparable" in z else None
+
+
 def _check_comparable(za: dict, zb: dict) -> None:
+    sa, sb = _settings(za), _settings(zb)
+    if sa is not None and sb is not None:
+        for key in dict.fromkeys([*sa, *sb]):
+            if sa.get(key) != sb.get(key):
+                raise InputError(
+                    f"the two runs differ in {key} ({sa.get(key)} vs {sb.get(key)}): their maps measure different "
+                    f"things, so their difference is not an effect; rerun one with the other's {key}"
+                )
     for key in ("layers_x", "layers_y"):
         if [str(v) for v in za[key]] != [str(v) for v in zb[key]]:
             raise InputError(

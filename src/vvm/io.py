@@ -301,3 +301,22 @@ def load_npz(path: str | os.PathLike) -> dict[str, Any]:
             else f"is damaged or not an .npz file ({type(e).__name__})"
         )
         raise UnreadableFile(f"{path} {why}") from None
+
+
+def write_rdms(path: Path, measure: Any, res: Any, indices: list[int] | None) -> Path | None:
+    """``rdms.npz``: RSA's RDM of every layer on the first pool, in rsatoolbox's vector form (``dissimilarities``
+    ``[L, n(n-1)/2]``, the pairs ``i < j`` row after row), with ``layers`` (its ``rdm_descriptors``),
+    ``indices`` (the examples' indices in the split, its ``pattern_descriptors``) and ``dissimilarity_measure``:
+    ``rsatoolbox.rdm.RDMs(z["dissimilarities"], dissimilarity_measure=..., rdm_descriptors={"layer": ...},
+    pattern_descriptors={"index": ...})``. None when no pool was kept (a rank without the first pool)."""
+    rdms = getattr(measure, "first_rdms", None)
+    if not rdms:
+        return None
+    layers = list(res.layers_x) + (list(res.layers_y) if len(rdms) > 1 else [])
+    d = np.concatenate([np.asarray(r.detach().cpu(), dtype=np.float64) for r in rdms])
+    n = int(round((1 + (1 + 8 * d.shape[1]) ** 0.5) / 2))
+    return write_npz(
+        path, dissimilarities=d, layers=np.array(layers, dtype=str),
+        indices=np.asarray(indices if indices is not None else range(n))[:n],
+        dissimilarity_measure=np.array(measure.params.distance), n=np.array(n),
+    )  # fmt: skip

@@ -135,15 +135,15 @@ def run_measures(
 
     from vvm.cka.joint import move_models
     from vvm.cka.similarity import JointSimilarity
-    from vvm.pipeline import build_datamodule
     from vvm.settings import measure_params
 
-    dm = build_datamodule(settings)
+    dm = pass_datamodule(settings, measures)
     batches = dm.cka_batches()
     move_models(models, device)
     metric = JointSimilarity(
         models, settings.cka.layer_spec(), measures=list(measures), max_batches=len(batches.plan),
-        params=measure_params(settings.measure, list(measures)), **settings.cka.engine_options(),
+        params=measure_params(settings.measure, list(measures)), plan=batches.layout,
+        **settings.cka.engine_options(),
     ).to(device)  # fmt: skip
     loader = dm.eval_loader(batches, device=device)  # the datamodule's workers; pinned memory for a GPU
     with metric.track():
@@ -163,12 +163,46 @@ FLAGS = {"batch_size": "--batch-size", "max_samples": "--max-samples", "limit": 
 def check_plan(settings: JobSettings, measures: Sequence[str] = ("cka",)) -> None:
     """The pass's batch plan holds a batch the estimator (and each measure: kNN's k + 1) can use
     (:func:`vvm.preflight.check_plan`, naming the joint pass's flags)."""
-    from vvm.pipeline import build_datamodule
     from vvm.preflight import check_plan as check
     from vvm.settings import job_measures
 
     built = job_measures(list(measures), settings.measure, settings.cka)
-    check(build_datamodule(settings), settings.cka, limit=settings.dataset.limit, flags=FLAGS, measures=built)
+    dm = pass_datamodule(settings, measures)
+    check(dm, settings.cka, limit=settings.dataset.limit, flags=FLAGS, measures=built)
+
+
+def pass_datamodule(settings: JobSettings, measures: Sequence[str]) -> Any:
+    """The pass's datamodule: the settings' data, with pools of the declared n of ``measures`` (the joint pass's
+    own ``--measures``, not the first job's): the same pools for every model."""
+    from vvm.cka.pools import declared_pool
+    from vvm.pipeline import build_datamodule
+    from vvm.settings import job_measures
+
+    dm = build_datamodule(settings)
+    dm.pool_size = declared_pool(job_measures(list(measures), settings.measure, settings.cka).values())
+    return dm
+
+
+def setting_notes(jobs: list[JointJob], measures: Sequence[str]) -> list[str]:
+    """A note (and a warning) for every job whose measure settings (``measure.*``, kernel, estimator, precision:
+    :meth:`vvm.cka.measures.Measure.comparable`) differ from the first job's, naming the key: the joint pass
+    computes every model with the first job's, so the jobs' own maps are not what it compares."""
+    from vvm.settings import job_measures
+
+    def facts(job: JointJob) -> dict[str, Any]:
+        built = job_measures(list(measures), job.settings.measure, job.settings.cka)
+        return {k: v for m in built.values() for k, v in m.comparable().items()}
+
+    first, notes = facts(jobs[0]), []
+    for job in jobs[1:]:
+        diff = [f"{k} ({v} vs {first.get(k)})" for k, v in facts(job).items() if first.get(k) != v]
+        if diff:
+            notes.append(
+                f"job {job.job} was run with other settings than job {jobs[0].job}: {', '.join(diff)}; the joint "
+                f"pass computes every model with job {jobs[0].job}'s"
+            )
+            log.warning("joint CKA: %s", notes[-1])
+    return notes
 
 
 def rebuild_models(
@@ -232,7 +266,7 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
         check_plan(pass_settings(found, overrides)[0], measures)
         models, used = rebuild_models(found, notes, sweep_dir, overrides.get("layers"))
         settings, data_notes = pass_settings(used, overrides)
-        notes += data_notes
+        notes += data_notes + setting_notes(used, measures)
         if used[0] is not found[0]:
             check_plan(settings, measures)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -20,6 +20,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from vvm.callbacks.cka import CKACallback
+from vvm.cka.pools import declared_pool
 from vvm.cka.result import mean_offdiagonal
 from vvm.data import create_datamodule, dataset_name
 from vvm.data.batches import exact_length
@@ -276,6 +277,7 @@ def build_datamodule(job: JobSettings) -> Any:
         max_samples=job.cka.max_samples,
         shuffle=job.cka.shuffle,
         seed=job.seed,
+        pool_size=declared_pool(job_measures(job.measures, job.measure, job.cka).values()),
     )
 
 

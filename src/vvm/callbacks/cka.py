@@ -17,6 +17,7 @@ inside the first model's forward pass (a pre-hook), so both run under the same a
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,10 @@ import torch
 from vvm.cka import CKAResult, MeasureResult, StreamingSimilarity
 from vvm.cka.precision import check_tf32, float32_precision, pass_float32
 from vvm.data.batches import EvalBatches
-from vvm.io import save_result
-from vvm.plots.heatmap import Uncertainty, heatmap_figure, measures_figure, save_figure
-from vvm.plots.style import caption, chance_level, result_quantity
+from vvm.io import save_result, write_rdms
+from vvm.plots.heatmap import measures_figure, save_figure
+from vvm.plots.measure import chance_reference, measure_figure
+from vvm.plots.style import caption, result_quantity
 from vvm.settings import CKASettings
 
 
@@ -69,35 +71,6 @@ def draw_measure(
     fig = measure_figure(res, title=title, xlabel=xlabel, ylabel=ylabel, colour_range=colour_range)
     png, pdf = save_figure(fig, Path(out_dir) / name)
     return {"png": png, "pdf": pdf}
-
-
-def _reference(res: CKAResult | MeasureResult) -> tuple[float | None, str]:
-    """The chance level of a measure that has one (mutual kNN: k/(n-1)), for its colour bar."""
-    if isinstance(res, CKAResult):
-        return None, ""
-    facts = {**res.params, **getattr(res, "facts", {})}  # a declared chance level, where the result has one
-    return chance_level(res.measure, facts, res.n_samples, res.n_batches), "chance k/(n−1)"
-
-
-def measure_figure(
-    res: CKAResult | MeasureResult,
-    *,
-    title: str | None = None,
-    xlabel: str = "layer",
-    ylabel: str = "layer",
-    colour_range: str = "fixed",
-    level: float = 0.95,
-) -> Any:
-    """The heatmap of one result: its quantity (CKA with kernel and estimator), n and batches in the caption,
-    the half-width of each entry's ``level`` t interval (:meth:`~vvm.cka.result.MatrixResult.interval`)."""
-    lo, hi = res.interval(level)
-    fig = heatmap_figure(
-        res.matrix.numpy(), res.layers_x, res.layers_y, title=title, xlabel=xlabel, ylabel=ylabel,
-        cbar_label=result_quantity(res), caption=caption(res.n_samples, res.n_batches),
-        uncertainty=Uncertainty(((hi - lo) / 2).numpy(), f"{level:.0%} interval half-width (t, batches − 1 df)"),
-        colour_range=colour_range, reference=_reference(res),
-    )  # fmt: skip
-    return fig
 
 
 def epoch_number(trainer: pl.Trainer) -> int:
@@ -210,6 +183,7 @@ class CKACallback(pl.Callback):
             other=other_net,
             other_layers=self.other_layers,
             max_batches=max_batches,
+            plan=self._batches.layout if self._batches is not None else None,
             **self.options,
         ).to(pl_module.device)
         self._pass = contextlib.ExitStack()
@@ -243,13 +217,20 @@ class CKACallback(pl.Callback):
         if trainer.is_global_zero:
             # every result file before any figure: a full disk or a file-size limit costs a figure, not a result
             npz = {
-                name: save_result(out_dir / f"{name}.npz", res, **self._names())
+                name: save_result(out_dir / f"{name}.npz", res, **self._npz_extra(name, res))
                 for name, res in results.items()
             }
+            rdms = None
+            if "rsa" in results:
+                pools = self._batches.pools() if self._batches is not None else None
+                rdms = write_rdms(out_dir / "rdms.npz", self._metric.measures["rsa"], results["rsa"],
+                                  pools[0] if pools else None)  # fmt: skip
             paths = {
                 name: {"npz": npz[name], **self._write(name, res, trainer, stage, out_dir)}
                 for name, res in results.items()
             }
+            if rdms is not None:
+                paths["rsa"]["rdms"] = rdms
             entry["measure_paths"] = paths
             if "cka" in paths:
                 entry["paths"] = paths["cka"]
@@ -267,6 +248,8 @@ class CKACallback(pl.Callback):
         """The figures of measure ``name`` (its .npz is written before any figure)."""
         title = self.titles.get(name, self.title)
         label = f"{title} ({stage}, epoch {epoch_number(trainer)})" if stage == "probe" else title
+        note = res.note() if hasattr(res, "note") else ""
+        label = f"{label}\n{note}" if note and label else label
         return draw_measure(
             name,
             res,
@@ -276,6 +259,16 @@ class CKACallback(pl.Callback):
             ylabel=self.model_label,
             colour_range=self.colour_range,
         )
+
+    def _npz_extra(self, name: str, res: Any) -> dict[str, Any]:
+        """What a measure's npz holds beside its result: the layer names, what a comparison must share
+        (``comparable``) and, for a pooled measure, the fingerprint of its pools."""
+        assert self._metric is not None
+        measure = self._metric.measures[name]
+        extra = {**self._names(), "comparable": json.dumps(measure.comparable(getattr(res, "facts", None)))}
+        if measure.pooled and self._batches is not None:  # pooled measures pair by their pools
+            extra["batch_fingerprint"] = self._batches.pool_fingerprint()
+        return extra
 
     def _write_side_by_side(
         self, results: dict[str, Any], stage: str, trainer: pl.Trainer, out_dir: Path
@@ -289,7 +282,7 @@ class CKACallback(pl.Callback):
         fig = measures_figure(
             panels, title=label, xlabel=self.other_label, ylabel=self.model_label,
             caption=caption(first.n_samples, first.n_batches, "standard errors: each measure's own figure"),
-            colour_range=self.colour_range, references=[_reference(r) for r in results.values()],
+            colour_range=self.colour_range, references=[chance_reference(r) for r in results.values()],
         )  # fmt: skip
         png, pdf = save_figure(fig, Path(out_dir) / "measures")
         return {"png": png, "pdf": pdf}

@@ -53,9 +53,10 @@ def create_datamodule(
     max_samples: int | None = None,
     shuffle: bool = True,
     seed: int = 0,
+    pool_size: int | None = None,
 ) -> Any:
     """The datamodule ``settings`` describe, with the job's training batch size and the CKA pass's batching
-    (``eval_batch_size``, ``max_samples``, ``shuffle``) and seed."""
+    (``eval_batch_size``, ``max_samples``, ``shuffle``, the pooled measures' ``pool_size``) and seed."""
     entry = DATASETS[dataset_name(settings)]
     kwargs = {f.name: plain(getattr(settings, f.name)) for f in fields(settings)}
     return entry.module(
@@ -65,6 +66,7 @@ def create_datamodule(
         max_samples=max_samples,
         cka_shuffle=shuffle,
         seed=seed,
+        pool_size=pool_size,
     )
 
 
