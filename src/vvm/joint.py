@@ -219,12 +219,11 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
     out = writable_dir(sweep_dir / "joint" if out is None else out, "--out")  # before torch is imported
     with exclusive_lock(out / ".joint.lock", f"--out={out}: another joint pass is writing there; "
                         "wait for it to finish, or give another --out"):  # fmt: skip
-        import torch
-
         from vvm.cka.joint import hook_target
         from vvm.cka.measures import make_measure
         from vvm.cka.presets import classifier_name
 
+        device = pass_device(device)
         found, notes = read_jobs(sweep_dir, jobs)
         overrides = {**overrides, "layers": parse_layers(overrides.get("layers"))}
         if not found:
@@ -235,7 +234,6 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
         notes += data_notes
         if used[0] is not found[0]:
             check_plan(settings, measures)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         results, batches = run_measures(models, settings, device, measures, progress=progress)
         extra = {"notes": np.array(notes, dtype=str), "batch_fingerprint": batches.fingerprint()}
         heads = {tag: classifier_name(hook_target(m)) for tag, m in models.items()}
@@ -252,6 +250,31 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
         "joint pass: %d models, %d layers, %s -> %s", len(used), len(res.layers_x), ", ".join(results), out
     )
     return {"result": res, "results": results, "jobs": used, "files": files, "notes": notes, "out": out}
+
+
+def pass_device(name: str | None) -> str:
+    """``--device``: a device torch knows and this machine has (default: cuda when there is one); else an
+    :class:`InputError` that says what to give."""
+    import torch
+
+    from vvm.io import InputError
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device={name!r} is not a device: give cpu, cuda or cuda:<index>") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device={name!r}: the joint pass runs on cpu or cuda (cuda:<index>)")
+    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    if device.type == "cuda" and count == 0:
+        raise InputError(
+            f"--device={name!r}: this machine has no CUDA GPU; give --device cpu (or leave it out)"
+        )
+    if device.type == "cuda" and (device.index or 0) >= count:
+        raise InputError(f"--device={name!r}: this machine has {count} GPU(s): cuda:0 to cuda:{count - 1}")
+    return str(device)
 
 
 def positive(text: str) -> int:
