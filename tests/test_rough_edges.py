@@ -283,3 +283,27 @@ def test_resume_runs_a_job_whose_result_json_is_not_a_record_again(tmp_path, con
     with caplog.at_level(logging.WARNING, logger="vvm.job"):
         assert completed_result(tmp_path, {"seed": 0}) is None
     assert "holds no job's record" in caplog.text and "computing it again" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- item 4
+def test_joint_says_which_seed_the_pass_used_and_why_a_block_differs(tmp_path):
+    from test_cli_errors import stored_job
+
+    from vvm.joint import pass_settings
+    from vvm.records import read_jobs
+
+    sweep = tmp_path / "sweep"
+    for job in range(2):
+        stored_job(sweep, str(job), seed=job)
+    jobs, _ = read_jobs(sweep)
+    settings, notes = pass_settings(jobs, {})
+    assert settings.seed == 0
+    assert notes[0] == (
+        "the data order (the examples in each batch, the same for every model) is seed 0 (job 0's seed)"
+    )
+    assert len(notes) == 2 and notes[1].startswith("job 1 (") and "its own map came from seed 1" in notes[1]
+    assert "sampling noise of other batches" in notes[1]
+    settings, notes = pass_settings(jobs, {"seed": 1, "batch_size": 12})
+    assert settings.seed == 1 and notes[0].endswith("is seed 1 (from --seed)")
+    assert [n.split(" (")[0] for n in notes[1:]] == ["job 0", "job 1"]
+    assert "seed 0, cka.batch_size=16, here 12" in notes[1] and "from cka.batch_size=16, here 12" in notes[2]

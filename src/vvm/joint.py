@@ -89,9 +89,29 @@ def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[JobS
         )
     cka = {k: overrides[k] for k in ("batch_size", "max_samples", "layers") if overrides.get(k) is not None}
     seed = overrides.get("seed")
-    return dataclasses.replace(
+    settings = dataclasses.replace(
         first, cka=dataclasses.replace(first.cka, **cka), seed=first.seed if seed is None else int(seed)
-    ), notes
+    )
+    whose = "from --seed" if seed is not None else f"job {jobs[0].job}'s seed"
+    return settings, notes + order_notes(jobs, settings, whose)
+
+
+def order_notes(jobs: list[JointJob], settings: JobSettings, whose: str) -> list[str]:
+    """Which data order the pass used (one seed for every model: the same batches for all), and for each job
+    whose own map came from another order or batching, why its block differs from that map."""
+    notes = [f"the data order (the examples in each batch, the same for every model) is seed {settings.seed} "
+             f"({whose})"]  # fmt: skip
+    for j in jobs:
+        why = [f"seed {j.settings.seed}"] if j.settings.seed != settings.seed else []
+        for key in ("batch_size", "max_samples"):
+            own, now = getattr(j.settings.cka, key), getattr(settings.cka, key)
+            why += [f"cka.{key}={own}, here {now}"] if own != now else []
+        if why:
+            notes.append(
+                f"job {j.job} ({j.tag}): its own map came from {', '.join(why)}; its diagonal block here differs "
+                "from that map by the sampling noise of other batches (the model is the same)"
+            )
+    return notes
 
 
 def parse_measures(parser: argparse.ArgumentParser, text: str) -> list[str]:
