@@ -224,3 +224,86 @@ def test_main_help_imports_no_lightning(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "dataset: cifar10, cifar100, digits, imagenet, synthetic" in done.stdout
     assert "IMPORTED []" in done.stdout, done.stdout[-500:]
+
+
+# ---------------------------------------------------------------------------------------------- item 6
+@pytest.mark.parametrize("override", ["seed=-1", "seed=4294967296", "model.seed=-2"])
+def test_a_seed_numpy_cannot_take_is_refused_naming_its_key(tmp_path, override):
+    from helpers import compose_error
+
+    err = compose_error(["dataset=digits", override], tmp_path)
+    key = override.split("=")[0]
+    assert f"{key}={override.split('=')[1]} must be" in err and "2**32" in err, err
+
+
+@pytest.mark.parametrize(
+    "device, said",
+    [
+        ("foo", "--device='foo' is not a device: give cpu, cuda or cuda:<index>"),
+        ("meta", "--device='meta': the joint pass runs on cpu or cuda"),
+        ("cuda", "--device='cuda': this machine has no CUDA GPU; give --device cpu"),
+        ("cuda:1", "--device='cuda:1': this machine has no CUDA GPU"),
+    ],
+)
+def test_joint_device_errors_are_one_line(tmp_path, capsys, monkeypatch, device, said):
+    import torch
+    from test_cli_errors import joint, stored_job
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("vvm.joint.rebuild_models", lambda *a: pytest.fail("a model was rebuilt first"))
+    sweep = tmp_path / "sweep"
+    stored_job(sweep, "0", seed=0)
+    err = joint(capsys, str(sweep), "--device", device, "--out", str(tmp_path / "j"))
+    assert said in err, err
+
+
+def test_an_interrupt_ends_the_job_without_a_traceback(tmp_path, monkeypatch):
+    """Ctrl-C during an analysis (no Lightning there to turn it into SystemExit): pipeline.run records
+    ``interrupted`` and re-raises; the job then exits with status 130, no raw KeyboardInterrupt traceback."""
+    from compose import compose_cfg
+
+    import vvm.pipeline
+    from vvm import job
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vvm.pipeline, "run", interrupted)
+    monkeypatch.setattr(job, "resume_command", lambda: "python -m vvm")
+    with pytest.raises(SystemExit) as e:
+        job.run_job(compose_cfg(["dataset=digits", "logger=none"], tmp_path))
+    assert e.value.code == 130
+
+
+@pytest.mark.parametrize("content", ["[]", "null", '"ok"'])
+def test_resume_runs_a_job_whose_result_json_is_not_a_record_again(tmp_path, content, caplog):
+    from vvm.job import completed_result
+
+    (tmp_path / "result.json").write_text(content)
+    with caplog.at_level(logging.WARNING, logger="vvm.job"):
+        assert completed_result(tmp_path, {"seed": 0}) is None
+    assert "holds no job's record" in caplog.text and "computing it again" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- item 4
+def test_joint_says_which_seed_the_pass_used_and_why_a_block_differs(tmp_path):
+    from test_cli_errors import stored_job
+
+    from vvm.joint import pass_settings
+    from vvm.records import read_jobs
+
+    sweep = tmp_path / "sweep"
+    for job in range(2):
+        stored_job(sweep, str(job), seed=job)
+    jobs, _ = read_jobs(sweep)
+    settings, notes = pass_settings(jobs, {})
+    assert settings.seed == 0
+    assert notes[0] == (
+        "the data order (the examples in each batch, the same for every model) is seed 0 (job 0's seed)"
+    )
+    assert len(notes) == 2 and notes[1].startswith("job 1 (") and "its own map came from seed 1" in notes[1]
+    assert "sampling noise of other batches" in notes[1]
+    settings, notes = pass_settings(jobs, {"seed": 1, "batch_size": 12})
+    assert settings.seed == 1 and notes[0].endswith("is seed 1 (from --seed)")
+    assert [n.split(" (")[0] for n in notes[1:]] == ["job 0", "job 1"]
+    assert "seed 0, cka.batch_size=16, here 12" in notes[1] and "from cka.batch_size=16, here 12" in notes[2]
