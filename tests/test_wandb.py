@@ -340,3 +340,29 @@ def test_wandb_under_ddp_logs_from_rank_zero_only(tmp_path):
     _run_dir, records = offline_run(out)  # exactly one run: rank 1 made none
     assert len([r for r in history(records) if "cka/heatmap/filenames" in r]) == 1
     assert exit_code(records) == 0
+
+
+@pytest.mark.slow
+def test_a_sweep_is_one_wandb_group_and_each_job_reports(tmp_path):
+    """Every job of a sweep and the sweep's summary run share the sweep's group; a random-init job's config has
+    no training recipe; each job's artifact holds its results and its vvm.log ends with its report."""
+    sweep_dir = tmp_path / "multirun" / "2026-01-02" / "03-04-05"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["NETRC"] = str(tmp_path / "no-netrc")  # no API key: auto is offline
+    args = ["-m", "model=r18,r34", *SMALL[1:], "logger=wandb", f"hydra.sweep.dir={sweep_dir}"]
+    run_vvm(args, tmp_path, env=env, timeout=900)
+    for job, model in (("0", "r18"), ("1", "r34")):
+        run_dir, records = offline_run(sweep_dir / job)
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        assert run.run_group == "sweep-2026-01-02_03-04-05" and run.job_type == f"{model}-random-synthetic"
+        config = items(records, "config")
+        assert config["model"]["name"] == model and "train" not in config  # nothing was trained
+        assert artifacts(records, "results") == {
+            f"{model}-random-synthetic-s0-results": ["cka.npz", "result.json"]
+        }
+        log = (sweep_dir / job / "vvm.log").read_text()
+        assert "vvm: job ok in" in log and f"upload with    wandb sync {run_dir}" in log
+    (summary_run,) = sorted((sweep_dir / "wandb").glob("offline-run-*"))
+    (summary_file,) = summary_run.glob("*.wandb")
+    (run,) = [r.run for r in wandb_records(summary_file) if r.WhichOneof("record_type") == "run"]
+    assert run.run_group == "sweep-2026-01-02_03-04-05" and run.job_type == "sweep-summary"

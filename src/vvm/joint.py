@@ -360,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when there is one)")
     p.add_argument("--out", help="output directory (default: <sweep dir>/joint)")
     p.add_argument("--logger", choices=("auto", "wandb", "none"), default="auto",
-                   help="auto: W&B when the sweep's jobs logged to W&B (offline unless WANDB_MODE=online)")  # fmt: skip
+                   help="auto: W&B when the sweep's jobs logged to W&B (online when logged in to W&B, else offline)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     from vvm.io import InputError, exit_with_error

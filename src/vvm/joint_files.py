@@ -146,7 +146,7 @@ def pair_figures(res: Any, by_tag: dict[str, JointJob], folder: Path, what: str,
 
 
 def log_to_wandb(files: dict[str, Any], jobs: list[JointJob], out: Path, sweep_dir: Path) -> Path | None:
-    """The figures and the table in a W&B run (project and mode of the jobs' loggers; offline by default)."""
+    """The figures and the table in a W&B run (project, group and mode of the jobs' loggers: the sweep's group; mode auto by default)."""
     from vvm.loggers import log_files_run
     from vvm.settings import WandbSettings
     from vvm.sweep import sweep_name

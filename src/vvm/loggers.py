@@ -282,7 +282,7 @@ def log_files_run(
     summary: dict[str, Any] | None = None,
 ) -> Path | None:
     """A W&B run of its own for files made outside a job (a sweep's joint CKA): ``images`` (key -> file) and
-    ``tables`` (key -> pandas DataFrame), in ``run_dir``; offline unless ``mode``/``$WANDB_MODE`` says otherwise.
+    ``tables`` (key -> pandas DataFrame), in ``run_dir``; in the mode :func:`vvm.wandb_run.choose_mode` makes of ``mode`` (else ``$WANDB_MODE``, else auto).
     Returns the W&B run directory; W&B trouble is an exception for the caller to report."""
     import wandb
 

@@ -15,7 +15,7 @@ reads those files back and writes, atomically, into the sweep dir:
 - when the jobs ran per-layer analyses (``analyses=[erf,attention,probe]``): ``summary-<analysis>.png``/``.pdf``,
   every model on one relative-depth axis, a colour per family, random inits dashed and trained ones solid;
 - when the jobs logged to W&B: the grid, the measures' and the analyses' figures and the table in a W&B run of the
-  sweep's group (offline unless the jobs were online); a W&B failure is logged and never fails the sweep.
+  sweep's group (the jobs' W&B mode); a W&B failure is logged and never fails the sweep.
 
 Failing jobs do not stop the sweep: :func:`vvm.job.run_job` records a failure in the job's ``result.json`` and
 returns, and the summary lists it. The sweep itself exits 0 once its summary is written, unless

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vvm.analyses.common import TokenGrid, analysis_mode, device_of, split_model, token_grid
+from vvm.analyses.common import TokenGrid, analysis_mode, device_of, progress, split_model, token_grid
 
 # a head whose patch queries put more than this share of their attention on the class/prefix tokens is listed
 MOSTLY_PREFIX = 0.5
@@ -200,7 +200,7 @@ def mean_attention_distance(
         for m in fused:
             m.fused_attn = False
         with torch.no_grad(), analysis_mode(model):
-            for chunk in images.split(max(1, int(batch_size))):
+            for chunk in progress(images.split(max(1, int(batch_size))), "attention distances"):
                 net(preprocess(chunk.to(device, torch.float32)))
     finally:
         for h in handles:

@@ -215,3 +215,11 @@ def relative_depth(tracked: Sequence[str], layers: Sequence[str]) -> np.ndarray:
             raise ValueError(f"layer {name!r} is not among the tracked layers")
         out.append((i + 1) / total)
     return np.asarray(out, dtype=np.float64)
+
+
+def progress(items: Iterable[Any], desc: str, total: int | None = None) -> Iterable[Any]:
+    """``items`` with a tqdm progress bar on stderr, as the CKA pass (Lightning's) and the joint pass have one;
+    removed when the loop ends. ``TQDM_DISABLE=1`` turns every such bar off."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True)

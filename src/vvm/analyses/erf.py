@@ -49,6 +49,7 @@ from vvm.analyses.common import (
     Capture,
     analysis_mode,
     device_of,
+    progress,
     relative_depth,
     spatial_map,
     split_model,
@@ -255,7 +256,7 @@ def effective_receptive_fields(
     device, start = device_of(net), 0
     with torch.inference_mode(False), torch.enable_grad(), analysis_mode(model):
         with Capture(net, names, _centre(token_grid(net), grids)) as cap:
-            for chunk in images.split(max(1, int(batch_size))):
+            for chunk in progress(images.split(max(1, int(batch_size))), "effective receptive fields"):
                 x = preprocess(chunk.clone().to(device, torch.float32)).detach().requires_grad_(True)
                 net(x)
                 centres = cap.take()

@@ -44,6 +44,7 @@ from vvm.analyses.common import (
     device_of,
     plan_loader,
     pooled,
+    progress,
     relative_depth,
     split_model,
     token_grid,
@@ -276,8 +277,8 @@ class _Features:
     def __init__(self, preprocess: Any, net: nn.Module, cap: Capture, device: torch.device) -> None:
         self.preprocess, self.net, self.cap, self.device = preprocess, net, cap, device
 
-    def __call__(self, batches: Iterable[Any]):
-        for images, labels in batches:
+    def __call__(self, batches: Iterable[Any], desc: str = "linear probes"):
+        for images, labels in progress(batches, desc):
             self.net(self.preprocess(images.to(self.device, torch.float32)))
             yield {n: f.double() for n, f in self.cap.take().items()}, labels.to(self.device).long()
 
@@ -290,7 +291,7 @@ def _correct(f: Tensor, y: Tensor, w: Tensor, b: Tensor) -> Tensor:
 
 def _fit(features: _Features, batches: Iterable[Any], k: int, max_mib: float) -> dict[str, RidgeStats]:
     stats: dict[str, RidgeStats] = {}
-    for feats, y in features(batches):
+    for feats, y in features(batches, "linear probes: fit"):
         stats = stats or _allocate(feats, k, max_mib, features.device)
         for name, f in feats.items():
             stats[name].update(f, one_vs_rest(y, k))
@@ -316,7 +317,7 @@ def _score(features: _Features, batches: Iterable[Any], solved: dict, stats: dic
         name: torch.zeros(w.shape[0], dtype=torch.float64, device=w.device) for name, (w, _) in solved.items()
     }
     n = 0
-    for feats, y in features(batches):
+    for feats, y in features(batches, "linear probes: score"):
         n += y.numel()
         for name, f in feats.items():
             right[name] += _correct(f, y, *solved[name])
