@@ -173,7 +173,7 @@ stop_pid() { # the pid file `up` left, its process only
 down() {
 	# the jobs still on this test cluster first (their steps would outlive slurmd)
 	if [ -f "$DIR/slurmctld.started" ]; then
-		SLURM_CONF=$CONF scancel --full --quiet --partition="$PARTITION" 2>/dev/null || true
+		SLURM_CONF=$CONF scancel --quiet --partition="$PARTITION" 2>/dev/null || true
 		sleep 1
 	fi
 	stop_pid slurmd
