@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -121,9 +122,11 @@ def _rows(sweep_dir: Path) -> list[dict[str, str]]:
 
 
 def _job_of(sweep_dir: Path, task: int) -> str:
-    """The Slurm id (``<array>_<task>``) of the sweep's job number ``task``, from submitit's folders."""
-    ids = [p.name for p in (sweep_dir / ".submitit").iterdir() if p.name.endswith(f"_{task}")]
-    assert len(ids) == 1, ids
+    """The Slurm id of the sweep's job number ``task`` (``<array>_<task>``; a sweep of one job is a plain job),
+    from submitit's folders."""
+    names = [p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir()]
+    ids = [n for n in names if n.endswith(f"_{task}")] or [n for n in names if n.isdigit()]
+    assert len(ids) == 1, names
     return ids[0]
 
 
@@ -262,23 +265,23 @@ def test_ddp_over_two_slurm_tasks_equals_one_process(tmp_path):
 
 
 def test_the_joint_pass_as_a_slurm_job(tmp_path):
-    """A sweep on the cluster, then `python -m vvm.joint` as a batch job of its own (the README's sbatch line)."""
+    """A sweep on the cluster prints the sbatch line of its joint pass; that line, run as printed (plus --wait),
+    is a batch job of its own that writes the joint files."""
     sweep_dir = tmp_path / "sweep"
-    _sweep(
+    proc = _sweep(
         [*DIGITS, "model=r18,r34", "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep_dir}"],
         cwd=tmp_path,
     )
-    line = [
-        "sbatch",
-        "--parsable",
-        "--wait",
-        f"--partition={PARTITION}",
-        "--cpus-per-task=1",
-        "--mem=4G",
-        f"--output={sweep_dir}/joint-%j.out",
-        f"--wrap={sys.executable} -m vvm.joint {sweep_dir}",
+    (line,) = [
+        ln.split("the joint pass of this sweep as a Slurm job: ", 1)[1]
+        for ln in (proc.stdout + proc.stderr).splitlines()
+        if "the joint pass of this sweep as a Slurm job: " in ln
     ]
-    done = subprocess.run(line, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
+    args = shlex.split(line)
+    assert args[0] == "sbatch" and f"--partition={PARTITION}" in args and "--cpus-per-task=1" in args
+    done = subprocess.run(
+        [args[0], "--wait", *args[1:]], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900
+    )
     (out,) = sweep_dir.glob("joint-*.out")
     assert done.returncode == 0, out.read_text()[-4000:]
     joint = np.load(sweep_dir / "joint" / "joint.npz")

@@ -4,11 +4,13 @@ tests/test_slurm.py)."""
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 
 from vvm.schema import compose_config as compose
 from vvm.settings import ConfigError
-from vvm.slurm import Node, Partition, fit_requests, gpu_count, minutes
+from vvm.slurm import Node, Partition, fit_requests, gpu_count, joint_sbatch_line, minutes
 
 SMALL = Partition("debug", (Node("vm", 2, 23081, 0),))  # this machine, as scripts/slurm-local.sh declares it
 GPUS = Partition("gpu", (Node("g1", 64, 512_000, 4), Node("g2", 32, 256_000, 8)), max_time_min=2880)
@@ -70,3 +72,20 @@ def test_the_launcher_config_leaves_the_requests_to_vvm(monkeypatch):
     assert lc.mem_gb is None and lc.max_num_timeout > 0  # a time limit requeues the job
     override = compose(["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=3", "hydra.launcher.mem_gb=5"])
     assert override.hydra.launcher.cpus_per_task == 3 and override.hydra.launcher.mem_gb == 5
+
+
+def test_the_joint_pass_line_uses_the_sweeps_site_settings():
+    params = fit_requests(
+        _params(account="lab", qos="short", setup=["module load cuda"], tasks_per_node=2),
+        {"accelerator": "gpu", "devices": 2},
+        GPUS,
+    )
+    args = shlex.split(joint_sbatch_line(params, "/runs/my sweep", "/env/bin/python"))
+    assert args[:3] == ["sbatch", "--partition=gpu", "--job-name=vvm-joint"]
+    assert {"--account=lab", "--qos=short", "--time=240", "--cpus-per-task=8", "--gpus-per-node=1"} <= set(
+        args
+    )
+    assert "--mem=32G" in args  # one task's share of the 64 GB asked for the node (2 tasks of 8 CPUs)
+    assert args[-2:] == ["--wrap", "module load cuda && /env/bin/python -m vvm.joint '/runs/my sweep'"]
+    cpu = joint_sbatch_line(fit_requests(_params(name="vvm"), {"accelerator": "cpu"}, SMALL), "s")
+    assert "--gpus-per-node=1" not in cpu and "--account" not in cpu

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -290,6 +291,24 @@ class SqueueWatcher(SlurmInfoWatcher):
         return super().read_info("JobID|State|NodeList\n" + text)
 
 
+def joint_sbatch_line(params: dict[str, Any], sweep_dir: str, python: str = "python") -> str:
+    """The ``sbatch`` line that runs the joint pass (``python -m vvm.joint``) over a finished sweep as a job of its
+    own, with the sweep's partition, account, QoS, setup lines, time limit and one task's CPUs and memory (one
+    GPU when the jobs had GPUs); its log goes to ``<sweep dir>/joint-<job id>.out``."""
+    tasks = int(params.get("tasks_per_node") or 1)
+    line = ["sbatch", f"--partition={params['partition']}", f"--job-name={params.get('name') or 'vvm'}-joint"]
+    line += [f"--{key}={params[key]}" for key in ("account", "qos") if params.get(key)]
+    line += [
+        f"--time={params.get('timeout_min') or 60}",
+        f"--cpus-per-task={params['cpus_per_task']}",
+        f"--mem={max(1, int(params['mem_gb']) // tasks)}G",
+        *(["--gpus-per-node=1"] if params.get("gpus_per_node") else []),
+        f"--output={sweep_dir}/joint-%j.out",
+    ]
+    command = [*(params.get("setup") or []), f"{python} -m vvm.joint {shlex.quote(str(sweep_dir))}"]
+    return shlex.join([*line, "--wrap", " && ".join(command)])
+
+
 def log_requests(params: dict[str, Any], partition: Partition) -> None:
     log.info(
         "Slurm partition %s: %s node(s), %s task(s) per node, %s CPUs per task, %s GB per node, %s GPUs per node",
@@ -311,6 +330,7 @@ __all__ = [
     "SqueueWatcher",
     "fit_requests",
     "gpu_count",
+    "joint_sbatch_line",
     "log_requests",
     "minutes",
     "query_partition",

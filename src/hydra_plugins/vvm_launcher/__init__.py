@@ -4,11 +4,15 @@ job starts, never when Hydra scans its plugins (every ``python -m vvm`` does).""
 
 from __future__ import annotations
 
+import logging
 import signal
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+log = logging.getLogger(__name__)
 
 
 class VVMSlurmLauncher(SlurmLauncher):
@@ -18,7 +22,13 @@ class VVMSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
         from omegaconf import OmegaConf
 
-        from vvm.slurm import fit_requests, log_requests, query_partition, watch_with_squeue
+        from vvm.slurm import (
+            fit_requests,
+            joint_sbatch_line,
+            log_requests,
+            query_partition,
+            watch_with_squeue,
+        )
 
         assert self.config is not None
         trainer = OmegaConf.to_container(self.config.trainer, resolve=True)
@@ -26,7 +36,10 @@ class VVMSlurmLauncher(SlurmLauncher):
         self.params = fit_requests(self.params, trainer, partition)
         log_requests(self.params, partition)
         watch_with_squeue()
-        return super().launch(job_overrides, initial_job_idx)
+        returns = super().launch(job_overrides, initial_job_idx)
+        line = joint_sbatch_line(self.params, str(self.config.hydra.sweep.dir), sys.executable)
+        log.info("the joint pass of this sweep as a Slurm job: %s", line)
+        return returns
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from vvm.slurm import SigtermSeen, requeue_if_running
