@@ -10,6 +10,7 @@ VVM_SLURM_PARTITION) and reads what the jobs wrote. The jobs are as small as the
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import shutil
@@ -213,15 +214,21 @@ def test_sigterm_mid_training_requeues_and_resumes_to_the_same_weights(tmp_path)
 
 
 def test_a_job_past_its_time_limit_is_requeued_and_finishes(tmp_path):
-    """A 3-minute time limit that the training outlasts: Slurm's warning (USR2, signal_delay_s before the limit;
-    Slurm sends it up to 30 s earlier still) has submitit requeue the job, which resumes from its last saved epoch
-    and finishes. (A 1-minute limit would be signalled before Python starts.)"""
+    """A 3-minute time limit that the training outlasts: Slurm's warning (USR2, signal_delay_s before the limit,
+    give or take its 30 s clock) has submitit requeue the job, which resumes from its last saved epoch and
+    finishes. The training is sized on this machine (a 2-epoch run first) to last about 150 s, so that the first
+    time slot (the signal comes 90-120 s in) cannot hold it on a fast machine, and a slow one is not kept for long.
+    (A 1-minute limit would be signalled before Python starts.)"""
+    calib = tmp_path / "calibrate"
+    short = [a for a in TRAIN if not a.startswith("train.epochs")]
+    run_vvm([*short, "train.epochs=2", f"paths.checkpoints={calib}", f"hydra.run.dir={calib}"], cwd=tmp_path)
+    epoch_s = json.loads((calib / "result.json").read_text())["train_seconds"] / 2
+    epochs = min(400, max(4, math.ceil(150 / epoch_s)))
     sweep_dir = tmp_path / "sweep"
-    longer = [a for a in TRAIN if not a.startswith("train.epochs")]
     proc = _start_sweep(
         [
-            *longer,
-            "train.epochs=6",
+            *short,
+            f"train.epochs={epochs}",
             f"paths.checkpoints={tmp_path / 'ckpt'}",
             "hydra.launcher.timeout_min=3",
             "hydra.launcher.signal_delay_s=60",
@@ -234,7 +241,7 @@ def test_a_job_past_its_time_limit_is_requeued_and_finishes(tmp_path):
     job = _job_of(sweep_dir, 0)
     assert int(_scontrol(job)["Restarts"]) >= 1
     res = json.loads((sweep_dir / "0" / "result.json").read_text())
-    assert res["status"] == "ok" and res["resumed_from"] and res["train_epochs"] == 6
+    assert res["status"] == "ok" and res["resumed_from"] and res["train_epochs"] == epochs
     log = (sweep_dir / ".submitit" / job / f"{job}_0_log.err").read_text()
     assert "this job is timed-out" in log and "Exiting gracefully after preemption/timeout" in log
 
