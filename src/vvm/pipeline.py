@@ -241,12 +241,16 @@ def is_interrupt(e: BaseException) -> bool:
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """While the job runs, SIGTERM (SLURM's cancel, ``kill``) raises KeyboardInterrupt as Ctrl-C does, so the
-    job records that it was interrupted instead of vanishing. Lightning's own handler runs first during a fit."""
+    job records that it was interrupted instead of vanishing. Lightning's own handler runs first during a fit; a
+    handler that was there before (:class:`vvm.slurm.SlurmLauncher`'s, which requeues a Slurm job) is called
+    before the interrupt is raised."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
+        if callable(previous):
+            previous(signum, frame)
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, handler)
