@@ -80,7 +80,7 @@ def pooled_run(feats, batch, pool, measures=("cka", "rsa", "knn"), params=None):
 def test_knn_and_rsa_on_pools_match_the_references_whatever_the_batch_size():
     feats = make_layer_batches([100], DIMS, seed=21, dtype=torch.float64)[0]
     params = {"knn": {"k": 5, "n": 32}, "rsa": {"n": 32, "distance": "euclidean"}}
-    runs = {b: pooled_run(feats, b, 32, params=params)[0] for b in (8, 16, 33)}
+    runs = {b: pooled_run(feats, b, 32, params=params)[0] for b in (8, 33)}
     pools = [[f[32 * p : 32 * (p + 1)] for f in feats] for p in range(3)]  # 100 = 3 pools of 32 + 4 left over
     for name, fn in (
         ("knn", lambda x, y: ref.knn(x, y, 5)),
