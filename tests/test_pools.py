@@ -295,3 +295,17 @@ def test_diff_is_clean_across_batch_sizes_and_refuses_another_k(tmp_path):
     cka_difference(tmp_path / "b8", tmp_path / "b24")  # CKA: clean (different batches, unpaired)
     with pytest.raises(InputError, match=r"differ in measure.knn.k \(10 vs 3\)"):
         cka_difference(tmp_path / "b8", tmp_path / "k3", measure="knn")
+
+
+def test_a_pools_gram_from_its_lower_triangle_is_the_full_gram():
+    """Pools' Grams are computed as row blocks on and below the diagonal, mirrored: the same Gram and raw parts."""
+    from vvm.cka.functional import linear_gram
+
+    x = torch.randn(301, 700, generator=torch.Generator().manual_seed(26), dtype=torch.float64) + 5.0
+    for chunk in (None, 1 << 14):
+        full, parts = linear_gram(x, chunk_elements=chunk, raw=True)
+        tri, tparts = linear_gram(x, chunk_elements=chunk, raw=True, row_blocks=3)
+        assert torch.equal(tri, tri.T)
+        np.testing.assert_allclose(tri.numpy(), full.numpy(), rtol=1e-12, atol=1e-9)
+        for a, b in zip(parts, tparts):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
