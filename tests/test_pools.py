@@ -309,3 +309,21 @@ def test_a_pools_gram_from_its_lower_triangle_is_the_full_gram():
         np.testing.assert_allclose(tri.numpy(), full.numpy(), rtol=1e-12, atol=1e-9)
         for a, b in zip(parts, tparts):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_joint_notes_jobs_run_with_other_settings(tmp_path, caplog):
+    from compose import compose_settings
+
+    from vvm.joint import setting_notes
+    from vvm.records import JointJob
+
+    def job(name, *overrides):
+        settings = compose_settings(["dataset=digits", *overrides], tmp_path / name)
+        return JointJob(name, name, "r18", "random", "resnet", settings, {})
+
+    jobs = [job("0"), job("1", "measure.knn.k=5", "cka.batch_size=64")]
+    notes = setting_notes(jobs, ["cka", "knn"])
+    assert len(notes) == 1 and "job 1" in notes[0] and "measure.knn.k (5 vs 10)" in notes[0]
+    assert "batch_size" not in notes[0]  # the CKA batch size moves no measure's expectation
+    assert "measure.knn.k (5 vs 10)" in caplog.text
+    assert setting_notes(jobs, ["cka"]) == []  # CKA alone: k is not its setting
