@@ -34,8 +34,11 @@ def reference(batches, fn):
 
 
 # ---------------------------------------------------------------------------------------------- the references
-@pytest.mark.parametrize("distance", ["correlation", "euclidean", "sqeuclidean"])
-@pytest.mark.parametrize("correlation", ["spearman", "pearson", "rho-a", "tau-a"])
+@pytest.mark.parametrize(
+    "correlation, distance",
+    [("spearman", d) for d in ("correlation", "euclidean", "sqeuclidean")]
+    + [(c, "correlation") for c in ("pearson", "rho-a", "tau-a")],
+)
 def test_rsa_single_batch_matches_scipy_and_rsatoolbox(correlation, distance):
     """Every distance (scipy's pdist) with every comparator (scipy; rsatoolbox's rho-a and tau-a)."""
     batches = make_layer_batches([40], [4, 200, 7, 60], seed=1, dtype=torch.float64)  # d << n and d >> n

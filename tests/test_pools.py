@@ -80,7 +80,7 @@ def pooled_run(feats, batch, pool, measures=("cka", "rsa", "knn"), params=None):
 def test_knn_and_rsa_on_pools_match_the_references_whatever_the_batch_size():
     feats = make_layer_batches([100], DIMS, seed=21, dtype=torch.float64)[0]
     params = {"knn": {"k": 5, "n": 32}, "rsa": {"n": 32, "distance": "euclidean"}}
-    runs = {b: pooled_run(feats, b, 32, params=params)[0] for b in (8, 16, 33)}
+    runs = {b: pooled_run(feats, b, 32, params=params)[0] for b in (8, 33)}
     pools = [[f[32 * p : 32 * (p + 1)] for f in feats] for p in range(3)]  # 100 = 3 pools of 32 + 4 left over
     for name, fn in (
         ("knn", lambda x, y: ref.knn(x, y, 5)),
@@ -295,3 +295,35 @@ def test_diff_is_clean_across_batch_sizes_and_refuses_another_k(tmp_path):
     cka_difference(tmp_path / "b8", tmp_path / "b24")  # CKA: clean (different batches, unpaired)
     with pytest.raises(InputError, match=r"differ in measure.knn.k \(10 vs 3\)"):
         cka_difference(tmp_path / "b8", tmp_path / "k3", measure="knn")
+
+
+def test_a_pools_gram_from_its_lower_triangle_is_the_full_gram():
+    """Pools' Grams are computed as row blocks on and below the diagonal, mirrored: the same Gram and raw parts."""
+    from vvm.cka.functional import linear_gram
+
+    x = torch.randn(301, 700, generator=torch.Generator().manual_seed(26), dtype=torch.float64) + 5.0
+    for chunk in (None, 1 << 14):
+        full, parts = linear_gram(x, chunk_elements=chunk, raw=True)
+        tri, tparts = linear_gram(x, chunk_elements=chunk, raw=True, row_blocks=3)
+        assert torch.equal(tri, tri.T)
+        np.testing.assert_allclose(tri.numpy(), full.numpy(), rtol=1e-12, atol=1e-9)
+        for a, b in zip(parts, tparts):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_joint_notes_jobs_run_with_other_settings(tmp_path, caplog):
+    from compose import compose_settings
+
+    from vvm.joint import setting_notes
+    from vvm.records import JointJob
+
+    def job(name, *overrides):
+        settings = compose_settings(["dataset=digits", *overrides], tmp_path / name)
+        return JointJob(name, name, "r18", "random", "resnet", settings, {})
+
+    jobs = [job("0"), job("1", "measure.knn.k=5", "cka.batch_size=64")]
+    notes = setting_notes(jobs, ["cka", "knn"])
+    assert len(notes) == 1 and "job 1" in notes[0] and "measure.knn.k (5 vs 10)" in notes[0]
+    assert "batch_size" not in notes[0]  # the CKA batch size moves no measure's expectation
+    assert "measure.knn.k (5 vs 10)" in caplog.text
+    assert setting_notes(jobs, ["cka"]) == []  # CKA alone: k is not its setting

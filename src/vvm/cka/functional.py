@@ -102,8 +102,17 @@ class RawParts(NamedTuple):
     d: Tensor
 
 
+def _add_lower(k: Tensor, xc: Tensor, row_blocks: int) -> None:
+    """``k += xc xcᵀ`` on the blocks on and below the diagonal of ``row_blocks`` row blocks (about half the work
+    of the full product for many blocks); :func:`linear_gram` mirrors the lower triangle at the end."""
+    n = xc.shape[0]
+    edges = [round(i * n / row_blocks) for i in range(row_blocks + 1)]
+    for a, b in zip(edges[:-1], edges[1:]):
+        k[a:b, :b].addmm_(xc[a:b], xc[:b].T)
+
+
 def linear_gram(
-    x: Tensor, *, chunk_elements: int | None = None, raw: bool = False
+    x: Tensor, *, chunk_elements: int | None = None, raw: bool = False, row_blocks: int = 1
 ) -> Tensor | tuple[Tensor, RawParts]:
     """Linear kernel ``Xc Xcᵀ`` of the column-centred, flattened features, in ``x``'s dtype.
 
@@ -113,6 +122,8 @@ def linear_gram(
     centring the whole matrix first). Column blocks change nothing in the result but the summation order.
     ``raw``: also the :class:`RawParts` of the raw features' Gram, from the same centred blocks in float64
     (more accurate than a Gram of the raw features, whose mean can dwarf what tells the examples apart).
+    ``row_blocks > 1``: only the blocks on and below the diagonal of that many row blocks are computed and the
+    lower triangle mirrored (a pool's large Gram, :mod:`vvm.cka.pools`: about half the work); 1: the full product.
     """
     x = flatten_features(x)
     n, d = x.shape
@@ -123,7 +134,10 @@ def linear_gram(
     k = None
     for start in range(0, max(d, 1), max(cols, 1)):
         xc, m = _centred(x if cols >= d else x[:, start : start + cols])
-        if cols >= d:
+        if row_blocks > 1:
+            k = torch.zeros(n, n, dtype=x.dtype, device=x.device) if k is None else k
+            _add_lower(k, xc, row_blocks)
+        elif cols >= d:
             k = xc @ xc.T
         else:
             k = torch.zeros(n, n, dtype=x.dtype, device=x.device) if k is None else k
@@ -136,6 +150,8 @@ def linear_gram(
             parts.sq.add_((block * block).sum(dim=1))
             parts.rs.add_(block.sum(dim=1))
     assert k is not None
+    if row_blocks > 1:
+        k = k.tril() + k.tril(-1).T
     return k if parts is None else (k, parts)
 
 

@@ -74,6 +74,7 @@ def recorder_options(measures: Mapping[str, Measure], precision: str) -> dict[st
     return {
         "min_n": smallest.min_n, "min_reason": smallest.min_reason, "tf32": precision == "fast",
         "out_dtype": torch_dtype(precision), "raw": any(m.needs_raw for m in measures.values()),
+        "pooled": any(m.pooled for m in measures.values()),
     }  # fmt: skip
 
 

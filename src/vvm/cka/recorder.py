@@ -36,6 +36,9 @@ CUDA_CHUNK_ELEMENTS = 1 << 26
 # intra-op threads for a hook's Gram on a CPU (None: torch's setting); see docs/benchmarks.md for the measurement
 CPU_GRAM_THREADS: int | None = None
 
+# the row block of a pool's Gram (pooled measures): blocks on and below the diagonal only, mirrored
+POOL_ROW_BLOCK = 128
+
 BatchKernels = dict[str, dict[str, Tensor]]
 BatchParts = dict[str, dict[str, RawParts]]
 
@@ -51,9 +54,12 @@ def first_tensor(out: object, layer: str = "?") -> Tensor:
     return t
 
 
-def layer_gram(output: Tensor, *, tf32: bool, raw: bool = False) -> Tensor | tuple[Tensor, RawParts]:
+def layer_gram(
+    output: Tensor, *, tf32: bool, raw: bool = False, row_blocks: int = 1
+) -> Tensor | tuple[Tensor, RawParts]:
     """The float32 linear Gram of one layer's output (features centred first), autocast off; ``raw``: with the
-    :class:`~vvm.cka.functional.RawParts` that rebuild the Gram of the raw features."""
+    :class:`~vvm.cka.functional.RawParts` that rebuild the Gram of the raw features; ``row_blocks``: see
+    :func:`~vvm.cka.functional.linear_gram`."""
     x = output.detach().reshape(output.shape[0], -1)
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
@@ -61,7 +67,7 @@ def layer_gram(output: Tensor, *, tf32: bool, raw: bool = False) -> Tensor | tup
     on_cpu = x.device.type == "cpu"
     chunk = CPU_CHUNK_ELEMENTS if on_cpu else CUDA_CHUNK_ELEMENTS
     with sealed(x.device.type), matmul_precision(tf32), cpu_threads(CPU_GRAM_THREADS if on_cpu else None):
-        return linear_gram(x, chunk_elements=chunk, raw=raw)
+        return linear_gram(x, chunk_elements=chunk, raw=raw, row_blocks=row_blocks)
 
 
 def _check_disjoint(models: dict[str, nn.Module], modules: dict[str, list[str]]) -> None:
@@ -101,6 +107,9 @@ class KernelRecorder:
             raw (uncentred) features, as ``on_batch(..., raw={key: {layer: parts}})`` (a measure that needs
             cosine similarities of the features as they are asks for them).
         min_reason: what needs ``min_n`` examples, for the warning when a batch is skipped.
+        pooled: the batches are pools of a :class:`~vvm.cka.pools.PassPlan` (hundreds of examples): their Grams
+            are computed as a lower triangle of row blocks and mirrored (half the work; CKA alone: the full
+            product, as before).
     """
 
     def __init__(
@@ -115,9 +124,11 @@ class KernelRecorder:
         on_skip: Callable[[int], None] | None = None,
         raw: bool = False,
         min_reason: str = "the estimator",
+        pooled: bool = False,
     ) -> None:
         _check_disjoint(models, modules)
         self.raw = raw
+        self.pooled = pooled
         self.min_reason = min_reason
         self.models = models
         self.modules = modules
@@ -174,7 +185,9 @@ class KernelRecorder:
                 self._skip = True
                 return
             self._note_dtype(t.dtype)
-            gram = layer_gram(t, tf32=self.tf32, raw=self.raw)
+            # a pool's Gram (hundreds of examples): the lower triangle in row blocks of about 128, mirrored
+            blocks = max(1, n // POOL_ROW_BLOCK) if self.pooled else 1
+            gram = layer_gram(t, tf32=self.tf32, raw=self.raw, row_blocks=blocks)
             if isinstance(gram, tuple):
                 gram, self._parts[(key, name, call)] = gram
             self._kernels[(key, name, call)] = gram.to(self.out_dtype)
