@@ -16,15 +16,8 @@ from sklearn.linear_model import Ridge, RidgeClassifier
 from torch import nn
 
 from vvm.analyses import RidgeStats, linear_probe
-from vvm.analyses.probe import (
-    ProbeResult,
-    ProbeSettings,
-    binomial_se,
-    mcnemar_exact,
-    one_vs_rest,
-    paired_comparison,
-    probe_plans,
-)
+from vvm.analyses.paired import binomial_se, mcnemar_exact, paired_comparison
+from vvm.analyses.probe import ProbeResult, ProbeSettings, one_vs_rest, probe_plans
 
 LAYERS = ["0", "2", "4"]
 
