@@ -149,7 +149,7 @@ def heatmap_figure(
         assert uncertainty is not None
         hw = np.asarray(uncertainty.halfwidth, dtype=float)
         top = float(np.nanmax(hw)) or 1e-3
-        draw_heatmap(axes[1], hw, layers_x, layers_y, title="uncertainty", xlabel=xlabel, vmin=0.0, vmax=top,
+        draw_heatmap(axes[1], hw, layers_x, layers_y, title="uncertainty of each entry", xlabel=xlabel, vmin=0.0, vmax=top,
                      cmap="Greys", cbar_label=uncertainty.label, max_ticks=max_ticks, show_ticks=False)  # fmt: skip
     if notes:
         fig.supxlabel(" · ".join(notes), fontsize=7)
