@@ -266,3 +266,15 @@ def test_joint_and_correspondence_figures():
     assert figure_problems(fig) == []
     styles = [line.get_linestyle() for line in fig.axes[0].get_lines()]
     assert styles == [":", "-.", "--"]  # reference dotted, one of each dash-dot, random dashed
+
+
+def test_colour_range_is_a_typed_setting_that_reaches_the_callback(tmp_path):
+    from compose import compose_settings
+    from hydra.errors import ConfigCompositionException
+
+    from vvm.callbacks.cka import CKACallback
+
+    job = compose_settings(["cka.colour_range=auto"], tmp_path)
+    assert CKACallback.from_settings(job.cka, tmp_path).colour_range == "auto"
+    with pytest.raises(ConfigCompositionException, match="colour_range"):  # an enum: checked as Hydra merges
+        compose_settings(["cka.colour_range=tight"], tmp_path)

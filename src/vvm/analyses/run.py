@@ -95,7 +95,7 @@ def run_analyses(
     out: dict[str, dict[str, Any]] = {}
     for name in check_names(names):
         t = time.perf_counter()
-        label = f"{title} - {name}" if title else None
+        label = title  # the figure says which analysis it is
         if name == "erf":
             images = first_images(dm.cka_batches(), settings.erf.n_images)
             e = settings.erf

@@ -25,6 +25,11 @@ def _names(a: Any) -> list[str]:
     return [str(n) for n in np.atleast_1d(a)]
 
 
+def heading(what: str, title: str | None) -> str:
+    """A figure's title: what it shows, then whose it is (``effective receptive fields · r18 (random, ...)``)."""
+    return f"{what} · {title}" if title else what
+
+
 def _shown(n: int, most: int) -> list[int]:
     if n <= most:
         return list(range(n))
@@ -72,7 +77,7 @@ def erf_figure(arrays: Mapping[str, Any], *, title: str | None = None) -> Figure
     ax.set_ylim(0, None)
     ax.legend(fontsize=7)
     n = int(np.asarray(arrays.get("n_images", 0)))
-    fig.suptitle(title or "effective receptive fields")
+    fig.suptitle(heading("effective receptive fields", title))
     fig.supxlabel(f"Luo et al. (2016): gradient of the centre unit, mean over {n} images, "
                   f"{maps.shape[1]}×{maps.shape[2]} px input", fontsize=7)  # fmt: skip
     return fit_canvas(fig)
@@ -88,7 +93,9 @@ def uniform_distance(grid: Any, patch: Any) -> float:
 
 
 def attention_figure(arrays: Mapping[str, Any], *, title: str | None = None) -> Figure:
-    """Mean attention distance of every head (dots) and their mean (line), block by block, in input pixels."""
+    """Mean attention distance of every head (dots) and their mean (line), block by block, in input pixels;
+    uniform attention over the patch grid dotted."""
+    title = heading("mean attention distance", title)
     blocks, dist = _names(arrays["blocks"]), np.asarray(arrays["distance"], dtype=float)
     x = np.arange(len(blocks))
     fig = Figure(figsize=(max(5.0, 0.28 * len(blocks) + 2.5), 4.0), layout="constrained")
@@ -115,7 +122,9 @@ def attention_figure(arrays: Mapping[str, Any], *, title: str | None = None) -> 
 
 
 def probe_figure(arrays: Mapping[str, Any], *, title: str | None = None) -> Figure:
-    """Linear-probe accuracy on the evaluation split per layer, with chance (1 / classes) dotted."""
+    """Linear-probe accuracy on the evaluation split per layer (± 1.96 binomial standard errors where the file
+    holds them), with chance (1 / classes) dotted."""
+    title = heading("linear probes", title)
     layers, acc = _names(arrays["layers"]), np.asarray(arrays["accuracy"], dtype=float)
     x = np.arange(len(layers))
     fig = Figure(figsize=(max(5.0, 0.22 * len(layers) + 2.5), 4.0), layout="constrained")

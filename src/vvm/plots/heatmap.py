@@ -18,6 +18,7 @@ from vvm.io import atomic_path
 from vvm.plots.style import REFERENCE, colour_limits, fit_canvas, stages
 
 NAN_COLOUR = "#bdbdbd"
+STAGE_COLOUR = "#6f6f6f"  # lines between stages: visible on the light and the dark end of magma
 MAX_TICKS = 64  # every layer named up to this many (term_project, all of r18); every k-th beyond
 
 
@@ -28,10 +29,10 @@ def _tick_labels(names: Sequence[str], max_ticks: int) -> tuple[list[int], list[
 
 
 def draw_stage_bounds(ax: Axes, layers_x: Sequence[str], layers_y: Sequence[str]) -> None:
-    """Thin white lines between the stages of long layer lists (``cka.layers=all``: r18's ``layer1``...)."""
+    """Thin grey lines between the stages of long layer lists (``cka.layers=all``: r18's ``layer1``...)."""
     for names, line in ((layers_x, ax.axhline), (layers_y, ax.axvline)):
         for _, start, _ in stages(names)[1:]:
-            line(start, color="white", lw=0.8, alpha=0.9)
+            line(start, color=STAGE_COLOUR, lw=0.7)
 
 
 def draw_heatmap(
@@ -149,8 +150,11 @@ def heatmap_figure(
         assert uncertainty is not None
         hw = np.asarray(uncertainty.halfwidth, dtype=float)
         top = float(np.nanmax(hw)) or 1e-3
-        draw_heatmap(axes[1], hw, layers_x, layers_y, title="uncertainty", xlabel=xlabel, vmin=0.0, vmax=top,
-                     cmap="Greys", cbar_label=uncertainty.label, max_ticks=max_ticks, show_ticks=False)  # fmt: skip
+        draw_heatmap(axes[1], hw, layers_x, layers_y, title="uncertainty of each entry", xlabel=xlabel, vmin=0.0, vmax=top,
+                     cmap="Greys", cbar_label=uncertainty.label, max_ticks=max_ticks, show_ticks=n <= 20)  # fmt: skip
+        axes[1].set_yticks([])
+        for spine in axes[1].spines.values():  # its white (certain) entries need an edge
+            spine.set_visible(True)
     if notes:
         fig.supxlabel(" · ".join(notes), fontsize=7)
     return fit_canvas(fig)

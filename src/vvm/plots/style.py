@@ -107,7 +107,7 @@ def colour_limits(matrix: np.ndarray, colour_range: str = "fixed") -> tuple[floa
 def stages(names: Sequence[str]) -> list[tuple[str, int, int]]:
     """Runs of consecutive layers that share a stage, ``(stage, start, end)``: the first dotted part of the name
     (``layer1`` of ``layer1.0.conv1``), or the first two when the first is shared by all (``blocks.3`` of
-    ``blocks.3.attn.qkv``); ``[]`` when that gives no grouping (one stage, or one layer per stage)."""
+    ``blocks.3.attn.qkv``); ``[]`` when that gives no grouping (one stage, or one layer in every stage)."""
     names = [str(n) for n in names]
     for depth in (1, 2):
         keys = [".".join(n.split(".")[:depth]) for n in names]
@@ -117,7 +117,7 @@ def stages(names: Sequence[str]) -> list[tuple[str, int, int]]:
                 runs[-1] = (k, runs[-1][1], i + 1)
             else:
                 runs.append((k, i, i + 1))
-        if 1 < len(runs) <= len(names) / 2:
+        if 1 < len(runs) < len(names):  # two stages at least, one of them holding two layers or more
             return runs
     return []
 
