@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test test-slow test-all lint format bench bench-peers bench-train bench-analyses bench-measures bench-smoke gpu-pkgs clean
+.PHONY: install test test-slow test-cluster cluster-up cluster-down test-all lint format bench bench-peers bench-train bench-analyses bench-measures bench-smoke gpu-pkgs clean
 
 CONSTRAINTS ?= .ci/constraints.txt
 
@@ -10,12 +10,24 @@ install:
 	$(PIP) install -c $(CONSTRAINTS) torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -c $(CONSTRAINTS) -e ".[dev]"
 
-## test: the default suite (CI runs this): everything but tests marked slow or gpu
+## test: the default suite (CI runs this): everything but tests marked slow, gpu or slurm
 test:
-	$(PYTHON) -m pytest -m "not slow and not gpu" -q
+	$(PYTHON) -m pytest -m "not slow and not gpu and not slurm" -q
 
 test-slow:
-	$(PYTHON) -m pytest -m "slow and not gpu" -q
+	$(PYTHON) -m pytest -m "slow and not gpu and not slurm" -q
+
+## test-cluster: the tests against a real Slurm (sweeps, preemption, time limits, DDP over tasks, the joint pass);
+## they skip without a cluster (fail under CI=true): make cluster-up first, make cluster-down after
+test-cluster:
+	$(PYTHON) -m pytest -m slurm -q
+
+## cluster-up / cluster-down: a one-node Slurm of this machine (Debian's slurm-wlm + munge; root)
+cluster-up:
+	scripts/slurm-local.sh up
+
+cluster-down:
+	scripts/slurm-local.sh down
 
 test-all:
 	$(PYTHON) -m pytest -q

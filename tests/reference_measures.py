@@ -1,8 +1,8 @@
 """Independent float64 references for RSA and mutual kNN, from explicit features (no vvm code).
 
-- RSA (Kriegeskorte et al. 2008): the squared Euclidean distances over pairs i < j with
-  ``scipy.spatial.distance.pdist(x, "sqeuclidean")``, compared with ``scipy.stats.spearmanr`` (average ranks for
-  ties) or ``scipy.stats.pearsonr``;
+- RSA (Kriegeskorte et al. 2008): the dissimilarities over pairs i < j with ``scipy.spatial.distance.pdist(x,
+  distance)`` (``correlation``, ``euclidean``, ``sqeuclidean``), compared with ``scipy.stats.spearmanr`` (average
+  ranks for ties), ``scipy.stats.pearsonr``, or rsatoolbox's ``compare`` (``rho-a``, ``tau-a``);
 - mutual kNN (Huh et al. 2024): each example's k nearest neighbours by cosine similarity of the raw features,
   itself excluded, from scikit-learn's ``NearestNeighbors(metric="cosine", algorithm="brute")`` or, where ties
   matter, from an explicit cosine matrix and a stable argsort (ties to the smaller index); the alignment is the
@@ -23,13 +23,22 @@ def as_f64(x) -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
-def rsa(x, y, correlation: str = "spearman") -> float:
-    dx, dy = pdist(as_f64(x), "sqeuclidean"), pdist(as_f64(y), "sqeuclidean")
-    if np.ptp(dx) == 0 or np.ptp(dy) == 0:
+def rdm(x, distance: str = "correlation") -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pdist(as_f64(x), distance)
+
+
+def rsa(x, y, correlation: str = "spearman", distance: str = "correlation") -> float:
+    dx, dy = rdm(x, distance), rdm(y, distance)
+    if not (np.ptp(dx) > 0 and np.ptp(dy) > 0):  # constant (or undefined) dissimilarities
         return float("nan")
     if correlation == "spearman":
         return float(spearmanr(dx, dy).statistic)
-    return float(pearsonr(dx, dy).statistic)
+    if correlation == "pearson":
+        return float(pearsonr(dx, dy).statistic)
+    from rsatoolbox.rdm import RDMs, compare
+
+    return float(compare(RDMs(dx[None]), RDMs(dy[None]), method=correlation)[0, 0])
 
 
 def neighbours_sklearn(x, k: int) -> np.ndarray:
@@ -51,8 +60,15 @@ def neighbours_bruteforce(x, k: int) -> np.ndarray:
 
 
 def knn(x, y, k: int = 10, neighbours=neighbours_sklearn) -> float:
-    nx, ny = neighbours(x, k), neighbours(y, k)
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(nx, ny)]))
+    """An example whose features are all zero in a layer is left out of that layer (neither query nor
+    neighbour: the neighbours are found among the others) and of the average."""
+    x, y = as_f64(x), as_f64(y)
+    keep_x, keep_y = np.abs(x).sum(1) > 0, np.abs(y).sum(1) > 0
+    ix, iy = np.flatnonzero(keep_x), np.flatnonzero(keep_y)
+    nx = dict(zip(ix, ix[neighbours(x[ix], k)]))  # back to the pool's indices
+    ny = dict(zip(iy, iy[neighbours(y[iy], k)]))
+    both = np.flatnonzero(keep_x & keep_y)
+    return float(np.mean([len(set(nx[i]) & set(ny[i])) / k for i in both]))
 
 
 def per_batch(batches_x, batches_y, fn) -> tuple[np.ndarray, np.ndarray]:

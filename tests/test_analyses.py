@@ -22,6 +22,7 @@ from vvm.analyses import (
     spatial_map,
     token_grid,
 )
+from vvm.analyses.attention import AttentionResult, patch_distances, prefix_mass_from_weights
 from vvm.analyses.common import TokenGrid
 from vvm.models import create
 
@@ -72,7 +73,8 @@ def test_erf_batched_gradient_equals_per_image_gradients():
     net[1].running_mean.uniform_(-1, 1)
     net[1].running_var.uniform_(0.5, 2)
     x = torch.randn(5, 3, 10, 10)
-    res = effective_receptive_fields(net.train(), ["2", "3"], x, batch_size=3)
+    res = effective_receptive_fields(net.train(), ["2", "3"], x, batch_size=3, mode="channel_sum")
+    assert res.mode == "channel_sum" and res.arrays()["units"].tolist() == [6, 5]
     assert net.training and all(p.requires_grad for p in net.parameters())  # modes and flags restored
     net.eval()
     for name, m in zip(res.layers, res.maps):
@@ -84,6 +86,65 @@ def test_erf_batched_gradient_equals_per_image_gradients():
             out[0, :, h // 2, w // 2].sum().backward()
             ref += xi.grad.abs().sum(1)[0].double().numpy()
         np.testing.assert_allclose(m, ref / 5, rtol=1e-5, atol=1e-9)
+
+
+def erf_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 5, 3, 2, 1))
+    net[1].running_mean.uniform_(-1, 1)
+    net[1].running_var.uniform_(0.5, 2)
+    return net.eval()
+
+
+def unit_maps(net: nn.Module, x: torch.Tensor, name: str) -> np.ndarray:
+    """``[images, channels, H, W]``: |d y_c,centre / d x_i| summed over colour channels, by a loop over every
+    image and every channel of layer ``name``."""
+    out = []
+    for i in range(x.shape[0]):
+        per_c = []
+        y = None
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        y = net[: int(name) + 1](xi)
+        h, w = y.shape[-2:]
+        for c in range(y.shape[1]):
+            (g,) = torch.autograd.grad(y[0, c, h // 2, w // 2], xi, retain_graph=True)
+            per_c.append(g.abs().sum(1)[0].double().numpy())
+        out.append(per_c)
+    return np.array(out)
+
+
+def test_erf_per_unit_equals_a_loop_over_every_channel():
+    """Luo et al.'s ERF: with every channel sampled and taken by every image, the map is the mean over images
+    and channels of |d y_c,centre / d x|, computed here by a loop; the channel sum's is narrower."""
+    net, x = erf_net(), torch.randn(4, 3, 10, 10)
+    res = effective_receptive_fields(net, ["2", "3"], x, batch_size=3, units=6, units_per_image=6)
+    assert res.mode == "unit" and res.units.tolist() == [6, 5] and res.channels.tolist() == [6, 5]
+    for name, m in zip(res.layers, res.maps):
+        np.testing.assert_allclose(m, unit_maps(net, x, name).mean(axis=(0, 1)), rtol=1e-5, atol=1e-9)
+    summed = effective_receptive_fields(net, ["2", "3"], x, mode="channel_sum")
+    assert (summed.maps.sum(axis=(1, 2)) <= res.maps.sum(axis=(1, 2)) * res.channels + 1e-9).all()
+    a = res.arrays()
+    assert str(a["mode"]) == "unit" and "per unit" in str(a["definition"]) and int(a["units_per_image"]) == 6
+    assert res.summary()["units"] == [6, 5]
+
+
+def test_erf_sampled_units_follow_the_recorded_sample():
+    """3 of 5 channels sampled (seeded by the seed and the layer's name), one per image in turn: image i takes
+    sample[i mod 3]; the map is the mean of those (image, unit) gradients."""
+    net, x = erf_net(), torch.randn(7, 3, 10, 10)
+    res = effective_receptive_fields(net, ["3"], x, batch_size=4, units=3, seed=5)
+    sample = res.sampled[0]
+    assert res.units.tolist() == [3] and len(set(sample.tolist())) == 3 and (sample >= 0).all()
+    ref = unit_maps(net, x, "3")
+    expected = np.mean([ref[i, sample[i % 3]] for i in range(7)], axis=0)
+    np.testing.assert_allclose(res.maps[0], expected, rtol=1e-5, atol=1e-9)
+    # the same seed draws the same sample whatever else is tracked; another seed (in general) another one
+    again = effective_receptive_fields(net, ["0", "3"], x, units=3, seed=5)
+    assert again.sampled[1].tolist() == sample.tolist()
+    others = {tuple(effective_receptive_fields(net, ["3"], x, units=3, seed=s).sampled[0]) for s in range(6)}
+    assert len(others) > 1
+    with pytest.raises(ValueError, match="mode='sum'"):
+        effective_receptive_fields(net, ["3"], x, mode="sum")
 
 
 def test_erf_restores_modes_and_skips_flat_layers():
@@ -242,6 +303,50 @@ def test_distance_from_weights_leaves_prefix_tokens_out():
             [sum(float(w[i, j] / w[i].sum()) * float(dist[i, j]) for j in range(6)) for i in range(6)]
         )
         assert float(out[n, h]) == pytest.approx(ref)
+
+
+def test_prefix_mass_of_a_constructed_attention_map():
+    """A head with 0.999 of every patch query's attention on the class token: its mass is recorded (and the head
+    listed), though its renormalised distance is the near-uniform one of the 0.001 left for the patches."""
+    tg = TokenGrid(prefix=1, grid=(3, 3), patch=(8, 8))
+    dist = torch.as_tensor(patch_distances(tg))
+    t = 1 + tg.n_patches
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, t, t, dtype=torch.float64, generator=g)
+    a = a / a.sum(-1, keepdim=True)
+    a[:, 0, :, 0] = 0.999  # head 0: on the class token
+    a[:, 0, :, 1:] = 0.001 / tg.n_patches
+    a[:, 2] = 1.0 / t  # head 2: uniform over all tokens
+    mass = prefix_mass_from_weights(a, 1)
+    for n, h in itertools.product(range(2), range(3)):  # a loop of the test's own over the patch queries
+        ref = np.mean([float(a[n, h, i, 0]) for i in range(1, t)])
+        assert float(mass[n, h]) == pytest.approx(ref, abs=1e-12)
+    assert torch.allclose(mass[:, 0], torch.full((2,), 0.999, dtype=torch.float64))
+    assert torch.allclose(mass[:, 2], torch.full((2,), 1 / t, dtype=torch.float64))
+    dist_h0 = distance_from_weights(a, dist, 1)[:, 0]  # uniform over patches once renormalised
+    assert torch.allclose(dist_h0, dist.mean().expand(2))
+    res = AttentionResult(
+        blocks=["blocks.0.attn"],
+        distance=distance_from_weights(a, dist, 1).mean(0, keepdim=True).numpy(),
+        prefix_mass=mass.mean(0, keepdim=True).numpy(),
+        n_images=2,
+        image_size=(24, 24),
+        grid=(3, 3),
+        patch=(8, 8),
+        prefix_tokens=1,
+        renormalised=True,
+    )
+    assert res.summary()["heads_mostly_on_prefix"] == ["blocks.0.attn/0"]
+    assert res.summary()["prefix_mass_max_head"] == [0.999]
+    np.testing.assert_allclose(res.arrays()["prefix_mass"], mass.mean(0, keepdim=True).numpy())
+
+
+def test_uniform_attention_puts_one_token_in_t_on_the_class_token():
+    model = tiny_vit()
+    _zero_qk(model)
+    res = mean_attention_distance(model, torch.randn(3, 3, 32, 32))
+    np.testing.assert_allclose(res.prefix_mass, 1 / 17, rtol=1e-6)  # 16 patches + the class token
+    assert res.summary()["heads_mostly_on_prefix"] == []
 
 
 def test_attention_does_not_apply_to_cnns_and_lambda_networks():

@@ -22,7 +22,9 @@ from vvm.plots.analyses_sweep import sweep_figure
 from vvm.plots.heatmap import save_figure
 
 SMALL = AnalysisSettings(
-    erf=ERFSettings(n_images=2),
+    erf=ERFSettings(
+        n_images=2, units_per_image=4
+    ),  # 8 (image, unit) pairs: some units of a ReLU output are dead
     attention=AttentionSettings(n_images=2),
     probe=ProbeSettings(holdout=0.25, batch_size=64),
 )
@@ -82,11 +84,13 @@ def test_lambda_resnet_job(tmp_path):
 
 
 def test_vit_job(tmp_path):
-    with pytest.warns(UserWarning, match="layer 'norm': the sum of its centre position's channels"):
-        out = run(tiny_vit(), tmp_path)
+    out = run(tiny_vit(), tmp_path)
     check_files(tmp_path, out, n_layers=5)  # patch_embed, blocks.0, blocks.1, norm, head
-    # the final LayerNorm of a random-init ViT (scale 1, shift 0): its channels sum to 0 whatever the image
-    assert list(out["erf"]["zero"]) == ["norm"]
+    # per unit, the final LayerNorm's channels depend on the image: no zero map (the channel sum of a random-init
+    # LayerNorm, scale 1 and shift 0, is 0 whatever the image: analysis.erf.mode=channel_sum gives it a zero map)
+    assert out["erf"]["zero"] == {} and out["erf"]["mode"] == "unit"
+    erf = load_npz(tmp_path / "erf.npz")
+    assert erf["units"].tolist() == [64] * 4 and erf["channels"].tolist() == [192] * 4
     att = load_npz(tmp_path / "attention.npz")
     assert att["distance"].shape == (2, 3) and list(att["blocks"]) == ["blocks.0.attn", "blocks.1.attn"]
     assert att["n_images"] == 2 and out["attention"]["applies"] is True

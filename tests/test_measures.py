@@ -34,21 +34,37 @@ def reference(batches, fn):
 
 
 # ---------------------------------------------------------------------------------------------- the references
-@pytest.mark.parametrize("correlation", ["spearman", "pearson"])
-def test_rsa_single_batch_matches_scipy(correlation):
-    batches = make_layer_batches([40], [3, 200, 7, 1], seed=1, dtype=torch.float64)  # d << n and d >> n
-    res = run(batches, measures=["rsa"], params={"rsa": {"correlation": correlation}})["rsa"]
-    want, _ = reference(batches, lambda x, y: ref.rsa(x, y, correlation))
+@pytest.mark.parametrize("distance", ["correlation", "euclidean", "sqeuclidean"])
+@pytest.mark.parametrize("correlation", ["spearman", "pearson", "rho-a", "tau-a"])
+def test_rsa_single_batch_matches_scipy_and_rsatoolbox(correlation, distance):
+    """Every distance (scipy's pdist) with every comparator (scipy; rsatoolbox's rho-a and tau-a)."""
+    batches = make_layer_batches([40], [4, 200, 7, 60], seed=1, dtype=torch.float64)  # d << n and d >> n
+    params = {"correlation": correlation, "distance": distance}
+    res = run(batches, measures=["rsa"], params={"rsa": params})["rsa"]
+    want, _ = reference(batches, lambda x, y: ref.rsa(x, y, correlation, distance))
     np.testing.assert_allclose(res.matrix.numpy(), want, atol=1e-9, rtol=0)
-    assert res.n_batches == 1 and np.isnan(res.stderr.numpy()).all()  # one batch: no spread to measure
-    assert res.params == {"correlation": correlation}
+    assert res.n_batches == 1 and np.isnan(res.stderr.numpy()[~np.eye(4, dtype=bool)]).all()  # no spread
+    assert res.params == {**params, "n": 1024} and res.facts["pool_size"] == 40
+
+
+def test_rsa_comparators_for_tied_rdms_match_rsatoolbox_on_ties():
+    """Integer features: many tied distances, where rho-a and tau-a differ from Spearman and tau-b."""
+    g = torch.Generator().manual_seed(13)
+    batches = [[torch.randint(-2, 3, (16, d), generator=g).double() for d in (2, 3, 4)]]
+    for correlation in ("rho-a", "tau-a"):
+        params = {"rsa": {"correlation": correlation, "distance": "sqeuclidean"}}
+        res = run(batches, measures=["rsa"], params=params)["rsa"]
+        want, _ = reference(batches, lambda x, y, c=correlation: ref.rsa(x, y, c, "sqeuclidean"))
+        np.testing.assert_allclose(res.matrix.numpy(), want, atol=1e-12, rtol=0)
+        assert (np.diag(res.matrix.numpy()) < 1).all()  # ties: an RDM's own rho-a / tau-a is below 1
 
 
 @pytest.mark.parametrize("correlation", ["spearman", "pearson"])
 def test_rsa_streamed_unequal_batches_match_the_weighted_mean(correlation):
     batches = make_layer_batches([32, 32, 24, 13], DIMS, seed=2, dtype=torch.float64)
-    res = run(batches, measures=["rsa"], params={"rsa": {"correlation": correlation}})["rsa"]
-    want, se = reference(batches, lambda x, y: ref.rsa(x, y, correlation))
+    params = {"rsa": {"correlation": correlation, "distance": "sqeuclidean"}}
+    res = run(batches, measures=["rsa"], params=params)["rsa"]
+    want, se = reference(batches, lambda x, y: ref.rsa(x, y, correlation, "sqeuclidean"))
     np.testing.assert_allclose(res.matrix.numpy(), want, atol=1e-9, rtol=0)
     off = ~np.eye(len(DIMS), dtype=bool)
     np.testing.assert_allclose(res.stderr.numpy()[off], se[off], atol=1e-9, rtol=0)
@@ -67,7 +83,8 @@ def test_knn_single_batch_and_streamed_match_scikit_learn():
     one = run(batches[:1], measures=["knn"], params={"knn": {"k": 10}})["knn"]
     want1, _ = reference(batches[:1], lambda x, y: ref.knn(x, y, 10))
     np.testing.assert_allclose(one.matrix.numpy(), want1, atol=1e-9, rtol=0)
-    assert one.params == {"k": 10}
+    assert one.params == {"k": 10, "n": 1024}
+    assert one.facts == {"pool_size": 32, "chance": 10 / 31}
 
 
 def test_knn_ties_go_to_the_smaller_index():
@@ -81,7 +98,11 @@ def test_knn_ties_go_to_the_smaller_index():
     dup = [3, 7, 3, 0]  # examples 12..15 repeat examples 3, 7, 3, 0 in both layers
     x = torch.cat([base, base[dup], torch.zeros(1, 5, dtype=torch.float64)])  # example 16: all zero in x
     y = torch.cat([other, other[dup], torch.randn(1, 9, generator=g, dtype=torch.float64)])
-    res = run([[x, y]], measures=["knn"], params={"knn": {"k": 4}})["knn"]
+    with pytest.warns(
+        UserWarning, match=r"knn: examples whose features are all zero were left out in layers l0 \(1\)"
+    ):
+        res = run([[x, y]], measures=["knn"], params={"knn": {"k": 4}})["knn"]
+    assert res.excluded_x.tolist() == [1, 0]
     for (i, a), (j, b) in [((0, x), (1, y)), ((0, x), (0, x)), ((1, y), (1, y))]:
         want = ref.knn(a, b, 4, neighbours=ref.neighbours_bruteforce)
         assert res.matrix[i, j].item() == pytest.approx(want, abs=1e-12)
@@ -94,8 +115,8 @@ def test_rsa_ties_use_average_ranks():
     scipy's average ranks."""
     g = torch.Generator().manual_seed(5)
     batches = [[torch.randint(-2, 3, (16, d), generator=g).double() for d in (2, 3, 1)] for _ in range(2)]
-    res = run(batches, measures=["rsa"])["rsa"]
-    want, _ = reference(batches, lambda x, y: ref.rsa(x, y, "spearman"))
+    res = run(batches, measures=["rsa"], params={"rsa": {"distance": "sqeuclidean"}})["rsa"]
+    want, _ = reference(batches, lambda x, y: ref.rsa(x, y, "spearman", "sqeuclidean"))
     np.testing.assert_allclose(res.matrix.numpy(), want, atol=1e-12, rtol=0)
     v = torch.randint(0, 6, (3, 40), generator=g).double()
     np.testing.assert_array_equal(average_ranks(v).numpy(), rankdata(v.numpy(), axis=-1))
@@ -219,7 +240,7 @@ def test_unknown_measures_and_parameters_are_refused():
     with pytest.raises(ValueError, match="measure 'cca' is not known: use one of cka, .*rsa"):
         StreamingSimilarity(Replay(2), measures=["cka", "cca"])
     with pytest.raises(
-        ValueError, match="rsa.correlation='kendall' is not supported: use one of spearman, pearson"
+        ValueError, match="rsa.correlation='kendall' is not supported: use one of spearman, pearson, rho-a"
     ):
         StreamingSimilarity(Replay(2), measures=["rsa"], params={"rsa": {"correlation": "kendall"}})
     with pytest.raises(ValueError, match="knn.k=0 must be a number >= 1"):

@@ -28,6 +28,7 @@ CKA_KEYS = {  # what cka.npz held before the measures: unchanged
     "estimator", "activation_dtype", "batch_ids", "batch_weights", "batch_hsic_xy", "batch_hsic_xx",
     "batch_hsic_yy", "model_x", "model_y", "tf32", "float32_device", "float32_conv", "float32_matmul",
     "batch_fingerprint",
+    "comparable",  # what vvm.diff checks two runs share (kernel, estimator, precision): issue 27
 }  # fmt: skip
 
 
@@ -39,8 +40,11 @@ def test_measures_settings_and_their_rules(tmp_path):
                             "measure.rsa.correlation=pearson"], tmp_path)  # fmt: skip
     assert [str(m) for m in job.measures] == ["cka", "rsa", "knn"]
     assert job.measure.knn.k == 5 and str(job.measure.rsa.correlation) == "pearson"
-    err = compose_error(["dataset=digits", "measures=[knn]", "cka.batch_size=8"], tmp_path)
-    assert "cka.batch_size=8: knn with k=10" in err and "needs at least 11 examples" in err
+    err = compose_error(["dataset=digits", "measures=[knn]", "measure.knn.n=8"], tmp_path)
+    assert "measure.knn.n=8: knn with k=10" in err and "needs at least 11 examples per pool" in err
+    job = compose_settings(["dataset=digits", "measures=[knn]", "cka.batch_size=8"], tmp_path)  # kNN: pools
+    err = compose_error(["dataset=digits", "measures=[rsa,knn]", "measure.knn.n=512"], tmp_path)
+    assert "measure.rsa.n=1024, measure.knn.n=512" in err and "give them the same n" in err
     assert "measure.knn.k=0 must be >= 1" in compose_error(["dataset=digits", "measure.knn.k=0"], tmp_path)
     assert "name each measure once" in compose_error(["dataset=digits", "measures=[rsa,rsa]"], tmp_path)
     assert "kendall" in compose_error(["dataset=digits", "measure.rsa.correlation=kendall"], tmp_path)
@@ -49,11 +53,11 @@ def test_measures_settings_and_their_rules(tmp_path):
 def test_a_plan_too_small_for_k_is_refused_before_any_work(tmp_path):
     from vvm.pipeline import build, check_job
 
-    job = compose_settings([*SMALL, "measures=[cka,knn]", "cka.max_samples=24", "measure.knn.k=19"], tmp_path)
+    job = compose_settings([*SMALL, "measures=[cka,knn]", "cka.max_samples=16", "measure.knn.k=19"], tmp_path)
     summary: dict = {"model": "r18", "init": "random"}
     dm, models = build(job, summary)
-    with pytest.raises(Exception, match="measure knn would skip every batch"):
-        check_job(job, dm, models)  # 24 examples in batches of 12: none holds k + 1 = 20
+    with pytest.raises(Exception, match="measure knn would skip every pool"):
+        check_job(job, dm, models)  # one pool of all 16 examples: it does not hold k + 1 = 20
 
 
 # ---------------------------------------------------------------------------------------------- one job
@@ -81,12 +85,11 @@ def run_dir(tmp_path_factory):
     return out
 
 
-def test_all_measures_come_from_one_forward_per_batch(run_dir):
-    """measures=[cka,rsa,knn] runs one pass: the model's forward runs once per batch, as for measures=[cka]."""
+def test_all_measures_come_from_one_forward_per_pool(run_dir):
+    """measures=[cka,rsa,knn] runs one pass: the model's forward runs once per pool (here all 40 images, fewer
+    than measure.*.n = 1024), and CKA takes its batches of 20 from it."""
     res = json.loads((run_dir / "result.json").read_text())
-    assert (
-        res["n_batches"] == 2 and (run_dir / "forward_calls").read_text() == "2"
-    )  # 40 images, batches of 20
+    assert res["n_batches"] == 2 and (run_dir / "forward_calls").read_text() == "1"
 
 
 def test_a_job_writes_every_measure_beside_cka(run_dir):
@@ -101,7 +104,9 @@ def test_a_job_writes_every_measure_beside_cka(run_dir):
         z = load_npz(run_dir / f"{name}.npz")
         assert z["matrix"].dtype == np.float64 and z["matrix"].shape == z["stderr"].shape == (10, 10)
         assert list(z["layers_x"]) == list(load_npz(run_dir / "cka.npz")["layers_x"])
-        assert int(z["n_samples"]) == 40 and int(z["n_batches"]) == 2 and z["measure"] == name
+        assert int(z["n_samples"]) == 40 and int(z["n_batches"]) == 1 and z["measure"] == name
+        assert int(z["pool_size"]) == 40 and int(z["n_declared"]) == 1024 and bool(z["whole_split"])
+        assert json.loads(str(z["comparable"]))["pool_size"] == 40
         np.testing.assert_array_equal(np.diag(z["matrix"]), 1.0)
         mask = ~np.eye(10, dtype=bool)
         assert res["measures"][name] == pytest.approx(z["matrix"][mask].mean())
@@ -111,6 +116,7 @@ def test_a_job_writes_every_measure_beside_cka(run_dir):
     assert (
         load_npz(run_dir / "knn.npz")["k"] == 5 and load_npz(run_dir / "rsa.npz")["correlation"] == "spearman"
     )
+    assert float(load_npz(run_dir / "knn.npz")["chance"]) == pytest.approx(5 / 39)
 
 
 def test_diff_per_measure(run_dir, tmp_path):

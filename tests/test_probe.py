@@ -1,16 +1,30 @@
-"""Linear probes against scikit-learn: the same pooled features, the same ridge strength, the same accuracy;
-the held-out choice of the strength; separable data; the memory limit."""
+"""Linear probes against scikit-learn: the same pooled features, the same ridge strength, the same accuracy (and
+the same examples right); the held-out choice of the strength; separable data; the memory limit; the binomial
+standard error, the paired difference and McNemar's exact test against scipy and brute-force sums."""
 
 from __future__ import annotations
+
+import itertools
+import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
+from scipy import stats as scipy_stats
 from sklearn.linear_model import Ridge, RidgeClassifier
 from torch import nn
 
 from vvm.analyses import RidgeStats, linear_probe
-from vvm.analyses.probe import ProbeSettings, one_vs_rest, probe_plans
+from vvm.analyses.probe import (
+    ProbeResult,
+    ProbeSettings,
+    binomial_se,
+    mcnemar_exact,
+    one_vs_rest,
+    paired_comparison,
+    probe_plans,
+)
 
 LAYERS = ["0", "2", "4"]
 
@@ -65,6 +79,9 @@ def test_probe_equals_sklearn_ridge_classifier():
         sk = RidgeClassifier(alpha=res.ridge[i]).fit(f_train[name], y[:500].numpy())
         acc = sk.score(f_eval[name], y[500:].numpy())
         assert abs(res.accuracy[i] - acc) <= 1 / 200 + 1e-12, (name, res.accuracy[i], acc)
+        right = sk.predict(f_eval[name]) == y[500:].numpy()
+        assert (res.correct[i] != right).sum() <= 1  # the same examples right (a near-tie may flip one)
+        assert res.accuracy[i] == res.correct[i].mean()
     assert (res.accuracy > 0.4).all()  # the task is learnable from every layer
 
 
@@ -148,3 +165,83 @@ def test_probe_plans_are_seeded_and_disjoint():
     )
     with pytest.raises(ValueError, match="holdout"):
         probe_plans(100, 30, ProbeSettings(holdout=1.0))
+
+
+# ------------------------------------------------------------------------------------------ uncertainty
+def test_binomial_se_is_the_binomial_standard_deviation_of_the_accuracy():
+    for n, a in [(360, 0.9), (10000, 0.5), (50, 0.02), (20, 1.0)]:
+        ref = scipy_stats.binom(n, a).std() / n
+        assert float(binomial_se(a, n)) == pytest.approx(ref, rel=1e-12, abs=1e-15)
+
+
+def brute_mcnemar(b: int, c: int) -> float:
+    """Exact two-sided McNemar by enumeration in rationals: the probability, under Binomial(b + c, 1/2), of a
+    split at least as uneven as the one seen."""
+    n = b + c
+    seen = abs(b - c)
+    p = sum(Fraction(math.comb(n, i), 2**n) for i in range(n + 1) if abs(2 * i - n) >= seen)
+    return float(p)
+
+
+def test_mcnemar_exact_against_scipy_and_an_enumeration():
+    for b, c in itertools.chain(
+        [(0, 0), (0, 1), (5, 5), (3, 11), (40, 20), (1, 60)], [(700, 760), (2, 3000)]
+    ):
+        p = mcnemar_exact(b, c)
+        if b + c:
+            assert p == pytest.approx(scipy_stats.binomtest(min(b, c), b + c, 0.5).pvalue, rel=1e-9)
+        if b + c <= 1500:
+            assert p == pytest.approx(brute_mcnemar(b, c), rel=1e-9, abs=1e-300)
+    assert mcnemar_exact(0, 0) == 1.0
+
+
+def test_paired_difference_and_its_standard_error():
+    rng = np.random.default_rng(3)
+    a = rng.random(500) < 0.8
+    b = np.where(rng.random(500) < 0.9, a, ~a)  # b agrees with a on 90% of the examples
+    c = paired_comparison(a, b)
+    d = a.astype(float) - b.astype(float)
+    assert c["difference"] == pytest.approx(a.mean() - b.mean())
+    assert c["difference_se"] == pytest.approx(d.std() / math.sqrt(d.size), rel=1e-12)  # the SE of a mean
+    assert c["only_a"] == int((a & ~b).sum()) and c["only_b"] == int((~a & b).sum())
+
+
+def probe_result(correct: np.ndarray) -> ProbeResult:
+    layers = [f"l{i}" for i in range(correct.shape[0])]
+    z = np.zeros(len(layers))
+    return ProbeResult(
+        layers=layers,
+        accuracy=correct.mean(1),
+        ridge=z + 1,
+        ridge_relative=z + 1,
+        holdout_accuracy=z,
+        dims=z,
+        depth=z,
+        n_train=10,
+        n_holdout=2,
+        n_eval=correct.shape[1],
+        num_classes=10,
+        correct=correct,
+    )
+
+
+def test_summary_says_when_the_best_layer_is_not_separable_from_the_next():
+    rng = np.random.default_rng(0)
+    best = rng.random(400) < 0.9
+    close = best.copy()
+    close[np.flatnonzero(best)[:3]] = False  # 3 fewer right: within noise
+    far = rng.random(400) < 0.6
+    res = probe_result(np.stack([far, best, close]))
+    s = res.summary()
+    assert s["best_layer"] == "l1" and s["runner_up"] == "l2"
+    assert s["best_separable"] is False and s["not_separable_from_best"] == ["l2"]
+    assert "NOT separable" in s["best_note"]
+    assert s["best_vs_runner_up"]["mcnemar_p"] == pytest.approx(scipy_stats.binomtest(0, 3, 0.5).pvalue)
+    np.testing.assert_allclose(
+        s["accuracy_se"], np.round(np.sqrt(res.accuracy * (1 - res.accuracy) / 400), 5)
+    )
+    np.testing.assert_allclose(res.arrays()["accuracy_se"], binomial_se(res.accuracy, 400))
+    # far apart: separable
+    s2 = probe_result(np.stack([far, best])).summary()
+    assert s2["best_separable"] is True and s2["not_separable_from_best"] == []
+    assert res.arrays()["mcnemar_p_vs_best"][1] == 1.0

@@ -19,7 +19,8 @@ from omegaconf import OmegaConf
 from vvm.io import InputError, write_json, write_npz
 from vvm.job import completed_result
 from vvm.records import canonical_family, collect_jobs, model_family
-from vvm.sweep import SweepSummary, grid_rows, resume_command, write_summary
+from vvm.sweep import SweepSummary, resume_command, write_summary
+from vvm.sweep_figures import grid_rows
 
 FAST = [
     "dataset=synthetic",
@@ -379,14 +380,15 @@ def test_slurm_launcher_config(monkeypatch):
     lc = cfg.hydra.launcher
     assert lc._target_.endswith("SlurmLauncher")
     assert lc.partition == "gpu-long" and lc.account is None and lc.timeout_min == 600
-    assert lc.tasks_per_node == 4 and lc.gpus_per_node == 4 and lc.nodes == 1  # one DDP rank per SLURM task
+    # one DDP rank per SLURM task; GPUs, CPUs and memory are fitted to the partition at launch (test_slurm_requests)
+    assert lc.tasks_per_node == 4 and lc.gpus_per_node is None and lc.nodes == 1
     assert lc.submitit_folder.endswith("/.submitit/%j")
     launcher = instantiate(lc)
-    assert type(launcher).__name__ == "SlurmLauncher" and launcher.params["partition"] == "gpu-long"
+    assert type(launcher).__name__ == "VVMSlurmLauncher" and launcher.params["partition"] == "gpu-long"
 
     monkeypatch.delenv("VVM_SLURM_PARTITION")
     single = compose(["hydra/launcher=slurm", "trainer=gpu"]).hydra.launcher
-    assert single.partition is None and single.tasks_per_node == 1 and single.gpus_per_node == 1
+    assert single.partition is None and single.tasks_per_node == 1
 
 
 def test_resume_command_from_multirun_yaml(tmp_path):

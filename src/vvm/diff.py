@@ -108,7 +108,23 @@ def _names(values: np.ndarray, k: int = 4) -> str:
     return ", ".join(names[:k]) + (", ..." if len(names) > k else "")
 
 
+def _settings(z: dict) -> dict | None:
+    """What the run recorded that a comparison needs to share (``comparable``: parameters, kernel, estimator,
+    precision, examples per pool); None for a file written before it was recorded."""
+    import json
+
+    return json.loads(str(z["comparable"])) if "comparable" in z else None
+
+
 def _check_comparable(za: dict, zb: dict) -> None:
+    sa, sb = _settings(za), _settings(zb)
+    if sa is not None and sb is not None:
+        for key in dict.fromkeys([*sa, *sb]):
+            if sa.get(key) != sb.get(key):
+                raise InputError(
+                    f"the two runs differ in {key} ({sa.get(key)} vs {sb.get(key)}): their maps measure different "
+                    f"things, so their difference is not an effect; rerun one with the other's {key}"
+                )
     for key in ("layers_x", "layers_y"):
         if [str(v) for v in za[key]] != [str(v) for v in zb[key]]:
             raise InputError(
@@ -256,31 +272,62 @@ def write_difference(
     fdr: float | None = None,
     measure: str = "cka",
 ) -> list[Path]:
-    from vvm.plots.heatmap import heatmap_figure, save_figure
+    from vvm.plots.heatmap import save_figure
 
     out = writable_dir(out, "--out")  # a folder that takes files (not a file, not /proc), before the work
     d = cka_difference(a, b, level=level, fdr=fdr, measure=measure)
     stem = "diff" if measure == "cka" else f"diff-{measure}"
     sources = {"source_a": str(_npz_path(a, measure)), "source_b": str(_npz_path(b, measure))}
     paths = [write_npz(out / f"{stem}.npz", **d, **sources)]
+    paths += save_figure(
+        difference_figure(d, a, b, measure=measure, title=title, level=level, fdr=fdr), out / stem
+    )
+    return paths
+
+
+def run_facts(p: str | Path, measure: str = "cka") -> dict:
+    """What a map's run says about itself, for the figure's title: result.json beside the npz (model, init,
+    dataset, seed), else the npz's own ``model_x``; ``{}`` when neither says."""
+    from vvm.io import load_json
+
+    path = _npz_path(p, measure)
+    try:
+        facts = load_json(path.parent / "result.json")
+    except (OSError, ValueError):
+        facts = None
+    if isinstance(facts, dict) and facts.get("model"):
+        return facts
+    z = load_npz(path)
+    return {"model": str(z["model_x"])} if "model_x" in z else {}
+
+
+def difference_figure(d: dict, a: str | Path, b: str | Path, *, measure: str = "cka", title: str | None = None,
+                      level: float = 0.95, fdr: float | None = None):  # fmt: skip
+    """diff.png: ``A - B`` on a diverging scale centred on 0, a dot on every entry not significant; the title
+    names both runs by their facts (model, init, dataset, seed), never by their folders."""
+    from vvm.plots.heatmap import heatmap_figure
+    from vvm.plots.style import caption, job_title, quantity
+
     finite = d["diff"][np.isfinite(d["diff"])]
     lim = float(max(np.abs(finite).max(), 1e-3)) if finite.size else 1.0
     kind = "paired" if bool(d["paired"]) else "independent"
     test = f"FDR {fdr:g} (Benjamini-Hochberg)" if fdr is not None else f"{level:.0%} t interval, per entry"
+    za = load_map(a, measure)
+    what = quantity(measure, za)
+    fa, fb = run_facts(a, measure), run_facts(b, measure)
+    names = [job_title(f) if f else side for f, side in ((fa, "A"), (fb, "B"))]
+    n = int(za["n_samples"]) if "n_samples" in za else None
+    nb = int(za["n_batches"]) if "n_batches" in za else None
     fig = heatmap_figure(
-        d["diff"],
-        [str(v) for v in d["layers_x"]],
-        [str(v) for v in d["layers_y"]],
-        title=title
-        or f"{'CKA' if measure == 'cka' else measure} difference: {Path(a).name} - {Path(b).name} "
-        f"(dots: not significant, {kind}, {test})",
-        vmin=-lim,
-        vmax=lim,
-        cmap="RdBu_r",
-    )
+        d["diff"], [str(v) for v in d["layers_x"]], [str(v) for v in d["layers_y"]],
+        title=title or f"{what}: A − B\nA = {names[0]}\nB = {names[1]}",
+        cbar_label=f"Δ {what}, A − B",
+        caption=caption(n, nb, "red: more similar in A, blue: in B",
+                        f"dots: not significant ({kind} standard error, {test})"),
+        vmin=-lim, vmax=lim, cmap="RdBu_r",
+    )  # fmt: skip
     mark_not_significant(fig.axes[0], d["diff"], d["significant"])
-    paths += save_figure(fig, out / stem)
-    return paths
+    return fig
 
 
 def mark_not_significant(ax, diff: np.ndarray, significant: np.ndarray) -> None:

@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -159,6 +161,10 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
             finally:
                 os.close(fd)
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a quota, a file-size limit: name the file (writers often do not)
+        if e.errno is None or e.filename == str(path):
+            raise
+        raise OSError(e.errno, f"could not write {path.name} ({e.strerror})", str(path)) from e
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -266,11 +272,51 @@ def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[Path]:
         os.close(fd)
 
 
+class UnreadableFile(InputError):
+    """A result file that is missing, damaged (truncated, corrupt) or not what vvm writes; the message is vvm's
+    own and names the file (never a library's advice to load it unsafely)."""
+
+
+# what reading a damaged .npz can raise: truncated (BadZipFile, EOFError), corrupt (zlib.error), not an npz
+# (ValueError), a member missing (KeyError), gone or unreadable (OSError)
+NPZ_DAMAGE = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)
+
+
 def load_npz(path: str | os.PathLike) -> dict[str, Any]:
-    """cka.npz as a dict of numpy arrays; string scalars come back as ``str``."""
-    with np.load(path, allow_pickle=False) as z:
-        out: dict[str, Any] = {}
-        for k in z.files:
-            v = z[k]
-            out[k] = v.item() if v.ndim == 0 else v
-        return out
+    """cka.npz as a dict of numpy arrays; string scalars come back as ``str``. :class:`UnreadableFile` naming
+    the file when it is missing, damaged or holds pickled objects (never loaded: they could run code)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out: dict[str, Any] = {}
+            for k in z.files:
+                v = z[k]
+                out[k] = v.item() if v.ndim == 0 else v
+            return out
+    except FileNotFoundError:
+        raise UnreadableFile(f"{path} is missing") from None
+    except NPZ_DAMAGE as e:
+        why = (
+            "holds pickled Python objects, which vvm never loads (a file vvm did not write)"
+            if "pickle" in str(e)
+            else f"is damaged or not an .npz file ({type(e).__name__})"
+        )
+        raise UnreadableFile(f"{path} {why}") from None
+
+
+def write_rdms(path: Path, measure: Any, res: Any, indices: list[int] | None) -> Path | None:
+    """``rdms.npz``: RSA's RDM of every layer on the first pool, in rsatoolbox's vector form (``dissimilarities``
+    ``[L, n(n-1)/2]``, the pairs ``i < j`` row after row), with ``layers`` (its ``rdm_descriptors``),
+    ``indices`` (the examples' indices in the split, its ``pattern_descriptors``) and ``dissimilarity_measure``:
+    ``rsatoolbox.rdm.RDMs(z["dissimilarities"], dissimilarity_measure=..., rdm_descriptors={"layer": ...},
+    pattern_descriptors={"index": ...})``. None when no pool was kept (a rank without the first pool)."""
+    rdms = getattr(measure, "first_rdms", None)
+    if not rdms:
+        return None
+    layers = list(res.layers_x) + (list(res.layers_y) if len(rdms) > 1 else [])
+    d = np.concatenate([np.asarray(r.detach().cpu(), dtype=np.float64) for r in rdms])
+    n = int(round((1 + (1 + 8 * d.shape[1]) ** 0.5) / 2))
+    return write_npz(
+        path, dissimilarities=d, layers=np.array(layers, dtype=str),
+        indices=np.asarray(indices if indices is not None else range(n))[:n],
+        dissimilarity_measure=np.array(measure.params.distance), n=np.array(n),
+    )  # fmt: skip

@@ -8,7 +8,9 @@ Failing jobs. Hydra's sweeper raises the first failed job's exception once a bat
 ``on_multirun_end`` never runs. So in multirun mode a job's exception is caught after :func:`vvm.pipeline.run`
 has recorded it in ``result.json`` (status ``failed``, the error and traceback), logged to the job's log, and
 the job returns normally: the next job runs and the summary (:mod:`vvm.sweep`) lists the failure. A single run
-(no ``-m``) re-raises, so it still exits non-zero. Interrupts (Ctrl-C, SLURM's kill) are not caught.
+(no ``-m``) re-raises, so it still exits non-zero. An interrupt (Ctrl-C, SLURM's kill) is not caught as a
+failure: once result.json says ``interrupted`` and the log gives the resume command, the process exits with
+status 130 (no traceback).
 
 DDP. ``trainer=ddp`` in a local multirun: Lightning starts ranks 1.. by re-running the command line, which would
 be the whole sweep; :func:`single_job_ddp_launch` makes it this job alone. Under ``hydra/launcher=slurm`` SLURM
@@ -58,14 +60,17 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         if previous is not None:
             log.info("resume: %s already has a complete result, skipping", out_dir)
             return {**previous, "resumed": True}
-    if not in_multirun():
-        return run(job, resume_command=resume_command())
     try:
-        with single_job_ddp_launch():
+        if not in_multirun():
             return run(job, resume_command=resume_command())
-    except Exception as e:
-        record_job_failure(e)
-        return None
+        try:
+            with single_job_ddp_launch():
+                return run(job, resume_command=resume_command())
+        except Exception as e:
+            record_job_failure(e)
+            return None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: result.json says interrupted, the log how to resume
+        raise SystemExit(130) from None
 
 
 def resume_command() -> str:
@@ -180,6 +185,10 @@ def completed_result(out_dir: str | Path, config: dict[str, Any] | None = None) 
     try:
         prev = load_json(out_dir / "result.json")
     except (OSError, ValueError):
+        return None
+    if not isinstance(prev, dict):  # [] or null: not a job's record, so the job runs again
+        log.warning("resume: %s holds no job's record (a JSON %s); computing it again", out_dir / "result.json",
+                    "null" if prev is None else type(prev).__name__)  # fmt: skip
         return None
     if prev.get("status") != "ok":
         return None

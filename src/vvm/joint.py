@@ -89,9 +89,29 @@ def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[JobS
         )
     cka = {k: overrides[k] for k in ("batch_size", "max_samples", "layers") if overrides.get(k) is not None}
     seed = overrides.get("seed")
-    return dataclasses.replace(
+    settings = dataclasses.replace(
         first, cka=dataclasses.replace(first.cka, **cka), seed=first.seed if seed is None else int(seed)
-    ), notes
+    )
+    whose = "from --seed" if seed is not None else f"job {jobs[0].job}'s seed"
+    return settings, notes + order_notes(jobs, settings, whose)
+
+
+def order_notes(jobs: list[JointJob], settings: JobSettings, whose: str) -> list[str]:
+    """Which data order the pass used (one seed for every model: the same batches for all), and for each job
+    whose own map came from another order or batching, why its block differs from that map."""
+    notes = [f"the data order (the examples in each batch, the same for every model) is seed {settings.seed} "
+             f"({whose})"]  # fmt: skip
+    for j in jobs:
+        why = [f"seed {j.settings.seed}"] if j.settings.seed != settings.seed else []
+        for key in ("batch_size", "max_samples"):
+            own, now = getattr(j.settings.cka, key), getattr(settings.cka, key)
+            why += [f"cka.{key}={own}, here {now}"] if own != now else []
+        if why:
+            notes.append(
+                f"job {j.job} ({j.tag}): its own map came from {', '.join(why)}; its diagonal block here differs "
+                "from that map by the sampling noise of other batches (the model is the same)"
+            )
+    return notes
 
 
 def parse_measures(parser: argparse.ArgumentParser, text: str) -> list[str]:
@@ -135,15 +155,15 @@ def run_measures(
 
     from vvm.cka.joint import move_models
     from vvm.cka.similarity import JointSimilarity
-    from vvm.pipeline import build_datamodule
     from vvm.settings import measure_params
 
-    dm = build_datamodule(settings)
+    dm = pass_datamodule(settings, measures)
     batches = dm.cka_batches()
     move_models(models, device)
     metric = JointSimilarity(
         models, settings.cka.layer_spec(), measures=list(measures), max_batches=len(batches.plan),
-        params=measure_params(settings.measure, list(measures)), **settings.cka.engine_options(),
+        params=measure_params(settings.measure, list(measures)), plan=batches.layout,
+        **settings.cka.engine_options(),
     ).to(device)  # fmt: skip
     loader = dm.eval_loader(batches, device=device)  # the datamodule's workers; pinned memory for a GPU
     with metric.track():
@@ -163,12 +183,46 @@ FLAGS = {"batch_size": "--batch-size", "max_samples": "--max-samples", "limit": 
 def check_plan(settings: JobSettings, measures: Sequence[str] = ("cka",)) -> None:
     """The pass's batch plan holds a batch the estimator (and each measure: kNN's k + 1) can use
     (:func:`vvm.preflight.check_plan`, naming the joint pass's flags)."""
-    from vvm.pipeline import build_datamodule
     from vvm.preflight import check_plan as check
     from vvm.settings import job_measures
 
     built = job_measures(list(measures), settings.measure, settings.cka)
-    check(build_datamodule(settings), settings.cka, limit=settings.dataset.limit, flags=FLAGS, measures=built)
+    dm = pass_datamodule(settings, measures)
+    check(dm, settings.cka, limit=settings.dataset.limit, flags=FLAGS, measures=built)
+
+
+def pass_datamodule(settings: JobSettings, measures: Sequence[str]) -> Any:
+    """The pass's datamodule: the settings' data, with pools of the declared n of ``measures`` (the joint pass's
+    own ``--measures``, not the first job's): the same pools for every model."""
+    from vvm.cka.pools import declared_pool
+    from vvm.pipeline import build_datamodule
+    from vvm.settings import job_measures
+
+    dm = build_datamodule(settings)
+    dm.pool_size = declared_pool(job_measures(list(measures), settings.measure, settings.cka).values())
+    return dm
+
+
+def setting_notes(jobs: list[JointJob], measures: Sequence[str]) -> list[str]:
+    """A note (and a warning) for every job whose measure settings (``measure.*``, kernel, estimator, precision:
+    :meth:`vvm.cka.measures.Measure.comparable`) differ from the first job's, naming the key: the joint pass
+    computes every model with the first job's, so the jobs' own maps are not what it compares."""
+    from vvm.settings import job_measures
+
+    def facts(job: JointJob) -> dict[str, Any]:
+        built = job_measures(list(measures), job.settings.measure, job.settings.cka)
+        return {k: v for m in built.values() for k, v in m.comparable().items()}
+
+    first, notes = facts(jobs[0]), []
+    for job in jobs[1:]:
+        diff = [f"{k} ({v} vs {first.get(k)})" for k, v in facts(job).items() if first.get(k) != v]
+        if diff:
+            notes.append(
+                f"job {job.job} was run with other settings than job {jobs[0].job}: {', '.join(diff)}; the joint "
+                f"pass computes every model with job {jobs[0].job}'s"
+            )
+            log.warning("joint CKA: %s", notes[-1])
+    return notes
 
 
 def rebuild_models(
@@ -219,12 +273,11 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
     out = writable_dir(sweep_dir / "joint" if out is None else out, "--out")  # before torch is imported
     with exclusive_lock(out / ".joint.lock", f"--out={out}: another joint pass is writing there; "
                         "wait for it to finish, or give another --out"):  # fmt: skip
-        import torch
-
         from vvm.cka.joint import hook_target
         from vvm.cka.measures import make_measure
         from vvm.cka.presets import classifier_name
 
+        device = pass_device(device)
         found, notes = read_jobs(sweep_dir, jobs)
         overrides = {**overrides, "layers": parse_layers(overrides.get("layers"))}
         if not found:
@@ -232,10 +285,9 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
         check_plan(pass_settings(found, overrides)[0], measures)
         models, used = rebuild_models(found, notes, sweep_dir, overrides.get("layers"))
         settings, data_notes = pass_settings(used, overrides)
-        notes += data_notes
+        notes += data_notes + setting_notes(used, measures)
         if used[0] is not found[0]:
             check_plan(settings, measures)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         results, batches = run_measures(models, settings, device, measures, progress=progress)
         extra = {"notes": np.array(notes, dtype=str), "batch_fingerprint": batches.fingerprint()}
         heads = {tag: classifier_name(hook_target(m)) for tag, m in models.items()}
@@ -252,6 +304,31 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
         "joint pass: %d models, %d layers, %s -> %s", len(used), len(res.layers_x), ", ".join(results), out
     )
     return {"result": res, "results": results, "jobs": used, "files": files, "notes": notes, "out": out}
+
+
+def pass_device(name: str | None) -> str:
+    """``--device``: a device torch knows and this machine has (default: cuda when there is one); else an
+    :class:`InputError` that says what to give."""
+    import torch
+
+    from vvm.io import InputError
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device={name!r} is not a device: give cpu, cuda or cuda:<index>") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device={name!r}: the joint pass runs on cpu or cuda (cuda:<index>)")
+    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    if device.type == "cuda" and count == 0:
+        raise InputError(
+            f"--device={name!r}: this machine has no CUDA GPU; give --device cpu (or leave it out)"
+        )
+    if device.type == "cuda" and (device.index or 0) >= count:
+        raise InputError(f"--device={name!r}: this machine has {count} GPU(s): cuda:0 to cuda:{count - 1}")
+    return str(device)
 
 
 def positive(text: str) -> int:

@@ -72,7 +72,7 @@ def write_outputs(
     import pandas as pd
 
     from vvm.io import write_bytes, write_npz
-    from vvm.plots.heatmap import heatmap_figure, save_figure
+    from vvm.plots.heatmap import save_figure
     from vvm.plots.joint import correspondence_figure, joint_figure
 
     by_tag = {j.tag: j for j in jobs}
@@ -90,29 +90,59 @@ def write_outputs(
     )}  # fmt: skip
     table = pd.DataFrame(pair_rows(res, jobs, heads, measure))
     files["csv"] = write_bytes(out / f"joint{suffix}.csv", table.to_csv(index=False).encode())
+    what, note = figure_facts(res, jobs, measure)
     files["png"], files["pdf"] = save_figure(
-        joint_figure(res.matrix.numpy(), res.models, res.model_index.numpy(), title=title),
+        joint_figure(
+            res.matrix.numpy(),
+            res.models,
+            res.model_index.numpy(),
+            title=title,
+            cbar_label=what,
+            caption=note,
+        ),  # fmt: skip
         out / f"joint{suffix}",
     )
-    files["pairs"] = []
-    for a_i, a in enumerate(res.models):
-        for b in res.models[a_i + 1 :]:
-            fig = heatmap_figure(
-                res.block(a, b).numpy(),
-                res.layers_of(a),
-                res.layers_of(b),
-                title=f"{a} vs {b}",
-                xlabel=b,
-                ylabel=a,
-            )
-            files["pairs"].append(save_figure(fig, out / f"pairs{suffix}" / f"{a}__{b}", formats=("png",))[0])
+    files["pairs"] = pair_figures(res, by_tag, out / f"pairs{suffix}", what, note)
     if len(res.models) > 1:
-        fig = correspondence_figure(correspondence_panels(res, jobs), title=f"best-matching layers\n{title}")
+        fig = correspondence_figure(correspondence_panels(res, jobs), title=f"best-matching layers\n{title}",
+                                    caption=note)  # fmt: skip
         files["correspondence_png"], files["correspondence_pdf"] = save_figure(
             fig, out / f"correspondence{suffix}"
         )
     files["table"] = table
     return files
+
+
+def figure_facts(res: Any, jobs: list[JointJob], measure: str) -> tuple[str, str]:
+    """The colour bar's quantity (``linear CKA (unbiased HSIC₁)``, ``mutual 10-NN``) and the caption line (n,
+    batches, the jobs' seeds) of the joint pass's figures."""
+    from vvm.plots.style import caption, result_quantity
+
+    seeds = sorted({str(j.result.get("seed")) for j in jobs if j.result.get("seed") is not None})
+    seed = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}" if seeds else None
+    return result_quantity(res), caption(res.n_samples, res.n_batches, seed)
+
+
+def pair_figures(res: Any, by_tag: dict[str, JointJob], folder: Path, what: str, note: str) -> list[Path]:
+    """``<folder>/<A>__<B>.png`` per pair of models: the cross-model block with each entry's 95% interval
+    half-width beside it, titled by both jobs' facts."""
+    from vvm.plots.heatmap import Uncertainty, heatmap_figure, save_figure
+    from vvm.plots.style import job_title
+
+    lo, hi = res.interval(0.95)
+    halfwidth = ((hi - lo) / 2).numpy()
+    paths = []
+    for a_i, a in enumerate(res.models):
+        for b in res.models[a_i + 1 :]:
+            fig = heatmap_figure(
+                res.block(a, b).numpy(), res.layers_of(a), res.layers_of(b),
+                title=f"{job_title(by_tag[a].result)}\nvs {job_title(by_tag[b].result)}", xlabel=b, ylabel=a,
+                cbar_label=what, caption=note,
+                uncertainty=Uncertainty(halfwidth[res.rows_of(a)][:, res.rows_of(b)],
+                                        "95% interval half-width (t, batches − 1 df)"),
+            )  # fmt: skip
+            paths.append(save_figure(fig, folder / f"{a}__{b}", formats=("png",))[0])
+    return paths
 
 
 def log_to_wandb(files: dict[str, Any], jobs: list[JointJob], out: Path, sweep_dir: Path) -> Path | None:

@@ -20,6 +20,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from vvm.callbacks.cka import CKACallback
+from vvm.cka.pools import declared_pool
 from vvm.cka.result import mean_offdiagonal
 from vvm.data import create_datamodule, dataset_name
 from vvm.data.batches import exact_length
@@ -27,6 +28,7 @@ from vvm.io import is_rank_zero, quiet_third_party
 from vvm.loggers import build_logger, log_config
 from vvm.models import from_settings
 from vvm.models.base import VisionModel
+from vvm.plots.style import job_title
 from vvm.preflight import check_layers, check_plan, check_published, check_writable
 from vvm.report import close_job
 from vvm.settings import InitSettings, JobSettings, ModelSettings, job_measures, measure_params, plain
@@ -64,14 +66,8 @@ def axis_labels(summary: dict[str, Any]) -> tuple[str, str]:
 
 
 def _title(summary: dict[str, Any], job: JobSettings, kind: str | None = None) -> str:
-    kind = kind or f"{job.cka.kernel} CKA"
-    other = summary.get("compare")
-    if other:
-        return (
-            f"{summary['model']} ({summary['init']}) vs {other['model']} ({other['init']}), "
-            f"{summary['dataset']} - {kind}"
-        )
-    return f"{summary['model']} ({summary['init']}, {summary['dataset']}) - {kind}"
+    """The figures' title from the job's facts: ``r18 (pretrained, digits, seed 0) - linear CKA``."""
+    return f"{job_title(summary)} - {kind or f'{job.cka.kernel} CKA'}"
 
 
 @dataclass
@@ -205,7 +201,7 @@ def analyse(
     from vvm.loggers import log_analyses
 
     model.to(planned_device(job.trainer.accelerator))  # Lightning leaves it on the CPU after the pass
-    title = f"{summary['model']} ({summary['init']}, {summary['dataset']})"
+    title = job_title(summary)
     entries = run_analyses(
         job.analyses,
         model,
@@ -245,12 +241,16 @@ def is_interrupt(e: BaseException) -> bool:
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """While the job runs, SIGTERM (SLURM's cancel, ``kill``) raises KeyboardInterrupt as Ctrl-C does, so the
-    job records that it was interrupted instead of vanishing. Lightning's own handler runs first during a fit."""
+    job records that it was interrupted instead of vanishing. Lightning's own handler runs first during a fit; a
+    handler that was there before (:class:`vvm.slurm.SlurmLauncher`'s, which requeues a Slurm job) is called
+    before the interrupt is raised."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
+        if callable(previous):
+            previous(signum, frame)
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -281,6 +281,7 @@ def build_datamodule(job: JobSettings) -> Any:
         max_samples=job.cka.max_samples,
         shuffle=job.cka.shuffle,
         seed=job.seed,
+        pool_size=declared_pool(job_measures(job.measures, job.measure, job.cka).values()),
     )
 
 

@@ -76,7 +76,7 @@ def check_plan(
     if cka.every_n_epochs > 0:
         plans.append(("the probe during training", dm.probe_batches()))
     for what, batches in plans:
-        sizes = [len(b) for b in batches.plan]
+        sizes = [len(b) for b in batches.cka_plan()]
         if not any(s >= need for s in sizes):
             raise ConfigError(
                 f"{what} has {sum(sizes)} examples in batches of {sorted(set(sizes)) or [0]} "
@@ -84,12 +84,18 @@ def check_plan(
                 f"{names['limit']}={limit}): the {estimator} estimator needs at least {need} examples per batch, "
                 "so every batch would be skipped and nothing estimated; use more examples"
             )
+        pools = [len(b) for b in batches.pools()]
         for name, m in (measures or {}).items():
-            if name != "cka" and not any(s >= m.min_n for s in sizes):
+            if name != "cka" and not any(s >= m.min_n for s in (pools if m.pooled else sizes)):
+                what_n = (
+                    f"measure.{name}.n={m.params.n}"
+                    if m.pooled
+                    else f"{names['batch_size']}={cka.batch_size}"
+                )
                 raise ConfigError(
-                    f"{what} has batches of {sorted(set(sizes)) or [0]} examples ({names['batch_size']}="
-                    f"{cka.batch_size}): {m.min_reason} needs at least {m.min_n}, so measure {name} would skip "
-                    f"every batch; use bigger batches or change measure.{name}.*"
+                    f"{what} has {'pools' if m.pooled else 'batches'} of {sorted(set(pools if m.pooled else sizes)) or [0]} "
+                    f"examples ({what_n}): {m.min_reason} needs at least {m.min_n}, so measure {name} would skip "
+                    f"every {'pool' if m.pooled else 'batch'}; use more examples or change measure.{name}.*"
                 )
 
 

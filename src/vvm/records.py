@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from vvm.io import InputError, load_json, load_npz
+from vvm.io import InputError, UnreadableFile, load_json, load_npz
 
 if TYPE_CHECKING:
     from vvm.settings import JobSettings
@@ -57,6 +58,8 @@ class JobRecord:
     accuracy: float | None = None
     mean_cka: float | None = None
     kernel: str | None = None
+    seed: int | None = None
+    n_batches: int | None = None
     overrides: list[str] = field(default_factory=list)
     variant: str = ""
     matrix: Any = None
@@ -128,22 +131,26 @@ def read_job(sweep_dir: str | Path, job_dir: str | Path) -> JobRecord:
     choices = _mapping(_mapping(_mapping(hydra_cfg).get("hydra")).get("runtime")).get("choices")
     choices = {k: v for k, v in _mapping(choices).items() if isinstance(v, str)}
     task_cfg = _mapping(_read_yaml(job_dir / ".hydra" / "config.yaml"))
-    rec.model = _literal(_mapping(task_cfg.get("model")).get("name")) or choices.get("model")
-    rec.init = _literal(_mapping(task_cfg.get("init")).get("name")) or choices.get("init")
-    rec.dataset = choices.get("dataset")
+    given = _override_items(rec.overrides)  # the last word: the job's command line
+    rec.model = (
+        _literal(_mapping(task_cfg.get("model")).get("name")) or choices.get("model") or given.get("model")
+    )
+    rec.init = (
+        _literal(_mapping(task_cfg.get("init")).get("name")) or choices.get("init") or given.get("init")
+    )
+    rec.dataset = choices.get("dataset") or given.get("dataset")
 
     result: dict[str, Any] | None = None
     res_path = job_dir / "result.json"
     if res_path.is_file():
         try:
             result = load_json(res_path)
+            if not isinstance(result, dict):
+                kind = "null" if result is None else type(result).__name__
+                rec.error = f"result.json holds a JSON {kind}, not a job's mapping: run the job again"
+                result = None
         except (OSError, ValueError) as e:
             rec.error = f"result.json is unreadable: {e}"
-        if result is not None and not isinstance(result, dict):
-            rec.error = (
-                f"result.json holds a JSON {type(result).__name__}, not a job's mapping: run the job again"
-            )
-            result = None
     elif rec.error is None:
         rec.error = "no result.json: the job was killed, is still running, or never started its pipeline"
 
@@ -172,6 +179,7 @@ def _read_result(rec: JobRecord, result: dict[str, Any]) -> None:
     mean = result.get("mean_cka")
     rec.mean_cka = None if mean is None or (isinstance(mean, float) and math.isnan(mean)) else mean
     rec.kernel = result.get("kernel")
+    rec.seed, rec.n_batches = result.get("seed"), result.get("n_batches")
     measures = result.get("measures")
     rec.measures = dict(measures) if isinstance(measures, dict) and measures else {"cka": rec.mean_cka}
     other = result.get("compare")
@@ -183,39 +191,29 @@ def _read_result(rec: JobRecord, result: dict[str, Any]) -> None:
     rec.analyses = result.get("analyses") if isinstance(result.get("analyses"), dict) else {}
     if rec.status == "running":
         rec.status, rec.error = "incomplete", rec.error or "result.json says the job is still running"
-
-
-def _read_matrix(rec: JobRecord, npz_path: Path) -> None:
-    """The CKA matrix and layer names of a job that finished ok; a missing or unreadable file makes it
-    incomplete."""
-    try:
-        z = load_npz(npz_path)
-        rec.matrix = z["cka"]
-        rec.layers_x = [str(s) for s in z["layers_x"]]
-        rec.layers_y = [str(s) for s in z["layers_y"]]
-        if rec.samples is None and "n_samples" in z:
-            rec.samples = int(z["n_samples"])
-    except Exception as e:  # noqa: BLE001 - truncated (BadZipFile, EOFError), damaged (zlib.error), or not npz
-        rec.status = "incomplete"
-        rec.error = f"cka.npz is missing or unreadable: {type(e).__name__}: {e}"
+    if rec.status != "ok" and not rec.error:  # never "incomplete: None"
+        rec.error = f"result.json says {rec.status} and records no error: run the job again"
 
 
 def _read_matrices(rec: JobRecord, job_dir: Path) -> None:
     """cka.npz (when the job measured CKA) and every other measure's ``<name>.npz``; a missing or unreadable
-    file makes the job incomplete."""
-    if "cka" in rec.measures:
-        _read_matrix(rec, job_dir / "cka.npz")
-    for name in rec.measures:
-        if name == "cka" or rec.status != "ok":
-            continue
+    file (truncated, damaged, pickled objects, a key missing) makes the job incomplete, with a note."""
+    for name in ["cka"] * ("cka" in rec.measures) + [m for m in rec.measures if m != "cka"]:
         try:
             z = load_npz(job_dir / f"{name}.npz")
-            rec.matrices[name] = z["matrix"]
-            if not rec.layers_x:
+            if name == "cka":
+                rec.matrix = z["cka"]
+            else:
+                rec.matrices[name] = z["matrix"]
+            if name == "cka" or not rec.layers_x:
                 rec.layers_x, rec.layers_y = [str(s) for s in z["layers_x"]], [str(s) for s in z["layers_y"]]
-        except (OSError, KeyError, ValueError) as e:
+            if rec.samples is None and "n_samples" in z:
+                rec.samples = int(z["n_samples"])
+        except (UnreadableFile, KeyError) as e:
             rec.status = "incomplete"
-            rec.error = f"{name}.npz is missing or unreadable: {type(e).__name__}: {e}"
+            why = f"it holds no {e}" if isinstance(e, KeyError) else e
+            rec.error = f"{name}.npz is missing or unreadable: {why}"
+            return
 
 
 def _number(v: Any) -> float | None:
@@ -262,7 +260,7 @@ def analysis_records(jobs: Sequence[JobRecord], kind: str) -> list[dict[str, Any
             "init": j.init,
         }
         path = j.output_dir / f"{kind}.npz"
-        if path.is_file():
+        with contextlib.suppress(UnreadableFile):  # missing or damaged: the figure names it in a footnote
             rec.update(load_npz(path))
         out.append(rec)
     return out

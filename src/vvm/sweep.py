@@ -55,10 +55,9 @@ from vvm.records import (
 from vvm.sweep_figures import (
     analysis_figures,
     family_order,
-    grid_rows,
+    grid_figure,
     measure_figures,
     model_order,
-    summary_title,
     sweep_name,
 )
 
@@ -102,7 +101,6 @@ def write_summary(
 
     from vvm.io import write_bytes
     from vvm.plots.heatmap import save_figure
-    from vvm.plots.summary import summary_figure
 
     sweep_dir = Path(sweep_dir)
     jobs = collect_jobs(sweep_dir)
@@ -116,8 +114,7 @@ def write_summary(
     files.update(
         {f"{m}_{kind}": p for m, pair in per_measure.items() for kind, p in zip(("png", "pdf"), pair)}
     )
-    fig = summary_figure(grid_rows(jobs), title=summary_title(jobs, sweep_dir))
-    files["png"], files["pdf"] = save_figure(fig, sweep_dir / "summary")
+    files["png"], files["pdf"] = save_figure(grid_figure(jobs), sweep_dir / "summary")
     analyses = analysis_figures(sweep_dir, jobs)
     for kind, (png, pdf) in analyses.items():
         files[f"{kind}_png"], files[f"{kind}_pdf"] = png, pdf

@@ -59,9 +59,10 @@ def grid_rows(jobs: Sequence[JobRecord], measure: str = "cka") -> list[tuple[str
             note = None
             if j.status != "ok" or matrix is None:
                 note = f"{j.status}: {j.error or f'no {label} matrix'}"
+            seed = f" · seed {j.seed}" if len({k.seed for k in jobs}) > 1 else ""
             panels.append(
                 Panel(
-                    title=f"{j.model} · {j.init}" + (f" vs {j.compare}" if j.compare else ""),
+                    title=f"{j.model} · {j.init}" + (f" vs {j.compare}" if j.compare else "") + seed,
                     matrix=matrix,
                     layers_x=j.layers_x,
                     layers_y=j.layers_y,
@@ -77,29 +78,56 @@ def measure_figures(sweep_dir: Path, jobs: Sequence[JobRecord]) -> dict[str, tup
     """``summary-<measure>.png``/``.pdf`` for each measure besides CKA the jobs computed (``measures=[...]``):
     the grid of summary.png with that measure's matrices. Returns ``{measure: (png, pdf)}``."""
     from vvm.plots.heatmap import save_figure
+
+    return {m: save_figure(grid_figure(jobs, m), sweep_dir / f"summary-{m}") for m in measures_of(jobs)}
+
+
+def grid_figure(jobs: Sequence[JobRecord], measure: str = "cka") -> Any:
+    """summary.png (or summary-<measure>.png): the grid, its colour bar named by the measure's quantity (one
+    kernel and estimator, or "mixed"), the title and caption from the jobs' facts."""
     from vvm.plots.summary import summary_figure
 
-    out = {}
-    for m in measures_of(jobs):
-        fig = summary_figure(grid_rows(jobs, m), title=summary_title(jobs, sweep_dir, measure=m))
-        out[m] = save_figure(fig, sweep_dir / f"summary-{m}")
-    return out
+    names = set(map(str, filter(None, (quantity_of(j, measure) for j in jobs))))
+    label = names.pop() if len(names) == 1 else f"{measured(jobs[0], measure)[2]} (mixed settings)"
+    return summary_figure(grid_rows(jobs, measure), title=summary_title(jobs, measure=measure),
+                          cbar_label=label, caption=summary_caption(jobs))  # fmt: skip
 
 
-def summary_title(jobs: Sequence[JobRecord], sweep_dir: Path, measure: str = "cka") -> str:
-    def one(values: set) -> str | None:
-        values.discard(None)
-        return str(next(iter(values))) if len(values) == 1 else None
+def quantity_of(job: JobRecord, measure: str) -> str | None:
+    """How the job's ``<measure>.npz`` names its quantity (``linear CKA (unbiased HSIC₁)``), None without one."""
+    from vvm.io import load_npz
+    from vvm.plots.style import quantity
 
-    kernel, dataset = one({j.kernel for j in jobs}), one({j.dataset for j in jobs})
-    samples = one({j.samples for j in jobs})
+    path = job.output_dir / f"{measure}.npz"
+    return quantity(measure, load_npz(path)) if job.status == "ok" and path.is_file() else None
+
+
+def _one(values: set) -> Any:
+    values.discard(None)
+    return next(iter(values)) if len(values) == 1 else None
+
+
+def summary_title(jobs: Sequence[JobRecord], sweep_dir: Path | None = None, measure: str = "cka") -> str:
+    """``linear CKA on digits · 13/14 jobs ok``: the sweep's facts (its folder is in the caption of no figure:
+    the jobs' own facts say what it is)."""
+    kernel, dataset = _one({j.kernel for j in jobs}), _one({j.dataset for j in jobs})
     n_ok = sum(j.status == "ok" for j in jobs)
     parts = [f"{kernel or ''} CKA".strip() if measure == "cka" else measured(jobs[0], measure)[2]]
     if dataset:
         parts.append(f"on {dataset}")
-    if samples:
-        parts.append(f"({samples} examples)")
-    return f"{' '.join(parts)} - {n_ok}/{len(jobs)} jobs ok - {sweep_name(sweep_dir)}"
+    return f"{' '.join(parts)} · {n_ok}/{len(jobs)} jobs ok"
+
+
+def summary_caption(jobs: Sequence[JobRecord]) -> str:
+    """The sample of the sweep's passes and its seeds: ``n = 360 examples in 2 batches · seed 0``."""
+    from vvm.plots.style import caption
+
+    seeds = sorted({j.seed for j in jobs if j.seed is not None})
+    seed = (
+        f"seed {seeds[0]}" if len(seeds) == 1 else (f"seeds {', '.join(map(str, seeds))}" if seeds else None)
+    )
+    n, b = _one({j.samples for j in jobs}), _one({j.n_batches for j in jobs})
+    return caption(n, b, None if n else "sample sizes differ between jobs", seed)
 
 
 def sweep_name(sweep_dir: str | Path) -> str:
@@ -131,7 +159,7 @@ def analysis_figures(sweep_dir: Path, jobs: Sequence[JobRecord]) -> dict[str, tu
             if records:
                 log.info("sweep summary: %s applies to none of the sweep's models: no figure", kind)
             continue
-        fig = sweep_figure(kind, records, title=f"{title}{where} - {sweep_name(sweep_dir)}")
+        fig = sweep_figure(kind, records, title=f"{title}{where}")
         png, pdf = save_figure(fig, sweep_dir / f"summary-{kind}")
         out[kind] = (png, pdf)
     return out

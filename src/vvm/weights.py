@@ -34,7 +34,7 @@ import torch
 from vvm.io import remove_stale_temporaries
 from vvm.models import published_arch, trained_by_vvm
 from vvm.models.base import VisionModel
-from vvm.models.checkpoints import CheckpointMismatchError, load_checkpoint
+from vvm.models.checkpoints import CheckpointMismatchError, load_checkpoint, refused_objects
 from vvm.models.published import load_timm_pretrained, published_source
 from vvm.settings import InitName, InitSettings, ModelSettings
 from vvm.train.cache import CheckpointCache, read_facts, save_trained
@@ -197,19 +197,13 @@ def train_and_save(
 
 
 def readable_cache_file(path: Path) -> bool:
-    """Whether the cache file ``path`` (vvm's own: ``<key>.ckpt`` or ``<key>.last.ckpt``) reads as a torch file;
-    one that does not (truncated, empty, random bytes) is moved aside to ``<name>.corrupt-<time>`` with a
+    """Whether the cache file ``path`` (vvm's own: ``<key>.ckpt`` or ``<key>.last.ckpt``, both plain values that
+    ``torch.load(weights_only=True)`` reads) reads as a torch file; one that does not (truncated, empty, random
+    bytes, or objects beyond plain values: a hostile pickle) is moved aside to ``<name>.corrupt-<time>`` with a
     warning, so that the model is trained again (or resumed from the other file)."""
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return True
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(
-            e
-        ):  # objects beyond plain values: a Lightning last.ckpt holds some
-            return True
-        cached_checkpoint_damaged(path, e)
-        return False
     except Exception as e:  # noqa: BLE001 - anything torch cannot read is damage here
         cached_checkpoint_damaged(path, e)
         return False
@@ -221,13 +215,15 @@ def cached_checkpoint_damaged(path: Path, err: BaseException) -> bool:
     text = str(err)
     if isinstance(err, CheckpointMismatchError) and "not a readable torch file" not in text:
         return False
+    if isinstance(err, pickle.UnpicklingError):  # never torch's advice to load it unsafely
+        text = refused_objects(err)
     aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
     os.replace(path, aside)
     log.warning(
         "the cached checkpoint %s could not be read (%s: %s); moved it to %s and %s",
         path,
         type(err).__name__,
-        text[:200],
+        " ".join(text.split())[:200],
         aside,
         "the training resumes from its last saved epoch or starts again"
         if path.name.endswith(".last.ckpt")

@@ -11,6 +11,13 @@ class token out as a key leaves each query's weights on the patches summing to `
 they are renormalised to sum to 1 (``renormalised=True``: the expected distance of the key a query attends to,
 among patches), else used as they are (the class token's share then counts as distance 0).
 
+What the renormalisation hides is recorded beside the distance: ``prefix_mass`` per block and head, the mean over
+images and patch queries of ``Σ_{j prefix} a_ij``, the share of attention on the class/prefix tokens before
+the renormalisation. A head with 0.999 of it on the class token has a renormalised distance computed from the
+last 0.001 (a random ViT's reads as near-uniform, about 115 px on 224 px images): its distance says where the
+little attention left for patches goes, not where the head looks. Heads above :data:`MOSTLY_PREFIX` are listed
+in the summary.
+
 timm's ``Attention`` computes fused scaled-dot-product attention by default, which never forms the weights:
 for this pass ``fused_attn`` is switched off (the same arithmetic, written out) and the weights are read at the
 input of ``attn_drop`` (an identity in eval mode); the switch is put back afterwards.
@@ -27,13 +34,18 @@ from torch import Tensor, nn
 
 from vvm.analyses.common import TokenGrid, analysis_mode, device_of, progress, split_model, token_grid
 
+# a head whose patch queries put more than this share of their attention on the class/prefix tokens is listed
+MOSTLY_PREFIX = 0.5
+
 
 @dataclass
 class AttentionResult:
-    """``distance`` ``[blocks, heads]`` in input pixels for the attention modules ``blocks`` (in order)."""
+    """``distance`` ``[blocks, heads]`` in input pixels for the attention modules ``blocks`` (in order);
+    ``prefix_mass`` ``[blocks, heads]``: the patch queries' mean attention on the class/prefix tokens."""
 
     blocks: list[str]
     distance: np.ndarray
+    prefix_mass: np.ndarray
     n_images: int
     image_size: tuple[int, int]
     grid: tuple[int, int]
@@ -60,7 +72,14 @@ class AttentionResult:
             "prefix_tokens": np.array(self.prefix_tokens),
             "renormalised": np.array(self.renormalised),
             "excluded": np.array("class/prefix tokens left out as queries and keys"),
+            "prefix_mass": self.prefix_mass,
         }
+
+    def mostly_prefix(self) -> list[str]:
+        """``block/head`` of the heads whose patch queries put more than :data:`MOSTLY_PREFIX` of their attention
+        on the class/prefix tokens."""
+        rows, cols = np.nonzero(np.nan_to_num(self.prefix_mass) > MOSTLY_PREFIX)
+        return [f"{self.blocks[b]}/{h}" for b, h in zip(rows.tolist(), cols.tolist())]
 
     def summary(self) -> dict[str, Any]:
         d = self.distance
@@ -74,6 +93,14 @@ class AttentionResult:
             "image_size": list(self.image_size),
             "prefix_tokens_excluded": self.prefix_tokens,
             "renormalised": self.renormalised,
+            "prefix_mass_mean": [round(float(v), 4) for v in np.nanmean(self.prefix_mass, axis=1)],
+            "prefix_mass_max_head": [round(float(v), 4) for v in np.nanmax(self.prefix_mass, axis=1)],
+            "heads_mostly_on_prefix": self.mostly_prefix(),
+            "prefix_mass_note": (
+                f"prefix_mass: the share of the patch queries' attention on the {self.prefix_tokens} "
+                "class/prefix token(s), before renormalising; a head above "
+                f"{MOSTLY_PREFIX} (heads_mostly_on_prefix) has a distance computed from the rest only"
+            ),
         }
 
 
@@ -101,6 +128,12 @@ def distance_from_weights(attn: Tensor, dist: Tensor, prefix: int, renormalise: 
     if renormalise:
         a = a / a.sum(dim=-1, keepdim=True)
     return (a * dist).sum(dim=-1).mean(dim=-1)
+
+
+def prefix_mass_from_weights(attn: Tensor, prefix: int) -> Tensor:
+    """Per image and head, ``mean_i Σ_{j < prefix} a_ij`` over the patch queries ``i``: the attention on the
+    class/prefix tokens before any renormalisation; ``attn`` ``[B, heads, T, T]``; returns ``[B, heads]``."""
+    return attn[:, :, prefix:, :prefix].double().sum(dim=-1).mean(dim=-1)
 
 
 def attention_modules(net: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -145,6 +178,7 @@ def mean_attention_distance(
     device = device_of(net)
     dist = torch.as_tensor(patch_distances(tokens), dtype=torch.float64, device=device)
     sums: dict[str, Tensor] = {}
+    mass: dict[str, Tensor] = {}
     fused = {m: m.fused_attn for _, m in mods}
 
     def hook_for(name: str):
@@ -157,6 +191,7 @@ def mean_attention_distance(
                 )
             d = distance_from_weights(attn, dist, tokens.prefix, renormalise).sum(dim=0)
             sums[name] = sums.get(name, 0) + d
+            mass[name] = mass.get(name, 0) + prefix_mass_from_weights(attn, tokens.prefix).sum(dim=0)
 
         return hook
 
@@ -172,26 +207,33 @@ def mean_attention_distance(
             h.remove()
         for m, f in fused.items():
             m.fused_attn = f
-    return _result(mods, sums, images, tokens, renormalise)
+    return _result(mods, sums, mass, images.shape[0], tokens, renormalise)
 
 
-def _result(mods: list, sums: dict, images: Tensor, tokens: TokenGrid, renormalise: bool) -> AttentionResult:
+def _per_head(mods: list, sums: dict, n: int) -> np.ndarray:
+    """``[blocks, heads]`` of the per-block sums over images divided by ``n`` (NaN where a block has fewer heads)."""
+    heads = max(int(sums[name].numel()) for name, _ in mods)
+    out = np.full((len(mods), heads), np.nan)
+    for b, (name, _) in enumerate(mods):
+        v = (sums[name] / n).cpu().numpy()
+        out[b, : v.size] = v
+    return out
+
+
+def _result(
+    mods: list, sums: dict, mass: dict, n: int, tokens: TokenGrid, renormalise: bool
+) -> AttentionResult:
     silent = [name for name, _ in mods if name not in sums]
     if silent:
         raise RuntimeError(
             f"attention modules {silent[:4]} did not pass their weights through attn_drop: their attention "
             "cannot be read (a timm attention class vvm does not know)"
         )
-    n = images.shape[0]
-    heads = max(int(sums[name].numel()) for name, _ in mods)
-    distance = np.full((len(mods), heads), np.nan)
-    for b, (name, _) in enumerate(mods):
-        v = (sums[name] / n).cpu().numpy()
-        distance[b, : v.size] = v
     size = (tokens.grid[0] * tokens.patch[0], tokens.grid[1] * tokens.patch[1])
     return AttentionResult(
         blocks=[name for name, _ in mods],
-        distance=distance,
+        distance=_per_head(mods, sums, n),
+        prefix_mass=_per_head(mods, mass, n),
         n_images=n,
         image_size=size,
         grid=tokens.grid,

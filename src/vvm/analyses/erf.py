@@ -2,13 +2,30 @@
 Deep Convolutional Neural Networks").
 
 For a tracked layer with a spatial layout (a feature map, or ViT patch tokens on their grid; see
-:mod:`vvm.analyses.common`), take the position at the centre of its map, ``(H // 2, W // 2)``, sum its output
-over channels, and differentiate with respect to the network's input image (the model's own resolution and
-normalisation: :meth:`VisionModel.preprocess`'s output). The map is ``|∂ y_centre / ∂ x|`` summed over the
-colour channels and averaged over ``N`` images: ``[H_in, W_in]`` in input pixels.
+:mod:`vvm.analyses.common`), take the position at the centre of its map, ``(H // 2, W // 2)``, and differentiate
+its output with respect to the network's input image (the model's own resolution and normalisation:
+:meth:`VisionModel.preprocess`'s output). Two definitions (``mode``):
 
-In eval mode every example's output depends on its own image only, so the gradient of the batch's sum gives
-each image's gradient at once: one backward per layer per batch, and each backward stops at its layer's depth
+- ``unit`` (the default, Luo et al.'s): the mean over output units (channels) ``c`` of ``|∂ y_c,centre / ∂ x|``,
+  the absolute value taken per unit. All ``C`` channels of every image would cost ``C`` backwards per layer and
+  batch, so each layer draws an unbiased random sample of ``units`` of its channels (all of them when it has no
+  more; seeded by ``seed`` and the layer's name, so the sample does not depend on the other tracked layers), and
+  each backward pass gives every image the gradient of *one* sampled channel: image ``i`` (its place in the
+  image order) in pass ``r`` of ``units_per_image`` (at most the sample's size ``U``) takes channel
+  ``sample[(i · units_per_image + r) mod U]``, cycling through the sample so that every sampled channel is used
+  as often as the others (±1). The map is the mean over those ``n_images · units_per_image`` (image, unit)
+  pairs: an unbiased estimate of the per-unit ERF averaged over units and images, at ``units_per_image``
+  backwards per layer and batch (the defaults, 64 units and 1 per image, cost what the channel sum costs). With
+  ``units`` and ``units_per_image`` at least ``C`` every image takes every channel once: the exact mean over
+  units.
+- ``channel_sum``: ``|∂ (Σ_c y_c,centre) / ∂ x|``, the ERF of the channel sum (signs cancel before the absolute
+  value: narrower than the per-unit ERF, up to 1.9× on a ResNet-18 block); one backward per layer and batch.
+
+Either map is summed over the colour channels and averaged: ``[H_in, W_in]`` in input pixels. The files record
+the mode, the channels of each layer and the units used.
+
+In eval mode every example's output depends on its own image only, so the gradient of a sum over the batch gives
+each image's gradient at once: one backward per layer per pass, and each backward stops at its layer's depth
 (parameter gradients are never computed).
 
 Radii: the map's centre is its centre of mass (for a strided map the centre unit sits half a pixel off the
@@ -20,6 +37,7 @@ the image's longer side.
 from __future__ import annotations
 
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +56,18 @@ from vvm.analyses.common import (
     token_grid,
 )
 from vvm.cka.presets import LayerSpec, resolve_layers
+from vvm.settings.analyses import ERF_MODES
 
+DEFINITIONS = {
+    "unit": "mean over sampled output channels c of |d y_c,centre / d x| (Luo et al. 2016, per unit)",
+    "channel_sum": "|d (sum_c y_c,centre) / d x|: the ERF of the channel sum",
+}
 # the sum over channels of a LayerNorm output with a uniform scale (a random-init ViT's norm layers) is constant
-ZERO_MAP = (
-    "the sum of its centre position's channels does not depend on the image (e.g. a LayerNorm output with a "
-    "uniform scale sums to a constant): map zero, radii NaN"
-)
+ZERO_MAP = {
+    "channel_sum": "the sum of its centre position's channels does not depend on the image (e.g. a LayerNorm "
+    "output with a uniform scale sums to a constant): map zero, radii NaN",
+    "unit": "none of its sampled centre units depends on the image: map zero, radii NaN",
+}
 
 
 @dataclass
@@ -52,7 +76,10 @@ class ERFResult:
     colour channels), ``radius50``/``radius90`` in input pixels, ``centre`` ``[L, 2]`` (row, column of the map's
     centre of mass), ``grid`` ``[L, 2]`` (the layer's own map size), ``depth`` (relative depth among all
     tracked layers); ``skipped``: tracked layers without a spatial layout, with the reason; ``zero``: layers
-    whose map is zero (radii NaN), with the reason."""
+    whose map is zero (radii NaN), with the reason; ``mode`` (``unit`` or ``channel_sum``), ``channels``
+    ``[L]`` (each layer's output channels), ``units`` ``[L]`` (the channels sampled; all of them for
+    ``channel_sum``), ``units_per_image`` (the backward passes per batch; 1 for ``channel_sum``), ``sampled``
+    ``[L, max units]``: the channels sampled, in the order images take them (−1 pads; empty for ``channel_sum``)."""
 
     layers: list[str]
     maps: np.ndarray
@@ -65,6 +92,11 @@ class ERFResult:
     n_images: int
     skipped: dict[str, str] = field(default_factory=dict)
     zero: dict[str, str] = field(default_factory=dict)
+    mode: str = "unit"
+    channels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    units: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    units_per_image: int = 1
+    sampled: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
 
     @property
     def side(self) -> int:
@@ -86,6 +118,12 @@ class ERFResult:
             "n_images": np.array(self.n_images),
             "skipped": np.array(sorted(self.skipped), dtype=str),
             "zero": np.array(sorted(self.zero), dtype=str),
+            "mode": np.array(self.mode),
+            "definition": np.array(DEFINITIONS[self.mode]),
+            "channels": self.channels,
+            "units": self.units,
+            "units_per_image": np.array(self.units_per_image),
+            "sampled": self.sampled,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -100,6 +138,11 @@ class ERFResult:
             "radius90_frac": _floats(self.radius90 / self.side),
             "skipped": dict(self.skipped),
             "zero": dict(self.zero),
+            "mode": self.mode,
+            "definition": DEFINITIONS[self.mode],
+            "channels": [int(c) for c in self.channels],
+            "units": [int(u) for u in self.units],
+            "units_per_image": self.units_per_image,
         }
 
 
@@ -130,8 +173,8 @@ def mass_radius(m: np.ndarray, q: float, centre: np.ndarray | None = None) -> fl
     return float(dist[order][min(k, dist.size - 1)])
 
 
-def _centre_seed(tokens: Any, grids: dict[str, tuple[int, int]]):
-    """The hook's function: the layer's centre position summed over channels, ``[N]`` (None: no layout)."""
+def _centre(tokens: Any, grids: dict[str, tuple[int, int]]):
+    """The hook's function: the layer's channels at its centre position, ``[N, C]`` (None: no layout)."""
 
     def fn(name: str, out: Tensor) -> Tensor | None:
         sp = spatial_map(out, tokens)
@@ -139,35 +182,105 @@ def _centre_seed(tokens: Any, grids: dict[str, tuple[int, int]]):
             return None
         h, w = sp.shape[-2:]
         grids[name] = (int(h), int(w))
-        return sp[:, :, h // 2, w // 2].sum(dim=1)
+        return sp[:, :, h // 2, w // 2]
 
     return fn
 
 
+class UnitSample:
+    """Which output channel each image's gradient is taken of (``mode=unit``): per layer a seeded random sample
+    of ``units`` of its channels (seeded by ``seed`` and the layer's name), image ``i`` in pass ``r`` taking
+    ``sample[(i · per_image + r) mod len(sample)]``, in ``min(per_image, len(sample))`` passes."""
+
+    def __init__(self, units: int, per_image: int, seed: int = 0) -> None:
+        if units < 1 or per_image < 1:
+            raise ValueError(f"ERF units={units}, units_per_image={per_image}: use positive numbers")
+        self.units, self.per_image, self.seed = int(units), int(per_image), int(seed)
+        self.samples: dict[str, np.ndarray] = {}
+
+    def sample(self, name: str, channels: int) -> np.ndarray:
+        if name not in self.samples:
+            rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
+            self.samples[name] = rng.permutation(channels)[: self.units]
+        return self.samples[name]
+
+    def passes(self, name: str, channels: int) -> int:
+        """Backward passes for the layer: ``per_image``, at most its sample's size (no unit taken twice)."""
+        return min(self.per_image, self.sample(name, channels).size)
+
+    def channels(self, name: str, channels: int, start: int, n: int, r: int) -> Tensor:
+        """``[n]`` channel indices of images ``start .. start + n − 1`` in pass ``r``."""
+        s = self.sample(name, channels)
+        i = (np.arange(start, start + n) * self.per_image + r) % s.size
+        return torch.as_tensor(s[i], dtype=torch.long)
+
+
+def _seeds(centre: Tensor, name: str, units: UnitSample | None, start: int) -> list[Tensor]:
+    """The ``[N]`` outputs to differentiate, one per backward pass: the channel sum, or one sampled unit per
+    image in each of the layer's passes."""
+    if units is None:
+        return [centre.sum(dim=1)]
+    n, c = centre.shape
+    return [
+        centre.gather(1, units.channels(name, c, start, n, r).to(centre.device)[:, None]).squeeze(1)
+        for r in range(units.passes(name, c))
+    ]
+
+
 def effective_receptive_fields(
-    model: nn.Module, layers: LayerSpec, images: Tensor, *, batch_size: int = 32
+    model: nn.Module,
+    layers: LayerSpec,
+    images: Tensor,
+    *,
+    batch_size: int = 32,
+    mode: str = "unit",
+    units: int = 64,
+    units_per_image: int = 1,
+    seed: int = 0,
 ) -> ERFResult:
     """The effective receptive field of every tracked layer of ``model`` with a spatial layout, averaged over
     ``images`` (dataset-normalised ``[N, 3, h, w]``, e.g. :func:`~vvm.analyses.common.first_images` of the
-    datamodule's ``cka_batches()``)."""
+    datamodule's ``cka_batches()``): per unit (``mode="unit"``: ``units`` channels sampled per layer with
+    ``seed``, ``units_per_image`` backwards per batch) or of the channel sum (``mode="channel_sum"``)."""
+    if str(mode) not in ERF_MODES:
+        raise ValueError(f"ERF mode={mode!r}: choose from {', '.join(ERF_MODES)}")
+    mode = str(mode)
+    sampler = UnitSample(units, units_per_image, seed) if mode == "unit" else None
     preprocess, net = split_model(model)
     names = resolve_layers(net, layers)
     grids: dict[str, tuple[int, int]] = {}
     sums: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}  # (image, unit) gradients summed per layer
+    widths: dict[str, int] = {}
     order: list[str] = []
-    device = device_of(net)
+    device, start = device_of(net), 0
     with torch.inference_mode(False), torch.enable_grad(), analysis_mode(model):
-        with Capture(net, names, _centre_seed(token_grid(net), grids)) as cap:
+        with Capture(net, names, _centre(token_grid(net), grids)) as cap:
             for chunk in progress(images.split(max(1, int(batch_size))), "effective receptive fields"):
                 x = preprocess(chunk.clone().to(device, torch.float32)).detach().requires_grad_(True)
                 net(x)
-                seeds = cap.take()
-                order = list(seeds)
-                for name, seed in seeds.items():
-                    if seed is not None:
-                        sums[name] = sums.get(name, 0) + _input_gradient(seed, x)
-                del seeds, x
-    return _result(order, sums, grids, images.shape[0])
+                centres = cap.take()
+                order = list(centres)
+                for name, centre in centres.items():
+                    if centre is not None:
+                        widths[name] = int(centre.shape[1])
+                        for seed_out in _seeds(centre, name, sampler, start):
+                            sums[name] = sums.get(name, 0) + _input_gradient(seed_out, x)
+                            counts[name] = counts.get(name, 0) + seed_out.shape[0]
+                start += chunk.shape[0]
+                del centres, x
+    res = _result(order, sums, counts, grids, images.shape[0], mode)
+    res.units_per_image = sampler.per_image if sampler else 1
+    res.channels = np.array([widths[n] for n in res.layers], dtype=np.int64)
+    if sampler is None:
+        res.units = res.channels.copy()
+        return res
+    picks = [sampler.sample(n, c) for n, c in zip(res.layers, res.channels)]
+    res.units = np.array([p.size for p in picks], dtype=np.int64)
+    res.sampled = np.full((len(picks), int(res.units.max())), -1, dtype=np.int64)
+    for i, p in enumerate(picks):
+        res.sampled[i, : p.size] = p
+    return res
 
 
 def _input_gradient(seed: Tensor, x: Tensor) -> Tensor:
@@ -178,7 +291,9 @@ def _input_gradient(seed: Tensor, x: Tensor) -> Tensor:
     return g.abs().sum(dim=1).sum(dim=0).double()
 
 
-def _result(order: list[str], sums: dict[str, Tensor], grids: dict, n: int) -> ERFResult:
+def _result(
+    order: list[str], sums: dict[str, Tensor], counts: dict[str, int], grids: dict, n: int, mode: str
+) -> ERFResult:
     layers = [name for name in order if name in sums]
     skipped = {name: "no spatial layout (a flat output)" for name in order if name not in sums}
     if not layers:
@@ -186,10 +301,10 @@ def _result(order: list[str], sums: dict[str, Tensor], grids: dict, n: int) -> E
             f"no tracked layer has a spatial layout (feature maps or patch tokens): {', '.join(order)}; "
             "track conv or transformer blocks for receptive fields"
         )
-    maps = np.stack([(sums[name] / n).cpu().numpy() for name in layers])
-    zero = {name: ZERO_MAP for name, m in zip(layers, maps) if not m.sum() > 0}
+    maps = np.stack([(sums[name] / counts[name]).cpu().numpy() for name in layers])
+    zero = {name: ZERO_MAP[mode] for name, m in zip(layers, maps) if not m.sum() > 0}
     for name in zero:
-        warnings.warn(f"ERF: layer {name!r}: {ZERO_MAP}", stacklevel=3)
+        warnings.warn(f"ERF: layer {name!r}: {ZERO_MAP[mode]}", stacklevel=3)
     centre = np.stack([mass_centre(m) if m.sum() > 0 else np.full(2, np.nan) for m in maps])
     return ERFResult(
         layers=layers,
@@ -203,4 +318,5 @@ def _result(order: list[str], sums: dict[str, Tensor], grids: dict, n: int) -> E
         n_images=n,
         skipped=skipped,
         zero=zero,
+        mode=mode,
     )

@@ -13,7 +13,15 @@ The pass (every tracked layer at once, one forward per image):
    solve for every ridge strength of the grid at once (one eigendecomposition of the centred ``XᵀX``);
 2. the held-out part: each strength's accuracy there, and the statistics grow to the whole training split;
    the strength with the best held-out accuracy (the strongest among ties) is refitted on all of it;
-3. the evaluation split: accuracy.
+3. the evaluation split: accuracy, and which evaluation examples each layer gets right.
+
+Uncertainty: each layer's accuracy on ``n`` evaluation examples has the binomial standard error
+``sqrt(a (1 − a) / n)`` (the evaluation examples an i.i.d. sample; the fitted probe held fixed, so the variation
+of the fit with the training sample is not in it). Two layers are compared on the *same* examples: with ``b``
+the examples only the best layer gets right and ``c`` those only the other one does, the difference is
+``(b − c) / n`` with the paired standard error ``sqrt(b + c − (b − c)² / n) / n`` and McNemar's exact two-sided
+p-value ``min(1, 2 P(X ≤ min(b, c)))``, ``X ~ Binomial(b + c, 1/2)``. The summary says whether the best layer
+is separable from the runner-up (the next most accurate layer) at p < 0.05, and lists every layer that is not.
 
 Memory: ``XᵀX`` is ``d × d`` float64 per layer (8 d² bytes; d = 2048 -> 32 MiB), and solving needs as much again
 for the eigenvectors. A layer above ``max_gram_mib`` is refused before anything is allocated.
@@ -21,6 +29,7 @@ for the eigenvectors. A layer above ``max_gram_mib`` is refused before anything 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,10 +98,53 @@ class RidgeStats:
         return t if t > 0 else 1.0
 
 
+# two layers whose McNemar p-value is at least this are "not separable" on the evaluation examples
+SEPARABLE_P = 0.05
+
+
+def binomial_se(accuracy: np.ndarray | float, n: int) -> np.ndarray:
+    """The binomial standard error of an accuracy measured on ``n`` independent examples:
+    ``sqrt(a (1 − a) / n)``."""
+    a = np.asarray(accuracy, dtype=np.float64)
+    return np.sqrt(a * (1 - a) / n)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """McNemar's exact two-sided p-value for ``b`` and ``c`` discordant pairs: ``min(1, 2 P(X ≤ min(b, c)))``,
+    ``X ~ Binomial(b + c, 1/2)`` (summed in log space: exact for any ``b + c``); 1 when there are none."""
+    n, k = int(b) + int(c), min(int(b), int(c))
+    if n == 0:
+        return 1.0
+    logs = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2)
+        for i in range(k + 1)
+    ]
+    top = max(logs)
+    return min(1.0, 2.0 * math.exp(top) * sum(math.exp(v - top) for v in logs))
+
+
+def paired_comparison(right_a: np.ndarray, right_b: np.ndarray) -> dict[str, float]:
+    """Layer a against layer b on the same evaluation examples (boolean ``[n]`` each): the accuracy difference
+    ``(b − c) / n``, its paired standard error ``sqrt(b + c − (b − c)² / n) / n`` and McNemar's exact p-value,
+    with ``b`` (``c``) the examples only a (only b) gets right."""
+    right_a, right_b = np.asarray(right_a, dtype=bool), np.asarray(right_b, dtype=bool)
+    n = right_a.size
+    b, c = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+    return {
+        "difference": (b - c) / n,
+        "difference_se": math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n,
+        "mcnemar_p": mcnemar_exact(b, c),
+        "only_a": b,
+        "only_b": c,
+    }
+
+
 @dataclass
 class ProbeResult:
-    """Per tracked layer: evaluation ``accuracy``, the chosen absolute ``ridge`` (scikit-learn's ``alpha``)
-    and its value relative to ``trace / d``, held-out accuracy, feature dimension ``dims``, ``depth``."""
+    """Per tracked layer: evaluation ``accuracy`` and its binomial standard error, the chosen absolute ``ridge``
+    (scikit-learn's ``alpha``) and its value relative to ``trace / d``, held-out accuracy, feature dimension
+    ``dims``, ``depth``; ``correct`` ``[layers, n_eval]``: which evaluation examples each layer gets right (the
+    paired comparisons are computed from it)."""
 
     layers: list[str]
     accuracy: np.ndarray
@@ -105,12 +157,25 @@ class ProbeResult:
     n_holdout: int
     n_eval: int
     num_classes: int
+    correct: np.ndarray
+
+    @property
+    def accuracy_se(self) -> np.ndarray:
+        return binomial_se(self.accuracy, self.n_eval)
+
+    def against_best(self) -> tuple[int, list[dict[str, float]]]:
+        """The best layer (the first of the most accurate) and every layer's paired comparison with it."""
+        best = int(np.argmax(self.accuracy))
+        return best, [paired_comparison(self.correct[best], row) for row in self.correct]
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What probe.npz holds."""
         return {
             "layers": np.array(self.layers, dtype=str),
             "accuracy": self.accuracy,
+            "accuracy_se": self.accuracy_se,
+            "mcnemar_p_vs_best": np.array([c["mcnemar_p"] for c in self.against_best()[1]]),
+            "correct": self.correct,
             "ridge": self.ridge,
             "ridge_relative": self.ridge_relative,
             "holdout_accuracy": self.holdout_accuracy,
@@ -123,16 +188,41 @@ class ProbeResult:
         }
 
     def summary(self) -> dict[str, Any]:
-        best = int(np.argmax(self.accuracy))
-        return {
+        best, comps = self.against_best()
+        out = {
             "layers": self.layers,
             "accuracy": [round(float(a), 5) for a in self.accuracy],
+            "accuracy_se": [round(float(v), 5) for v in self.accuracy_se],
             "ridge": [float(f"{r:.4g}") for r in self.ridge],
             "best_layer": self.layers[best],
             "best_accuracy": float(self.accuracy[best]),
             "n_train": self.n_train,
             "n_holdout": self.n_holdout,
             "n_eval": self.n_eval,
+        }
+        return {**out, **self._separability(best, comps)}
+
+    def _separability(self, best: int, comps: list[dict[str, float]]) -> dict[str, Any]:
+        """Whether the best layer is separable from the runner-up, and the layers that are not."""
+        if len(self.layers) < 2:
+            return {"best_separable": None, "best_note": "one layer: nothing to compare"}
+        order = np.argsort(-self.accuracy, kind="stable")
+        second = int(next(i for i in order if i != best))
+        c = comps[second]
+        tied = [n for i, n in enumerate(self.layers) if i != best and comps[i]["mcnemar_p"] >= SEPARABLE_P]
+        separable = c["mcnemar_p"] < SEPARABLE_P
+        note = (
+            f"{self.layers[best]} {self.accuracy[best]:.4f} vs runner-up {self.layers[second]} "
+            f"{self.accuracy[second]:.4f}: difference {c['difference']:.4f} ± {c['difference_se']:.4f} (paired "
+            f"SE on the same {self.n_eval} examples), McNemar p = {c['mcnemar_p']:.3g}: "
+            + ("separable" if separable else f"NOT separable at p < {SEPARABLE_P}")
+        )
+        return {
+            "runner_up": self.layers[second],
+            "best_vs_runner_up": {k: round(float(v), 6) for k, v in c.items()},
+            "best_separable": bool(separable),
+            "not_separable_from_best": tied,
+            "best_note": note,
         }
 
 
@@ -210,6 +300,16 @@ def _fit(features: _Features, batches: Iterable[Any], k: int, max_mib: float) ->
     return stats
 
 
+def _evaluate(features: _Features, batches: Iterable[Any], final: dict) -> dict[str, np.ndarray]:
+    """Per layer, which examples of ``batches`` the probe ``final`` (one ridge strength) gets right: bool ``[n]``."""
+    hits: dict[str, list[Tensor]] = {name: [] for name in final}
+    for feats, y in features(batches):
+        for name, f in feats.items():
+            w, b = final[name]
+            hits[name].append(((f @ w[0] + b[0]).argmax(dim=-1) == y).cpu())
+    return {name: torch.cat(h).numpy() if h else np.zeros(0, dtype=bool) for name, h in hits.items()}
+
+
 def _score(features: _Features, batches: Iterable[Any], solved: dict, stats: dict | None, k: int):
     """Correct predictions per layer and ridge strength over ``batches`` (their statistics added to
     ``stats`` when given), and the number of examples."""
@@ -258,13 +358,14 @@ def linear_probe(
         # the strongest ridge among the best held-out accuracies (the grid ascends)
         pick = {name: len(rel) - 1 - int(torch.argmax(held[name].flip(0))) for name in stats}
         final = {name: s.solve([lams[name][pick[name]]]) for name, s in stats.items()}
-        right, n_eval = _score(features, evaluation, final, None, k)
+        hits = _evaluate(features, evaluation, final)
+    out = list(stats)
+    n_eval = int(hits[out[0]].size)
     if n_eval == 0:
         raise ValueError("linear probe: the evaluation split holds no examples")
-    out = list(stats)
     return ProbeResult(
         layers=out,
-        accuracy=np.array([float(right[n][0]) / n_eval for n in out]),
+        accuracy=np.array([float(hits[n].mean()) for n in out]),
         ridge=np.array([lams[n][pick[n]] for n in out]),
         ridge_relative=np.array([rel[pick[n]] for n in out]),
         holdout_accuracy=np.array([float(held[n][pick[n]]) / max(n_hold, 1) for n in out]),
@@ -274,6 +375,7 @@ def linear_probe(
         n_holdout=n_hold,
         n_eval=n_eval,
         num_classes=k,
+        correct=np.stack([hits[n] for n in out]),
     )
 
 

@@ -90,7 +90,7 @@ def run_analyses(
     """Run the analyses ``names`` (any of ``erf``, ``attention``, ``probe``) on ``model`` (a VisionModel with
     its final weights, on its device) for the tracked ``layers`` (the CKA pass's spec), write their files into
     ``out_dir`` and return ``{name: result.json entry}``; each entry has ``seconds``. ``seed`` seeds the
-    probe's choice of training examples (the job's seed)."""
+    probe's choice of training examples and the ERF's sample of units (the job's seed)."""
     settings = settings or AnalysisSettings()
     out: dict[str, dict[str, Any]] = {}
     for name in check_names(names):
@@ -98,7 +98,17 @@ def run_analyses(
         label = f"{title} - {name}" if title else None
         if name == "erf":
             images = first_images(dm.cka_batches(), settings.erf.n_images)
-            res = effective_receptive_fields(model, layers, images, batch_size=settings.erf.batch_size)
+            e = settings.erf
+            res = effective_receptive_fields(
+                model,
+                layers,
+                images,
+                batch_size=e.batch_size,
+                mode=str(e.mode),
+                units=e.units,
+                units_per_image=e.units_per_image,
+                seed=seed,
+            )
             entry = write_erf(res, out_dir, title=label)
         elif name == "attention":
             s = settings.attention

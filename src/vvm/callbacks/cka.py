@@ -17,6 +17,7 @@ inside the first model's forward pass (a pre-hook), so both run under the same a
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,10 @@ import torch
 from vvm.cka import CKAResult, MeasureResult, StreamingSimilarity
 from vvm.cka.precision import check_tf32, float32_precision, pass_float32
 from vvm.data.batches import EvalBatches
-from vvm.io import save_result
-from vvm.plots.heatmap import heatmap_figure, measures_figure, save_figure
+from vvm.io import save_result, write_rdms
+from vvm.plots.heatmap import measures_figure, save_figure
+from vvm.plots.measure import chance_reference, measure_figure
+from vvm.plots.style import caption, result_quantity
 from vvm.settings import CKASettings
 
 
@@ -41,17 +44,39 @@ def write_measure_outputs(
     xlabel: str = "layer",
     ylabel: str = "layer",
     extra: dict[str, Any] | None = None,
+    colour_range: str = "fixed",
 ) -> dict[str, Path]:
     """``<name>.npz`` (:meth:`~vvm.cka.result.MatrixResult.arrays`: cka.npz holds ``cka``, ``cka_stderr``, the
     HSICs...; the other measures ``matrix``, ``stderr``, their parameters...), ``<name>.png`` and
-    ``<name>.pdf``."""
-    out_dir = Path(out_dir)
-    npz = save_result(out_dir / f"{name}.npz", res, **(extra or {}))
-    fig = heatmap_figure(
-        res.matrix.numpy(), res.layers_x, res.layers_y, title=title, xlabel=xlabel, ylabel=ylabel
+    ``<name>.pdf``: the map with its quantity on the colour bar, the sample in the caption and each entry's 95%
+    interval half-width beside it."""
+    npz = save_result(Path(out_dir) / f"{name}.npz", res, **(extra or {}))
+    figures = draw_measure(
+        name, res, out_dir, title=title, xlabel=xlabel, ylabel=ylabel, colour_range=colour_range
     )
-    png, pdf = save_figure(fig, out_dir / name)
-    return {"npz": npz, "png": png, "pdf": pdf}
+    return {"npz": npz, **figures}
+
+
+def draw_measure(
+    name: str,
+    res: CKAResult | MeasureResult,
+    out_dir: str | Path,
+    *,
+    title: str | None,
+    xlabel: str,
+    ylabel: str,
+    colour_range: str = "fixed",
+) -> dict[str, Path]:
+    """``<name>.png`` and ``<name>.pdf``: the heatmap of a measure's matrix (:func:`measure_figure`)."""
+    fig = measure_figure(res, title=title, xlabel=xlabel, ylabel=ylabel, colour_range=colour_range)
+    png, pdf = save_figure(fig, Path(out_dir) / name)
+    return {"png": png, "pdf": pdf}
+
+
+def epoch_number(trainer: pl.Trainer) -> int:
+    """The epoch a pass during training belongs to: N after N completed training epochs (1-based), the number
+    of its folder ``cka_epochs/epoch_000N``, its figure's title and its W&B ``epoch``."""
+    return trainer.current_epoch + 1
 
 
 def _eval_batches(loaders: Any) -> EvalBatches | None:
@@ -77,6 +102,7 @@ class CKACallback(pl.Callback):
             other_layers=settings.layer_spec(other=True) if settings.other_layers is not None else None,
             every_n_epochs=settings.every_n_epochs,
             tf32=settings.tf32.value,
+            colour_range=settings.colour_range.value,
             **settings.engine_options(),
             **job,
         )
@@ -101,8 +127,10 @@ class CKACallback(pl.Callback):
         measures: Any = ("cka",),
         params: dict[str, dict[str, Any]] | None = None,
         titles: dict[str, str] | None = None,
+        colour_range: str = "fixed",
     ) -> None:
         super().__init__()
+        self.colour_range = colour_range
         self.measures = [str(m) for m in measures]
         self.params = {k: dict(v) for k, v in (params or {}).items() if k in self.measures}
         self.titles = dict(titles or {})
@@ -137,7 +165,6 @@ class CKACallback(pl.Callback):
         self._pass: contextlib.ExitStack | None = None
         self._batches: EvalBatches | None = None
         self._t0 = 0.0
-        self._panel_titles: dict[str, str] = {}
 
     # ------------------------------------------------------------------ passes
     def _start(self, pl_module: pl.LightningModule, loaders: Any) -> None:
@@ -156,6 +183,7 @@ class CKACallback(pl.Callback):
             other=other_net,
             other_layers=self.other_layers,
             max_batches=max_batches,
+            plan=self._batches.layout if self._batches is not None else None,
             **self.options,
         ).to(pl_module.device)
         self._pass = contextlib.ExitStack()
@@ -177,18 +205,32 @@ class CKACallback(pl.Callback):
         self._stop()
         assert self._metric is not None
         results = self._metric.compute()
-        self._panel_titles = {name: m.title for name, m in self._metric.measures.items()}
         seconds = time.perf_counter() - self._t0
         entry: dict[str, Any] = {
             "stage": stage,
-            "epoch": trainer.current_epoch,
+            "epoch": epoch_number(trainer) if stage == "probe" else None,  # N after N training epochs
             "result": results.get("cka"),
             "results": results,
             "seconds": seconds,
             "float32": {"tf32": self.tf32, **self._float32},
         }
         if trainer.is_global_zero:
-            paths = {name: self._write(name, res, trainer, stage, out_dir) for name, res in results.items()}
+            # every result file before any figure: a full disk or a file-size limit costs a figure, not a result
+            npz = {
+                name: save_result(out_dir / f"{name}.npz", res, **self._npz_extra(name, res))
+                for name, res in results.items()
+            }
+            rdms = None
+            if "rsa" in results:
+                pools = self._batches.pools() if self._batches is not None else None
+                rdms = write_rdms(out_dir / "rdms.npz", self._metric.measures["rsa"], results["rsa"],
+                                  pools[0] if pools else None)  # fmt: skip
+            paths = {
+                name: {"npz": npz[name], **self._write(name, res, trainer, stage, out_dir)}
+                for name, res in results.items()
+            }
+            if rdms is not None:
+                paths["rsa"]["rdms"] = rdms
             entry["measure_paths"] = paths
             if "cka" in paths:
                 entry["paths"] = paths["cka"]
@@ -203,28 +245,45 @@ class CKACallback(pl.Callback):
         return entry["result"]
 
     def _write(self, name: str, res: Any, trainer: pl.Trainer, stage: str, out_dir: Path) -> dict[str, Path]:
+        """The figures of measure ``name`` (its .npz is written before any figure)."""
         title = self.titles.get(name, self.title)
-        label = f"{title} ({stage}, epoch {trainer.current_epoch})" if stage == "probe" else title
-        return write_measure_outputs(
+        label = f"{title} ({stage}, epoch {epoch_number(trainer)})" if stage == "probe" else title
+        note = res.note() if hasattr(res, "note") else ""
+        label = f"{label}\n{note}" if note and label else label
+        return draw_measure(
             name,
             res,
             out_dir,
             title=label,
             xlabel=self.other_label,
             ylabel=self.model_label,
-            extra=self._names(),
+            colour_range=self.colour_range,
         )
+
+    def _npz_extra(self, name: str, res: Any) -> dict[str, Any]:
+        """What a measure's npz holds beside its result: the layer names, what a comparison must share
+        (``comparable``) and, for a pooled measure, the fingerprint of its pools."""
+        assert self._metric is not None
+        measure = self._metric.measures[name]
+        extra = {**self._names(), "comparable": json.dumps(measure.comparable(getattr(res, "facts", None)))}
+        if measure.pooled and self._batches is not None:  # pooled measures pair by their pools
+            extra["batch_fingerprint"] = self._batches.pool_fingerprint()
+        return extra
 
     def _write_side_by_side(
         self, results: dict[str, Any], stage: str, trainer: pl.Trainer, out_dir: Path
     ) -> dict[str, Path]:
         panels = [
-            (self._panel_titles.get(name, name), res.matrix.numpy(), res.layers_x, res.layers_y)
-            for name, res in results.items()
+            (result_quantity(res), res.matrix.numpy(), res.layers_x, res.layers_y) for res in results.values()
         ]
         what = self.title.rsplit(" - ", 1)[0]  # the job's title without its measure ("r18 (random, digits)")
-        label = f"{what} ({stage}, epoch {trainer.current_epoch})" if stage == "probe" else what
-        fig = measures_figure(panels, title=label, xlabel=self.other_label, ylabel=self.model_label)
+        label = f"{what} ({stage}, epoch {epoch_number(trainer)})" if stage == "probe" else what
+        first = next(iter(results.values()))
+        fig = measures_figure(
+            panels, title=label, xlabel=self.other_label, ylabel=self.model_label,
+            caption=caption(first.n_samples, first.n_batches, "standard errors: each measure's own figure"),
+            colour_range=self.colour_range, references=[chance_reference(r) for r in results.values()],
+        )  # fmt: skip
         png, pdf = save_figure(fig, Path(out_dir) / "measures")
         return {"png": png, "pdf": pdf}
 
@@ -242,7 +301,7 @@ class CKACallback(pl.Callback):
         from vvm.loggers import log_measure
 
         for logger in trainer.loggers:
-            epoch = trainer.current_epoch + 1 if stage == "probe" else None
+            epoch = epoch_number(trainer) if stage == "probe" else None
             log_measure(
                 logger, res, measure=measure, stage=stage, image=paths["png"], step=trainer.global_step,
                 epoch=epoch,
@@ -318,7 +377,7 @@ class CKACallback(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pass is not None:
-            out = self.output_dir / "cka_epochs" / f"epoch_{trainer.current_epoch + 1:04d}"
+            out = self.output_dir / "cka_epochs" / f"epoch_{epoch_number(trainer):04d}"
             self._finish(trainer, "probe", out)
 
     def on_exception(
@@ -330,4 +389,4 @@ class CKACallback(pl.Callback):
         return {}
 
 
-__all__ = ["CKACallback", "write_measure_outputs"]
+__all__ = ["CKACallback", "epoch_number", "measure_figure", "write_measure_outputs"]

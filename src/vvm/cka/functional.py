@@ -92,11 +92,14 @@ class RawParts(NamedTuple):
     """What rebuilds the Gram of the raw features from the centred one: ``X = Xc + 1μᵀ`` with ``μ`` the feature
     mean gives ``X Xᵀ = Xc Xcᵀ + u1ᵀ + 1uᵀ + ‖μ‖² 11ᵀ``, ``u = Xc μ`` (float64, ``[n]``), ``mu2 = ‖μ‖²``; ``sq``
     (float64, ``[n]``) the squared norms ``‖x_i‖²`` summed directly, the Gram's diagonal without the rounding of
-    the sum (an all-zero example has exactly 0)."""
+    the sum (an all-zero example has exactly 0); ``rs`` (float64, ``[n]``) each example's sum over its features and
+    ``d`` (float64, ``[]``) the number of features: the row means that correlation distances centre by."""
 
     u: Tensor
     mu2: Tensor
     sq: Tensor
+    rs: Tensor
+    d: Tensor
 
 
 def linear_gram(
@@ -115,7 +118,8 @@ def linear_gram(
     n, d = x.shape
     cols = d if chunk_elements is None else max(1, min(d, chunk_elements // max(n, 1)))
     zeros = x.new_zeros(n, dtype=torch.float64)
-    parts = RawParts(zeros, x.new_zeros((), dtype=torch.float64), zeros.clone()) if raw else None
+    scalar = x.new_zeros((), dtype=torch.float64)
+    parts = RawParts(zeros, scalar, zeros.clone(), zeros.clone(), scalar + d) if raw else None
     k = None
     for start in range(0, max(d, 1), max(cols, 1)):
         xc, m = _centred(x if cols >= d else x[:, start : start + cols])
@@ -130,6 +134,7 @@ def linear_gram(
             parts.u.add_(xc.double() @ mu)
             parts.mu2.add_(mu @ mu)
             parts.sq.add_((block * block).sum(dim=1))
+            parts.rs.add_(block.sum(dim=1))
     assert k is not None
     return k if parts is None else (k, parts)
 

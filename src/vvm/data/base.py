@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from vvm.data.batches import EvalBatches, balanced_batches, permutation
+from vvm.data.batches import EvalBatches, permutation, pooled_plan
 
 SPLITS = ("train", "test")
 
@@ -31,7 +31,8 @@ class VisionDataModule(pl.LightningDataModule):
     Loaders: ``train_dataloader`` (shuffled, augmented, ``batch_size``), ``val_dataloader`` (the ``probe`` subset
     of the test split, for accuracy and CKA during training), ``test_dataloader`` (the CKA pass over ``split``).
     Both evaluation loaders follow :mod:`vvm.data.batches`: a seeded random permutation (``cka_shuffle``),
-    ``max_samples`` its first examples, balanced batches of at most ``eval_batch_size``, whole batches per rank.
+    ``max_samples`` its first examples, balanced batches of at most ``eval_batch_size``, whole batches per rank;
+    with ``pool_size`` (the pooled measures' declared n) pools of that many examples, each cut into those batches.
     """
 
     name: str = "base"
@@ -55,8 +56,10 @@ class VisionDataModule(pl.LightningDataModule):
         pin_memory: bool | str = "auto",
         num_classes: int | None = None,
         cka_shuffle: bool = True,
+        pool_size: int | None = None,
     ) -> None:
         super().__init__()
+        self.pool_size = pool_size  # the pooled measures' declared n (vvm.cka.pools), None without them
         if num_classes is not None:
             if self.num_classes and num_classes != self.num_classes:
                 raise ValueError(
@@ -128,8 +131,9 @@ class VisionDataModule(pl.LightningDataModule):
         order = permutation(len(ds), seed, self.cka_shuffle)
         if max_samples is not None:
             order = order[:max_samples]
-        plan = balanced_batches(order, self.eval_batch_size)
-        return EvalBatches(ds, plan, name=f"{self.name}/{name}/seed{seed}/shuffle{int(self.cka_shuffle)}")
+        plan, layout = pooled_plan(order, self.eval_batch_size, self.pool_size)
+        label = f"{self.name}/{name}/seed{seed}/shuffle{int(self.cka_shuffle)}"
+        return EvalBatches(ds, plan, name=label, layout=layout)
 
     def cka_batches(self) -> EvalBatches:
         """The CKA pass: a seeded random permutation of the split, its first ``max_samples``, balanced batches."""

@@ -14,7 +14,10 @@ and it should not depend on how many processes computed it. So:
   workers: a DataLoader worker started by ``spawn`` or ``forkserver`` (macOS, Linux from Python 3.14) has no
   process group and would otherwise take itself for rank 0 of 1;
 - workers: batches are loaded and collated in the DataLoader's workers, worker ``k`` taking every
-  ``num_workers``-th batch, which keeps the plan's order.
+  ``num_workers``-th batch, which keeps the plan's order;
+- pools: when a measure declares its sample size (RSA, kNN: ``measure.<name>.n``), the plan's batches are the
+  units of a :class:`~vvm.cka.pools.PassPlan` (``layout``): pools of ``n`` examples, then the leftover, each cut
+  by the engine into CKA's balanced batches. A pool is a batch of the plan, so it is dealt to one rank whole.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Dataset, IterableDataset, default_collate, get_worker_info
+
+from vvm.cka.pools import PassPlan, plan_pass
 
 IGNORE_LABEL = -100  # cross-entropy's ignore_index: a masked (padding) batch's labels
 
@@ -68,6 +73,21 @@ def balanced_batches(order: list[int], batch_size: int) -> list[list[int]]:
     return out
 
 
+def pooled_plan(
+    order: list[int], batch_size: int, pool_size: int | None
+) -> tuple[list[list[int]], PassPlan | None]:
+    """The batches of a pass over ``order``: CKA's balanced batches (no pooled measure: ``pool_size=None``), or
+    the units of a :class:`~vvm.cka.pools.PassPlan` of pools of ``pool_size`` examples and the leftover."""
+    if pool_size is None:
+        return balanced_batches(order, batch_size), None
+    layout = plan_pass(len(order), batch_size, pool_size)
+    units, start = [], 0
+    for size in layout.unit_sizes:
+        units.append(order[start : start + size])
+        start += size
+    return units, layout
+
+
 def rank_and_world() -> tuple[int, int]:
     """This process's rank and the world size (``(0, 1)`` without an initialised process group)."""
     import torch.distributed as dist
@@ -83,7 +103,8 @@ class EvalBatches(IterableDataset):
     Yields collated ``(images, labels)``; a padding batch has every label set to :data:`IGNORE_LABEL`.
     ``batch_info(i)`` tells the caller the global id of this rank's ``i``-th batch and whether it is padding.
     ``rank``/``world``: this process's shard; by default read from the process group when the object is made,
-    so make it in the process that runs the model (never in a DataLoader worker).
+    so make it in the process that runs the model (never in a DataLoader worker). ``layout``: the
+    :class:`~vvm.cka.pools.PassPlan` when the plan's batches are pools (see the module docstring).
     """
 
     def __init__(
@@ -94,10 +115,12 @@ class EvalBatches(IterableDataset):
         name: str = "",
         rank: int | None = None,
         world: int | None = None,
+        layout: PassPlan | None = None,
     ) -> None:
         super().__init__()
         self.dataset = dataset
         self.plan = plan
+        self.layout = layout
         self.name = name
         if rank is None or world is None:
             found = rank_and_world()
@@ -112,13 +135,30 @@ class EvalBatches(IterableDataset):
     def n_examples(self) -> int:
         return sum(len(b) for b in self.plan)
 
-    def fingerprint(self) -> str:
-        """A hash of the batch plan (which examples meet in which batch) and the split's size: two passes with
-        the same fingerprint ran the same batches, so their per-batch values can be paired."""
+    def cka_plan(self) -> list[list[int]]:
+        """CKA's batches: the plan's, or with pools each unit's balanced batches."""
+        if self.layout is None:
+            return self.plan
+        return [unit[a:b] for u, unit in enumerate(self.plan) for a, b, _ in self.layout.cka_batches(u)]
+
+    def pools(self) -> list[list[int]]:
+        """The pools of the pooled measures (without a layout: every batch is one)."""
+        return self.plan if self.layout is None else self.plan[: self.layout.pools]
+
+    def _hash(self, batches: list[list[int]]) -> str:
         h = hashlib.sha256(f"{self.name}|{len(self.dataset)}|".encode())
-        for b in self.plan:
+        for b in batches:
             h.update((",".join(map(str, b)) + ";").encode())
         return h.hexdigest()[:16]
+
+    def fingerprint(self) -> str:
+        """A hash of CKA's batches (which examples meet in which batch) and the split's size: two passes with
+        the same fingerprint ran the same batches, so their per-batch values can be paired."""
+        return self._hash(self.cka_plan())
+
+    def pool_fingerprint(self) -> str:
+        """The same for the pools of the pooled measures (RSA, kNN): the same pools whatever ``cka.batch_size``."""
+        return self._hash(self.pools())
 
     def _share(self) -> list[int | None]:
         """Global batch ids this rank runs, in order (``None``: a masked padding batch)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,8 +22,7 @@ from torchvision.transforms import v2
 from vvm.data.augmentation import Augmentation
 from vvm.data.base import VisionDataModule
 from vvm.data.registry import register_dataset
-from vvm.settings import DatasetSettings
-from vvm.settings.base import not_recipe
+from vvm.settings.datasets import CIFAR10Settings, CIFAR100Settings
 
 OFFLINE_HINT = "use dataset=digits to run offline"  # the way out every dataset on disk offers
 
@@ -167,21 +165,6 @@ class CIFARDataModule(VisionDataModule):
     def build_split(self, split: str, train_transform: bool) -> Dataset:
         augment = self.augmentation.transforms(self.image_size) if train_transform else []
         return UInt8ImageDataset(*self._load(split), uint8_transforms(self.mean, self.std, augment))
-
-
-@dataclass
-class CIFAR100Settings(DatasetSettings):
-    """``dataset=cifar100``: the term project's dataset, downloaded into ``root`` when missing."""
-
-    num_classes: int = 100
-    download: bool = not_recipe(True)
-
-
-@dataclass
-class CIFAR10Settings(CIFAR100Settings):
-    """``dataset=cifar10``."""
-
-    num_classes: int = 10
 
 
 @register_dataset(CIFAR100Settings)

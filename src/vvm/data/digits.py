@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -13,7 +11,7 @@ from vvm.data.augmentation import Augmentation
 from vvm.data.base import VisionDataModule
 from vvm.data.cifar import UInt8ImageDataset, uint8_transforms
 from vvm.data.registry import register_dataset
-from vvm.settings import DatasetSettings
+from vvm.settings.datasets import DigitsSettings
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # the train/test split is part of the dataset, not of the run: it ignores cfg.seed
@@ -36,13 +34,6 @@ def load_digits_uint8(image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor,
         idx, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=digits.target
     )
     return images, labels, {"train": np.sort(train), "test": np.sort(test)}
-
-
-@dataclass
-class DigitsSettings(DatasetSettings):
-    """``dataset=digits``: scikit-learn's bundled digits (no files, no download)."""
-
-    num_classes: int = 10
 
 
 @register_dataset(DigitsSettings)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 from torchvision import transforms as T
@@ -12,17 +11,7 @@ from torchvision.datasets import ImageFolder
 from vvm.data.base import VisionDataModule
 from vvm.data.cifar import OFFLINE_HINT
 from vvm.data.registry import register_dataset
-from vvm.settings import DatasetSettings
-from vvm.settings.base import not_recipe
-
-
-@dataclass
-class ImageNetSettings(DatasetSettings):
-    """``dataset=imagenet``: ``root`` the validation ImageFolder, ``train_root`` the training one (default: the
-    ``train`` folder next to ``root``); ``num_classes`` may name a subset (Imagenette: 10)."""
-
-    num_classes: int = 1000
-    train_root: str | None = not_recipe(None)
+from vvm.settings.datasets import ImageNetSettings
 
 
 @register_dataset(ImageNetSettings)

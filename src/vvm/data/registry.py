@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from vvm.settings import DatasetSettings, plain
+from vvm.settings.datasets import DATASET_SETTINGS
 
 M = TypeVar("M")
 
@@ -27,6 +28,9 @@ def register_dataset(settings: type[DatasetSettings]) -> Callable[[type[M]], typ
 
     def deco(cls: type[M]) -> type[M]:
         name = str(cls.name)  # type: ignore[attr-defined]
+        known = DATASET_SETTINGS.setdefault(name, settings)  # a dataset defined outside vvm joins the schema
+        if known is not settings:
+            raise ValueError(f"dataset {name!r}: its settings are {known.__name__}, not {settings.__name__}")
         DATASETS[name] = DatasetEntry(name, cls, settings)
         return cls
 
@@ -49,9 +53,10 @@ def create_datamodule(
     max_samples: int | None = None,
     shuffle: bool = True,
     seed: int = 0,
+    pool_size: int | None = None,
 ) -> Any:
     """The datamodule ``settings`` describe, with the job's training batch size and the CKA pass's batching
-    (``eval_batch_size``, ``max_samples``, ``shuffle``) and seed."""
+    (``eval_batch_size``, ``max_samples``, ``shuffle``, the pooled measures' ``pool_size``) and seed."""
     entry = DATASETS[dataset_name(settings)]
     kwargs = {f.name: plain(getattr(settings, f.name)) for f in fields(settings)}
     return entry.module(
@@ -61,6 +66,7 @@ def create_datamodule(
         max_samples=max_samples,
         cka_shuffle=shuffle,
         seed=seed,
+        pool_size=pool_size,
     )
 
 

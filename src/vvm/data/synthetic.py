@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -11,8 +10,7 @@ from torch.utils.data import Dataset, TensorDataset
 from vvm.data.augmentation import Augmentation
 from vvm.data.base import VisionDataModule
 from vvm.data.registry import register_dataset
-from vvm.settings import DatasetSettings
-from vvm.settings.base import number
+from vvm.settings.datasets import SyntheticSettings
 
 
 def make_synthetic(n: int, num_classes: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,15 +36,6 @@ def make_synthetic(n: int, num_classes: int, image_size: int, seed: int) -> tupl
         img += torch.sin(arg + ph[:, :, w, None, None])
     img = 0.5 + 0.25 * contrast * img + 0.05 * torch.randn(n, 3, s, s, generator=g)
     return img.clamp(0, 1), labels
-
-
-@dataclass
-class SyntheticSettings(DatasetSettings):
-    """``dataset=synthetic``: deterministic generated images with learnable labels (no files)."""
-
-    image_size: int = number(32, minimum=8)
-    train_size: int = number(2048, minimum=1)
-    test_size: int = number(512, minimum=1)
 
 
 @register_dataset(SyntheticSettings)

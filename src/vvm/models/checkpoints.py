@@ -15,6 +15,7 @@ Published timm weights are :mod:`vvm.models.published`'s.
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from vvm.models.base import VisionModel
 
-__all__ = ["CheckpointMismatchError", "load_checkpoint", "read_checkpoint"]
+__all__ = ["CheckpointMismatchError", "load_checkpoint", "read_checkpoint", "refused_objects"]
 
 # prefixes of the network's keys in the checkpoints we accept: Lightning module (self.model = VisionModel),
 # a VisionModel state dict, DataParallel/DDP
@@ -36,15 +37,25 @@ class CheckpointMismatchError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
+def refused_objects(err: pickle.UnpicklingError) -> str:
+    """What a torch file that ``torch.load(weights_only=True)`` refuses holds, in vvm's words: never torch's
+    advice to load it unsafely (``weights_only=False`` runs whatever code the file names)."""
+    named = re.findall(r"GLOBAL ([\w.]+)", str(err))
+    what = f" (it names {', '.join(dict.fromkeys(named))})" if named else ""
+    return (
+        f"holds Python objects other than tensors and plain containers{what}, which vvm never loads: loading "
+        "them could run any code"
+    )
+
+
 def _read(path: Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointMismatchError(
-            f"{what} {str(path)!r} holds objects other than tensors and plain containers, which "
-            f"torch.load(weights_only=True) refuses ({err}); save the network's state dict instead: "
+            f"{what} {str(path)!r} {refused_objects(err)}; save the network's state dict instead: "
             "torch.save(model.net.state_dict(), path)"
-        ) from err
+        ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointMismatchError(f"{what} {str(path)!r} is not a readable torch file: {err}") from err
 

@@ -103,18 +103,6 @@ class LambdaResNet(CifarResNet):
         ]
 
 
-def lambda_resnet26(num_classes: int = 100) -> LambdaResNet:
-    return LambdaResNet(BLOCK_COUNTS["lambda_r26"], num_classes)
-
-
-def lambda_resnet38(num_classes: int = 100) -> LambdaResNet:
-    return LambdaResNet(BLOCK_COUNTS["lambda_r38"], num_classes)
-
-
-def lambda_resnet50(num_classes: int = 100) -> LambdaResNet:
-    return LambdaResNet(BLOCK_COUNTS["lambda_r50"], num_classes)
-
-
 def build(name: str, num_classes: int = 100) -> VisionModel:
     """The registry's builder: ``name`` is one of ``lambda_r26``, ``lambda_r38``, ``lambda_r50``."""
     if name not in BLOCK_COUNTS:

@@ -19,6 +19,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from vvm.models import families
+from vvm.plots.analyses import uniform_distance
+from vvm.plots.style import RANDOM_LS, REFERENCE, fit_canvas
 
 KINDS = ("erf", "attention", "probe")
 NEEDS = {
@@ -48,7 +50,7 @@ def _depth(rec: Mapping[str, Any], n: int) -> np.ndarray:
 def _style(rec: Mapping[str, Any], colours: dict, markers: dict) -> dict[str, Any]:
     return dict(
         color=colours[str(rec["family"])],
-        ls="--" if _is_random(rec["init"]) else "-",
+        ls=RANDOM_LS if _is_random(rec["init"]) else "-",
         marker=markers[str(rec["model"])],
         mfc="white" if _is_random(rec["init"]) else colours[str(rec["family"])],
         ms=4,
@@ -125,6 +127,7 @@ def sweep_figure(kind: str, records: Sequence[Mapping[str, Any]], *, title: str 
             if kind == "erf":
                 y = y / float(np.max(np.asarray(rec["image_size"])))
             ax.plot(_depth(rec, y.size), y, **style)
+        _references(ax, kind, usable)
         ax.set_xlim(0, 1.02)
         ax.set_ylim(0, 1.02 if kind != "attention" else None)
         last = "last attention block" if kind == "attention" else "last tracked layer"
@@ -139,7 +142,7 @@ def sweep_figure(kind: str, records: Sequence[Mapping[str, Any]], *, title: str 
         loc="outside lower center",
         ncols=min(len(labels), 3 * len(panels)),
         fontsize=7,
-        title="dashed/hollow: random init",
+        title="solid/filled: trained · dashed/hollow: random init · dotted grey: reference",
         title_fontsize=7,
     )
     if left_out:
@@ -153,4 +156,18 @@ def sweep_figure(kind: str, records: Sequence[Mapping[str, Any]], *, title: str 
             "probe": "linear probes",
         }[kind]
     )
-    return fig
+    return fit_canvas(fig)
+
+
+def _references(ax: Axes, kind: str, records: Sequence[Mapping[str, Any]]) -> None:
+    """The dotted reference lines: chance 1/classes (probe), uniform attention over the patch grid
+    (attention); one line per distinct value."""
+    values: dict[float, str] = {}
+    for rec in records:
+        if kind == "probe" and int(np.asarray(rec.get("num_classes", 0))):
+            k = int(np.asarray(rec["num_classes"]))
+            values[1.0 / k] = f"chance (1/{k})"
+        if kind == "attention" and "grid" in rec and "patch" in rec:
+            values[round(uniform_distance(rec["grid"], rec["patch"]), 6)] = "uniform attention"
+    for i, (v, label) in enumerate(sorted(values.items())):
+        ax.axhline(v, **REFERENCE, label=label if i == 0 or len({*values.values()}) > 1 else None)

@@ -11,24 +11,33 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from vvm.cka.correspondence import best_matches
-from vvm.plots.heatmap import NAN_COLOUR, draw_heatmap
+from vvm.plots.heatmap import draw_heatmap
+from vvm.plots.style import RANDOM_LS, REFERENCE, fit_canvas
 
-# line colours of the correspondence plot, by the inits of the two models
-INIT_COLOURS = {"pretrained": "#1f77b4", "random": "#ff7f0e", "mixed": "#2ca02c"}
+# line styles of the correspondence plot, by the inits of the two models (dashed = random init, as everywhere)
+INIT_STYLES = {"pretrained": "-", "random": RANDOM_LS, "mixed": "-."}
+MARKERS = "osD^vP*X"
 
 
 def joint_figure(
-    matrix: np.ndarray, models: Sequence[str], model_index: Sequence[int], *, title: str
+    matrix: np.ndarray,
+    models: Sequence[str],
+    model_index: Sequence[int],
+    *,
+    title: str,
+    cbar_label: str,
+    caption: str | None = None,
 ) -> Figure:
     """The ΣL x ΣL matrix (first layer at the bottom left), white lines at the models' boundaries, each model's
-    name beside its block on both axes; layer names are left out (``pairs/`` has them)."""
+    name beside its block on both axes, the colour bar named ``cbar_label``, ``caption`` below; layer names are
+    left out (``pairs/`` has them)."""
     m = np.asarray(matrix, dtype=float)
     idx = np.asarray(model_index)
     total = len(idx)
     size = float(np.clip(4.0 + 0.05 * total + 0.6 * len(models), 6.0, 16.0))
     fig = Figure(figsize=(size + 1.5, size), layout="constrained")
     ax = fig.subplots()
-    draw_heatmap(ax, m, [""] * total, [""] * total, title=title, show_ticks=False)
+    draw_heatmap(ax, m, [""] * total, [""] * total, title=title, show_ticks=False, cbar_label=cbar_label)
     starts = [int(np.argmax(idx == k)) for k in range(len(models))]
     ends = [s + int((idx == k).sum()) for k, s in enumerate(starts)]
     for b in starts[1:]:
@@ -41,10 +50,12 @@ def joint_figure(
     ax.set_yticks(centres)
     ax.set_yticklabels(models, fontsize=fs)
     ax.tick_params(length=0)
+    notes = [caption] if caption else []
     if np.isnan(m).any():
-        ax.text(1.0, -0.01, "grey: undefined (constant layer)", transform=ax.transAxes, ha="right", va="top",
-                fontsize=7, color=NAN_COLOUR)  # fmt: skip
-    return fig
+        notes.append("grey: undefined (a constant layer)")
+    if notes:
+        fig.supxlabel(" · ".join(notes), fontsize=7)
+    return fit_canvas(fig)
 
 
 @dataclass
@@ -90,31 +101,43 @@ def correspondence_panels(
     return list(panels.values())
 
 
-def correspondence_figure(panels: Sequence[CorrespondencePanel], *, title: str) -> Figure:
+def correspondence_figure(
+    panels: Sequence[CorrespondencePanel], *, title: str, caption: str | None = None
+) -> Figure:
     """One panel per family pair: the best-matching layer of B for every layer of A, both on a relative-depth
-    axis [0, 1]; the dashed diagonal is "same depth"; colours tell pretrained pairs from random ones."""
+    axis [0, 1]; the dotted diagonal is "same depth"; a colour and marker per pair of models, the line style
+    by their inits (solid: both trained, dashed: both random, dash-dot: one of each)."""
     n = max(len(panels), 1)
     cols = min(n, 3)
     rows = int(np.ceil(n / cols))
-    fig = Figure(figsize=(4.2 * cols, 4.0 * rows), layout="constrained")
+    fig = Figure(figsize=(4.6 * cols, 4.6 * rows + 0.4), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.set_axis_off()
     for ax, panel in zip(axes.flat, panels):
-        ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=0.8)
-        styles = ("-", "--", ":", "-.")
+        ax.plot([0, 1], [0, 1], **REFERENCE, label="same relative depth")
         for k, c in enumerate(panel.curves):
-            ax.plot(c.x, c.y, marker="o", ms=2.5, lw=1.2, color=INIT_COLOURS.get(c.inits, "0.3"),
-                    ls=styles[k % len(styles)], label=f"{c.label} ({c.inits})")  # fmt: skip
+            ax.plot(c.x, c.y, marker=MARKERS[k % len(MARKERS)], ms=2.5, lw=1.2, color=f"C{k % 10}",
+                    ls=INIT_STYLES.get(c.inits, "-"), label=f"{c.label} ({c.inits})")  # fmt: skip
         ax.set_xlim(-0.03, 1.03)
         ax.set_ylim(-0.03, 1.03)
         ax.set_aspect("equal")
         ax.set_title(panel.title, fontsize=10)
         ax.set_xlabel(panel.xlabel, fontsize=8)
         ax.set_ylabel(panel.ylabel, fontsize=8)
-        ax.legend(fontsize=6, loc="upper left")
+        ax.legend(fontsize=6, loc="upper left", title="solid: trained · dashed: random · dash-dot: one of each",
+                  title_fontsize=5.5)  # fmt: skip
     fig.suptitle(title, fontsize=10)
-    return fig
+    if caption:
+        fig.supxlabel(caption, fontsize=7)
+    return fit_canvas(fig)
 
 
-__all__ = ["CorrespondencePanel", "Curve", "correspondence_figure", "correspondence_panels", "joint_figure"]
+__all__ = [
+    "CorrespondencePanel",
+    "Curve",
+    "INIT_STYLES",
+    "correspondence_figure",
+    "correspondence_panels",
+    "joint_figure",
+]

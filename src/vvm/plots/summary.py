@@ -2,7 +2,7 @@
 
 Rows are families (resnet, lambda, vit, ...), and inside a row each model's inits sit side by side
 (``r18 · pretrained``, ``r18 · random``, ``r34 · pretrained`` ...), as in the term project's figures. Every panel uses
-the same colour scale ([0, 1] by default, one colour bar for the whole figure); undefined entries (NaN) are grey;
+the same colour scale ([0, 1] by default, one colour bar, named by its quantity, for the whole figure); undefined entries (NaN) are grey;
 a job without a matrix (failed, incomplete) gets a panel that says why.
 """
 
@@ -19,6 +19,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from vvm.plots.heatmap import NAN_COLOUR, draw_heatmap
+from vvm.plots.style import fit_canvas
 
 PANEL_W, PANEL_H = 2.7, 3.0  # inches per heatmap panel (title and tick labels included)
 
@@ -39,12 +40,15 @@ def summary_figure(
     rows: Sequence[tuple[str, Sequence[Panel]]],
     *,
     title: str | None = None,
+    cbar_label: str,
+    caption: str | None = None,
     vmin: float = 0.0,
     vmax: float = 1.0,
     cmap: str = "magma",
     max_ticks: int = 8,
 ) -> Figure:
-    """A grid with one row per ``(label, panels)`` and a single colour bar for all panels."""
+    """A grid with one row per ``(label, panels)`` and a single colour bar for all panels, named
+    ``cbar_label`` (the quantity and its estimator); ``caption`` (the sample) below."""
     rows = [(label, list(panels)) for label, panels in rows if panels]
     if not rows:
         raise ValueError("summary_figure needs at least one panel")
@@ -64,11 +68,13 @@ def summary_figure(
                 ax.set_ylabel(label, fontsize=12, fontweight="bold")
     cax = fig.add_subplot(gs[:, ncols])
     cb = fig.colorbar(ScalarMappable(norm=Normalize(vmin, vmax), cmap=cmap), cax=cax)
-    cb.set_label("CKA" + (" (grey: undefined)" if any_nan else ""))
+    cb.set_label(cbar_label + ("\n(grey: undefined)" if any_nan else ""))
     cax.set_facecolor(NAN_COLOUR)
     if title:
         fig.suptitle(title, fontsize=12)
-    return fig
+    if caption:
+        fig.supxlabel(caption, fontsize=8)
+    return fit_canvas(fig)
 
 
 def _draw_panel(ax: Axes, p: Panel, *, vmin: float, vmax: float, cmap: str, max_ticks: int) -> bool:

@@ -10,7 +10,7 @@ import collections.abc
 import inspect
 import types
 import typing
-from dataclasses import field, make_dataclass
+from dataclasses import field, fields, make_dataclass
 from typing import Any
 
 from vvm.models import ModelEntry, registry
@@ -18,6 +18,7 @@ from vvm.settings import ModelSettings
 
 # the builder arguments the job fills in itself
 _JOB_ARGS = ("num_classes", "arch")
+_SEED_RULE = next(f.metadata for f in fields(ModelSettings) if f.name == "seed")  # its range, kept
 
 
 def omegaconf_type(annotation: Any) -> Any:
@@ -70,7 +71,7 @@ def settings_class(entry: ModelEntry) -> type[ModelSettings]:
         [
             ("name", str, field(default=name_default)),
             ("num_classes", int, field(default="${dataset.num_classes}")),
-            ("seed", int, field(default="${seed}")),
+            ("seed", int, field(default="${seed}", metadata=_SEED_RULE)),
             *extra,
         ],
         bases=(ModelSettings,),

@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 
 from vvm.cka.functional import min_samples
+from vvm.cka.pools import declared_pool
 from vvm.models import registry
 from vvm.settings import ConfigError, JobSettings, check_ranges, job_measures, measure_params
-from vvm.weights import weights_source
 
 
 def _batches(job: JobSettings) -> list[str]:
@@ -25,8 +25,9 @@ def _batches(job: JobSettings) -> list[str]:
 
 
 def _measure_batches(job: JobSettings) -> list[str]:
-    """Each measure besides CKA (whose minimum is the estimator's, above) against the pass's batches: mutual
-    kNN needs k < n."""
+    """Each measure besides CKA (whose minimum is the estimator's, above) against its pools (a pooled measure:
+    ``measure.<name>.n``, one for every pooled measure of the pass) or the pass's batches: mutual kNN needs
+    k < n."""
     names = [str(n) for n in job.measures]
     if len(set(names)) != len(names) or not names:
         return [f"measures={names}: name each measure once, at least one (e.g. measures=[cka,rsa,knn])"]
@@ -34,10 +35,20 @@ def _measure_batches(job: JobSettings) -> list[str]:
         measures = job_measures(names, job.measure, job.cka)
     except ValueError:
         return []  # a parameter out of its range: check_ranges names it
+    try:
+        declared_pool(measures.values())
+    except ValueError as e:
+        return [str(e)]
     out = []
     for name, m in measures.items():
-        why = f"{m.min_reason} needs at least {m.min_n} examples per batch"
         fix = f": raise it or change measure.{name}.*" if name in measure_params(job.measure, [name]) else ""
+        if m.pooled:
+            if m.params.n < m.min_n:
+                out.append(
+                    f"measure.{name}.n={m.params.n}: {m.min_reason} needs at least {m.min_n} examples per pool"
+                )
+            continue
+        why = f"{m.min_reason} needs at least {m.min_n} examples per batch"
         for key in ("batch_size", "max_samples"):
             value = getattr(job.cka, key)
             if name != "cka" and value is not None and value < m.min_n:
@@ -61,6 +72,10 @@ def _layers(job: JobSettings) -> list[str]:
 
 
 def _models(job: JobSettings) -> list[str]:
+    from vvm.weights import (
+        weights_source,
+    )  # here, not at the top: it imports Lightning, which --help never needs
+
     out = []
     pairs = [("model", job.model, "init", job.init)]
     if job.compare is not None:

@@ -17,9 +17,9 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from vvm.data import DATASETS
 from vvm.schema.models import model_settings_classes
 from vvm.settings import CSVSettings, JobSettings, WandbSettings
+from vvm.settings.datasets import DATASET_SETTINGS  # not vvm.data: listing them imports no Lightning
 
 LOGGERS: dict[str, type | None] = {"wandb": WandbSettings, "csv": CSVSettings, "none": None}
 # the config groups whose settings class depends on the choice (the field is typed Any in JobSettings)
@@ -51,8 +51,8 @@ def register_configs() -> None:
     for name, cls in model_settings_classes().items():
         cs.store(group="model", name=name, node=cls)
         cs.store(group="compare", name=name, node=cls)
-    for name, entry in DATASETS.items():
-        cs.store(group="schema/dataset", name=name, node=entry.settings)
+    for name, settings in DATASET_SETTINGS.items():
+        cs.store(group="schema/dataset", name=name, node=settings)
     for name, cls in LOGGERS.items():
         if cls is not None:
             cs.store(group="schema/logger", name=name, node=cls)
@@ -65,8 +65,7 @@ def group_class(group: str, choice: str | None) -> type | None:
     if group in ("model", "compare"):
         return model_settings_classes().get(choice)
     if group == "dataset":
-        entry = DATASETS.get(choice)
-        return entry.settings if entry is not None else None
+        return DATASET_SETTINGS.get(choice)
     if group == "logger":
         return LOGGERS.get(choice)
     return None

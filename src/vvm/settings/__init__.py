@@ -10,6 +10,7 @@ from vvm.settings.analyses import (
     AnalysisName,
     AnalysisSettings,
     AttentionSettings,
+    ERFMode,
     ERFSettings,
     ProbeSettings,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "Choice",
     "ConfigError",
     "DatasetSettings",
+    "ERFMode",
     "ERFSettings",
     "Estimator",
     "InitName",

@@ -14,6 +14,14 @@ AnalysisName = choices(
     "erf (effective receptive fields) | attention (mean attention distance) | probe (linear probes)",
 )
 
+# the definitions of the effective receptive field (vvm.analyses.erf): Luo et al.'s per unit, or the channel sum's
+ERF_MODES = ("unit", "channel_sum")
+ERFMode = choices(
+    "ERFMode",
+    ERF_MODES,
+    "unit (mean over sampled channels of |d y_c / d x|, Luo et al.) | channel_sum (|d sum_c y_c / d x|)",
+)
+
 # the probe's ridge strengths, relative to the mean eigenvalue of the centred XᵀX (trace / d): 1e-8 ... 1e2
 RELATIVE_RIDGES = tuple(10.0**k for k in range(-8, 3))
 
@@ -22,10 +30,17 @@ RELATIVE_RIDGES = tuple(10.0**k for k in range(-8, 3))
 class ERFSettings:
     """``analysis.erf.*``: ``n_images``: images averaged (the first of the CKA pass's order); ``batch_size``:
     images per forward/backward pass (memory: every tracked layer's activations of a batch are kept for the
-    backwards)."""
+    backwards); ``mode``: ``unit`` (Luo et al.'s per-unit ERF, averaged over a seeded sample of ``units``
+    channels per layer, ``units_per_image`` of them per image: that many backwards per layer and batch) or
+    ``channel_sum`` (the ERF of the sum over channels)."""
 
     n_images: int = number(64, minimum=1, why="images averaged")
     batch_size: int = number(32, minimum=1, why="images per forward/backward pass")
+    mode: ERFMode = ERFMode.unit
+    units: int = number(64, minimum=1, why="channels sampled per layer (all when a layer has fewer)")
+    units_per_image: int = number(
+        1, minimum=1, why="sampled channels per image: backwards per layer and batch"
+    )
 
 
 @dataclass

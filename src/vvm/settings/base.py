@@ -87,6 +87,11 @@ def number(
     return field(default=default, metadata={"rule": Range(minimum, above, why, below)})
 
 
+def seed_field(default: int = 0) -> Any:
+    """A seed: numpy seeds its generators with ``0 <= seed < 2**32`` (torch and Python take more, not less)."""
+    return number(default, minimum=0, below=2**32, why="numpy and torch are seeded with 0 <= seed < 2**32")
+
+
 def one_of(default: Any, *allowed: Any) -> Any:
     return field(default=default, metadata={"rule": OneOf(tuple(allowed))})
 

@@ -14,6 +14,10 @@ Kernel = choices("Kernel", tuple(KERNELS), " | ".join(KERNELS))
 Estimator = choices("Estimator", ESTIMATORS, "unbiased (HSIC_1, Nguyen et al. 2021) | biased (HSIC_0)")
 Precision = choices("Precision", PRECISIONS, "exact (<= 1e-6 from float64) | fast (<= 1e-4)")
 Bandwidth = choices("Bandwidth", BANDWIDTH_MODES, "fixed (one sigma^2 per layer) | per_batch")
+COLOUR_RANGES = ("fixed", "auto")  # the heatmaps' colour scale (vvm.plots.style.colour_limits)
+ColourRange = choices(
+    "ColourRange", COLOUR_RANGES, "fixed ([0, 1]) | auto (from the map's smallest off-diagonal value up to 1)"
+)
 TF32 = choices(
     "TF32", TF32_MODES, "allow (PyTorch's settings: TF32 convolutions on a GPU) | off (IEEE float32)"
 )
@@ -35,6 +39,7 @@ class CKASettings:
     shuffle: bool = True
     max_samples: int | None = number(None, minimum=1, why="examples in the CKA pass (null: all)")
     every_n_epochs: int = number(0, minimum=0, why="0 (no CKA during training) or a number of epochs")
+    colour_range: ColourRange = ColourRange.fixed
 
     def engine_options(self) -> dict[str, Any]:
         """The keyword arguments of :class:`vvm.cka.StreamingCKA` / :class:`vvm.cka.JointCKA` these set."""

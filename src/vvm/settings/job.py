@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vvm.settings.analyses import AnalysisName, AnalysisSettings
-from vvm.settings.base import MISSING, choices
+from vvm.settings.base import MISSING, choices, seed_field
 from vvm.settings.cka import CKASettings
 from vvm.settings.measures import MeasureName, MeasureSettings
 from vvm.settings.train import TrainerSettings, TrainSettings
@@ -78,7 +78,7 @@ class JobSettings:
     measure: MeasureSettings = field(default_factory=MeasureSettings)
     compare: Any = None
     compare_init: InitSettings | None = None
-    seed: int = 0
+    seed: int = seed_field()
     tag: str = "job"
     paths: PathSettings = field(default_factory=PathSettings)
     resume: bool = False

@@ -6,12 +6,14 @@ builder's signature, so a model is configured by registering it, with no config 
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+from vvm.settings.base import seed_field
+
 
 @dataclass
 class ModelSettings:
     name: str = "r18"
     num_classes: int = 100
-    seed: int = 0
+    seed: int = seed_field()
 
     # the registry entry these settings build (``timm``'s settings name the timm architecture in ``name``)
     entry: ClassVar[str] = ""

@@ -81,6 +81,8 @@ class Measure:
     label: ClassVar[str] = ""  # how tables and figures name it: CKA, RSA, kNN
     Params: ClassVar[type] = NoParams
     needs_raw: ClassVar[bool] = False
+    # computed on pools of the declared ``params.n`` examples (:mod:`vvm.cka.pools`), not on CKA's batches
+    pooled: ClassVar[bool] = False
 
     def __init__(self, params: Any = None, **engine: Any) -> None:
         self.params = self.Params() if params is None else params
@@ -116,6 +118,21 @@ class Measure:
     def describe(self) -> dict[str, Any]:
         """Its parameters as plain values (written into its files and result.json)."""
         return asdict(self.params)
+
+    def comparable(self, facts: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What two results of this measure must share to be compared (``vvm.diff``, ``vvm.joint``), keyed as the
+        settings name them: its parameters (``measure.<name>.<parameter>``), the pass's precision and, for a
+        pooled measure, the examples per pool its result ``facts`` record (``pool_size``). The CKA batch size
+        is not among them: it moves no measure's expectation."""
+        out: dict[str, Any] = {f"measure.{self.name}.{k}": v for k, v in self.describe().items()}
+        out["cka.precision"] = self.engine.get("precision", "exact")
+        if self.pooled and facts and "pool_size" in facts:
+            out["pool_size"] = int(facts["pool_size"])
+        return out
+
+    def facts(self, pool_size: int | None) -> dict[str, Any]:
+        """What its files say beside its parameters, given the examples per pool (kNN: the chance level)."""
+        return {}
 
     # ------------------------------------------------------------------ per batch
     def make_metric(
@@ -199,12 +216,17 @@ class ProductMeasure(Measure):
                 stacklevel=3,
             )
             return
+        metric.update(weight=float(n), batch_id=batch_id, **self.batch_values(gx, gy))
+
+    def batch_values(self, gx: Grams, gy: Grams | None) -> dict[str, Tensor]:
+        """The batch's ``values`` ``[L_x, L_y]`` and which layers are defined (``defined_x``/``defined_y``):
+        :meth:`transform` of each side and one product (:meth:`values`)."""
         tx, dx = self.transform(gx)
         ty, dy = (None, dx) if gy is None else self.transform(gy)
-        values, nx, ny = self.values(tx, ty, n)
+        values, nx, ny = self.values(tx, ty, gx.n)
         if nx is not None and ny is not None:
             dx, dy = dx & nx, dy & ny
-        metric.update(values, weight=float(n), batch_id=batch_id, defined_x=dx, defined_y=dy)
+        return {"values": values, "defined_x": dx, "defined_y": dy}
 
 
 # the measures by name (``measures=[...]``, the settings, the files); ``@register_measure`` adds one

@@ -52,6 +52,7 @@ class CKA(Measure):
         self.kernel = make_kernel(kernel, rbf_frac=rbf_frac, rbf_bandwidth=rbf_bandwidth)
         self.kernel_name, self.estimator, self.precision = kernel, estimator, precision
         self.rbf_bandwidth = rbf_bandwidth
+        self.kernel_options = {"rbf_frac": rbf_frac}
         self.update = update or plain_update
 
     @property
@@ -68,6 +69,19 @@ class CKA(Measure):
 
     def describe(self) -> dict[str, Any]:
         return {"kernel": self.kernel_name, "estimator": self.estimator}
+
+    def comparable(self, facts: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The kernel (with the RBF's bandwidth rule), the estimator and the precision."""
+        out = {
+            "cka.kernel": self.kernel_name,
+            "cka.estimator": self.estimator,
+            "cka.precision": self.precision,
+        }
+        if self.kernel_name == "rbf":
+            out.update(
+                {"cka.rbf_frac": self.kernel_options.get("rbf_frac"), "cka.rbf_bandwidth": self.rbf_bandwidth}
+            )
+        return out
 
     def make_metric(
         self, layers_x: list[str], layers_y: list[str] | None, *, max_batches: int | None

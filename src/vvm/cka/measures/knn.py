@@ -7,7 +7,14 @@ is similar to nothing: ``s = 0``, as scikit-learn's cosine distance has it), ``N
 examples ``j ≠ i`` of largest ``s_ij``, ties going to the smaller index. The alignment of two layers is the mean
 over ``i`` of ``|N_k^x(i) ∩ N_k^y(i)| / k``. The transform is each layer's ``n x n`` 0/1 neighbour indicator,
 flattened: one product of the stacked indicators gives every pair's ``Σ_i |N^x(i) ∩ N^y(i)|``, divided by
-``n k``. ``k`` must be below the batch size; a constant layer (every example the same) has no neighbours: NaN.
+``n k``. A constant layer (every example the same) has no neighbours: NaN.
+
+The value depends on ``n``: two unrelated layers share ``k/(n-1)`` of their neighbours by chance. So it is
+computed on pools of the declared ``n`` examples (``measure.knn.n``, default 1,024 as in Huh et al.; the whole
+split when smaller, :mod:`vvm.cka.pools`), whatever the CKA batch size, and its files carry ``pool_size`` and the
+chance level ``chance = k/(n-1)``. An example whose features are all zero in a layer has no direction: it is left
+out of that layer (neither a query nor a neighbour; a warning names the layer), and a pair of layers averages
+the examples both keep (``|N^x(i) ∩ N^y(i)|`` summed over them, divided by ``k`` times their number).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import torch
 from torch import Tensor
 
 from vvm.cka.measures.base import Grams, ProductMeasure, option, register_measure
+from vvm.cka.pools import DEFAULT_POOL
 
 
 def cosine_similarities(k: Tensor) -> Tensor:
@@ -40,7 +48,18 @@ def neighbour_indicator(s: Tensor, k: int) -> Tensor:
 
 @dataclass(frozen=True)
 class KNNParams:
-    k: int = option(10, minimum=1, why="neighbours per example (Huh et al. 2024 use 10); k < the batch size")
+    k: int = option(10, minimum=1, why="neighbours per example (Huh et al. 2024 use 10); k < n")
+    n: int = option(
+        DEFAULT_POOL, minimum=2, why="examples per pool, the set neighbours are found in (Huh et al. 2024: "
+        "1024); the whole split when it holds fewer"
+    )  # fmt: skip
+
+
+def kept_examples(grams: Grams) -> Tensor:
+    """``[L, n]`` bool: the examples whose features are not all zero, per layer (exact: summed squares)."""
+    if grams.parts is None:
+        raise RuntimeError("knn needs the squared norms of the raw features: the measure must set needs_raw")
+    return grams.parts.sq > 0
 
 
 @register_measure
@@ -51,6 +70,7 @@ class MutualKNN(ProductMeasure):
     label = "kNN"
     Params = KNNParams
     needs_raw = True
+    pooled = True
 
     @property
     def min_n(self) -> int:
@@ -67,10 +87,35 @@ class MutualKNN(ProductMeasure):
     def normaliser(self, n: int) -> float:
         return float(n * self.params.k)
 
+    def facts(self, pool_size: int | None) -> dict[str, float]:
+        """The chance level ``k/(n-1)``: the share of neighbours two unrelated layers have in common."""
+        return {} if not pool_size or pool_size < 2 else {"chance": self.params.k / (pool_size - 1)}
+
     def transform(self, grams: Grams) -> tuple[Tensor, Tensor]:
-        a = neighbour_indicator(cosine_similarities(grams.raw()), int(self.params.k))
-        defined = grams.centred.diagonal(dim1=-2, dim2=-1).sum(-1) > 0  # not every example the same
+        a, kept, defined = self.indicators(grams)
         return a.reshape(a.shape[0], -1), defined
 
+    def indicators(self, grams: Grams) -> tuple[Tensor, Tensor, Tensor]:
+        """``(A [L, n, n], kept [L, n], defined [L])``: each layer's neighbour indicator among the examples it
+        keeps (an all-zero example is neither a query nor a neighbour); a layer is defined when its examples
+        are not all the same and it keeps more than ``k``."""
+        k = int(self.params.k)
+        kept = kept_examples(grams)
+        s = cosine_similarities(grams.raw())
+        s = s.masked_fill(~kept[:, None, :], -torch.inf)  # a left-out example is nobody's neighbour
+        a = neighbour_indicator(s, k) * kept[:, :, None]  # ... and asks for none
+        varies = grams.centred.diagonal(dim1=-2, dim2=-1).sum(-1) > 0  # not every example the same
+        return a, kept, varies & (kept.sum(-1) > k)
 
-__all__ = ["KNNParams", "MutualKNN", "cosine_similarities", "neighbour_indicator"]
+    def batch_values(self, gx: Grams, gy: Grams | None) -> dict[str, Tensor]:
+        """``Σ_i |N^x(i) ∩ N^y(i)| / (k · #examples both layers keep)`` for every pair from two products."""
+        ax, kx, dx = self.indicators(gx)
+        ay, ky, dy = (ax, kx, dx) if gy is None else self.indicators(gy)
+        ax, ay = ax.reshape(ax.shape[0], -1), ay.reshape(ay.shape[0], -1)
+        both = kx.to(ax.dtype) @ ky.to(ax.dtype).T
+        values = (ax @ ay.T) / (self.params.k * both.clamp_min(1))
+        out = {"values": values, "defined_x": dx, "defined_y": dy, "excluded_x": (~kx).sum(-1)}
+        return {**out, "excluded_y": (~ky).sum(-1)}
+
+
+__all__ = ["KNNParams", "MutualKNN", "cosine_similarities", "kept_examples", "neighbour_indicator"]

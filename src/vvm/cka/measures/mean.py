@@ -58,7 +58,10 @@ class MeasureResult(MatrixResult):
     ``matrix`` (float64 ``[L_x, L_y]``), ``stderr`` (NaN with fewer than two batches), ``layers_x``/``layers_y``;
     ``params`` the measure's parameters; ``defined_x``/``defined_y`` in how many batches each layer had a value
     (a constant layer has none: its row/column is NaN and it is listed in ``undefined_x``/``undefined_y``);
-    ``batch_*``: per-batch values by global batch id, when kept (paired differences)."""
+    ``batch_*``: per-batch values by global batch id, when kept (paired differences); ``excluded_x``/``excluded_y``
+    how many examples each layer left out over all batches (kNN: all-zero features); ``facts``: what the values
+    refer to beside the parameters (a pooled measure: ``pool_size``, ``n_pools``, ``n_declared``, ``whole_split``;
+    kNN: ``chance``)."""
 
     measure: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -68,6 +71,9 @@ class MeasureResult(MatrixResult):
     batch_ids: Tensor | None = None
     batch_weights: Tensor | None = None
     batch_values: Tensor | None = None
+    excluded_x: Tensor | None = None
+    excluded_y: Tensor | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
     undefined_x: list[str] = field(init=False)
     undefined_y: list[str] = field(init=False)
 
@@ -80,12 +86,32 @@ class MeasureResult(MatrixResult):
 
     def own_arrays(self) -> dict[str, np.ndarray]:
         """``<measure>.npz``'s own: ``measure``, the parameters by name, in how many batches each layer had a
-        value, and the per-batch values when kept."""
+        value, the examples each layer left out, the facts, and the per-batch values when kept."""
+        kept = (
+            "defined_x",
+            "defined_y",
+            "excluded_x",
+            "excluded_y",
+            "batch_ids",
+            "batch_weights",
+            "batch_values",
+        )
         return {
             "measure": np.array(self.measure),
             **{k: np.asarray(v) for k, v in self.params.items()},
-            **optional_arrays(self, ("defined_x", "defined_y", "batch_ids", "batch_weights", "batch_values")),
+            **{k: np.asarray(v) for k, v in self.facts.items()},
+            **optional_arrays(self, kept),
         }
+
+    def note(self) -> str:
+        """What the values refer to, for a figure's title: ``n=1024 x 9 pools, chance 0.010``."""
+        n, pools = self.facts.get("pool_size"), self.facts.get("n_pools")
+        if n is None:
+            return ""
+        text = f"n={n}{' (the whole split)' if self.facts.get('whole_split') else ''} x {pools} pool"
+        text += "s" if pools != 1 else ""
+        chance = self.facts.get("chance")
+        return text + (f", chance {chance:.3f}" if chance is not None else "")
 
     def __repr__(self) -> str:
         return (
@@ -119,7 +145,10 @@ class BatchMeanMetric(LayerPairMetric):
     def sum_shapes(self, lx: int, ly: int) -> Shapes:
         """The weighted sums of the values (module docstring) per entry, and per layer the number of batches in
         which it had a value."""
-        return {**{n: (lx, ly) for n in _SUMS}, "defined_x": (lx,), "defined_y": (ly,)}
+        return {
+            **{n: (lx, ly) for n in _SUMS}, "defined_x": (lx,), "defined_y": (ly,), "excluded_x": (lx,),
+            "excluded_y": (ly,),
+        }  # fmt: skip
 
     def batch_shapes(self, lx: int, ly: int) -> Shapes:
         """Per batch: its values ``v`` (NaN where undefined)."""
@@ -133,9 +162,12 @@ class BatchMeanMetric(LayerPairMetric):
         batch_id: int | None = None,
         defined_x: Tensor | None = None,
         defined_y: Tensor | None = None,
+        excluded_x: Tensor | None = None,
+        excluded_y: Tensor | None = None,
     ) -> None:
         """One batch's values ``[L_x, L_y]`` with its weight (its size); ``defined_*`` ``[L]`` (bool): which
-        layers have a value in this batch (default: all)."""
+        layers have a value in this batch (default: all); ``excluded_*`` ``[L]``: how many of the batch's examples
+        each layer left out (default: none)."""
         shape = (len(self.layers_x), len(self.layers_y))
         if tuple(values.shape) != shape:
             raise ValueError(f"expected values of shape {shape}, got {tuple(values.shape)}")
@@ -156,6 +188,9 @@ class BatchMeanMetric(LayerPairMetric):
         self.count += dd
         self.defined_x += dx.to(self.defined_x)
         self.defined_y += dy.to(self.defined_y)
+        if excluded_x is not None:
+            self.excluded_x += excluded_x.to(self.excluded_x)
+            self.excluded_y += (excluded_x if excluded_y is None else excluded_y).to(self.excluded_y)
         self.n_batches += 1
         self.n_samples += w
         self.keep_batch(batch_id, w, v=torch.where(d, v, torch.full_like(v, math.nan)))
@@ -176,10 +211,28 @@ class BatchMeanMetric(LayerPairMetric):
             params=dict(self.params),
             defined_x=self.defined_x.detach().cpu().clone(),
             defined_y=self.defined_y.detach().cpu().clone(),
+            excluded_x=self.excluded_x.detach().cpu().clone(),
+            excluded_y=self.excluded_y.detach().cpu().clone(),
             **per_batch,
         )
         self._warn_undefined(res)
+        self._warn_excluded(res)
         return res
+
+    def _warn_excluded(self, res: MeasureResult) -> None:
+        """One warning naming the layers that left examples out (kNN: examples whose features are all zero)."""
+        found: dict[str, int] = {}
+        for names, counts in ((res.layers_x, res.excluded_x), (res.layers_y, res.excluded_y)):
+            assert counts is not None
+            found.update({n: int(c) for n, c in zip(names, counts.tolist()) if c > 0})
+        if found and "excluded" not in self._warned:
+            self._warned.add("excluded")
+            listed = ", ".join(f"{n} ({c})" for n, c in found.items())
+            warnings.warn(
+                f"{self.measure}: examples whose features are all zero were left out in layers {listed} "
+                "(examples over all pools); their entries average the remaining examples",
+                stacklevel=3,
+            )
 
     def _warn_undefined(self, res: MeasureResult) -> None:
         """One warning per layer: undefined (NaN) in every batch, or left out of the batches it was constant in."""
