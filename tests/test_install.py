@@ -88,3 +88,12 @@ def test_wheel_in_a_fresh_environment_runs_from_another_directory(tmp_path):
     res = json.loads((out / "result.json").read_text())
     assert res["status"] == "ok" and res["n_samples"] == 64
     assert {"cka.npz", "cka.png", "cka.pdf", "result.json"} <= {p.name for p in out.iterdir()}
+    assert "vvm: job ok in" in (out / "vvm.log").read_text()  # the job's report, in its log
+    for script in ("vvm", "vvm-diff", "vvm-joint", "vvm-sweep"):  # the console scripts beside python -m
+        help_ = subprocess.run(
+            [str(env_dir / "bin" / script), "--help"], cwd=elsewhere, env=env, capture_output=True, text=True
+        )
+        assert help_.returncode == 0 and "usage" in help_.stdout.lower() + help_.stdout, (
+            script,
+            help_.stderr,
+        )

@@ -168,6 +168,7 @@ def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path, monkeypatch, c
 
     summary = items(records, "summary")
     assert summary["status"] == "ok" and summary["trained"] is True
+    assert summary["epoch"] == 2  # the run ends at the epochs its weights were trained for
     assert summary["mean_cka"] == pytest.approx(res["mean_cka"])
     assert summary["test_accuracy"] == pytest.approx(res["test_accuracy"])
     config = items(records, "config")

@@ -242,6 +242,8 @@ def finish_logger(logger: Any, summary: dict[str, Any], files: list[Path] | None
             v = summary.get(k)
             if v is not None:
                 run.summary[k] = v
+        if summary.get("train_epochs") is not None:  # Lightning's test pass logged its own epoch, 0
+            run.summary["epoch"] = int(summary["train_epochs"])  # the epochs that made these weights
         for name, v in (summary.get("measures") or {}).items():  # each measure's mean off-diagonal value
             if name != "cka" and v is not None:
                 run.summary[f"mean_{name}"] = v
