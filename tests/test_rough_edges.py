@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from vvm.cka import JointCKA, JointSimilarity, StreamingCKA
 from vvm.io import write_json, write_npz
 
 UNSAFE_ADVICE = ("allow_pickle", "weights_only")
@@ -307,3 +309,40 @@ def test_joint_says_which_seed_the_pass_used_and_why_a_block_differs(tmp_path):
     assert settings.seed == 1 and notes[0].endswith("is seed 1 (from --seed)")
     assert [n.split(" (")[0] for n in notes[1:]] == ["job 0", "job 1"]
     assert "seed 0, cka.batch_size=16, here 12" in notes[1] and "from cka.batch_size=16, here 12" in notes[2]
+
+
+# ---------------------------------------------------------------------------------------------- item 7
+def _net() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 2))
+
+
+@pytest.mark.parametrize(
+    "call, error, said",
+    [
+        (lambda: JointCKA([_net(), _net()]), TypeError, "models must be a mapping {name: network}, not a list"),
+        (lambda: JointCKA({"a": lambda x: x}), TypeError, "models['a'] must be a torch.nn.Module"),
+        (lambda: StreamingCKA("resnet18"), TypeError, "model must be a torch.nn.Module (a built network"),
+        (lambda: StreamingCKA(_net(), 5), TypeError, "layers must be a preset (blocks, all, term_project)"),
+        (lambda: StreamingCKA(_net(), other="r18"), TypeError, "other must be a torch.nn.Module"),
+        (lambda: StreamingCKA(_net(), ["0"], other=_net().to("meta")), ValueError,
+         "the networks are on different devices (model on cpu, other on meta)"),
+        (lambda: JointCKA({"a": _net(), "b": _net().to("meta")}, ["0"]), ValueError,
+         "different devices (models['a'] on cpu, models['b'] on meta)"),
+        (lambda: JointSimilarity([_net()], measures=["cka"]), TypeError, "models must be a mapping"),
+    ],
+)  # fmt: skip
+def test_api_misuse_is_one_sentence_naming_the_argument(call, error, said):
+    with pytest.raises(error) as e:
+        call()
+    assert said in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_plain_network_with_a_preset_warns_once():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = StreamingCKA(_net(), "all")
+    dry = [w for w in caught if "dry run on the meta device failed" in str(w.message)]
+    assert len(dry) == 1, [str(w.message) for w in caught]
+    assert m.layers_x == ["0", "1", "2"]
