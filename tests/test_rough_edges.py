@@ -346,3 +346,38 @@ def test_a_plain_network_with_a_preset_warns_once():
     dry = [w for w in caught if "dry run on the meta device failed" in str(w.message)]
     assert len(dry) == 1, [str(w.message) for w in caught]
     assert m.layers_x == ["0", "1", "2"]
+
+
+# ---------------------------------------------------------------------------------------------- item 8
+def _pass(metric, model, batches):
+    with metric.track(), torch.no_grad():
+        for feats in batches:
+            model(feats)
+    return metric.compute()
+
+
+def test_features_too_large_to_square_in_float32_are_measured_in_float64():
+    """A layer reaching 1e18 (its float32 Gram would overflow: 1e36 x 300 features): its Gram is computed in
+    float64, with one warning that says the training diverged, and CKA (scale-invariant) equals the float64
+    reference of the unscaled features; RSA equals the unscaled pass's."""
+    import reference
+    from helpers import Replay, make_layer_batches
+
+    from vvm.cka import StreamingSimilarity
+
+    batches = make_layer_batches([16, 16, 12], [5, 300, 4], seed=0)
+    huge = [[f[0], f[1] * 1e18, f[2]] for f in batches]
+    assert not torch.isfinite(huge[0][1] @ huge[0][1].T).all()  # float32 cannot square them
+    model = Replay(3)
+    with pytest.warns(
+        UserWarning, match=r"layer 'l1' has features up to [0-9.e+]+, too large.*training diverged"
+    ) as w:
+        res = _pass(StreamingCKA(model, "blocks"), model, huge)
+    assert sum("too large to square" in str(x.message) for x in w) == 1
+    ref = reference.minibatch_cka(batches, batches)
+    np.testing.assert_allclose(res.matrix.numpy(), ref, atol=1e-6)
+    with pytest.warns(UserWarning, match="too large to square"):
+        big = _pass(StreamingSimilarity(model, "blocks", measures=["cka", "rsa"]), model, huge)
+    small = _pass(StreamingSimilarity(model, "blocks", measures=["cka", "rsa"]), model, batches)
+    for m in ("cka", "rsa"):
+        np.testing.assert_allclose(big[m].matrix.numpy(), small[m].matrix.numpy(), atol=1e-5)
