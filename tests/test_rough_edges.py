@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from vvm.cka import JointCKA, JointSimilarity, StreamingCKA
 from vvm.io import write_json, write_npz
 
 UNSAFE_ADVICE = ("allow_pickle", "weights_only")
@@ -307,3 +309,75 @@ def test_joint_says_which_seed_the_pass_used_and_why_a_block_differs(tmp_path):
     assert settings.seed == 1 and notes[0].endswith("is seed 1 (from --seed)")
     assert [n.split(" (")[0] for n in notes[1:]] == ["job 0", "job 1"]
     assert "seed 0, cka.batch_size=16, here 12" in notes[1] and "from cka.batch_size=16, here 12" in notes[2]
+
+
+# ---------------------------------------------------------------------------------------------- item 7
+def _net() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 2))
+
+
+@pytest.mark.parametrize(
+    "call, error, said",
+    [
+        (lambda: JointCKA([_net(), _net()]), TypeError, "models must be a mapping {name: network}, not a list"),
+        (lambda: JointCKA({"a": lambda x: x}), TypeError, "models['a'] must be a torch.nn.Module"),
+        (lambda: StreamingCKA("resnet18"), TypeError, "model must be a torch.nn.Module (a built network"),
+        (lambda: StreamingCKA(_net(), 5), TypeError, "layers must be a preset (blocks, all, term_project)"),
+        (lambda: StreamingCKA(_net(), other="r18"), TypeError, "other must be a torch.nn.Module"),
+        (lambda: StreamingCKA(_net(), ["0"], other=_net().to("meta")), ValueError,
+         "the networks are on different devices (model on cpu, other on meta)"),
+        (lambda: JointCKA({"a": _net(), "b": _net().to("meta")}, ["0"]), ValueError,
+         "different devices (models['a'] on cpu, models['b'] on meta)"),
+        (lambda: JointSimilarity([_net()], measures=["cka"]), TypeError, "models must be a mapping"),
+    ],
+)  # fmt: skip
+def test_api_misuse_is_one_sentence_naming_the_argument(call, error, said):
+    with pytest.raises(error) as e:
+        call()
+    assert said in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_plain_network_with_a_preset_warns_once():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = StreamingCKA(_net(), "all")
+    dry = [w for w in caught if "dry run on the meta device failed" in str(w.message)]
+    assert len(dry) == 1, [str(w.message) for w in caught]
+    assert m.layers_x == ["0", "1", "2"]
+
+
+# ---------------------------------------------------------------------------------------------- item 8
+def _pass(metric, model, batches):
+    with metric.track(), torch.no_grad():
+        for feats in batches:
+            model(feats)
+    return metric.compute()
+
+
+def test_features_too_large_to_square_in_float32_are_measured_in_float64():
+    """A layer reaching 1e18 (its float32 Gram would overflow: 1e36 x 300 features): its Gram is computed in
+    float64, with one warning that says the training diverged, and CKA (scale-invariant) equals the float64
+    reference of the unscaled features; RSA equals the unscaled pass's."""
+    import reference
+    from helpers import Replay, make_layer_batches
+
+    from vvm.cka import StreamingSimilarity
+
+    batches = make_layer_batches([16, 16, 12], [5, 300, 4], seed=0)
+    huge = [[f[0], f[1] * 1e18, f[2]] for f in batches]
+    assert not torch.isfinite(huge[0][1] @ huge[0][1].T).all()  # float32 cannot square them
+    model = Replay(3)
+    with pytest.warns(
+        UserWarning, match=r"layer 'l1' has features up to [0-9.e+]+, too large.*training diverged"
+    ) as w:
+        res = _pass(StreamingCKA(model, "blocks"), model, huge)
+    assert sum("too large to square" in str(x.message) for x in w) == 1
+    ref = reference.minibatch_cka(batches, batches)
+    np.testing.assert_allclose(res.matrix.numpy(), ref, atol=1e-6)
+    with pytest.warns(UserWarning, match="too large to square"):
+        big = _pass(StreamingSimilarity(model, "blocks", measures=["cka", "rsa"]), model, huge)
+    small = _pass(StreamingSimilarity(model, "blocks", measures=["cka", "rsa"]), model, batches)
+    for m in ("cka", "rsa"):
+        np.testing.assert_allclose(big[m].matrix.numpy(), small[m].matrix.numpy(), atol=1e-5)

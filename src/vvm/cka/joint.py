@@ -28,7 +28,7 @@ from vvm.cka.functional import Estimator
 from vvm.cka.measures.base import Grams
 from vvm.cka.measures.cka import CKA
 from vvm.cka.metric import HSICMetric
-from vvm.cka.passes import SEP, JointPass, Tracking, hook_target, recorder_options
+from vvm.cka.passes import SEP, JointPass, Tracking, hook_target, hook_targets, recorder_options
 from vvm.cka.presets import LayerSpec
 from vvm.cka.result import CKAResult
 
@@ -194,7 +194,7 @@ class JointCKA(JointModels, Tracking, HSICMetric):
         cka = CKA(kernel=kernel, estimator=estimator, precision=precision, rbf_frac=rbf_frac,
                   rbf_bandwidth=rbf_bandwidth, update=self._update)  # fmt: skip
         plumbing = JointPass(
-            {k: hook_target(m) for k, m in models.items()}, layers, on_batch=self._on_batch,
+            hook_targets(models), layers, on_batch=self._on_batch,
             on_layers=self._on_layers, on_skip=self._on_skip, **recorder_options({"cka": cka}, precision),
         )  # fmt: skip
         self._auto_blocks = block_layers == "auto"

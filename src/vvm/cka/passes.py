@@ -125,6 +125,7 @@ class StreamingPass(_Pass):
         on_skip: Callable[[int], None],
         **recorder: object,
     ) -> None:
+        check_networks({"model": model, **({"other": other} if other is not None else {})})
         self.modules_x = resolve_layers(model, layers)
         y_net = other if other is not None else model
         self.modules_y = resolve_layers(y_net, layers if other_layers is None else other_layers)
@@ -191,6 +192,37 @@ def spec_of(layers: LayerSpec | Mapping[str, LayerSpec], key: str) -> LayerSpec:
 
 def joint_names(modules: Mapping[str, list[str]]) -> list[str]:
     return [f"{k}{SEP}{name}" for k, names in modules.items() for name in names]
+
+
+def hook_targets(models: object) -> dict[str, nn.Module]:
+    """``{key: hook_target(network)}`` of a joint pass's ``models``, which must be a mapping of networks on one
+    device: a one-sentence error naming the argument otherwise."""
+    if not isinstance(models, Mapping):
+        raise TypeError(
+            f"models must be a mapping {{name: network}}, not a {type(models).__name__}: pass "
+            "JointCKA({'r18': r18, 'vit': vit}) (the names label the blocks of the result)"
+        )
+    check_networks({f"models[{k!r}]": m for k, m in models.items()})
+    return {k: hook_target(m) for k, m in models.items()}
+
+
+def check_networks(nets: Mapping[str, object]) -> None:
+    """Each of ``nets`` (``{argument: value}``) is a ``torch.nn.Module``, and they hold their weights on one
+    device: else a one-sentence error naming the argument and what to pass."""
+    for arg, net in nets.items():
+        if not isinstance(net, nn.Module):
+            what = f"{type(net).__name__} {net!r}"[:80]
+            raise TypeError(
+                f"{arg} must be a torch.nn.Module (a built network, e.g. torchvision.models.resnet18()), not the "
+                f"{what}; layers are named by the second argument"
+            )
+    devices = {arg: t.device for arg, net in nets.items() for t in [*net.parameters(), *net.buffers()][:1]}
+    if len(set(devices.values())) > 1:
+        where = ", ".join(f"{arg} on {d}" for arg, d in devices.items())
+        raise ValueError(
+            f"the networks are on different devices ({where}): every one sees the same batch, so move them to one "
+            "device first (net.to(device))"
+        )
 
 
 def check_model_keys(models: Mapping[str, object]) -> None:
@@ -267,6 +299,8 @@ __all__ = [
     "StreamingPass",
     "Tracking",
     "check_model_keys",
+    "check_networks",
+    "hook_targets",
     "expand",
     "hook_target",
     "joint_names",

@@ -38,7 +38,8 @@ import difflib
 import fnmatch
 import re
 import warnings
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -135,6 +136,9 @@ def _dry_input_size(net: nn.Module, input_size: int | Sequence[int] | None) -> t
     return (3, 224, 224)
 
 
+_DRY_RUN_FAILED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # the networks already warned about
+
+
 def dry_run(
     net: nn.Module, input_size: int | Sequence[int] | None = None
 ) -> tuple[dict[str, int], set[str]] | None:
@@ -172,6 +176,9 @@ def dry_run(
         with torch.no_grad():
             torch.func.functional_call(net, state, (x,), strict=False)
     except Exception as err:  # noqa: BLE001 - any failure means: fall back to the structural rules
+        if net in _DRY_RUN_FAILED:  # said once per network (a pass resolves its rows and columns apart)
+            return None
+        _DRY_RUN_FAILED.add(net)
         warnings.warn(
             f"layer presets of {type(net).__name__}: the dry run on the meta device failed ({type(err).__name__}: "
             f"{err}); the presets follow the module structure only and may list a module that does not run",
@@ -324,7 +331,13 @@ def resolve_layers(model: nn.Module, spec: LayerSpec) -> list[str]:
     pattern over module names (``layer1.*``), or an exact module name. A preset name wins over a module of the
     same name. Anything that matches nothing is an error that lists the closest real names.
     """
-    items = [spec] if isinstance(spec, str) else list(spec)
+    listed = isinstance(spec, Iterable) and not isinstance(spec, Mapping | bytes)
+    items = [spec] if isinstance(spec, str) else list(spec) if listed else None
+    if items is None or not all(isinstance(i, str) for i in items):
+        raise TypeError(
+            f"layers must be a preset ({', '.join(PRESETS)}), a module name or glob, or a list of them (say "
+            f"['layer1', 'layer2.*']), not {spec!r}"
+        )
     if not items:
         raise ValueError(
             "no layers given: name modules, glob patterns or a preset (blocks, all, term_project)"

@@ -19,6 +19,7 @@ What the hooks guarantee:
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,6 +34,8 @@ from vvm.cka.precision import LOW_PRECISION, cpu_threads, matmul_precision, seal
 # activations above 64M elements (256 MiB in float32) are split, to bound the extra memory
 CPU_CHUNK_ELEMENTS = 1 << 18
 CUDA_CHUNK_ELEMENTS = 1 << 26
+# the largest float32 Gram entry allowed before a layer's Gram moves to float64 (float32 overflows at 2**128)
+FLOAT32_GRAM_LIMIT = 2.0**100
 # intra-op threads for a hook's Gram on a CPU (None: torch's setting); see docs/benchmarks.md for the measurement
 CPU_GRAM_THREADS: int | None = None
 
@@ -55,19 +58,41 @@ def first_tensor(out: object, layer: str = "?") -> Tensor:
 
 
 def layer_gram(
-    output: Tensor, *, tf32: bool, raw: bool = False, row_blocks: int = 1
+    output: Tensor, *, tf32: bool, raw: bool = False, row_blocks: int = 1, float64: bool = False
 ) -> Tensor | tuple[Tensor, RawParts]:
-    """The float32 linear Gram of one layer's output (features centred first), autocast off; ``raw``: with the
-    :class:`~vvm.cka.functional.RawParts` that rebuild the Gram of the raw features; ``row_blocks``: see
-    :func:`~vvm.cka.functional.linear_gram`."""
+    """The float32 linear Gram of one layer's output (features centred first), autocast off; ``float64``: in
+    float64 (features too large to square in float32); ``raw``: with the :class:`~vvm.cka.functional.RawParts`
+    that rebuild the Gram of the raw features; ``row_blocks``: see :func:`~vvm.cka.functional.linear_gram`."""
     x = output.detach().reshape(output.shape[0], -1)
-    if x.dtype not in (torch.float32, torch.float64):
+    if float64:
+        x = x.double()
+    elif x.dtype not in (torch.float32, torch.float64):
         x = x.float()
     # CPU: centre and multiply in cache-sized column blocks; CUDA: whole activations unless one is huge
     on_cpu = x.device.type == "cpu"
     chunk = CPU_CHUNK_ELEMENTS if on_cpu else CUDA_CHUNK_ELEMENTS
     with sealed(x.device.type), matmul_precision(tf32), cpu_threads(CPU_GRAM_THREADS if on_cpu else None):
         return linear_gram(x, chunk_elements=chunk, raw=raw, row_blocks=row_blocks)
+
+
+def needs_float64(output: Tensor, layer: str) -> bool:
+    """Whether ``layer``'s Gram must be computed in float64: its features are so large (a Gram entry is at most
+    ``max|x|² · d``) that a float32 Gram would overflow, or come within 2**28 of it (room for the pass's later
+    batches). Decided once per layer, on its first batch (one host read); CKA, RSA and kNN do not depend on the
+    features' scale, so the float64 Gram gives the result a float32 one would have given without overflow."""
+    if output.dtype == torch.float64:
+        return False
+    peak = float(output.detach().abs().amax())
+    d = output[0].numel()
+    if not math.isfinite(peak) or peak * peak * d < FLOAT32_GRAM_LIMIT:
+        return False  # small enough; NaN or inf are the finiteness check's to report
+    warnings.warn(
+        f"CKA: layer {layer!r} has features up to {peak:.2g}, too large to square in float32: its Gram is computed "
+        "in float64. Features this large in a trained model mean that the training diverged: train it again "
+        "with train.gradient_clip_val=1.0 (or a smaller train.lr)",
+        stacklevel=3,
+    )
+    return True
 
 
 def _check_disjoint(models: dict[str, nn.Module], modules: dict[str, list[str]]) -> None:
@@ -148,6 +173,7 @@ class KernelRecorder:
         # per recorded layer, the first batch whose features were not finite (-1: none yet), on the device
         self._first_nonfinite: Tensor | None = None
         self._recorded: list[tuple[str, str]] = []
+        self._float64: dict[tuple[str, str, int], bool] = {}  # per layer: Gram in float64 (huge features)
         self._reset_batch()
 
     # ------------------------------------------------------------------ control from the owner's caller
@@ -185,9 +211,13 @@ class KernelRecorder:
                 self._skip = True
                 return
             self._note_dtype(t.dtype)
+            if (key, name, call) not in self._float64:
+                self._float64[(key, name, call)] = needs_float64(t, name)
             # a pool's Gram (hundreds of examples): the lower triangle in row blocks of about 128, mirrored
             blocks = max(1, n // POOL_ROW_BLOCK) if self.pooled else 1
-            gram = layer_gram(t, tf32=self.tf32, raw=self.raw, row_blocks=blocks)
+            gram = layer_gram(
+                t, tf32=self.tf32, raw=self.raw, row_blocks=blocks, float64=self._float64[(key, name, call)]
+            )
             if isinstance(gram, tuple):
                 gram, self._parts[(key, name, call)] = gram
             self._kernels[(key, name, call)] = gram.to(self.out_dtype)

@@ -29,7 +29,7 @@ from vvm.cka.kernels import check_kernel
 from vvm.cka.measures.base import Grams, Measure, make_measure
 from vvm.cka.measures.mean import MeasureResult
 from vvm.cka.metric import HSICMetric, check_precision
-from vvm.cka.passes import JointPass, StreamingPass, Tracking, hook_target, recorder_options, torch_dtype
+from vvm.cka.passes import JointPass, StreamingPass, Tracking, hook_targets, recorder_options, torch_dtype
 from vvm.cka.pools import PassPlan, declared_pool
 from vvm.cka.presets import LayerSpec
 
@@ -240,7 +240,7 @@ class JointSimilarity(JointModels, _MeasuresPass):
             measures, params, {**engine, "update": self._update} if "cka" in measures else engine
         )
         plumbing = JointPass(
-            {k: hook_target(m) for k, m in models.items()}, layers, on_batch=self._on_batch,
+            hook_targets(models), layers, on_batch=self._on_batch,
             on_layers=self._on_layers, on_skip=self._on_skip,
             **recorder_options(built, engine.get("precision", "exact")),
         )  # fmt: skip
