@@ -66,7 +66,8 @@ DEFINITIONS = {
 ZERO_MAP = {
     "channel_sum": "the sum of its centre position's channels does not depend on the image (e.g. a LayerNorm "
     "output with a uniform scale sums to a constant): map zero, radii NaN",
-    "unit": "none of its sampled centre units depends on the image: map zero, radii NaN",
+    "unit": "none of its sampled centre units responds to these images (dead ReLUs, or units that do not depend "
+    "on the image): map zero, radii NaN; more images or analysis.erf.units_per_image sample more units",
 }
 
 
