@@ -321,6 +321,7 @@ def difference_figure(d: dict, a: str | Path, b: str | Path, *, measure: str = "
     fig = heatmap_figure(
         d["diff"], [str(v) for v in d["layers_x"]], [str(v) for v in d["layers_y"]],
         title=title or f"{what}: A − B\nA = {names[0]}\nB = {names[1]}",
+        xlabel=str(za.get("model_y", "layer")), ylabel=str(za.get("model_x", "layer")),
         cbar_label=f"Δ {what}, A − B",
         caption=caption(n, nb, "red: more similar in A, blue: in B",
                         f"dots: not significant ({kind} standard error, {test})"),

@@ -59,7 +59,7 @@ def grid_rows(jobs: Sequence[JobRecord], measure: str = "cka") -> list[tuple[str
             note = None
             if j.status != "ok" or matrix is None:
                 note = f"{j.status}: {j.error or f'no {label} matrix'}"
-            seed = f" · seed {j.seed}" if len({k.seed for k in jobs}) > 1 else ""
+            seed = f" · seed {j.seed}" if len({k.seed for k in jobs}) > 1 and j.seed is not None else ""
             panels.append(
                 Panel(
                     title=f"{j.model} · {j.init}" + (f" vs {j.compare}" if j.compare else "") + seed,
