@@ -14,7 +14,11 @@ from vvm.report import job_report, result_files
 
 def summary_of(tmp_path, **extra):
     np.savez(tmp_path / "cka.npz", n_samples=np.int64(360))
-    np.savez(tmp_path / "knn.npz", n_samples=np.int64(256))  # a measure with its own sample size
+    np.savez(  # a measure on pools of a declared size, with a chance level
+        tmp_path / "knn.npz", n_samples=np.int64(360), pool_size=np.int64(180), n_pools=np.int64(2),
+        n_declared=np.int64(1024), chance=np.float64(10 / 179),
+    )  # fmt: skip
+    np.savez(tmp_path / "rdms.npz", rdm=np.zeros(3))
     (tmp_path / "result.json").write_text("{}")
     (tmp_path / "cka_epochs").mkdir(exist_ok=True)
     return {
@@ -22,7 +26,10 @@ def summary_of(tmp_path, **extra):
         "output_dir": str(tmp_path), "n_samples": 360, "test_accuracy": 0.9917,
         "weights": "trained 4 epochs, saved to checkpoints/r18.ckpt", "trained": True, "train_seconds": 1050.4,
         "files": {"npz": str(tmp_path / "cka.npz")},
-        "measure_files": {"knn": {"npz": str(tmp_path / "knn.npz"), "png": str(tmp_path / "knn.png")}},
+        "measure_files": {
+            "knn": {"npz": str(tmp_path / "knn.npz"), "png": str(tmp_path / "knn.png")},
+            "rsa": {"rdms": str(tmp_path / "rdms.npz")},
+        },
         "measures": {"cka": 0.61234, "knn": float("nan")},
         "seconds": {"total": 12.25},
         **extra,
@@ -37,16 +44,19 @@ def test_report_says_what_the_job_did(tmp_path):
     assert lines[0] == "vvm: job ok in 12.2 s: r18 (init=pretrained, dataset=digits, seed 1)"
     rows = {line[2:15].strip(): line[17:] for line in lines[1:]}
     assert rows["run directory"] == str(tmp_path)
-    assert rows["files"] == "cka.npz cka_epochs/ knn.npz result.json"
+    assert rows["files"] == "cka.npz cka_epochs/ knn.npz rdms.npz result.json"
     assert rows["weights"] == "trained 4 epochs, saved to checkpoints/r18.ckpt (1050 s)"
     assert rows["test accuracy"] == "99.2%"
     assert rows["cka"] == "mean off-diagonal 0.6123 (n = 360 examples)"
-    assert rows["knn"] == "mean off-diagonal undefined (NaN) (n = 256 examples)"  # n from knn.npz
+    assert rows["knn"] == (  # from knn.npz
+        "mean off-diagonal undefined (NaN) (n = 360 examples in 2 pools of 180 (declared 1024); chance 0.056)"
+    )
     assert rows["W&B"] == "offline (no W&B API key here)"
     assert rows["upload with"] == "wandb sync /r/wandb/offline-run-1"
     assert sorted(p.name for p in result_files(tmp_path, summary_of(tmp_path))) == [
         "cka.npz",
         "knn.npz",
+        "rdms.npz",
         "result.json",
     ]
 

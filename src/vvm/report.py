@@ -59,28 +59,45 @@ def measure_npz(summary: dict[str, Any]) -> dict[str, Path]:
 
 
 def result_files(out_dir: Path, summary: dict[str, Any]) -> list[Path]:
-    """The files a job's artifact holds: every measure's npz, the analyses' npz and result.json (those that
-    exist: a failed job's artifact holds what it wrote)."""
+    """The files a job's artifact holds: every measure's npz (``rdms.npz`` too), the analyses' npz and
+    result.json (those that exist: a failed job's artifact holds what it wrote)."""
+    extra = [
+        Path(f)
+        for files in (summary.get("measure_files") or {}).values()
+        for f in (files or {}).values()
+        if str(f).endswith(".npz")
+    ]
     analyses = [
         Path(e["files"]["npz"])
         for e in (summary.get("analyses") or {}).values()
         if isinstance(e, dict) and (e.get("files") or {}).get("npz")
     ]
-    files = [*measure_npz(summary).values(), *analyses, out_dir / "result.json"]
+    files = [*measure_npz(summary).values(), *extra, *analyses, out_dir / "result.json"]
     return [p for p in dict.fromkeys(files) if p.is_file()]
 
 
-def _n_of(path: Path | None, default: Any) -> Any:
-    """The number of examples a measure's file says it came from (a measure may declare its own sample size)."""
-    if path is None or not path.is_file():
-        return default
-    try:
-        import numpy as np
+def _sample_size(path: Path | None, default: Any) -> str:
+    """How many examples a measure's value came from, from its file: ``n = N examples``, and for a measure
+    computed on pools of a declared size (RSA, kNN) the pools, the declared n and the chance level."""
+    facts: dict[str, Any] = {}
+    if path is not None and path.is_file():
+        try:
+            import numpy as np
 
-        with np.load(path, allow_pickle=False) as z:
-            return int(z["n_samples"]) if "n_samples" in z.files else default
-    except Exception:  # noqa: BLE001 - the report never fails a job: the summary's count instead
-        return default
+            with np.load(path, allow_pickle=False) as z:
+                keys = ("n_samples", "pool_size", "n_pools", "n_declared", "chance")
+                facts = {k: z[k].item() for k in keys if k in z.files}
+        except Exception:  # noqa: BLE001 - the report never fails a job: the summary's count instead
+            facts = {}
+    text = f"n = {facts.get('n_samples', default)} examples"
+    if "pool_size" in facts and "n_pools" in facts:
+        pools = int(facts["n_pools"])
+        text += f" in {pools} pool{'s' if pools != 1 else ''} of {int(facts['pool_size'])}"
+        if "n_declared" in facts and int(facts["n_declared"]) != int(facts["pool_size"]):
+            text += f" (declared {int(facts['n_declared'])})"
+    if facts.get("chance") is not None:
+        text += f"; chance {float(facts['chance']):.3f}"
+    return text
 
 
 def _files_line(out_dir: Path) -> str:
@@ -124,9 +141,9 @@ def _measure_lines(summary: dict[str, Any]) -> list[tuple[str, str]]:
     files = measure_npz(summary)
     rows = []
     for name, mean in (summary.get("measures") or {}).items():
-        n = _n_of(files.get(name), summary.get("n_samples"))
+        n = _sample_size(files.get(name), summary.get("n_samples"))
         value = "undefined (NaN)" if mean is None or mean != mean else f"{float(mean):.4f}"
-        rows.append((name, f"mean off-diagonal {value} (n = {n} examples)"))
+        rows.append((name, f"mean off-diagonal {value} ({n})"))
     return rows
 
 
