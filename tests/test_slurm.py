@@ -242,7 +242,7 @@ def test_a_job_past_its_time_limit_is_requeued_and_finishes(tmp_path):
     assert int(_scontrol(job)["Restarts"]) >= 1
     res = json.loads((sweep_dir / "0" / "result.json").read_text())
     assert res["status"] == "ok" and res["resumed_from"] and res["train_epochs"] == epochs
-    log = (sweep_dir / ".submitit" / job / f"{job}_0_log.err").read_text()
+    log = "".join(p.read_text() for p in (sweep_dir / ".submitit" / job).glob(f"{job}_0_log.*"))
     assert "this job is timed-out" in log and "Exiting gracefully after preemption/timeout" in log
 
 

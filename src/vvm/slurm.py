@@ -242,8 +242,8 @@ def requeue_if_running() -> bool:
     if job_id is None or int(os.environ.get("SLURM_PROCID", "0")) != 0:
         return False
     state = job_state(job_id)
-    if state != "RUNNING":
-        log.warning("Slurm job %s is %s: not requeued", job_id, state)
+    if state != "RUNNING":  # requeued already (COMPLETING, PENDING), cancelled, or out of time
+        log.info("Slurm job %s is %s: no requeue from here", job_id, state)
         return False
     done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
