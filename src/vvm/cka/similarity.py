@@ -87,8 +87,7 @@ class _MeasuresPass(Tracking, nn.Module):
             self.measures[name].add(self.metrics[name], gx, gy, batch_id=batch_id, masked=masked, last=last)
 
     def _results(self) -> dict[str, Any]:
-        self.recorder.check_finite()
-        return {name: self.metrics[name].compute() for name in self.measures}
+        return {name: self.undefined_as_nan(self.metrics[name].compute()) for name in self.measures}
 
     def reset(self) -> None:
         for m in self.metrics.values():
