@@ -1,5 +1,5 @@
-"""The Python API fails well: numpy inputs work, scalars and non-finite features are errors that say which layer
-and batch, a nested track() is refused."""
+"""The Python API fails well: numpy inputs work, scalars are errors, non-finite features make an undefined row
+with a warning that says which layer and batch, a nested track() is refused."""
 
 from __future__ import annotations
 
@@ -65,14 +65,26 @@ def test_dict_output_with_a_scalar_first_uses_the_batch_first_tensor():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e200])
-def test_non_finite_features_name_the_layer_and_batch(bad):
+def test_non_finite_features_make_an_undefined_row_naming_the_layer_and_batch(bad):
+    """Not a failed pass (issue 30): the layer's row and column are NaN, with one warning naming it and the
+    batch; the other layers' CKA is what it is without it."""
     batches = make_layer_batches([16, 16, 16], [5, 6, 4], seed=0, dtype=torch.float64)
+    clean = StreamingCKA(Replay(3), "blocks")
+    with clean.track():
+        for feats in batches:
+            clean.recorder.models["x"](feats)
     batches[2][1][4, 2] = bad
     model = Replay(3)
     m = StreamingCKA(model, "blocks")
-    with pytest.raises(ValueError, match=r"layer 'l1' \(batch 2\) has non-finite features"), m.track():
+    with pytest.warns(UserWarning, match=r"layer 'l1' \(batch 2\) has non-finite features") as w, m.track():
         for feats in batches:
             model(feats)
+    res = m.compute()
+    assert sum("non-finite features" in str(x.message) for x in w) == 1  # once, though compute() looks again
+    got, want = res.matrix.numpy(), clean.compute().matrix.numpy()
+    assert np.isnan(got[1, :]).all() and np.isnan(got[:, 1]).all() and np.isnan(res.stderr.numpy()[1]).all()
+    keep = [0, 2]
+    np.testing.assert_allclose(got[np.ix_(keep, keep)], want[np.ix_(keep, keep)], atol=1e-12)
 
 
 def test_nested_track_is_refused():

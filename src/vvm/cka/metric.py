@@ -199,9 +199,6 @@ class HSICMetric(LayerPairMetric):
     # ------------------------------------------------------------------ result
     def compute(self) -> CKAResult:
         """CKA matrix and its delta-method standard error (see :func:`vvm.cka.functional.delta_stderr`)."""
-        recorder = getattr(self, "recorder", None)  # the subclasses' hooks defer their finiteness check
-        if recorder is not None:
-            recorder.check_finite()
         nb = int(self.n_batches.item())
         W = float(self.n_samples.item())  # the batches' weights are their sizes
         matrix = cka_from_hsic(self.hsic_xy, self.hsic_xx, self.hsic_yy)
@@ -238,7 +235,9 @@ class HSICMetric(LayerPairMetric):
 
     def _warn_undefined(self, res: CKAResult) -> None:
         """One warning per layer, the first time it is found undefined: NaN means "no CKA", never 0."""
-        fresh = [n for n in res.undefined_x + res.undefined_y if n not in self._warned_undefined]
+        nan = {n for n, h in [*zip(res.layers_x, res.hsic_xx.tolist()), *zip(res.layers_y, res.hsic_yy.tolist())]
+               if h != h}  # non-finite features: the recorder's warning names them  # fmt: skip
+        fresh = [n for n in res.undefined_x + res.undefined_y if n not in self._warned_undefined | nan]
         if fresh and res.n_batches > 0:
             self._warned_undefined.update(fresh)
             warnings.warn(

@@ -87,6 +87,18 @@ class Tracking:
         self.recorder = plumbing.recorder
         self.activation_dtypes = self.recorder.activation_dtypes
 
+    def compute(self) -> Any:
+        return self.undefined_as_nan(super().compute())  # type: ignore[misc]
+
+    def undefined_as_nan(self, res: Any) -> Any:
+        """``res`` with NaN in the rows and columns (matrix and standard error) of the layers whose features were
+        NaN or inf (the recorder warns, naming each): similarity is not defined for them."""
+        rows, cols = self._pass.undefined(self.recorder.check_finite())
+        for t in (res.matrix, res.stderr):
+            t[[i for i, n in enumerate(res.layers_x) if n in rows], :] = float("nan")
+            t[:, [j for j, n in enumerate(res.layers_y) if n in cols]] = float("nan")
+        return res
+
     @contextlib.contextmanager
     def track(self) -> Iterator[Self]:
         """Register the forward hooks for the duration of the block; they are removed on exit."""
@@ -145,6 +157,11 @@ class StreamingPass(_Pass):
     @property
     def sides(self) -> tuple[Sides, Sides | None]:
         return [("x", len(self.layers_x))], None if self.symmetric else [("y", len(self.layers_y))]
+
+    def undefined(self, bad: dict[str, dict[str, int]]) -> tuple[set[str], set[str]]:
+        """The rows and columns of the layers the recorder found non-finite (``{side: {layer: batch}}``)."""
+        rows = set(bad.get("x", {}))
+        return rows, set(bad.get("y", {})) if self.two_models else rows
 
     def _learn(self) -> None:
         y_key = "y" if self.two_models else "x"
@@ -273,6 +290,11 @@ class JointPass(_Pass):
     @property
     def sides(self) -> Sides:
         return [(k, len(v)) for k, v in self.model_layers.items()]
+
+    def undefined(self, bad: dict[str, dict[str, int]]) -> tuple[set[str], set[str]]:
+        """The rows and columns (``<model>/<layer>``) of the layers the recorder found non-finite."""
+        names = {f"{key}{SEP}{name}" for key, per in bad.items() for name in per}
+        return names, names
 
     def _learn(self) -> None:
         if self._learnt:

@@ -9,9 +9,9 @@ What the hooks guarantee:
   (a bf16-mixed fit, ``set_float32_matmul_precision``); low-precision activations are recorded and warned about;
 - a module that runs k times per forward pass gives k layers (``name#0`` .. ``name#k-1``), learnt on the first
   batch; every later batch must run the same graph;
-- non-finite features are an error naming the layer and the batch, raised when the pass ends (:meth:`track`'s
-  exit; the metric's ``compute()`` checks again): the check runs on the device and the host reads its one
-  result then, so a CUDA pass never waits for the device per batch; a batch below the estimator's minimum
+- non-finite features (NaN, inf) make a layer undefined, with a warning naming the layer and the batch when the
+  pass ends (:meth:`track`'s exit; the owner's ``compute()`` gives NaN for its row and column): the check runs
+  on the device and the host reads its one result then, so a CUDA pass never waits for the device per batch; a batch below the estimator's minimum
   size is skipped with a warning (the owner hears of it through ``on_skip``: under DDP it still has to join the
   collectives of a first batch); a masked batch (DDP padding) is computed but handed on as masked.
 """
@@ -174,6 +174,7 @@ class KernelRecorder:
         self._first_nonfinite: Tensor | None = None
         self._recorded: list[tuple[str, str]] = []
         self._float64: dict[tuple[str, str, int], bool] = {}  # per layer: Gram in float64 (huge features)
+        self._warned_nonfinite: set[tuple[str, str]] = set()
         self._reset_batch()
 
     # ------------------------------------------------------------------ control from the owner's caller
@@ -322,22 +323,33 @@ class KernelRecorder:
         first = self._first_nonfinite
         self._first_nonfinite = torch.where(bad & (first < 0), batch_id, first)
 
-    def check_finite(self) -> None:
-        """Raise, naming the layer and the batch, if a recorded batch had non-finite features (one host read)."""
+    def nonfinite(self) -> dict[str, dict[str, int]]:
+        """``{model key: {layer: first batch}}`` of the layers whose features were NaN or inf (one host read)."""
         if self._first_nonfinite is None:
-            return
-        first = self._first_nonfinite.tolist()
-        bad = [(b, i) for i, b in enumerate(first) if b >= 0]
-        if not bad:
-            return
-        batch_id, i = min(bad)
-        key, name = self._recorded[i]
-        who = f"model {key!r}, " if len(self.models) > 1 else ""
-        raise ValueError(
-            f"CKA: layer {name!r} ({who}batch {batch_id}) has non-finite features: NaN or inf, or values too "
-            "large to square in float32. CKA is not defined for them; check the model and its inputs, or drop "
-            "the layer"
-        )
+            return {}
+        out: dict[str, dict[str, int]] = {}
+        for (key, name), batch_id in zip(self._recorded, self._first_nonfinite.tolist()):
+            if batch_id >= 0:
+                out.setdefault(key, {})[name] = batch_id
+        return out
+
+    def check_finite(self) -> dict[str, dict[str, int]]:
+        """Warn once per layer, naming it and its first bad batch, when its features were NaN or inf: similarity is
+        not defined for it, and its owner's results give NaN for its row and column. Returns :meth:`nonfinite`."""
+        bad = self.nonfinite()
+        for key, per in bad.items():
+            for name, batch_id in per.items():
+                if (key, name) in self._warned_nonfinite:
+                    continue
+                self._warned_nonfinite.add((key, name))
+                who = f"model {key!r}, " if len(self.models) > 1 else ""
+                warnings.warn(
+                    f"CKA: layer {name!r} ({who}batch {batch_id}) has non-finite features (NaN or inf, or too large "
+                    "to square even in float64): similarity is not defined for it, so its row and column are NaN; "
+                    "check the model and its inputs, or drop the layer",
+                    stacklevel=3,
+                )
+        return bad
 
     def _end_batch(self) -> None:
         masked, self._mask_next = self._mask_next, False

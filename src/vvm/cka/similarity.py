@@ -143,8 +143,7 @@ class _MeasuresPass(Tracking, nn.Module):
         self.measures[name].skipped(metric, sx, sy, device=metric.device, dtype=self._work)
 
     def _results(self) -> dict[str, Any]:
-        self.recorder.check_finite()
-        out = {name: self.metrics[name].compute() for name in self.measures}
+        out = {name: self.undefined_as_nan(self.metrics[name].compute()) for name in self.measures}
         for name, measure in self.measures.items():
             if measure.pooled:
                 facts = self.plan.facts() if self.plan is not None else self._seen_pools()
