@@ -69,6 +69,8 @@ def test_documented_defaults_are_the_schema_defaults(tmp_path):
         ("analyses=[erf,cka]", "Invalid value 'cka'"),
         ("analysis.probe.holdout=1.0", "analysis.probe.holdout=1.0 must be < 1"),
         ("analysis.erf.n_images=0", "analysis.erf.n_images=0 must be >= 1"),
+        ("analysis.erf.mode=sum", "Invalid value 'sum', expected one of [unit, channel_sum]"),
+        ("analysis.erf.units=0", "analysis.erf.units=0 must be >= 1"),
         ("analysis.probe.ridges=[]", "analysis.probe.ridges=[]: a non-empty list of positive"),
         ("analysis.probe.holdout=0", "choosing a ridge needs held-out examples"),
     ],
@@ -78,7 +80,7 @@ def test_bad_analysis_settings_are_refused_when_composed(tmp_path, override, mes
         compose_settings(["model=r18", "dataset=digits", override], tmp_path)
     text = f"{err.value} {err.value.__cause__ or ''}"
     assert message in text
-    assert "analyses" in text or isinstance(err.value, ConfigError)
+    assert "analyses" in text or "full_key: analysis." in text or isinstance(err.value, ConfigError)
 
 
 def test_misspelt_analysis_key_names_the_closest():

@@ -48,11 +48,14 @@ def run_part(part: int, tmp_path: Path) -> tuple[Path, set[str]]:
 
 @pytest.mark.slow
 def test_gpu_session_dry_run(tmp_path):
+    """Both parts, dry (31 minutes on the shared 2-core CPU at a load of 15-20, 2026-12-08)."""
     work, _ = run_part(1, tmp_path)
     versions = (work / "versions.log").read_text()
     assert "timm 1.0" in versions and "vit_l32     blocks  27  all 219" in versions, versions
     vit = json.loads((work / "bench_cka_vit_64.json").read_text())["rows"][0]
-    assert vit["exact_max_err"] < 1e-3  # the reference keyed by layer name (2.0 when stacked in hook order)
+    # the dry run's `blocks` nest no layer in another (tests/test_bench_cka.py checks a parent before its children);
+    # at batch 4 float32 rounding is amplified to about 2e-4
+    assert vit["exact_max_err"] < 1e-3
     work, names = run_part(2, tmp_path)
     for name in ("lambda_fit", "compare"):
         assert json.loads((work / name / "result.json").read_text())["status"] == "ok"
