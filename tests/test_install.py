@@ -93,7 +93,4 @@ def test_wheel_in_a_fresh_environment_runs_from_another_directory(tmp_path):
         help_ = subprocess.run(
             [str(env_dir / "bin" / script), "--help"], cwd=elsewhere, env=env, capture_output=True, text=True
         )
-        assert help_.returncode == 0 and "usage" in help_.stdout.lower() + help_.stdout, (
-            script,
-            help_.stderr,
-        )
+        assert help_.returncode == 0 and help_.stdout.strip(), (script, help_.stderr)
