@@ -181,7 +181,7 @@ def measures_figure(
     for i, (ax, (name, matrix, lx, ly)) in enumerate(zip(axes, panels)):
         lo, hi = colour_limits(matrix, colour_range)
         draw_heatmap(ax, matrix, lx, ly, title=name, xlabel=xlabel, ylabel=ylabel if i == 0 else None, vmin=lo,
-                     vmax=hi, cbar_label=name)  # fmt: skip
+                     vmax=hi, cbar_label=name, max_ticks=MAX_TICKS if n <= MAX_TICKS else 40)  # fmt: skip
         mark_reference(ax, *refs[i])
         if i:
             ax.set_yticklabels([])
