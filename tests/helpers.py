@@ -51,6 +51,27 @@ class Twice(nn.Module):
         return self.relu(self.lin2(self.relu(self.lin1(x))))
 
 
+# a training of 3 epochs on 8x8 synthetic images that saves its resume point at every epoch end (the SIGTERM
+# and Slurm requeue tests compare it with an uninterrupted run)
+TINY_TRAINING = [
+    "model=r18",
+    "init=pretrained",
+    "dataset=synthetic",
+    "dataset.image_size=8",
+    "dataset.train_size=64",
+    "dataset.test_size=16",
+    "train.epochs=3",
+    "train.batch_size=16",
+    "train.precise_bn=16",
+    "train.speed.save_last_every_s=0",  # save the resume point at every epoch end
+    "trainer=cpu",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+    "cka.batch_size=8",
+    "cka.layers=[layer1,layer4]",
+]
+
+
 # a tiny r18 job: 8x8 synthetic images, 32 in each split, batches of 16, on the CPU
 TINY_R18 = [
     "model=r18",

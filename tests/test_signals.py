@@ -14,25 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_TRAINING as TRAIN
 from helpers import run_vvm
-
-TRAIN = [
-    "model=r18",
-    "init=pretrained",
-    "dataset=synthetic",
-    "dataset.image_size=8",
-    "dataset.train_size=64",
-    "dataset.test_size=16",
-    "train.epochs=3",
-    "train.batch_size=16",
-    "train.precise_bn=16",
-    "train.speed.save_last_every_s=0",  # save the resume point at every epoch end
-    "trainer=cpu",
-    "trainer.enable_progress_bar=false",
-    "logger=none",
-    "cka.batch_size=8",
-    "cka.layers=[layer1,layer4]",
-]
 
 
 def _start(tmp_path: Path, ckpt: Path, run: str) -> subprocess.Popen:

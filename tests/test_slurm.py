@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_TRAINING as TRAIN
 from helpers import run_vvm
 
 pytestmark = pytest.mark.slurm
@@ -38,24 +39,6 @@ DIGITS = [
     "cka.layers=[layer1,layer4]",
     "logger=none",
     "trainer.enable_progress_bar=false",
-]
-# a training of 3 epochs on 8x8 synthetic images that saves its resume point at every epoch end
-TRAIN = [
-    "model=r18",
-    "init=pretrained",
-    "dataset=synthetic",
-    "dataset.image_size=8",
-    "dataset.train_size=64",
-    "dataset.test_size=16",
-    "train.epochs=3",
-    "train.batch_size=16",
-    "train.precise_bn=16",
-    "train.speed.save_last_every_s=0",
-    "trainer=cpu",
-    "trainer.enable_progress_bar=false",
-    "logger=none",
-    "cka.batch_size=8",
-    "cka.layers=[layer1,layer4]",
 ]
 
 
