@@ -71,6 +71,7 @@ bench-smoke:
 	$(PYTHON) bench/bench_train.py --images 64 --batch-size 16 --warmup 1 --workers 0 --device cpu
 	$(PYTHON) bench/bench_analyses.py --smoke
 	$(PYTHON) bench/bench_measures.py --smoke
+	$(PYTHON) bench/bench_knn_pools.py --smoke
 
 ## gpu-pkgs: the pure-Python packages the GPU machine lacks (hydra-core, omegaconf, antlr4) into .gpu_pkgs/, which
 ## bench/gpu_session.sh puts on PYTHONPATH there (carry=[".gpu_pkgs"] in the device tool's run)
