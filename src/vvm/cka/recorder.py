@@ -101,6 +101,9 @@ class KernelRecorder:
             raw (uncentred) features, as ``on_batch(..., raw={key: {layer: parts}})`` (a measure that needs
             cosine similarities of the features as they are asks for them).
         min_reason: what needs ``min_n`` examples, for the warning when a batch is skipped.
+        float64: the Grams are computed from the activations in float64 (rank-sensitive measures).
+        features: also hand on every layer's flattened activations ``[n, d]`` (detached, as recorded) as
+            ``on_batch(..., features={key: {layer: x}})``: they are held until the batch is handed on.
     """
 
     def __init__(
@@ -115,9 +118,12 @@ class KernelRecorder:
         on_skip: Callable[[int], None] | None = None,
         raw: bool = False,
         min_reason: str = "the estimator",
+        float64: bool = False,
+        features: bool = False,
     ) -> None:
         _check_disjoint(models, modules)
         self.raw = raw
+        self.float64, self.features = float64, features
         self.min_reason = min_reason
         self.models = models
         self.modules = modules
@@ -152,6 +158,7 @@ class KernelRecorder:
     def _reset_batch(self) -> None:
         self._kernels: dict[tuple[str, str, int], Tensor] = {}
         self._parts: dict[tuple[str, str, int], RawParts] = {}
+        self._feats: dict[tuple[str, str, int], Tensor] = {}
         self._calls: dict[tuple[str, str], int] = {}
         self._finished = {key: False for key in self.models}
         self._batch_n: int | None = None
@@ -174,7 +181,9 @@ class KernelRecorder:
                 self._skip = True
                 return
             self._note_dtype(t.dtype)
-            gram = layer_gram(t, tf32=self.tf32, raw=self.raw)
+            if self.features:
+                self._feats[(key, name, call)] = t.detach().reshape(n, -1)
+            gram = layer_gram(t.detach().double() if self.float64 else t, tf32=self.tf32, raw=self.raw)
             if isinstance(gram, tuple):
                 gram, self._parts[(key, name, call)] = gram
             self._kernels[(key, name, call)] = gram.to(self.out_dtype)
@@ -320,12 +329,13 @@ class KernelRecorder:
                 return
             kernels: BatchKernels = self._collect(self._kernels)
             parts: BatchParts | None = self._collect(self._parts) if self.raw else None
+            extra: dict[str, Any] = {"raw": parts} if parts is not None else {}
+            if self.features:
+                extra["features"] = self._collect(self._feats)
             self._kernels.clear()
             self._parts.clear()
+            self._feats.clear()
             self._note_finite(kernels, batch_id)
-            if parts is None:
-                self.on_batch(kernels, masked, batch_id)
-            else:
-                self.on_batch(kernels, masked, batch_id, raw=parts)  # type: ignore[call-arg]
+            self.on_batch(kernels, masked, batch_id, **extra)
         finally:
             self._reset_batch()
