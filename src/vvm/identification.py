@@ -34,18 +34,19 @@ from vvm.records import read_jobs
 
 log = logging.getLogger(__name__)
 
+LINEAR = {"kernel": "linear"}  # the pass's CKA options (only CKA reads them): the other indices ride along
 # (label, measure, the measure's parameters, the CKA pass's options): Kornblith et al.'s rows and vvm's others
 INDICES: tuple[tuple[str, str, dict[str, Any], dict[str, Any]], ...] = (
-    ("CCA (ρ̄)", "cca", {"statistic": "rho"}, {}),
-    ("CCA (R²_CCA)", "cca", {"statistic": "r2"}, {}),
-    ("SVCCA (ρ̄)", "svcca", {"statistic": "rho"}, {}),
-    ("SVCCA (R²_CCA)", "svcca", {"statistic": "r2"}, {}),
-    ("PWCCA", "pwcca", {}, {}),
-    ("Linear Reg.", "linreg", {}, {}),
-    ("Procrustes", "procrustes", {}, {}),
-    ("RSA (Spearman)", "rsa", {}, {}),
-    ("mutual kNN", "knn", {}, {}),
-    ("CKA (Linear)", "cka", {}, {"kernel": "linear"}),
+    ("CCA (ρ̄)", "cca", {"statistic": "rho"}, LINEAR),
+    ("CCA (R²_CCA)", "cca", {"statistic": "r2"}, LINEAR),
+    ("SVCCA (ρ̄)", "svcca", {"statistic": "rho"}, LINEAR),
+    ("SVCCA (R²_CCA)", "svcca", {"statistic": "r2"}, LINEAR),
+    ("PWCCA", "pwcca", {}, LINEAR),
+    ("Linear Reg.", "linreg", {}, LINEAR),
+    ("Procrustes", "procrustes", {}, LINEAR),
+    ("RSA (Spearman)", "rsa", {}, LINEAR),
+    ("mutual kNN", "knn", {}, LINEAR),
+    ("CKA (Linear)", "cka", {}, LINEAR),
     ("CKA (RBF 0.2)", "cka", {}, {"kernel": "rbf", "rbf_frac": 0.2}),
     ("CKA (RBF 0.4)", "cka", {}, {"kernel": "rbf", "rbf_frac": 0.4}),
     ("CKA (RBF 0.8)", "cka", {}, {"kernel": "rbf", "rbf_frac": 0.8}),
@@ -102,10 +103,9 @@ def accuracy(res: Any, heads: dict[str, str | None]) -> dict[str, float]:
 def pass_settings(settings: Any, picked: Sequence[tuple[str, str, dict, dict]]) -> Any:
     """``settings`` with the CKA options and the measures' parameters of one pass."""
     engine = picked[0][3]
-    cka = settings.cka
-    if engine:
-        kernel = type(cka.kernel)(engine["kernel"])
-        cka = dataclasses.replace(cka, kernel=kernel, rbf_frac=float(engine.get("rbf_frac", cka.rbf_frac)))
+    kernel = type(settings.cka.kernel)(engine["kernel"])
+    frac = float(engine.get("rbf_frac", settings.cka.rbf_frac))
+    cka = dataclasses.replace(settings.cka, kernel=kernel, rbf_frac=frac)
     measure = settings.measure
     for _, name, params, _ in picked:
         if params:
@@ -143,7 +143,8 @@ def identification_table(sweep_dir: str | Path, *, out: str | Path | None = None
         )
         for label, name, params, engine in picked:
             found_acc = accuracy(results[name], heads)
-            rows.append({"index": label, "measure": name, "params": {**params, **engine}, **found_acc,
+            options = {**params, **(engine if name == "cka" else {})}
+            rows.append({"index": label, "measure": name, "params": options, **found_acc,
                          "paper": PAPER.get(label), "n_samples": results[name].n_samples})  # fmt: skip
             log.info("layer identification: %s %.3f", label, found_acc["accuracy"])
     write_table(rows, out, len(used), used[0].result.get("dataset"))

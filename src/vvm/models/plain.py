@@ -2,7 +2,7 @@
 linear head, the family Kornblith et al. (2019) train from ten initialisations for their Table 2.
 
 Widths: ``width`` channels for the first third of the layers, ``2 width`` for the second and ``4 width`` for the
-last, each third but the first starting with a stride-2 convolution (for ``depth = 10``: 3 + 3 + 4 layers). The
+last, each third but the first starting with a stride-2 convolution (``floor(3 i / depth)``: for ``depth = 10``, 4 + 3 + 3 layers at 32, 16 and 8 pixels on 32x32 inputs). The
 paper's own appendix network differs in its details (widths, where it downsamples); what the identification
 experiment needs is the same: architecturally identical networks, every layer a conv–BN–ReLU block.
 """
@@ -21,7 +21,7 @@ def conv_bn_relu(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
 
 
 def stage_of(i: int, depth: int) -> int:
-    """The third (0, 1, 2) of the network layer ``i`` belongs to."""
+    """The third (0, 1, 2) of the network layer ``i`` belongs to: ``floor(3 i / depth)``."""
     return min(2, 3 * i // depth)
 
 
