@@ -147,6 +147,8 @@ def identification_table(sweep_dir: str | Path, *, out: str | Path | None = None
             rows.append({"index": label, "measure": name, "params": options, **found_acc,
                          "paper": PAPER.get(label), "n_samples": results[name].n_samples})  # fmt: skip
             log.info("layer identification: %s %.3f", label, found_acc["accuracy"])
+    order = [label for label, _, _, _ in INDICES]
+    rows.sort(key=lambda r: order.index(r["index"]))
     write_table(rows, out, len(used), used[0].result.get("dataset"))
     return rows
 
