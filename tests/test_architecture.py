@@ -27,6 +27,7 @@ LAYERS = (
         "vvm.sweep_figures",
         "vvm.joint",
         "vvm.joint_files",
+        "vvm.identification",
         "vvm.slurm",
     ),  # job assembly: the config is read here
     ("vvm.__main__", "vvm"),

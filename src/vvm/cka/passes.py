@@ -69,12 +69,15 @@ def torch_dtype(precision: str) -> torch.dtype:
 
 def recorder_options(measures: Mapping[str, Measure], precision: str) -> dict[str, Any]:
     """The recorder's options for a pass of ``measures``: the smallest batch any of them uses (and why), TF32
-    Grams for ``fast``, the work dtype, the raw-Gram extras if any measure needs them."""
+    Grams for ``fast``, the work dtype, the raw-Gram extras, float64 Grams (exact mode) and the features
+    themselves if any measure needs them."""
     smallest = min(measures.values(), key=lambda m: m.min_n)
     return {
         "min_n": smallest.min_n, "min_reason": smallest.min_reason, "tf32": precision == "fast",
         "out_dtype": torch_dtype(precision), "raw": any(m.needs_raw for m in measures.values()),
         "pooled": any(m.pooled for m in measures.values()),
+        "float64": precision == "exact" and any(m.needs_float64 for m in measures.values()),
+        "features": any(m.needs_features for m in measures.values()),
     }  # fmt: skip
 
 
@@ -174,8 +177,9 @@ class StreamingPass(_Pass):
                 self.on_layers(lx, ly)
 
     def _batch(
-        self, kernels: BatchKernels, masked: bool, batch_id: int, raw: BatchParts | None = None
-    ) -> None:
+        self, kernels: BatchKernels, masked: bool, batch_id: int, raw: BatchParts | None = None,
+        features: BatchKernels | None = None,
+    ) -> None:  # fmt: skip
         self._learn()
         y_key = "y" if self.two_models else "x"
         keep = set(self.layers_y) if y_key == "x" and not self.symmetric else set()
@@ -184,11 +188,13 @@ class StreamingPass(_Pass):
             stack_grams([(kernels["x"], self.layers_x)], keep),
             sx,
             raw and stack_parts([(raw["x"], self.layers_x)]),
+            features and [features["x"][n] for n in self.layers_x],
         )
         gy = None
         if sy is not None:
             parts = raw and stack_parts([(raw[y_key], self.layers_y)])
-            gy = Grams(stack_grams([(kernels[y_key], self.layers_y)]), sy, parts)
+            feats = features and [features[y_key][n] for n in self.layers_y]
+            gy = Grams(stack_grams([(kernels[y_key], self.layers_y)]), sy, parts, feats)
         self.on_batch(gx, gy, masked, batch_id)
 
 
@@ -306,13 +312,15 @@ class JointPass(_Pass):
             self.on_layers(self.names)
 
     def _batch(
-        self, kernels: BatchKernels, masked: bool, batch_id: int, raw: BatchParts | None = None
-    ) -> None:
+        self, kernels: BatchKernels, masked: bool, batch_id: int, raw: BatchParts | None = None,
+        features: BatchKernels | None = None,
+    ) -> None:  # fmt: skip
         self._learn()
         order = list(self.model_layers.items())
         out = stack_grams([(kernels[key], names) for key, names in order])
         parts = None if raw is None else stack_parts([(raw[key], names) for key, names in order])
-        self.on_batch(Grams(out, self.sides, parts), None, masked, batch_id)
+        feats = features and [features[key][n] for key, names in order for n in names]
+        self.on_batch(Grams(out, self.sides, parts, feats), None, masked, batch_id)
 
 
 __all__ = [

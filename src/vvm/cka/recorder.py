@@ -135,6 +135,11 @@ class KernelRecorder:
         pooled: the batches are pools of a :class:`~vvm.cka.pools.PassPlan` (hundreds of examples): their Grams
             are computed as a lower triangle of row blocks and mirrored (half the work; CKA alone: the full
             product, as before).
+        float64: the Grams are computed from the activations in float64 (rank-sensitive measures); without it, a
+            layer whose features are too large to square in float32 still gets a float64 Gram
+            (:func:`needs_float64`).
+        features: also hand on every layer's flattened activations ``[n, d]`` (detached, as recorded) as
+            ``on_batch(..., features={key: {layer: x}})``: they are held until the batch is handed on.
     """
 
     def __init__(
@@ -150,10 +155,13 @@ class KernelRecorder:
         raw: bool = False,
         min_reason: str = "the estimator",
         pooled: bool = False,
+        float64: bool = False,
+        features: bool = False,
     ) -> None:
         _check_disjoint(models, modules)
         self.raw = raw
         self.pooled = pooled
+        self.float64, self.features = float64, features
         self.min_reason = min_reason
         self.models = models
         self.modules = modules
@@ -190,6 +198,7 @@ class KernelRecorder:
     def _reset_batch(self) -> None:
         self._kernels: dict[tuple[str, str, int], Tensor] = {}
         self._parts: dict[tuple[str, str, int], RawParts] = {}
+        self._feats: dict[tuple[str, str, int], Tensor] = {}
         self._calls: dict[tuple[str, str], int] = {}
         self._finished = {key: False for key in self.models}
         self._batch_n: int | None = None
@@ -212,8 +221,10 @@ class KernelRecorder:
                 self._skip = True
                 return
             self._note_dtype(t.dtype)
-            if (key, name, call) not in self._float64:
-                self._float64[(key, name, call)] = needs_float64(t, name)
+            if self.features:
+                self._feats[(key, name, call)] = t.detach().reshape(n, -1)
+            if (key, name, call) not in self._float64:  # decided on the layer's first batch
+                self._float64[(key, name, call)] = needs_float64(t, name) or self.float64
             # a pool's Gram (hundreds of examples): the lower triangle in row blocks of about 128, mirrored
             blocks = max(1, n // POOL_ROW_BLOCK) if self.pooled else 1
             gram = layer_gram(
@@ -375,12 +386,13 @@ class KernelRecorder:
                 return
             kernels: BatchKernels = self._collect(self._kernels)
             parts: BatchParts | None = self._collect(self._parts) if self.raw else None
+            extra: dict[str, Any] = {"raw": parts} if parts is not None else {}
+            if self.features:
+                extra["features"] = self._collect(self._feats)
             self._kernels.clear()
             self._parts.clear()
+            self._feats.clear()
             self._note_finite(kernels, batch_id)
-            if parts is None:
-                self.on_batch(kernels, masked, batch_id)
-            else:
-                self.on_batch(kernels, masked, batch_id, raw=parts)  # type: ignore[call-arg]
+            self.on_batch(kernels, masked, batch_id, **extra)
         finally:
             self._reset_batch()

@@ -69,7 +69,8 @@ def sub_grams(g: Grams, start: int, stop: int) -> Grams:
     parts = None
     if g.parts is not None:
         parts = type(g.parts)(*(t[..., start:stop] if t.dim() > 1 else t for t in g.parts))
-    return Grams(g.centred[:, start:stop, start:stop].contiguous(), g.sides, parts)
+    feats = None if g.features is None else [f[start:stop] for f in g.features]
+    return Grams(g.centred[:, start:stop, start:stop].contiguous(), g.sides, parts, feats)
 
 
 def metric_batches(measure: Measure, plan: PassPlan | None, max_batches: int | None) -> int | None:

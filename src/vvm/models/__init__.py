@@ -143,6 +143,18 @@ def _cifar(name: str, fn: Callable[[int], nn.Module], description: str) -> None:
         return VisionModel(fn(num_classes), name=name)
 
 
+PLAIN_ABOUT = (
+    "a plain CNN: depth 3x3 conv-BN-ReLU layers (widths width, 2 width, 4 width), global pool, linear head"
+)
+
+
+def build_plain(num_classes: int = 100, depth: int = 10, width: int = 32) -> VisionModel:
+    """``model=plain``: :class:`vvm.models.plain.PlainCNN` (``model.depth``, ``model.width``)."""
+    from vvm.models.plain import PlainCNN
+
+    return VisionModel(PlainCNN(depth, width, num_classes), name="plain")
+
+
 def _register_builtin() -> None:
     from functools import partial
 
@@ -163,6 +175,8 @@ def _register_builtin() -> None:
     for name, about in lambda_resnet.DESCRIPTIONS.items():
         build = partial(lambda_resnet.build, name)
         register(name, family="lambda_resnet", trained_here=True, description=about)(build)
+    # a plain CNN of depth conv-BN-ReLU layers (Kornblith et al. 2019's Table 2 family)
+    register("plain", family="plain", trained_here=True, description=PLAIN_ABOUT)(build_plain)
     # timm: ViT-L/32 at 224x224, and any timm model by name (create("timm", arch="convnext_tiny"))
     register("vit_l32", family="vit", description=timm_models.VIT_L32_ABOUT)(timm_models.build_vit_l32)
     register("timm", family="timm", named_by_arch=True, description=timm_models.TIMM_ABOUT)(

@@ -2,14 +2,18 @@
 
 - ``cka`` (:mod:`.cka`): minibatch CKA, the kernel's HSIC ratio (Kornblith et al. 2019, Nguyen et al. 2021);
 - ``rsa`` (:mod:`.rsa`): the rank (or linear) correlation of the pairwise distances (Kriegeskorte et al. 2008);
-- ``knn`` (:mod:`.knn`): mutual k-nearest-neighbour alignment (Huh et al. 2024).
+- ``knn`` (:mod:`.knn`): mutual k-nearest-neighbour alignment (Huh et al. 2024);
+- ``cca`` (:mod:`.cca`), ``svcca`` (:mod:`.svcca`), ``pwcca`` (:mod:`.pwcca`): the CCA family (mean canonical
+  correlation or R²_CCA; Raghu et al. 2017; Morcos et al. 2018), ``linreg`` (:mod:`.linreg`): least-squares R²,
+  ``procrustes`` (:mod:`.procrustes`): orthogonal Procrustes similarity or angle; pair by pair from each layer's
+  Gram (:mod:`.subspace`).
 
 A measure is one file here with a class decorated ``@register_measure`` (:mod:`.base`), and its import below:
 the registration. Everything downstream (settings, files, figures, loggers, ``vvm.diff``, the sweep summary,
 ``vvm.joint``) is keyed by the measure's name.
 """
 
-from vvm.cka.measures import cka, knn, rsa  # noqa: F401 - importing a measure's module registers it
+from vvm.cka.measures import cca, cka, knn, linreg, procrustes, pwcca, rsa, svcca  # noqa: F401 - importing a measure's module registers it
 from vvm.cka.measures.base import (
     MEASURES,
     Grams,

@@ -38,11 +38,13 @@ class Grams:
     ``sides``: the ``(side, layers)`` blocks the stack is made of, in order (``x``/``y`` in a one- or two-model
     pass, one per model in a joint pass: a kernel fits its parameters per side); ``parts``: the
     :class:`~vvm.cka.functional.RawParts` of every layer (``u`` ``[L, n]``, ``mu2`` ``[L]``) when a measure asked
-    for the Gram of the raw features."""
+    for the Gram of the raw features; ``features``: every layer's features ``[n, d_l]`` as recorded, when a
+    measure asked for them (``needs_features``: PWCCA's weights)."""
 
     centred: Tensor
     sides: list[tuple[str, int]]
     parts: RawParts | None = None
+    features: list[Tensor] | None = None
 
     @property
     def n(self) -> int:
@@ -81,6 +83,10 @@ class Measure:
     label: ClassVar[str] = ""  # how tables and figures name it: CKA, RSA, kNN
     Params: ClassVar[type] = NoParams
     needs_raw: ClassVar[bool] = False
+    # the Grams computed from the activations in float64 (rank-sensitive measures: the CCA family)
+    needs_float64: ClassVar[bool] = False
+    # every layer's features themselves kept for the batch (Grams.features; memory: the activations)
+    needs_features: ClassVar[bool] = False
     # computed on pools of the declared ``params.n`` examples (:mod:`vvm.cka.pools`), not on CKA's batches
     pooled: ClassVar[bool] = False
 
