@@ -240,7 +240,7 @@ def test_joint_blocks_equal_the_pairwise_runs():
 
 
 def test_unknown_measures_and_parameters_are_refused():
-    with pytest.raises(ValueError, match="measure 'cca2' is not known: use one of cka, .*rsa"):
+    with pytest.raises(ValueError, match="measure 'cca2' is not known: use one of cca, cka, .*rsa"):
         StreamingSimilarity(Replay(2), measures=["cka", "cca2"])
     with pytest.raises(
         ValueError, match="rsa.correlation='kendall' is not supported: use one of spearman, pearson, rho-a"
