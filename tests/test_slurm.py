@@ -199,14 +199,21 @@ def test_sigterm_mid_training_requeues_and_resumes_to_the_same_weights(tmp_path)
 def test_a_job_past_its_time_limit_is_requeued_and_finishes(tmp_path):
     """A 3-minute time limit that the training outlasts: Slurm's warning (USR2, signal_delay_s before the limit,
     give or take its 30 s clock) has submitit requeue the job, which resumes from its last saved epoch and
-    finishes. The training is sized on this machine (a 2-epoch run first) to last about 150 s, so that the first
-    time slot (the signal comes 90-120 s in) cannot hold it on a fast machine, and a slow one is not kept for long.
+    finishes. The training is sized on this machine (runs of 2 and 6 epochs first: their difference is an epoch
+    without the fixed costs) to last about 200 s, so that the first time slot (the signal comes 90-120 s in)
+    cannot hold it, and the second can.
     (A 1-minute limit would be signalled before Python starts.)"""
-    calib = tmp_path / "calibrate"
     short = [a for a in TRAIN if not a.startswith("train.epochs")]
-    run_vvm([*short, "train.epochs=2", f"paths.checkpoints={calib}", f"hydra.run.dir={calib}"], cwd=tmp_path)
-    epoch_s = json.loads((calib / "result.json").read_text())["train_seconds"] / 2
-    epochs = min(400, max(4, math.ceil(150 / epoch_s)))
+    seconds = {}
+    for n in (2, 6):  # the time of an epoch without the training's fixed costs (its first epoch, precise BN)
+        calib = tmp_path / f"calibrate{n}"
+        run_vvm(
+            [*short, f"train.epochs={n}", f"paths.checkpoints={calib}", f"hydra.run.dir={calib}"],
+            cwd=tmp_path,
+        )
+        seconds[n] = json.loads((calib / "result.json").read_text())["train_seconds"]
+    epoch_s = max(1e-3, (seconds[6] - seconds[2]) / 4)
+    epochs = min(1000, max(8, math.ceil(200 / epoch_s)))
     sweep_dir = tmp_path / "sweep"
     proc = _start_sweep(
         [
