@@ -82,7 +82,8 @@ def needs_float64(output: Tensor, layer: str) -> bool:
     features' scale, so the float64 Gram gives the result a float32 one would have given without overflow."""
     if output.dtype == torch.float64:
         return False
-    peak = float(output.detach().abs().amax())
+    lo, hi = torch.aminmax(output.detach())  # no |x| copy of the activation: the pass's peak memory stays put
+    peak = float(torch.stack([lo, hi]).abs().max())
     d = output[0].numel()
     if not math.isfinite(peak) or peak * peak * d < FLOAT32_GRAM_LIMIT:
         return False  # small enough; NaN or inf are the finiteness check's to report
