@@ -242,3 +242,20 @@ def compose_error(overrides: list[str], out_dir: Path) -> str:
             e = e.__cause__ or e.__context__
         return "\n".join(parts)
     raise AssertionError(f"{overrides} composed without an error")
+
+
+class WandbLogger:
+    """A stand-in for Lightning's W&B logger (the class name is what ``vvm.loggers`` checks) that records the
+    calls ``vvm.loggers.log_measure`` makes: metrics' keys, tables' keys and columns, images' keys and captions."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def log_metrics(self, m, step):
+        self.calls.append(("metrics", sorted(m)))
+
+    def log_table(self, key, columns, data, step):
+        self.calls.append(("table", key, columns))
+
+    def log_image(self, key, images, step, caption):
+        self.calls.append(("image", key, caption[0]))

@@ -179,22 +179,10 @@ def test_sweep_summary_per_measure(run_dir, tmp_path):
 
 def test_loggers_get_each_measure():
     import torch
+    from helpers import WandbLogger
 
     from vvm.cka.measures import MeasureResult
     from vvm.loggers import log_measure
-
-    class WandbLogger:  # the name is what vvm.loggers checks
-        def __init__(self):
-            self.calls = []
-
-        def log_metrics(self, m, step):
-            self.calls.append(("metrics", sorted(m)))
-
-        def log_table(self, key, columns, data, step):
-            self.calls.append(("table", key, columns))
-
-        def log_image(self, key, images, step, caption):
-            self.calls.append(("image", key, caption[0]))
 
     res = MeasureResult(torch.eye(2), torch.zeros(2, 2), ["a", "b"], ["a", "b"], 8, 2, "knn", {"k": 3})
     logger = WandbLogger()
