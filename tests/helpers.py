@@ -51,6 +51,18 @@ class Twice(nn.Module):
         return self.relu(self.lin2(self.relu(self.lin1(x))))
 
 
+# a small synthetic job on 16x16 images, 40 test images in batches of 20 (the measures' CLI tests)
+SMALL_MEASURES_JOB = [
+    "dataset=synthetic",
+    "dataset.train_size=32",
+    "dataset.test_size=40",
+    "dataset.image_size=16",
+    "cka.batch_size=20",
+    "logger=none",
+    "trainer=cpu",
+]
+
+
 # a training of 3 epochs on 8x8 synthetic images that saves its resume point at every epoch end (the SIGTERM
 # and Slurm requeue tests compare it with an uninterrupted run)
 TINY_TRAINING = [

@@ -10,19 +10,11 @@ import shutil
 import numpy as np
 import pytest
 from compose import compose_settings
+from helpers import SMALL_MEASURES_JOB as SMALL
 from helpers import compose_error, run_vvm
 
 from vvm.io import load_npz
 
-SMALL = [
-    "dataset=synthetic",
-    "dataset.train_size=32",
-    "dataset.test_size=40",
-    "dataset.image_size=16",
-    "cka.batch_size=20",
-    "logger=none",
-    "trainer=cpu",
-]
 CKA_KEYS = {  # what cka.npz held before the measures: unchanged
     "cka", "cka_stderr", "layers_x", "layers_y", "n_samples", "n_batches", "hsic_xx", "hsic_yy", "kernel",
     "estimator", "activation_dtype", "batch_ids", "batch_weights", "batch_hsic_xy", "batch_hsic_xx",

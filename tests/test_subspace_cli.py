@@ -8,18 +8,10 @@ import json
 import numpy as np
 import pytest
 from compose import compose_settings
+from helpers import SMALL_MEASURES_JOB as SMALL
 
 from vvm.io import load_npz
 
-SMALL = [
-    "dataset=synthetic",
-    "dataset.train_size=32",
-    "dataset.test_size=40",
-    "dataset.image_size=16",
-    "cka.batch_size=20",
-    "logger=none",
-    "trainer=cpu",
-]
 NAMES = ("cca", "svcca", "pwcca", "linreg", "procrustes")
 
 
