@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from vvm.schema import compose, compose_config
-from vvm.settings import JobSettings
+from vvm.settings.job import JobSettings
 
 
 def compose_settings(overrides: list[str], out_dir: Path | None = None) -> JobSettings:

@@ -204,7 +204,7 @@ def model_settings(name: str, *, num_classes: int = 10, seed: int = 0, **options
 
 def init_settings(init: dict):
     """``{"name": "pretrained", "checkpoint": ...}`` as :class:`vvm.settings.InitSettings`."""
-    from vvm.settings import InitName, InitSettings
+    from vvm.settings.job import InitName, InitSettings
 
     return InitSettings(
         name=InitName(init["name"]), checkpoint=init.get("checkpoint"), weights_file=init.get("weights_file")
@@ -212,10 +212,10 @@ def init_settings(init: dict):
 
 
 def build_job(job):
-    """The job's datamodule and first model, as :func:`vvm.pipeline.run` builds them (seeded)."""
+    """The job's datamodule and first model, as :func:`vvm.pipeline.steps.run` builds them (seeded)."""
     import pytorch_lightning as pl
 
-    from vvm.pipeline import build_datamodule, build_model
+    from vvm.pipeline.steps import build_datamodule, build_model
 
     pl.seed_everything(int(job.seed), verbose=False)
     dm = build_datamodule(job)
@@ -223,11 +223,11 @@ def build_job(job):
 
 
 def weights_of(job, dm, model, *, callbacks=(), logger=None, trains: bool = True) -> dict:
-    """``job.init``'s weights into ``model`` through :func:`vvm.weights.load_or_train`, training with the
+    """``job.init``'s weights into ``model`` through :func:`vvm.pipeline.weights.load_or_train`, training with the
     job's recipe when it must (``trains=False``: never); returns the facts."""
-    from vvm.pipeline import checkpoint_cache
+    from vvm.pipeline.steps import checkpoint_cache
+    from vvm.pipeline.weights import load_or_train
     from vvm.train.fit import Fit, trainer_factory
-    from vvm.weights import load_or_train
 
     fit = None
     if trains:
@@ -257,8 +257,8 @@ def compose_error(overrides: list[str], out_dir: Path) -> str:
 
 
 class WandbLogger:
-    """A stand-in for Lightning's W&B logger (the class name is what ``vvm.loggers`` checks) that records the
-    calls ``vvm.loggers.log_measure`` makes: metrics' keys, tables' keys and columns, images' keys and captions."""
+    """A stand-in for Lightning's W&B logger (the class name is what ``vvm.loggers.logger`` checks) that records the
+    calls ``vvm.loggers.logger.log_measure`` makes: metrics' keys, tables' keys and columns, images' keys and captions."""
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []

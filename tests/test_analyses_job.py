@@ -14,9 +14,9 @@ from compose import compose_settings
 from helpers import run_vvm
 
 from vvm.io import write_json, write_npz
-from vvm.pipeline import run
+from vvm.pipeline.steps import run
 from vvm.schema import CONFIG_DIR, ConfigError, override_errors
-from vvm.settings import ANALYSES, AnalysisName
+from vvm.settings.analyses import ANALYSES, AnalysisName
 
 # a tiny job: 8x8 synthetic images, 32 a split, two images for the ERF and the attention distances
 TINY = [
@@ -56,7 +56,8 @@ def test_analyses_default_to_none_and_compose_as_choices(tmp_path):
 
 
 def test_documented_defaults_are_the_schema_defaults(tmp_path):
-    from vvm.settings import AnalysisSettings, plain
+    from vvm.settings import plain
+    from vvm.settings.analyses import AnalysisSettings
 
     job = compose_settings(["model=r18", "dataset=digits"], tmp_path)
     assert plain(job.analysis) == plain(AnalysisSettings())
@@ -117,9 +118,11 @@ def test_job_writes_analyses_files_result_and_csv_scalars(tmp_path):
 
 
 def test_only_rank_zero_runs_the_analyses(tmp_path, monkeypatch):
-    import vvm.pipeline
+    import vvm.pipeline.steps
 
-    monkeypatch.setattr(vvm.pipeline, "is_rank_zero", lambda: False)  # this process: rank 1 of a DDP job
+    monkeypatch.setattr(
+        vvm.pipeline.steps, "is_rank_zero", lambda: False
+    )  # this process: rank 1 of a DDP job
     job = compose_settings(
         ["model=r18", *TINY, "cka.layers=[stem,fc]", "analyses=[erf]", "logger=none"], tmp_path
     )
@@ -188,7 +191,7 @@ def fake_job(sweep_dir: Path, job: str, model: str, family: str, init: str, kind
 
 
 def test_sweep_summary_draws_one_figure_per_analysis(tmp_path):
-    from vvm.sweep import main
+    from vvm.sweep.summary import main
 
     sweep = tmp_path / "multirun" / "s"
     fake_job(sweep, "0", "r18", "resnet", "random", {"erf": 5, "attention": 0, "probe": 6})
@@ -203,9 +206,9 @@ def test_sweep_summary_draws_one_figure_per_analysis(tmp_path):
 
 
 def test_sweep_analysis_records_and_wandb_images(tmp_path, monkeypatch):
-    import vvm.loggers
-    from vvm.records import analysis_records, collect_jobs
-    from vvm.sweep import write_summary
+    import vvm.loggers.logger
+    from vvm.sweep.records import analysis_records, collect_jobs
+    from vvm.sweep.summary import write_summary
 
     sweep = tmp_path / "s"
     fake_job(sweep, "0", "r18", "resnet", "random", {"attention": 0, "probe": 3})
@@ -224,7 +227,7 @@ def test_sweep_analysis_records_and_wandb_images(tmp_path, monkeypatch):
         res["config"] = {"logger": {"project": "p", "mode": "offline"}}
         write_json(d / "result.json", res)
     logged = {}
-    monkeypatch.setattr(vvm.loggers, "log_files_run", lambda **kw: logged.update(kw) or tmp_path)
+    monkeypatch.setattr(vvm.loggers.logger, "log_files_run", lambda **kw: logged.update(kw) or tmp_path)
     out = write_summary(sweep)
     assert set(logged["images"]) == {"summary/grid", "summary/probe"}
     assert logged["images"]["summary/probe"] == sweep / "summary-probe.png" == out["files"]["probe_png"]
@@ -272,7 +275,7 @@ def test_acceptance_command_vit_l32(tmp_path):
 
 def test_probe_plans_follow_the_job_seed():
     from vvm.analyses.probe import probe_plans
-    from vvm.settings import ProbeSettings
+    from vvm.settings.analyses import ProbeSettings
 
     s = ProbeSettings(max_train=50, batch_size=16)
     assert probe_plans(100, 30, s, seed=3) == probe_plans(100, 30, s, seed=3)

@@ -15,25 +15,29 @@ MAX_FUNCTION_LINES = 60
 # imports point down this list (a module may import from its own layer or any layer below, never above)
 LAYERS = (
     ("vvm.cka", "vvm.io", "vvm.settings"),  # the engine, helpers with no vvm imports, the typed settings
-    ("vvm.models", "vvm.data"),
-    ("vvm.train", "vvm.callbacks", "vvm.plots", "vvm.analyses", "vvm.loggers", "vvm.wandb_run", "vvm.diff"),
-    ("vvm.weights",),
-    ("vvm.pipeline", "vvm.preflight", "vvm.report"),
+    ("vvm.models", "vvm.data"),  # networks and datamodules
+    (
+        "vvm.train",
+        "vvm.callbacks",
+        "vvm.plots",
+        "vvm.analyses",
+        "vvm.loggers",
+        "vvm.diff",
+    ),  # above the engine
+    # one job from settings: the job's settings (above the analyses, whose parameters they gather), weights,
+    # preflight, the steps, the report
+    ("vvm.pipeline", "vvm.settings.job"),
     (
         "vvm.schema",
         "vvm.job",
-        "vvm.records",
         "vvm.sweep",
-        "vvm.sweep_figures",
         "vvm.joint",
-        "vvm.joint_files",
         "vvm.identification",
-        "vvm.slurm",
-    ),  # job assembly: the config is read here
+    ),  # job assembly: the config is read
     ("vvm.__main__", "vvm"),
 )
 # the first layer allowed to import omegaconf or hydra (the config is turned into settings there, once)
-JOB_ASSEMBLY = 5
+JOB_ASSEMBLY = 4
 CONFIG_LIBRARIES = ("omegaconf", "hydra", "antlr4")
 
 
@@ -125,8 +129,11 @@ def cycles() -> list[list[str]]:
 
 
 def test_the_import_graph_is_read():
-    assert "vvm.models.base" in GRAPH["vvm.weights"] and "vvm.weights" in GRAPH["vvm.pipeline"]
-    assert "vvm.pipeline" in GRAPH["vvm.job"]  # a lazy import inside a function counts
+    assert (
+        "vvm.models.base" in GRAPH["vvm.pipeline.weights"]
+        and "vvm.pipeline.weights" in GRAPH["vvm.pipeline.steps"]
+    )
+    assert "vvm.pipeline.steps" in GRAPH["vvm.job.task"]  # a lazy import inside a function counts
 
 
 def test_no_import_cycle():
@@ -169,9 +176,11 @@ def test_nothing_below_the_job_layer_reads_the_config():
 def test_the_config_rule_catches_an_import(tmp_path):
     """The rule above fails for a module of a lower layer that imports omegaconf (checked on a copy)."""
     bad = tmp_path / "weights.py"
-    bad.write_text(MODULES["vvm.weights"].read_text() + "\nfrom omegaconf import DictConfig  # noqa\n")
-    assert config_imports({"vvm.weights": bad}) == ["vvm.weights -> omegaconf"]
-    assert config_imports({"vvm.job": MODULES["vvm.job"]}) == []  # the job layer may
+    bad.write_text(
+        MODULES["vvm.pipeline.weights"].read_text() + "\nfrom omegaconf import DictConfig  # noqa\n"
+    )
+    assert config_imports({"vvm.pipeline.weights": bad}) == ["vvm.pipeline.weights -> omegaconf"]
+    assert config_imports({"vvm.job.task": MODULES["vvm.job.task"]}) == []  # the job layer may
 
 
 def test_the_engine_imports_nothing_from_outside_it():

@@ -53,7 +53,7 @@ def no_work(monkeypatch):
     def fail(job):
         raise AssertionError(f"job {job.job}'s model was rebuilt before the inputs were checked")
 
-    monkeypatch.setattr("vvm.joint.rebuild_model", fail)
+    monkeypatch.setattr("vvm.joint.joint_pass.rebuild_model", fail)
 
 
 def one_line_error(capsys, call, *args) -> str:
@@ -67,7 +67,7 @@ def one_line_error(capsys, call, *args) -> str:
 
 
 def joint(capsys, *argv: str) -> str:
-    from vvm.joint import main
+    from vvm.joint.joint_pass import main
 
     return one_line_error(capsys, main, [*argv, "--logger", "none", "--no-progress"])
 
@@ -99,16 +99,16 @@ def test_joint_refuses_an_unknown_job(sweep, tmp_path, capsys, no_work):
 def test_joint_checks_layers_on_the_first_model(sweep, tmp_path, capsys, monkeypatch):
     """A --layers name the models lack: one line naming --layers and the close names, after one model was
     built (not after every model was loaded and the pass set up)."""
-    import vvm.joint
+    import vvm.joint.joint_pass
 
     built = []
-    real = vvm.joint.rebuild_model
+    real = vvm.joint.joint_pass.rebuild_model
 
     def counting(job):
         built.append(job.job)
         return real(job)
 
-    monkeypatch.setattr("vvm.joint.rebuild_model", counting)
+    monkeypatch.setattr("vvm.joint.joint_pass.rebuild_model", counting)
     err = joint(capsys, str(sweep), "--out", str(tmp_path / "j"), "--layers", "layer1,layer9")
     assert "vvm.joint: error: --layers=layer1,layer9: job 0's model" in err, err
     assert "'layer9' matches no module" in err and "closest names: layer4" in err and built == ["0"], built
@@ -139,8 +139,8 @@ def test_joint_csv_says_nan_for_an_undefined_block(tmp_path):
     import torch
 
     from vvm.cka.joint import JointResult
-    from vvm.joint_files import pair_rows
-    from vvm.records import JointJob
+    from vvm.joint.files import pair_rows
+    from vvm.sweep.records import JointJob
 
     layers = ["a/l0", "a/l1", "b/l0", "b/l1"]
     nan = torch.full((4, 4), math.nan, dtype=torch.float64)
@@ -179,8 +179,8 @@ def damaged_sweep(root: Path) -> Path:
 
 
 def test_damaged_jobs_are_notes_not_tracebacks(tmp_path):
-    from vvm.joint import read_jobs
-    from vvm.records import collect_jobs
+    from vvm.joint.joint_pass import read_jobs
+    from vvm.sweep.records import collect_jobs
 
     sweep_dir = damaged_sweep(tmp_path)
     jobs = {j.job: j for j in collect_jobs(sweep_dir)}
@@ -193,7 +193,7 @@ def test_damaged_jobs_are_notes_not_tracebacks(tmp_path):
 
 
 def test_sweep_cli_errors(tmp_path, capsys):
-    from vvm.sweep import main
+    from vvm.sweep.summary import main
 
     sweep_dir = damaged_sweep(tmp_path)
     err = one_line_error(capsys, main, ["summary", str(sweep_dir / "2"), "--no-wandb"])

@@ -15,7 +15,7 @@ from vvm.cka import StreamingCKA, gram
 from vvm.diff import cka_difference
 from vvm.diff import main as diff_main
 from vvm.io import load_npz
-from vvm.pipeline import run
+from vvm.pipeline.steps import run
 
 FAST = ["dataset=digits", "dataset.limit=96", "cka.batch_size=32", "logger=none", "trainer=cpu"]
 

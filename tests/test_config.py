@@ -16,9 +16,9 @@ from test_data import _image_folder, make_fake_cifar10, make_fake_cifar100
 
 from vvm.data import DATASETS as REGISTERED
 from vvm.models import count_parameters, from_settings, registry, trained_by_vvm
-from vvm.pipeline import build_datamodule
+from vvm.pipeline.steps import build_datamodule
+from vvm.pipeline.weights import load_or_train
 from vvm.schema import CONFIG_DIR
-from vvm.weights import load_or_train
 
 MODELS = sorted(registry())
 INITS = sorted(p.stem for p in (CONFIG_DIR / "init").glob("*.yaml"))

@@ -377,7 +377,7 @@ def test_uint8_dataset_rejects_float_images():
 def test_dataset_configs_instantiate(name, cifar_root, imagenet_root, tmp_path):
     from compose import compose_settings
 
-    from vvm.pipeline import build_datamodule
+    from vvm.pipeline.steps import build_datamodule
 
     data = tmp_path / "data"
     if name.startswith("cifar"):

@@ -21,7 +21,7 @@ from torch import nn
 from vvm.cka import StreamingCKA, gram
 from vvm.data import batches as batches_mod
 from vvm.data.batches import IGNORE_LABEL, EvalBatches, balanced_batches, permutation
-from vvm.pipeline import run
+from vvm.pipeline.steps import run
 
 # ---------------------------------------------------------------------------------------------- random batches
 

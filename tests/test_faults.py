@@ -21,9 +21,10 @@ import torch
 from compose import compose_settings
 from helpers import build_job, compose_error, run_vvm, weights_of
 
-from vvm import pipeline, preflight, weights
 from vvm.io import remove_stale_temporaries, temporary_path, write_json
-from vvm.preflight import check_plan, check_writable
+from vvm.pipeline import preflight, weights
+from vvm.pipeline import steps as pipeline
+from vvm.pipeline.preflight import check_plan, check_writable
 from vvm.schema import CONFIG_DIR, override_errors
 from vvm.settings import CKASettings, ConfigError
 
@@ -291,7 +292,7 @@ def test_user_checkpoint_is_never_moved_and_a_directory_is_named(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- 7. offline
 def test_wandb_online_without_network_falls_back_to_offline_quickly(tmp_path, monkeypatch):
-    from vvm import loggers
+    from vvm.loggers import logger as loggers
     from vvm.settings import WandbSettings
 
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # nothing listens: no network

@@ -21,8 +21,8 @@ from vvm.plots.analyses_sweep import sweep_figure
 from vvm.plots.heatmap import measures_figure
 from vvm.plots.joint import CorrespondencePanel, Curve, correspondence_figure, joint_figure
 from vvm.plots.style import colour_limits, job_title, quantity, result_quantity, stages
-from vvm.records import JobRecord
-from vvm.sweep_figures import grid_figure
+from vvm.sweep.figures import grid_figure
+from vvm.sweep.records import JobRecord
 
 STAGED = [f"layer{s}.{b}" for s in (1, 2, 3) for b in (0, 1)]  # 6 layers in 3 stages
 

@@ -404,7 +404,7 @@ def test_pin_memory_takes_only_true_false_auto():
 
 def test_the_joint_pass_loads_with_the_datamodules_workers_and_pins_for_cuda(monkeypatch, tmp_path):
     from vvm.data.base import VisionDataModule
-    from vvm.joint import run_pass
+    from vvm.joint.joint_pass import run_pass
 
     seen = {}
     real = VisionDataModule.eval_loader
@@ -487,7 +487,7 @@ def test_tf32_off_makes_the_pass_ieee_and_restores_every_flag(fp32_flags, state)
 
 def test_result_files_record_what_the_pass_ran_in(tmp_path, fp32_flags):
     from vvm.io import load_npz
-    from vvm.pipeline import run
+    from vvm.pipeline.steps import run
 
     fast = ["dataset=digits", "dataset.limit=48", "cka.batch_size=24", "logger=none", "trainer=cpu"]
     torch.set_float32_matmul_precision("high")  # a user's global setting: off overrides it for the pass only

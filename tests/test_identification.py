@@ -80,8 +80,8 @@ def test_joint_csv_columns():
     """pair_rows: the accuracy with its tolerance, the layers counted, the ties, and the classifier."""
     from helpers import Replay, make_layer_batches
 
-    from vvm.joint_files import pair_rows
-    from vvm.records import JointJob
+    from vvm.joint.files import pair_rows
+    from vvm.sweep.records import JointJob
 
     a = Replay(3)
     m = JointCKA({"a": a, "b": copy.deepcopy(a), "c": Replay(2)}, "blocks")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vvm.identification import INDICES, accuracy, plan_passes, tie_split_hits
+from vvm.identification.table import INDICES, accuracy, plan_passes, tie_split_hits
 
 
 def test_plain_cnn_has_depth_conv_layers_widening_by_thirds():

@@ -39,11 +39,11 @@ def python_without_config_libraries(tmp_path: Path) -> tuple[list[str], dict[str
 
 @pytest.mark.slow  # 11-16 s of imports; test_architecture checks the same rule in the source, in the default run
 def test_engine_models_data_and_the_job_below_the_config_import_without_hydra(tmp_path):
-    """``vvm.cka``, ``vvm.models``, ``vvm.data``, ``vvm.settings``, ``vvm.weights``, ``vvm.pipeline`` import
+    """``vvm.cka``, ``vvm.models``, ``vvm.data``, ``vvm.settings``, ``vvm.pipeline.weights``, ``vvm.pipeline.steps`` import
     with omegaconf, hydra and antlr4 not installed (a GPU machine without them); the config layer does need
     them."""
     python, env = python_without_config_libraries(tmp_path)
-    below = "vvm.cka vvm.models vvm.data vvm.settings vvm.train.fit vvm.callbacks vvm.weights vvm.pipeline"
+    below = "vvm.cka vvm.models vvm.data vvm.settings vvm.train.fit vvm.callbacks vvm.pipeline.weights vvm.pipeline.steps"
     code = f"import importlib.util as u\nassert u.find_spec('omegaconf') is None\nfor m in {below.split()!r}: __import__(m)\nprint('ok')"
     proc = subprocess.run([*python, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -211,8 +211,8 @@ def sweep(tmp_path_factory):
     from compose import compose_settings
     from test_sweep import fake_job
 
-    from vvm.joint import main
-    from vvm.pipeline import run
+    from vvm.joint.joint_pass import main
+    from vvm.pipeline.steps import run
 
     root = tmp_path_factory.mktemp("joint")
     sweep_dir = root / "multirun" / "2026-01-02" / "03-04-05"
@@ -294,7 +294,7 @@ def test_blocks_equal_the_jobs_own_runs_and_compare(sweep):
 def test_overrides_jobs_and_a_missing_checkpoint(sweep, tmp_path):
     import shutil
 
-    from vvm.joint import joint_sweep
+    from vvm.joint.joint_pass import joint_sweep
 
     sweep_dir, root = sweep
     out = joint_sweep(sweep_dir, out=tmp_path / "j", jobs=["0", "2"], layers="stem,fc", max_samples=32,
@@ -318,7 +318,7 @@ def test_overrides_jobs_and_a_missing_checkpoint(sweep, tmp_path):
 def test_wandb_logging(sweep, tmp_path, monkeypatch):
     from test_sweep import fake_wandb
 
-    from vvm.joint import joint_sweep
+    from vvm.joint.joint_pass import joint_sweep
 
     sweep_dir, _ = sweep
     calls = fake_wandb(monkeypatch)

@@ -43,7 +43,7 @@ def test_measures_settings_and_their_rules(tmp_path):
 
 
 def test_a_plan_too_small_for_k_is_refused_before_any_work(tmp_path):
-    from vvm.pipeline import build, check_job
+    from vvm.pipeline.steps import build, check_job
 
     job = compose_settings([*SMALL, "measures=[cka,knn]", "cka.max_samples=16", "measure.knn.k=19"], tmp_path)
     summary: dict = {"model": "r18", "init": "random"}
@@ -57,10 +57,10 @@ def test_a_plan_too_small_for_k_is_refused_before_any_work(tmp_path):
 def run_dir(tmp_path_factory):
     """One job with measures=[cka,rsa,knn] (in-process: the CLI's composition is the settings test's; the slow
     compare test runs the CLI), counting the model's forward calls."""
-    import vvm.pipeline
+    import vvm.pipeline.steps
 
     out = tmp_path_factory.mktemp("measures") / "run"
-    build, calls = vvm.pipeline.build, []
+    build, calls = vvm.pipeline.steps.build, []
 
     def counting_build(job, summary):
         dm, models = build(job, summary)
@@ -68,8 +68,8 @@ def run_dir(tmp_path_factory):
         return dm, models
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(vvm.pipeline, "build", counting_build)
-        summary = vvm.pipeline.run(
+        mp.setattr(vvm.pipeline.steps, "build", counting_build)
+        summary = vvm.pipeline.steps.run(
             compose_settings([*SMALL, "measures=[cka,rsa,knn]", "measure.knn.k=5"], out)
         )
     assert summary["status"] == "ok", summary.get("error")
@@ -153,7 +153,7 @@ def test_diff_of_a_measure_pairs_the_batches(tmp_path):
 
 
 def test_sweep_summary_per_measure(run_dir, tmp_path):
-    from vvm.sweep import write_summary
+    from vvm.sweep.summary import write_summary
 
     sweep = tmp_path / "sweep"
     for job in ("0", "1"):
@@ -174,7 +174,7 @@ def test_loggers_get_each_measure():
     from helpers import WandbLogger
 
     from vvm.cka.measures import MeasureResult
-    from vvm.loggers import log_measure
+    from vvm.loggers.logger import log_measure
 
     res = MeasureResult(torch.eye(2), torch.zeros(2, 2), ["a", "b"], ["a", "b"], 8, 2, "knn", {"k": 3})
     logger = WandbLogger()
@@ -203,8 +203,8 @@ def test_compare_works_for_every_measure(tmp_path):
 def test_joint_measures_equal_the_jobs_own_files(tmp_path):
     """Two random-init jobs (no training) over the same batches; the joint pass's diagonal blocks of every
     measure are each job's own matrix."""
-    from vvm.joint import main
-    from vvm.pipeline import run
+    from vvm.joint.joint_pass import main
+    from vvm.pipeline.steps import run
 
     sweep = tmp_path / "multirun" / "a" / "b"
     for job, seed in (("0", 0), ("1", 1)):

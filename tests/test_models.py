@@ -13,7 +13,7 @@ from torch import nn
 from vvm.cka.presets import PRESETS, generic_presets, resolve_layers
 from vvm.models import count_parameters, create, from_settings, registry, trained_by_vvm
 from vvm.models.checkpoints import CheckpointMismatchError
-from vvm.weights import load_or_train, weights_source
+from vvm.pipeline.weights import load_or_train, weights_source
 
 
 def create_timm(arch: str, **kw):
@@ -319,7 +319,7 @@ def test_model_nodes_come_from_the_registry():
 
 # ------------------------------------------------------------------------------------------------------ init
 def apply_init(model, init: dict, dataset_name: str | None = None):
-    """``init`` through the one weights path (:func:`vvm.weights.load_or_train`), measuring ``dataset_name``."""
+    """``init`` through the one weights path (:func:`vvm.pipeline.weights.load_or_train`), measuring ``dataset_name``."""
     settings = model_settings(model.name, num_classes=10)
     load_or_train(model, settings, init_settings(init), dataset_name=dataset_name)
     return model

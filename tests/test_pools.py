@@ -280,7 +280,7 @@ def test_diff_is_clean_across_batch_sizes_and_refuses_another_k(tmp_path):
 
     from vvm.diff import cka_difference
     from vvm.io import InputError
-    from vvm.pipeline import run
+    from vvm.pipeline.steps import run
 
     small = ["dataset=synthetic", "dataset.train_size=32", "dataset.test_size=48", "dataset.image_size=16",
              "logger=none", "trainer=cpu", "measures=[cka,knn]", "measure.knn.n=24"]  # fmt: skip
@@ -314,8 +314,8 @@ def test_a_pools_gram_from_its_lower_triangle_is_the_full_gram():
 def test_joint_notes_jobs_run_with_other_settings(tmp_path, caplog):
     from compose import compose_settings
 
-    from vvm.joint import setting_notes
-    from vvm.records import JointJob
+    from vvm.joint.joint_pass import setting_notes
+    from vvm.sweep.records import JointJob
 
     def job(name, *overrides):
         settings = compose_settings(["dataset=digits", *overrides], tmp_path / name)

@@ -87,7 +87,7 @@ def test_the_job_looks_before_it_builds(offline, tmp_path):
 
     from compose import compose_settings
 
-    from vvm.pipeline import run
+    from vvm.pipeline.steps import run
 
     job = compose_settings(["model=vit_l32", "init=pretrained", "dataset=digits", "logger=none"], tmp_path)
     t = time.perf_counter()

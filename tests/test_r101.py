@@ -10,7 +10,7 @@ from compose import compose_settings
 from helpers import run_vvm
 
 from vvm.models import count_parameters, create, family_of, trained_by_vvm
-from vvm.pipeline import run
+from vvm.pipeline.steps import run
 
 
 def bottleneck_resnet_parameters(blocks: list[int], classes: int) -> int:

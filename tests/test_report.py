@@ -1,4 +1,4 @@
-"""The end-of-job report (vvm.report) from result.json's facts, and the third-party noise filtered while a job runs
+"""The end-of-job report (vvm.pipeline.report) from result.json's facts, and the third-party noise filtered while a job runs
 (vvm.io.quiet_third_party). A real job's report, in vvm.log, is checked in test_wandb and test_readme."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from vvm.io import quiet_third_party
-from vvm.report import job_report, result_files
+from vvm.pipeline.report import job_report, result_files
 
 
 def summary_of(tmp_path, **extra):

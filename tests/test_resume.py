@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from vvm.io import save_result, write_json
-from vvm.job import completed_result, missing_pieces
+from vvm.job.task import completed_result, missing_pieces
 
 
 def finished_job(tmp_path, **result):

@@ -45,8 +45,8 @@ def hostile_npz(path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- item 1
 @pytest.mark.parametrize("measure", ["rsa", "knn"])
 def test_a_damaged_measure_file_skips_its_job_with_a_note(tmp_path, measure, caplog):
-    from vvm.records import collect_jobs, read_jobs
-    from vvm.sweep import write_summary
+    from vvm.sweep.records import collect_jobs, read_jobs
+    from vvm.sweep.summary import write_summary
 
     sweep_dir = tmp_path / "multirun" / "2026-01-02" / "03-04-05"
     for job in "012":
@@ -74,7 +74,7 @@ def test_a_damaged_measure_file_skips_its_job_with_a_note(tmp_path, measure, cap
 
 
 def test_a_damaged_analysis_file_is_left_out_of_the_sweep_figure(tmp_path):
-    from vvm.records import analysis_records, collect_jobs
+    from vvm.sweep.records import analysis_records, collect_jobs
 
     sweep_dir = tmp_path / "sweep"
     d = measured_job(sweep_dir, "0")
@@ -88,8 +88,8 @@ def test_a_damaged_analysis_file_is_left_out_of_the_sweep_figure(tmp_path):
 def test_a_result_that_says_nothing_never_reads_as_none(tmp_path, content, caplog):
     from test_sweep import fake_job
 
-    from vvm.records import collect_jobs
-    from vvm.sweep import write_summary
+    from vvm.sweep.records import collect_jobs
+    from vvm.sweep.summary import write_summary
 
     d = fake_job(tmp_path / "sweep", "0", "r18", "random")
     (d / "result.json").write_text(content)
@@ -129,14 +129,14 @@ class _Hostile:
 def test_a_damaged_or_hostile_cache_file_is_moved_aside_in_vvms_words(tmp_path, name, damage, caplog):
     import torch
 
-    from vvm import weights
+    from vvm.pipeline import weights
 
     path, marker = tmp_path / name, tmp_path / "code-ran"
     torch.save({"state_dict": {"a": torch.zeros(100)}, "x": _Hostile(marker)}, path)
     if damage == "truncated":
         torch.save({"state_dict": {"a": torch.zeros(100)}}, path)
         path.write_bytes(path.read_bytes()[:300])
-    with caplog.at_level(logging.WARNING, logger="vvm.weights"):
+    with caplog.at_level(logging.WARNING, logger="vvm.pipeline.weights"):
         assert not weights.readable_cache_file(path)
     assert not path.exists() and len(list(tmp_path.glob(f"{name}.corrupt-*"))) == 1
     assert not marker.exists()
@@ -190,10 +190,10 @@ def test_results_are_written_before_any_figure(tmp_path):
     code = (
         "from compose import compose_settings\n"
         "from test_measures_cli import SMALL\n"
-        "import vvm.pipeline\n"
+        "import vvm.pipeline.steps\n"
         "job = compose_settings([*SMALL, 'measures=[cka,rsa,knn]', 'measure.knn.k=5'], 'run')\n"
         "try:\n"
-        "    vvm.pipeline.run(job)\n"
+        "    vvm.pipeline.steps.run(job)\n"
         "except OSError as e:\n"
         "    print('raised', e)\n"
     )
@@ -252,7 +252,9 @@ def test_joint_device_errors_are_one_line(tmp_path, capsys, monkeypatch, device,
     from test_cli_errors import joint, stored_job
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("vvm.joint.rebuild_models", lambda *a: pytest.fail("a model was rebuilt first"))
+    monkeypatch.setattr(
+        "vvm.joint.joint_pass.rebuild_models", lambda *a: pytest.fail("a model was rebuilt first")
+    )
     sweep = tmp_path / "sweep"
     stored_job(sweep, "0", seed=0)
     err = joint(capsys, str(sweep), "--device", device, "--out", str(tmp_path / "j"))
@@ -264,13 +266,13 @@ def test_an_interrupt_ends_the_job_without_a_traceback(tmp_path, monkeypatch):
     ``interrupted`` and re-raises; the job then exits with status 130, no raw KeyboardInterrupt traceback."""
     from compose import compose_cfg
 
-    import vvm.pipeline
-    from vvm import job
+    import vvm.pipeline.steps
+    from vvm.job import task as job
 
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vvm.pipeline, "run", interrupted)
+    monkeypatch.setattr(vvm.pipeline.steps, "run", interrupted)
     monkeypatch.setattr(job, "resume_command", lambda: "python -m vvm")
     with pytest.raises(SystemExit) as e:
         job.run_job(compose_cfg(["dataset=digits", "logger=none"], tmp_path))
@@ -279,7 +281,7 @@ def test_an_interrupt_ends_the_job_without_a_traceback(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("content", ["[]", "null", '"ok"'])
 def test_resume_runs_a_job_whose_result_json_is_not_a_record_again(tmp_path, content, caplog):
-    from vvm.job import completed_result
+    from vvm.job.task import completed_result
 
     (tmp_path / "result.json").write_text(content)
     with caplog.at_level(logging.WARNING, logger="vvm.job"):
@@ -291,8 +293,8 @@ def test_resume_runs_a_job_whose_result_json_is_not_a_record_again(tmp_path, con
 def test_joint_says_which_seed_the_pass_used_and_why_a_block_differs(tmp_path):
     from test_cli_errors import stored_job
 
-    from vvm.joint import pass_settings
-    from vvm.records import read_jobs
+    from vvm.joint.joint_pass import pass_settings
+    from vvm.sweep.records import read_jobs
 
     sweep = tmp_path / "sweep"
     for job in range(2):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vvm import weights
 from vvm.models.checkpoints import read_checkpoint
+from vvm.pipeline import weights
 
 MIDWAY = "[enforce fail at inline_container.cc:664] . unexpected pos 4480 vs 4374"
 
@@ -73,7 +73,7 @@ def test_then_the_temporary_directory_and_then_a_plain_error(setup, caplog, tmp_
 
 _ULIMIT = r"""
 import resource, sys, torch
-from vvm.weights import save_or_keep
+from vvm.pipeline.weights import save_or_keep
 from pathlib import Path
 root = Path(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # `ulimit -f`: files above 200 kB fail midway

@@ -8,9 +8,9 @@ import shlex
 
 import pytest
 
+from vvm.job.slurm import Node, Partition, fit_requests, gpu_count, joint_sbatch_line, minutes
 from vvm.schema import compose_config as compose
 from vvm.settings import ConfigError
-from vvm.slurm import Node, Partition, fit_requests, gpu_count, joint_sbatch_line, minutes
 
 SMALL = Partition("debug", (Node("vm", 2, 23081, 0),))  # this machine, as scripts/slurm-local.sh declares it
 GPUS = Partition("gpu", (Node("g1", 64, 512_000, 4), Node("g2", 32, 256_000, 8)), max_time_min=2880)

@@ -20,7 +20,7 @@ def test_loggers_get_each_new_measure():
     from helpers import WandbLogger
 
     from vvm.cka.measures import MeasureResult
-    from vvm.loggers import log_measure
+    from vvm.loggers.logger import log_measure
 
     for name in NAMES:
         res = MeasureResult(torch.eye(2), torch.zeros(2, 2), ["a", "b"], ["a", "b"], 8, 2, name, {"n": 8})
@@ -38,9 +38,9 @@ def test_jobs_diff_summary_and_joint_pick_up_every_new_measure(tmp_path):
     """Two random-init jobs with every new measure: each writes its files; vvm.diff pairs them per measure; the
     sweep summary has a column and a figure per measure; the joint pass's diagonal blocks are the jobs' own."""
     from vvm.diff import main as diff
-    from vvm.joint import main as joint
-    from vvm.pipeline import run
-    from vvm.sweep import write_summary
+    from vvm.joint.joint_pass import main as joint
+    from vvm.pipeline.steps import run
+    from vvm.sweep.summary import write_summary
 
     sweep = tmp_path / "multirun" / "a" / "b"
     measures = f"measures=[cka,{','.join(NAMES)}]"

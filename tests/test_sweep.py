@@ -17,10 +17,10 @@ from helpers import run_vvm
 from omegaconf import OmegaConf
 
 from vvm.io import InputError, write_json, write_npz
-from vvm.job import completed_result
-from vvm.records import canonical_family, collect_jobs, model_family
-from vvm.sweep import SweepSummary, resume_command, write_summary
-from vvm.sweep_figures import grid_rows
+from vvm.job.task import completed_result
+from vvm.sweep.figures import grid_rows
+from vvm.sweep.records import canonical_family, collect_jobs, model_family
+from vvm.sweep.summary import SweepSummary, resume_command, write_summary
 
 FAST = [
     "dataset=synthetic",

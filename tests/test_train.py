@@ -41,7 +41,7 @@ def build(job):
 
 
 def cache_key(job) -> str:
-    from vvm.pipeline import checkpoint_cache
+    from vvm.pipeline.steps import checkpoint_cache
 
     return checkpoint_cache(job, job.model).key
 
@@ -381,7 +381,7 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
 
 
 def test_explicit_checkpoint_and_published_weights(tmp_path, monkeypatch):
-    from vvm import weights
+    from vvm.pipeline import weights
     from vvm.train.cache import save_trained
 
     trained, _ = build(compose_job(tmp_path, *TINY))
@@ -427,7 +427,7 @@ def test_explicit_checkpoint_and_published_weights(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ the CLI
 def test_pretrained_trains_with_cka_probes_then_reuses_the_checkpoint(tmp_path):
     """In-process jobs (the CLI's own path is test_cli's): train, cache, probe CKA; then the cache is used."""
-    from vvm.pipeline import run
+    from vvm.pipeline.steps import run
 
     ckpt = tmp_path / "ckpt"
     args = [*TINY, "init=pretrained", "train.epochs=2", "cka.every_n_epochs=1", f"paths.checkpoints={ckpt}"]

@@ -107,7 +107,7 @@ def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path, monkeypatch, c
     """An in-process job (the CLI's own path is test_cli's; the failing and DDP runs below go through it)."""
     from compose import compose_settings
 
-    from vvm.pipeline import run
+    from vvm.pipeline.steps import run
 
     monkeypatch.delenv("WANDB_MODE", raising=False)  # logger.mode: auto, offline without an API key
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -115,7 +115,7 @@ def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path, monkeypatch, c
     out = tmp_path / "run"
     overrides = [*SMALL, "init=pretrained", "train.epochs=2", "cka.every_n_epochs=1",
                  f"paths.checkpoints={tmp_path}/c", "logger=wandb", f"logger.save_dir={out}"]  # fmt: skip
-    with caplog.at_level("INFO", logger="vvm.report"):
+    with caplog.at_level("INFO", logger="vvm.pipeline.report"):
         run(compose_settings(overrides, out))
     res = json.loads((out / "result.json").read_text())
     assert res["status"] == "ok" and res["trained"] is True
@@ -123,7 +123,7 @@ def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path, monkeypatch, c
     # where the run is, in result.json and in the job's report (the exact `wandb sync` command)
     assert res["wandb"]["mode"] == "offline" and res["wandb"]["dir"] == str(run_dir)
     assert res["wandb"]["sync"] == f"wandb sync {run_dir}" and "no W&B API key" in res["wandb"]["why"]
-    (report,) = [r.getMessage() for r in caplog.records if r.name == "vvm.report"]
+    (report,) = [r.getMessage() for r in caplog.records if r.name == "vvm.pipeline.report"]
     assert f"wandb sync {run_dir}" in report and f"run directory  {out}" in report
     assert "trained 2 epochs" in report and "cka            mean off-diagonal" in report
     # the result files as one artifact, kept in the run's transaction log until `wandb sync` uploads them
@@ -225,7 +225,7 @@ def test_csv_logger_gets_training_and_cka_scalars(tmp_path):
 
 
 def test_logger_none_and_mode(monkeypatch, tmp_path):
-    from vvm.loggers import build_logger, wandb_mode
+    from vvm.loggers.logger import build_logger, wandb_mode
     from vvm.settings import WandbSettings
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -246,7 +246,7 @@ def test_auto_mode_is_online_only_with_a_key_and_an_answer(monkeypatch, tmp_path
     import socket
     import time
 
-    from vvm import wandb_run
+    from vvm.loggers import wandb_run
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)  # tests/conftest.py sets it offline
@@ -284,8 +284,8 @@ def test_sweep_jobs_share_the_sweeps_group(monkeypatch):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from vvm.loggers.wandb_run import sweep_group
     from vvm.schema.store import wandb_group
-    from vvm.wandb_run import sweep_group
 
     assert sweep_group("/x/multirun/2026-01-02/03-04-05") == "sweep-2026-01-02_03-04-05"
     hc = types.SimpleNamespace(mode=RunMode.MULTIRUN, sweep=types.SimpleNamespace(dir="multirun/d/t"))
@@ -297,7 +297,7 @@ def test_sweep_jobs_share_the_sweeps_group(monkeypatch):
 
 
 def test_log_config_once_and_no_recipe_without_training():
-    from vvm.loggers import log_config
+    from vvm.loggers.logger import log_config
 
     class Logger:
         def __init__(self):

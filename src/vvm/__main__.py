@@ -1,6 +1,6 @@
 """``python -m vvm`` / ``vvm``: compose the configs shipped in the package (``vvm/conf``, found by Hydra as
 ``pkg://vvm/conf``, so a wheel works from any directory) against vvm's typed schema, and run one job (or a sweep
-with ``-m``) through :func:`vvm.job.run_job`."""
+with ``-m``) through :func:`vvm.job.task.run_job`."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ register_configs()  # the schema must be in Hydra's ConfigStore before it compos
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    # in a multirun (-m) a failing job is recorded in its result.json and the sweep goes on (see vvm.job)
-    from vvm.job import run_job
+    # in a multirun (-m) a failing job is recorded in its result.json and the sweep goes on (see vvm.job.task)
+    from vvm.job.task import run_job
 
     summary = run_job(cfg)
     return summary.get("mean_cka") if summary else None

@@ -1,5 +1,5 @@
 """vvm's Slurm launcher as a Hydra plugin (Hydra instantiates launchers only from the ``hydra_plugins`` package;
-``hydra/launcher=slurm`` names it). What it does is :mod:`vvm.slurm`'s: imported when a sweep is launched or a
+``hydra/launcher=slurm`` names it). What it does is :mod:`vvm.job.slurm`'s: imported when a sweep is launched or a
 job starts, never when Hydra scans its plugins (every ``python -m vvm`` does)."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ log = logging.getLogger(__name__)
 
 class VVMSlurmLauncher(SlurmLauncher):
     """Hydra's submitit Slurm launcher, with requests fitted to the partition before submission
-    (:func:`vvm.slurm.fit_requests`), and a job that a SIGTERM stops requeued (:func:`vvm.slurm.requeue_if_running`)."""
+    (:func:`vvm.job.slurm.fit_requests`), and a job that a SIGTERM stops requeued (:func:`vvm.job.slurm.requeue_if_running`)."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
         from omegaconf import OmegaConf
 
-        from vvm.slurm import (
+        from vvm.job.slurm import (
             fit_requests,
             joint_sbatch_line,
             log_requests,
@@ -42,7 +42,7 @@ class VVMSlurmLauncher(SlurmLauncher):
         return returns
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from vvm.slurm import SigtermSeen, requeue_if_running
+        from vvm.job.slurm import SigtermSeen, requeue_if_running
 
         sigterm = SigtermSeen()
         previous = signal.signal(signal.SIGTERM, sigterm)

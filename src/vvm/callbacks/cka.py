@@ -288,7 +288,7 @@ class CKACallback(pl.Callback):
         return {"png": png, "pdf": pdf}
 
     def _log_side_by_side(self, trainer: pl.Trainer, stage: str, png: Path) -> None:
-        from vvm.loggers import is_wandb
+        from vvm.loggers.logger import is_wandb
 
         key = "measures/side_by_side" if stage == "final" else f"measures_{stage}/side_by_side"
         for logger in trainer.loggers:
@@ -298,7 +298,7 @@ class CKACallback(pl.Callback):
     def _log(
         self, trainer: pl.Trainer, res: Any, stage: str, paths: dict[str, Path], measure: str = "cka"
     ) -> None:
-        from vvm.loggers import log_measure
+        from vvm.loggers.logger import log_measure
 
         for logger in trainer.loggers:
             epoch = epoch_number(trainer) if stage == "probe" else None

@@ -1,5 +1,5 @@
 """Loading weights into a built :class:`VisionModel`: plain functions, no decisions (those are
-:func:`vvm.weights.load_or_train`'s).
+:func:`vvm.pipeline.weights.load_or_train`'s).
 
 - :func:`load_checkpoint`: a vvm checkpoint into ``model.net``: either a state dict of the network
   (``model.net.state_dict()``) or a Lightning checkpoint whose ``state_dict`` holds ``model.net.*`` keys

@@ -1,5 +1,5 @@
 """Published timm weights, loaded into a built :class:`VisionModel` or looked for before anything is built: plain
-functions, no decisions (those are :func:`vvm.weights.load_or_train`'s).
+functions, no decisions (those are :func:`vvm.pipeline.weights.load_or_train`'s).
 
 - :func:`load_timm_pretrained`: the published weights of the timm pretrained config the network was built with
   (``vit_large_patch32_224.orig_in21k`` for ``vit_l32``), from ``weights_file`` when given (a

@@ -4,7 +4,7 @@
 Each network keeps its own input resolution and normalisation: ``input_size`` and ``mean``/``std`` come from
 the timm pretrained config of the model (for a ViT its ``patch_embed.img_size``), so 32x32 CIFAR images are
 resized on the device to 224x224 and re-normalised. Construction never downloads anything: weights are random
-(seeded by :func:`vvm.models.create`) until :func:`vvm.weights.load_or_train` loads the published ones.
+(seeded by :func:`vvm.models.create`) until :func:`vvm.pipeline.weights.load_or_train` loads the published ones.
 
 Config: ``model=vit_l32``, or ``model=timm model.name=convnext_tiny`` (``model.name`` is any name of
 ``timm.list_models()``, with or without a pretrained tag such as ``convnext_tiny.fb_in22k``; the tag picks the

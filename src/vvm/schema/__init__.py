@@ -16,7 +16,8 @@ from vvm.schema.keys import added_keys, override_errors
 from vvm.schema.models import model_settings_classes
 from vvm.schema.rules import check_rules, rule_errors
 from vvm.schema.store import register_configs
-from vvm.settings import ConfigError, JobSettings, plain
+from vvm.settings import ConfigError, plain
+from vvm.settings.job import JobSettings
 
 # the Hydra configs, inside the package (a wheel carries them; Hydra finds them as pkg://vvm/conf)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"

@@ -11,7 +11,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vvm.schema.store import CHOICE_GROUPS, field_classes, group_class, is_settings
-from vvm.settings import JobSettings, closest
+from vvm.settings import closest
+from vvm.settings.job import JobSettings
 
 
 def default_choices(config_dir: Path) -> dict[str, str | None]:

@@ -1,7 +1,7 @@
 """The rules that tie settings together, in one place beside the schema. Each number's own range is its field's
 (:func:`vvm.settings.check_ranges`); what depends on two settings is here: a batch below the estimator's
 minimum, no epochs for weights vvm must train, a model name that is not its node's, layer lists that are
-neither a preset nor names, the probe's ridge grid. Whether a job trains is :func:`vvm.weights.weights_source`'s decision alone."""
+neither a preset nor names, the probe's ridge grid. Whether a job trains is :func:`vvm.pipeline.weights.weights_source`'s decision alone."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import math
 from vvm.cka.functional import min_samples
 from vvm.cka.pools import declared_pool
 from vvm.models import registry
-from vvm.settings import ConfigError, JobSettings, check_ranges, job_measures, measure_params
+from vvm.settings import ConfigError, check_ranges, job_measures, measure_params
+from vvm.settings.job import JobSettings
 
 
 def _batches(job: JobSettings) -> list[str]:
@@ -72,7 +73,7 @@ def _layers(job: JobSettings) -> list[str]:
 
 
 def _models(job: JobSettings) -> list[str]:
-    from vvm.weights import (
+    from vvm.pipeline.weights import (
         weights_source,
     )  # here, not at the top: it imports Lightning, which --help never needs
 

@@ -18,8 +18,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from vvm.schema.models import model_settings_classes
-from vvm.settings import CSVSettings, JobSettings, WandbSettings
+from vvm.settings import CSVSettings, WandbSettings
 from vvm.settings.datasets import DATASET_SETTINGS  # not vvm.data: listing them imports no Lightning
+from vvm.settings.job import JobSettings
 
 LOGGERS: dict[str, type | None] = {"wandb": WandbSettings, "csv": CSVSettings, "none": None}
 # the config groups whose settings class depends on the choice (the field is typed Any in JobSettings)
@@ -28,12 +29,12 @@ CHOICE_GROUPS = ("model", "compare", "dataset", "logger")
 
 def wandb_group(tag: str) -> str:
     """``${vvm_wandb_group:${tag}}`` (conf/logger/wandb.yaml): in a multirun the sweep's W&B group
-    (:func:`vvm.wandb_run.sweep_group`, which the sweep's summary and joint runs share), else ``tag``."""
+    (:func:`vvm.loggers.wandb_run.sweep_group`, which the sweep's summary and joint runs share), else ``tag``."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        from vvm.wandb_run import sweep_group
+        from vvm.loggers.wandb_run import sweep_group
 
         return sweep_group(HydraConfig.get().sweep.dir)
     return tag

@@ -8,10 +8,11 @@ Types use ``typing.Optional``/``List``/``Dict`` because OmegaConf's structured c
 
 import difflib
 import enum
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
+
+from vvm.cka.params import Range
 
 # OmegaConf's marker for a value the config must provide (a plain string, so no omegaconf import here)
 MISSING = "???"
@@ -37,30 +38,6 @@ def choices(name: str, values: tuple[str, ...], doc: str = "") -> type[Choice]:
     cls = Choice(name, {v: v for v in values})  # type: ignore[call-overload]
     cls.__doc__ = doc or f"one of {', '.join(values)}"
     return cls
-
-
-@dataclass(frozen=True)
-class Range:
-    """What a number may be: ``minimum`` (inclusive), ``above`` and ``below`` (exclusive), ``finite``; ``why``
-    says it."""
-
-    minimum: float | None = None
-    above: float | None = None
-    why: str = ""
-    below: float | None = None
-
-    def problem(self, value: Any) -> str | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return f"must be a finite number{': ' + self.why if self.why else ''}"
-        if self.minimum is not None and value < self.minimum:
-            return f"must be >= {self.minimum:g}{': ' + self.why if self.why else ''}"
-        if self.above is not None and value <= self.above:
-            return f"must be > {self.above:g}{': ' + self.why if self.why else ''}"
-        if self.below is not None and value >= self.below:
-            return f"must be < {self.below:g}{': ' + self.why if self.why else ''}"
-        return None
 
 
 @dataclass(frozen=True)

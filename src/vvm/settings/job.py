@@ -12,6 +12,7 @@ from typing import Any
 from vvm.settings.analyses import AnalysisName, AnalysisSettings
 from vvm.settings.base import MISSING, choices, seed_field
 from vvm.settings.cka import CKASettings
+from vvm.settings.loggers import CSVSettings, WandbSettings  # noqa: F401 - the logger node's types
 from vvm.settings.measures import MeasureName, MeasureSettings
 from vvm.settings.train import TrainerSettings, TrainSettings
 
@@ -32,30 +33,6 @@ class PathSettings:
     data: str = "data"
     checkpoints: str = "checkpoints"
     output_dir: str = "outputs"
-
-
-@dataclass
-class WandbSettings:
-    """``logger=wandb``: Lightning's WandbLogger. ``mode``: ``auto`` (online when this machine has a W&B API key
-    and W&B answers within seconds, else offline), ``online``, ``offline`` or ``disabled`` (default:
-    ``$WANDB_MODE``, else ``auto``; see :mod:`vvm.wandb_run`)."""
-
-    project: str = "vvm"
-    group: str | None = None
-    name: str | None = None
-    job_type: str | None = None
-    tags: list[str] = field(default_factory=list)
-    save_dir: str = "."
-    mode: str = "auto"
-    log_model: bool = False
-
-
-@dataclass
-class CSVSettings:
-    """``logger=csv``: Lightning's CSVLogger in the run directory."""
-
-    save_dir: str = "."
-    name: str = "csv"
 
 
 @dataclass

@@ -7,46 +7,24 @@ number. A measure registered in the engine has its settings here without an edit
 ``cka.*`` (:class:`~vvm.settings.CKASettings`): the kernel, the estimator, the pass's batches.
 """
 
-from dataclasses import Field, field, fields, make_dataclass
 from typing import Any
 
 from vvm.cka.measures import MEASURES, Measure, make_measure
-from vvm.settings.base import choices, number, plain
+from vvm.settings.base import choices, plain
 from vvm.settings.cka import CKASettings
+from vvm.settings.generate import group_settings
 
 MeasureName = choices("MeasureName", tuple(MEASURES), " | ".join(MEASURES))
 
 
-def _setting(prefix: str, f: Field) -> tuple[str, Any, Any]:
-    """One parameter of a measure as a settings field: a Choice, a number with its minimum, or as it is."""
-    meta = f.metadata
-    if meta.get("choices"):
-        kind = choices(f"{prefix}{f.name.title()}", tuple(meta["choices"]), meta.get("why") or "")
-        return f.name, kind, field(default=kind(f.default))
-    if meta.get("minimum") is not None:
-        return f.name, type(f.default), number(f.default, minimum=meta["minimum"], why=meta.get("why", ""))
-    return f.name, type(f.default), field(default=f.default)
-
-
-def settings_class(name: str, measure: type[Measure]) -> type:
-    """The dataclass of ``measure.<name>.*``, generated from the measure's ``Params``."""
-    prefix = name.title().replace("_", "")
-    cls = make_dataclass(f"{prefix}Settings", [_setting(prefix, f) for f in fields(measure.Params)])
-    cls.__module__ = __name__
-    cls.__doc__ = (
-        f"``measure.{name}.*``: the parameters of the {name} measure (see conf/measure/default.yaml)."
-    )
-    globals()[cls.__name__] = cls  # importable by name (pickling, Hydra's ConfigStore)
-    return cls
-
-
-MEASURE_SETTINGS = {name: settings_class(name, cls) for name, cls in MEASURES.items() if fields(cls.Params)}
-MeasureSettings = make_dataclass(
+MEASURE_SETTINGS: dict[str, type]
+MeasureSettings, MEASURE_SETTINGS = group_settings(
     "MeasureSettings",
-    [(name, cls, field(default_factory=cls)) for name, cls in MEASURE_SETTINGS.items()],
+    {name: cls.Params for name, cls in MEASURES.items()},
+    module=__name__,
+    key="measure",
+    doc="``measure.*``: each measure's parameters (those measures that have any; conf/measure/default.yaml).",
 )
-MeasureSettings.__module__ = __name__
-MeasureSettings.__doc__ = "``measure.*``: each measure's parameters (those measures that have any)."
 
 
 def measure_params(settings: Any, names: list[Any]) -> dict[str, dict[str, Any]]:

@@ -3,7 +3,7 @@
 (``trainer.*``), with the speed switches of ``train.speed`` (precision, device-resident data, channels_last,
 compile) and :class:`SaveLast` for resuming. A :class:`Fit` holds all that until a model is handed to it.
 
-Which weights a job needs, and whether a fit is due at all, is :func:`vvm.weights.load_or_train`'s decision.
+Which weights a job needs, and whether a fit is due at all, is :func:`vvm.pipeline.weights.load_or_train`'s decision.
 """
 
 from __future__ import annotations

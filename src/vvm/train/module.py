@@ -54,7 +54,7 @@ class VisionModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.model = model
-        # the recipe reaches the logger once, as the job's `train` settings (vvm.loggers.log_config), not again flat
+        # the recipe reaches the logger once, as the job's `train` settings (vvm.loggers.logger.log_config), not again flat
         self.save_hyperparameters(ignore=["model"], logger=False)
         self._compiled: Any = None  # torch.compile(model), kept out of the module tree (state_dict unchanged)
         self._channels_last = False

@@ -18,7 +18,7 @@ generated from it (``measure.<name>.<parameter>``, :mod:`vvm.settings.measures`)
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -27,6 +27,7 @@ from torchmetrics import Metric
 
 from vvm.cka.functional import RawParts, raw_gram
 from vvm.cka.measures.mean import BatchMeanMetric
+from vvm.cka.params import NoParams, check_params, make_params, option
 from vvm.cka.registry import Registry
 
 
@@ -59,19 +60,6 @@ class Grams:
         return raw_gram(self.centred, self.parts)
 
 
-def option(
-    default: Any, *, choices: tuple[str, ...] | None = None, minimum: float | None = None, why: str = ""
-) -> Any:
-    """A measure parameter: its default, and the values it may take (``choices``) or its ``minimum``; ``why``
-    says what it is (the settings' error messages and documentation quote it)."""
-    return field(default=default, metadata={"choices": choices, "minimum": minimum, "why": why})
-
-
-@dataclass(frozen=True)
-class NoParams:
-    """A measure without parameters of its own."""
-
-
 class Measure:
     """A similarity measure between the layers of two stacks (see the module docstring).
 
@@ -98,13 +86,7 @@ class Measure:
     @classmethod
     def create(cls, params: dict[str, Any] | None = None, **engine: Any) -> Measure:
         """The measure with ``params`` (plain values, e.g. ``{"k": 10}``) and the pass's options."""
-        unknown = sorted(set(params or {}) - {f.name for f in fields(cls.Params)})
-        if unknown:
-            known = ", ".join(f.name for f in fields(cls.Params)) or "none"
-            raise ValueError(
-                f"measure {cls.name!r} has no parameter {', '.join(unknown)} (its parameters: {known})"
-            )
-        return cls(cls.Params(**(params or {})), **engine)
+        return cls(make_params(cls.name, cls.Params, params, label=f"measure {cls.name!r}"), **engine)
 
     # ------------------------------------------------------------------ what it needs, what it is called
     @property
@@ -158,22 +140,6 @@ class Measure:
     def skipped(self, metric: Metric, sides_x: list[tuple[str, int]], sides_y: list[tuple[str, int]] | None, *,
                 device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
         """The recorder skipped a batch as too small (nothing to add; CKA's RBF kernel still joins DDP)."""
-
-
-def check_params(name: str, params: Any) -> None:
-    """Each parameter within its ``choices`` or above its ``minimum``; an error names it and what it may be."""
-    for f in fields(params):
-        value, meta = getattr(params, f.name), f.metadata
-        value = getattr(value, "value", value)  # a settings enum member
-        choices, minimum = meta.get("choices"), meta.get("minimum")
-        if choices is not None and value not in choices:
-            raise ValueError(f"{name}.{f.name}={value!r} is not supported: use one of {', '.join(choices)}")
-        if minimum is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum
-        ):
-            raise ValueError(
-                f"{name}.{f.name}={value!r} must be a number >= {minimum:g}: {meta.get('why', '')}"
-            )
 
 
 class ProductMeasure(Measure):

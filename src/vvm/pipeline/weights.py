@@ -36,7 +36,8 @@ from vvm.models import published_arch, trained_by_vvm
 from vvm.models.base import VisionModel
 from vvm.models.checkpoints import CheckpointMismatchError, load_checkpoint, refused_objects
 from vvm.models.published import load_timm_pretrained, published_source
-from vvm.settings import InitName, InitSettings, ModelSettings
+from vvm.settings import ModelSettings
+from vvm.settings.job import InitName, InitSettings
 from vvm.train.cache import CheckpointCache, read_facts, save_trained
 
 if TYPE_CHECKING:

@@ -1,11 +1,11 @@
 """One job as Hydra runs it: the composed config turned into typed settings once (:func:`vvm.schema.to_settings`),
-then :func:`vvm.pipeline.run` on them.
+then :func:`vvm.pipeline.steps.run` on them.
 
 Resuming. ``resume=true``: a job whose output dir already holds a complete result of the same config (see
 :func:`completed_result`) is skipped; its result.json is returned with ``resumed: true``.
 
 Failing jobs. Hydra's sweeper raises the first failed job's exception once a batch of jobs has returned, and then
-``on_multirun_end`` never runs. So in multirun mode a job's exception is caught after :func:`vvm.pipeline.run`
+``on_multirun_end`` never runs. So in multirun mode a job's exception is caught after :func:`vvm.pipeline.steps.run`
 has recorded it in ``result.json`` (status ``failed``, the error and traceback), logged to the job's log, and
 the job returns normally: the next job runs and the summary (:mod:`vvm.sweep`) lists the failure. A single run
 (no ``-m``) re-raises, so it still exits non-zero. An interrupt (Ctrl-C, SLURM's kill) is not caught as a
@@ -41,9 +41,9 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------- the task
 def run_job(cfg: DictConfig) -> dict[str, Any] | None:
-    """The Hydra task: the config as settings, then :func:`vvm.pipeline.run`, unless ``resume=true`` finds the
+    """The Hydra task: the config as settings, then :func:`vvm.pipeline.steps.run`, unless ``resume=true`` finds the
     job done; in a multirun a failure (a bad setting too) is recorded and the sweep goes on."""
-    from vvm.pipeline import run
+    from vvm.pipeline.steps import run
 
     try:
         job = to_settings(cfg)

@@ -20,8 +20,9 @@ from vvm.cka.functional import min_samples
 from vvm.io import InputError, writable_dir
 from vvm.models import published_arch
 from vvm.models.published import check_published_weights
-from vvm.settings import CKASettings, ConfigError, JobSettings
-from vvm.weights import weights_source
+from vvm.pipeline.weights import weights_source
+from vvm.settings import CKASettings, ConfigError
+from vvm.settings.job import JobSettings
 
 
 def check_writable(path: str | Path, key: str, *, need_bytes: int = 0) -> Path:

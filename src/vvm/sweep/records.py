@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from vvm.io import InputError, UnreadableFile, load_json, load_npz
 
 if TYPE_CHECKING:
-    from vvm.settings import JobSettings
+    from vvm.settings.job import JobSettings
 
 # overrides that say which job it is without being a "variant" of the sweep
 _IDENTITY_KEYS = {"model", "init", "model.name", "init.name", "compare", "compare_init", "resume"}

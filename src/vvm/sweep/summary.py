@@ -17,12 +17,12 @@ reads those files back and writes, atomically, into the sweep dir:
 - when the jobs logged to W&B: the grid, the measures' and the analyses' figures and the table in a W&B run of the
   sweep's group (the jobs' W&B mode); a W&B failure is logged and never fails the sweep.
 
-Failing jobs do not stop the sweep: :func:`vvm.job.run_job` records a failure in the job's ``result.json`` and
+Failing jobs do not stop the sweep: :func:`vvm.job.task.run_job` records a failure in the job's ``result.json`` and
 returns, and the summary lists it. The sweep itself exits 0 once its summary is written, unless
 ``hydra.callbacks.sweep_summary.fail_on_error=true``.
 
 Resuming. ``resume=true`` with the same ``hydra.sweep.dir`` reruns the same jobs into the same subdirectories;
-:func:`vvm.job.run_job` skips a job whose directory already holds a complete result of the same config, and
+:func:`vvm.job.task.run_job` skips a job whose directory already holds a complete result of the same config, and
 the summary covers every job. ``python -m vvm.sweep resume DIR`` rebuilds that command from ``DIR/multirun.yaml``
 and ``python -m vvm.sweep summary DIR`` rewrites the summary of a sweep directory (after a crash or a cancel).
 Jobs are numbered in the order of the sweep, so a resume must sweep the same values (a job whose stored config
@@ -46,19 +46,19 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from vvm.io import InputError, exit_with_error
-from vvm.records import (
-    JobRecord,
-    collect_jobs,
-    summary_columns,
-    sweep_jobs,
-)
-from vvm.sweep_figures import (
+from vvm.sweep.figures import (
     analysis_figures,
     family_order,
     grid_figure,
     measure_figures,
     model_order,
     sweep_name,
+)
+from vvm.sweep.records import (
+    JobRecord,
+    collect_jobs,
+    summary_columns,
+    sweep_jobs,
 )
 
 log = logging.getLogger(__name__)
@@ -148,15 +148,15 @@ def log_summary_to_wandb(
     figures: dict[str, Path] | None = None,
 ) -> Path | None:
     """Log the grid, the analyses' ``figures`` (key -> image) and the table to a W&B run of the sweep's group,
-    when the jobs used W&B (:func:`vvm.loggers.log_files_run`, the one helper for runs made of files).
+    when the jobs used W&B (:func:`vvm.loggers.logger.log_files_run`, the one helper for runs made of files).
 
     Project, mode and group come from the jobs' logger settings: the jobs' group when they share one (say
     ``logger.group=my-study``; by default every job of a sweep has the sweep's group), else
     ``sweep-<date>_<time>``. Mode: ``WANDB_MODE``, else the jobs' ``mode``, decided as a job's is
-    (:func:`vvm.wandb_run.choose_mode`: ``auto`` is online when logged in and W&B answers). Never raises: W&B trouble is logged. Returns the W&B run directory, or None.
+    (:func:`vvm.loggers.wandb_run.choose_mode`: ``auto`` is online when logged in and W&B answers). Never raises: W&B trouble is logged. Returns the W&B run directory, or None.
     """
-    from vvm.loggers import log_files_run
-    from vvm.wandb_run import choose_mode, sweep_group
+    from vvm.loggers.logger import log_files_run
+    from vvm.loggers.wandb_run import choose_mode, sweep_group
 
     loggers = wandb_loggers(jobs)
     if not loggers:
@@ -286,7 +286,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         exit_with_error(f"{parser.prog} {args.command}", e)
     print("+", " ".join(cmd), flush=True)
     return subprocess.call(cmd)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vvm.io import is_rank_zero, write_json
-from vvm.loggers import finish_logger, where_logged
+from vvm.loggers.logger import finish_logger, where_logged
 
 log = logging.getLogger(__name__)
 

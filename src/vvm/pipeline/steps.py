@@ -1,7 +1,7 @@
 """One job: settings -> model + data -> weights (training when the init asks for it) -> CKA pass -> analyses -> files
 + logger.
 
-The CLI (``python -m vvm``, through :func:`vvm.job.run_job`), the sweep and the tests all go through :func:`run`,
+The CLI (``python -m vvm``, through :func:`vvm.job.task.run_job`), the sweep and the tests all go through :func:`run`,
 which receives the job as typed objects (:class:`vvm.settings.JobSettings`), never a config.
 """
 
@@ -25,16 +25,17 @@ from vvm.cka.result import mean_offdiagonal
 from vvm.data import create_datamodule, dataset_name
 from vvm.data.batches import exact_length
 from vvm.io import is_rank_zero, quiet_third_party
-from vvm.loggers import build_logger, log_config
+from vvm.loggers.logger import build_logger, log_config
 from vvm.models import from_settings
 from vvm.models.base import VisionModel
+from vvm.pipeline.preflight import check_layers, check_plan, check_published, check_writable
+from vvm.pipeline.report import close_job
+from vvm.pipeline.weights import load_or_train, weights_source
 from vvm.plots.style import job_title
-from vvm.preflight import check_layers, check_plan, check_published, check_writable
-from vvm.report import close_job
-from vvm.settings import InitSettings, JobSettings, ModelSettings, job_measures, measure_params, plain
+from vvm.settings import ModelSettings, job_measures, measure_params, plain
+from vvm.settings.job import InitSettings, JobSettings
 from vvm.train.cache import CheckpointCache
 from vvm.train.fit import Fit, planned_device, trainer_factory, vision_module
-from vvm.weights import load_or_train, weights_source
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def run(job: JobSettings, *, resume_command: str = "") -> dict[str, Any]:
     """Run one job and return what result.json holds. Writes into ``job.paths.output_dir``.
 
     Every setting was checked when the config was composed (:mod:`vvm.schema`); what needs the built job is
-    checked before any weights (:mod:`vvm.preflight`). An interrupt (Ctrl-C, SIGTERM) records status
+    checked before any weights (:mod:`vvm.pipeline.preflight`). An interrupt (Ctrl-C, SIGTERM) records status
     ``interrupted`` and ``resume_command`` (a training resumes from its last saved epoch)."""
     t_start = time.perf_counter()
     out_dir = Path(job.paths.output_dir)
@@ -198,7 +199,7 @@ def analyse(
     CKA pass's layers, into the run directory (rank 0 only: their images come from the batch plan, the same
     on every rank); returns the result.json entries, each analysis's seconds in ``timings``."""
     from vvm.analyses import run_analyses
-    from vvm.loggers import log_analyses
+    from vvm.loggers.logger import log_analyses
 
     model.to(planned_device(job.trainer.accelerator))  # Lightning leaves it on the CPU after the pass
     title = job_title(summary)
@@ -221,7 +222,7 @@ def analyse(
 
 
 def prepare_weights(job: JobSettings, dm: Any, member: Member, fit: Fit) -> dict[str, Any]:
-    """The weights of one model (:func:`vvm.weights.load_or_train`); returns its facts."""
+    """The weights of one model (:func:`vvm.pipeline.weights.load_or_train`); returns its facts."""
     return load_or_train(
         member.model,
         member.settings,
@@ -242,7 +243,7 @@ def is_interrupt(e: BaseException) -> bool:
 def sigterm_as_interrupt():
     """While the job runs, SIGTERM (SLURM's cancel, ``kill``) raises KeyboardInterrupt as Ctrl-C does, so the
     job records that it was interrupted instead of vanishing. Lightning's own handler runs first during a fit; a
-    handler that was there before (:class:`vvm.slurm.SlurmLauncher`'s, which requeues a Slurm job) is called
+    handler that was there before (:class:`vvm.job.slurm.SlurmLauncher`'s, which requeues a Slurm job) is called
     before the interrupt is raised."""
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -1,7 +1,7 @@
 """Experiment loggers: building one from its settings, logging a CKA result to it, finishing it.
 
 ``logger=wandb`` (the default), ``logger=csv`` (Lightning's CSVLogger in the run directory) or ``logger=none``.
-W&B's mode (:mod:`vvm.wandb_run`): ``logger.mode=auto`` (the default) is online when this machine is logged in to
+W&B's mode (:mod:`vvm.loggers.wandb_run`): ``logger.mode=auto`` (the default) is online when this machine is logged in to
 W&B and W&B answers within seconds, offline otherwise (no account needed: an offline run is a folder
 ``<run dir>/wandb/offline-run-*`` that ``wandb sync`` uploads later). Project, group (in a sweep the sweep's
 ``sweep-<date>_<time>``, else the job's ``tag``), job type (the tag), run name and tags come from
@@ -25,8 +25,15 @@ from typing import Any
 from vvm.cka.measures import MEASURES
 from vvm.cka.result import mean_offdiagonal
 from vvm.io import host_reachable, is_rank_zero
+from vvm.loggers.wandb_run import (
+    ModeChoice,
+    base_url,
+    choose_mode,
+    define_epoch_metrics,
+    log_result_files,
+    run_facts,
+)
 from vvm.settings import CSVSettings, WandbSettings
-from vvm.wandb_run import ModeChoice, base_url, choose_mode, define_epoch_metrics, log_result_files, run_facts
 
 SUMMARY_KEYS = (
     "status",
@@ -42,14 +49,14 @@ SUMMARY_KEYS = (
 
 
 def wandb_mode(settings: WandbSettings | None) -> str:
-    """The mode a W&B run of ``settings`` starts in (:func:`vvm.wandb_run.choose_mode`: ``logger.mode``, else
+    """The mode a W&B run of ``settings`` starts in (:func:`vvm.loggers.wandb_run.choose_mode`: ``logger.mode``, else
     ``$WANDB_MODE``, else ``auto``: online when logged in and W&B answers, offline otherwise)."""
     return choose_mode(settings.mode if settings is not None else None).mode
 
 
 def build_logger(settings: WandbSettings | CSVSettings | None) -> Any:
     """``logger=none`` -> ``False`` (Lightning's "no logger"); else Lightning's WandbLogger or CSVLogger. A W&B
-    logger starts in the mode :func:`vvm.wandb_run.choose_mode` picks (``logger.vvm_mode`` says which and why,
+    logger starts in the mode :func:`vvm.loggers.wandb_run.choose_mode` picks (``logger.vvm_mode`` says which and why,
     for the job's report)."""
     if settings is None:
         return False
@@ -230,7 +237,7 @@ def log_analyses(logger: Any, entries: dict[str, dict[str, Any]]) -> None:
 
 
 def finish_logger(logger: Any, summary: dict[str, Any], files: list[Path] | None = None) -> None:
-    """Summary scalars and the result ``files`` (an artifact, :func:`vvm.wandb_run.log_result_files`), then close
+    """Summary scalars and the result ``files`` (an artifact, :func:`vvm.loggers.wandb_run.log_result_files`), then close
     the logger: the W&B run ends with exit code 1 unless the job's status is ok (also after a failure); other
     loggers are finalised with the status."""
     status = str(summary.get("status", "ok"))
@@ -259,7 +266,7 @@ def finish_logger(logger: Any, summary: dict[str, Any], files: list[Path] | None
 
 
 def where_logged(logger: Any) -> dict[str, Any] | None:
-    """Where a job's W&B run is (:func:`vvm.wandb_run.run_facts`) and why in that mode; None for other loggers
+    """Where a job's W&B run is (:func:`vvm.loggers.wandb_run.run_facts`) and why in that mode; None for other loggers
     (and on ranks other than 0)."""
     if not is_wandb(logger) or not is_rank_zero():
         return None
@@ -284,7 +291,7 @@ def log_files_run(
     summary: dict[str, Any] | None = None,
 ) -> Path | None:
     """A W&B run of its own for files made outside a job (a sweep's joint CKA): ``images`` (key -> file) and
-    ``tables`` (key -> pandas DataFrame), in ``run_dir``; in the mode :func:`vvm.wandb_run.choose_mode` makes of ``mode`` (else ``$WANDB_MODE``, else auto).
+    ``tables`` (key -> pandas DataFrame), in ``run_dir``; in the mode :func:`vvm.loggers.wandb_run.choose_mode` makes of ``mode`` (else ``$WANDB_MODE``, else auto).
     Returns the W&B run directory; W&B trouble is an exception for the caller to report."""
     import wandb
 

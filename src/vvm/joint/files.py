@@ -11,7 +11,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from vvm.cka.joint import JointResult
-    from vvm.records import JointJob
+    from vvm.sweep.records import JointJob
 
 log = logging.getLogger("vvm.joint")
 
@@ -51,7 +51,7 @@ def pair_rows(
 def correspondence_panels(res: JointResult, jobs: list[JointJob]) -> list[Any]:
     """One panel per family pair (:func:`vvm.plots.joint.correspondence_panels`, families in the sweep's order)."""
     from vvm.plots.joint import correspondence_panels as panels
-    from vvm.sweep import FAMILY_ORDER
+    from vvm.sweep.summary import FAMILY_ORDER
 
     return panels(res, {j.tag: (j.family, j.init) for j in jobs}, FAMILY_ORDER)
 
@@ -147,15 +147,17 @@ def pair_figures(res: Any, by_tag: dict[str, JointJob], folder: Path, what: str,
 
 def log_to_wandb(files: dict[str, Any], jobs: list[JointJob], out: Path, sweep_dir: Path) -> Path | None:
     """The figures and the table in a W&B run (project, group and mode of the jobs' loggers: the sweep's group; mode auto by default)."""
-    from vvm.loggers import log_files_run
+    from vvm.loggers.logger import log_files_run
+    from vvm.loggers.wandb_run import sweep_group
     from vvm.settings import WandbSettings
-    from vvm.sweep import sweep_name
-    from vvm.wandb_run import sweep_group
+    from vvm.sweep.summary import sweep_name
 
     loggers = [j.settings.logger for j in jobs if isinstance(j.settings.logger, WandbSettings)]
     projects = {lg.project for lg in loggers}
     modes = {lg.mode for lg in loggers}
-    groups = {lg.group for lg in loggers}  # the sweep's (vvm.wandb_run.sweep_group) unless logger.group said
+    groups = {
+        lg.group for lg in loggers
+    }  # the sweep's (vvm.loggers.wandb_run.sweep_group) unless logger.group said
     images, tables = {}, {}
     for m, mf in {"cka": files, **files.get("measures", {})}.items():
         key = "joint" if m == "cka" else f"joint/{m}"  # each measure's figures and table under its own key

@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vvm.records import JobRecord, analysis_records, canonical_family, job_sort_key, measured, measures_of
+from vvm.sweep.records import (
+    JobRecord,
+    analysis_records,
+    canonical_family,
+    job_sort_key,
+    measured,
+    measures_of,
+)
 
 log = logging.getLogger("vvm.sweep")
 

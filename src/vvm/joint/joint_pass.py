@@ -2,7 +2,7 @@
 every layer of every finished job's model, in one pass.
 
 Each finished job's model is rebuilt from the config stored in its result.json, with the weights that job used
-(:func:`vvm.weights.load_or_train`: random seeded init, ``init.checkpoint``, published weights, or the cached
+(:func:`vvm.pipeline.weights.load_or_train`: random seeded init, ``init.checkpoint``, published weights, or the cached
 checkpoint of its training; the joint pass never trains: a job whose checkpoint is gone is skipped with a note).
 Failed and unfinished jobs are skipped with a note that names them. Then one pass over the data of the first
 job (its dataset, seed and CKA settings; ``--layers``, ``--batch-size``, ``--max-samples``, ``--seed`` override
@@ -34,19 +34,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vvm.joint_files import log_to_wandb, uses_wandb, write_outputs
-from vvm.records import JointJob, read_jobs, sweep_jobs
+from vvm.joint.files import log_to_wandb, uses_wandb, write_outputs
+from vvm.sweep.records import JointJob, read_jobs, sweep_jobs
 
 if TYPE_CHECKING:  # the heavy imports (torch, the engine) wait for the work: --help answers at once
     from vvm.cka.joint import JointResult
-    from vvm.settings import JobSettings
+    from vvm.settings.job import JobSettings
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +53,8 @@ log = logging.getLogger(__name__)
 def rebuild_model(job: JointJob) -> tuple[Any, str | None]:
     """The job's model with the weights it used, or ``(None, note)``; never trains (no ``fit``): a trained
     model comes from its cached checkpoint, else from the file the job recorded."""
-    from vvm.pipeline import build_datamodule, build_model, checkpoint_cache
-    from vvm.weights import WeightsUnavailable, load_or_train
+    from vvm.pipeline.steps import build_datamodule, build_model, checkpoint_cache
+    from vvm.pipeline.weights import WeightsUnavailable, load_or_train
 
     s = job.settings
     try:
@@ -182,8 +181,8 @@ FLAGS = {"batch_size": "--batch-size", "max_samples": "--max-samples", "limit": 
 
 def check_plan(settings: JobSettings, measures: Sequence[str] = ("cka",)) -> None:
     """The pass's batch plan holds a batch the estimator (and each measure: kNN's k + 1) can use
-    (:func:`vvm.preflight.check_plan`, naming the joint pass's flags)."""
-    from vvm.preflight import check_plan as check
+    (:func:`vvm.pipeline.preflight.check_plan`, naming the joint pass's flags)."""
+    from vvm.pipeline.preflight import check_plan as check
     from vvm.settings import job_measures
 
     built = job_measures(list(measures), settings.measure, settings.cka)
@@ -195,7 +194,7 @@ def pass_datamodule(settings: JobSettings, measures: Sequence[str]) -> Any:
     """The pass's datamodule: the settings' data, with pools of the declared n of ``measures`` (the joint pass's
     own ``--measures``, not the first job's): the same pools for every model."""
     from vvm.cka.pools import declared_pool
-    from vvm.pipeline import build_datamodule
+    from vvm.pipeline.steps import build_datamodule
     from vvm.settings import job_measures
 
     dm = build_datamodule(settings)
@@ -390,7 +389,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     for note in out["notes"]:
         print(f"note: {note}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

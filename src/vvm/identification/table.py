@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 from hydra.experimental.callback import Callback
 
-from vvm.records import read_jobs
+from vvm.sweep.records import read_jobs
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +120,8 @@ def identification_table(sweep_dir: str | Path, *, out: str | Path | None = None
     from vvm.cka.joint import hook_target
     from vvm.cka.presets import classifier_name
     from vvm.io import InputError, writable_dir
-    from vvm.joint import pass_device, rebuild_models, run_measures
-    from vvm.joint import pass_settings as joint_settings
+    from vvm.joint.joint_pass import pass_device, rebuild_models, run_measures
+    from vvm.joint.joint_pass import pass_settings as joint_settings
 
     sweep_dir = Path(sweep_dir)
     out = writable_dir(sweep_dir / "identification" if out is None else out, "--out")
@@ -199,7 +198,3 @@ class IdentificationTable(Callback):
             identification_table(sweep_dir)
         except Exception:
             log.exception("layer identification failed (rerun: python -m vvm.identification %s)", sweep_dir)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -207,7 +207,7 @@ def unmet(params: dict[str, Any], partition: Partition) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- in the job
 class SigtermSeen:
-    """SIGTERM while a Slurm job runs: remembered (the job's own handler, :func:`vvm.pipeline.sigterm_as_interrupt`,
+    """SIGTERM while a Slurm job runs: remembered (the job's own handler, :func:`vvm.pipeline.steps.sigterm_as_interrupt`,
     calls this one and stops the job)."""
 
     def __init__(self) -> None:

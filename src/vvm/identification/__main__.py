@@ -1,0 +1,5 @@
+import sys
+
+from vvm.identification.table import main
+
+sys.exit(main())

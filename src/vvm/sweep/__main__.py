@@ -1,0 +1,5 @@
+import sys
+
+from vvm.sweep.summary import main
+
+sys.exit(main())
