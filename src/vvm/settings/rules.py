@@ -1,4 +1,6 @@
-"""The rules that tie settings together, in one place beside the schema. Each number's own range is its field's
+"""The rules that tie a job's settings together, in one place, run wherever a :class:`JobSettings` is made: when
+the config is composed (:func:`vvm.schema.to_settings`), by the Python API (:func:`check_rules`) and by
+``vvm.joint`` for its pass's settings. Each number's own range is its field's
 (:func:`vvm.settings.check_ranges`); what depends on two settings is here: a batch below the estimator's
 minimum, no epochs for weights vvm must train, a model name that is not its node's, layer lists that are
 neither a preset nor names, the probe's ridge grid. Whether a job trains is :func:`vvm.pipeline.weights.weights_source`'s decision alone."""
