@@ -94,7 +94,8 @@ def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[JobS
         first, cka=dataclasses.replace(first.cka, **cka), seed=first.seed if seed is None else int(seed)
     )
     whose = "from --seed" if seed is not None else f"job {jobs[0].job}'s seed"
-    return check_rules(settings), notes + order_notes(jobs, settings, whose)
+    flags = {f"cka.{k}": flag for k, flag in FLAGS.items() if flag.startswith("--")}
+    return check_rules(settings, keys=flags), notes + order_notes(jobs, settings, whose)
 
 
 def order_notes(jobs: list[JointJob], settings: JobSettings, whose: str) -> list[str]:

@@ -8,6 +8,7 @@ neither a preset nor names, the probe's ridge grid. Whether a job trains is :fun
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from vvm.cka.functional import min_samples
 from vvm.cka.pools import declared_pool
@@ -122,9 +123,12 @@ def rule_errors(job: JobSettings) -> list[str]:
     return [*check_ranges(job), *_batches(job), *_layers(job), *_models(job), *_probe(job)]
 
 
-def check_rules(job: JobSettings) -> JobSettings:
-    """``job``, or a :class:`~vvm.settings.ConfigError` listing what is wrong with it."""
+def check_rules(job: JobSettings, *, keys: Mapping[str, str] | None = None) -> JobSettings:
+    """``job``, or a :class:`~vvm.settings.ConfigError` listing what is wrong with it; ``keys`` names settings
+    otherwise in the messages (``{"cka.batch_size": "--batch-size"}``: a tool's own flags)."""
     errors = rule_errors(job)
+    for key, name in (keys or {}).items():
+        errors = [e.replace(f"{key}=", f"{name}=") for e in errors]
     if errors:
         raise ConfigError("; ".join(errors))
     return job
