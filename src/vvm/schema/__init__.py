@@ -19,7 +19,7 @@ from vvm.settings import ConfigError, plain
 from vvm.settings.datasets import DATASET_SETTINGS
 from vvm.settings.job import JobSettings
 from vvm.settings.loggers import LOGGER_SETTINGS
-from vvm.settings.rules import check_rules, rule_errors
+from vvm.settings.rules import check_rules
 
 # the Hydra configs, inside the package (a wheel carries them; Hydra finds them as pkg://vvm/conf)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -120,6 +120,5 @@ __all__ = [
     "override_errors",
     "record",
     "register_configs",
-    "rule_errors",
     "to_settings",
 ]
