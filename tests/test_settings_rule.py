@@ -69,6 +69,8 @@ def test_the_logger_comes_back_from_its_kind(tmp_path):
     # a result written before loggers named their kind: W&B's settings are the ones with a project
     legacy = {**stored, "logger": {"project": "vvm", "save_dir": str(tmp_path)}}
     assert type(from_record(legacy, "digits").logger) is WandbSettings
+    with pytest.raises(ConfigError, match=r"logger.kind='wandb': logger=csv configures csv"):
+        check_rules(dataclasses.replace(job, logger=CSVSettings(kind="wandb")))
 
 
 def test_the_rules_run_from_python(tmp_path):

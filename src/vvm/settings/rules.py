@@ -118,9 +118,21 @@ def _probe(job: JobSettings) -> list[str]:
     return []
 
 
+def _logger(job: JobSettings) -> list[str]:
+    """The logger's ``kind`` is its class's (result.json stores it: :func:`vvm.schema.from_record` reads it)."""
+    logger = job.logger
+    own = type(logger)().kind if logger is not None else None
+    if logger is None or logger.kind == own:
+        return []
+    return [
+        f"logger.kind={logger.kind!r}: logger={own} configures {own}; choose the logger with logger=<kind>"
+    ]
+
+
 def rule_errors(job: JobSettings) -> list[str]:
     """Every broken range or rule of ``job``, each naming its full key."""
-    return [*check_ranges(job), *_batches(job), *_layers(job), *_models(job), *_probe(job)]
+    rules = (_batches, _layers, _models, _probe, _logger)
+    return [*check_ranges(job), *(e for rule in rules for e in rule(job))]
 
 
 def check_rules(job: JobSettings, *, keys: Mapping[str, str] | None = None) -> JobSettings:
