@@ -195,9 +195,9 @@ def run_vvm(
 
 def model_settings(name: str, *, num_classes: int = 10, seed: int = 0, **options):
     """The settings of model ``name`` (a registered model, else a timm architecture), as ``model=...`` makes."""
-    from vvm.schema.models import model_settings_classes
+    from vvm.models import settings_classes
 
-    classes = model_settings_classes()
+    classes = settings_classes()
     cls = classes.get(name, classes["timm"])
     return cls(name=name, num_classes=num_classes, seed=seed, **options)
 

@@ -24,9 +24,9 @@ LAYERS = (
         "vvm.loggers",
         "vvm.diff",
     ),  # above the engine
-    # one job from settings: the job's settings (above the analyses, whose parameters they gather), weights,
-    # preflight, the steps, the report
-    ("vvm.pipeline", "vvm.settings.job"),
+    # one job from settings: the job's settings (above the analyses, whose parameters they gather) and the rules
+    # that tie them together (they ask the weights' source), weights, preflight, the steps, the report
+    ("vvm.pipeline", "vvm.settings.job", "vvm.settings.rules"),
     (
         "vvm.schema",
         "vvm.job",

@@ -28,7 +28,8 @@ DATASETS = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
 def test_config_groups_are_complete():
     assert set(MODELS) >= {"r18", "r34", "r50", "lambda_r26", "lambda_r38", "lambda_r50", "vit_l32", "timm"}
     assert set(INITS) == {"random", "pretrained"}
-    assert set(DATASETS) == {"cifar100", "cifar10", "imagenet", "digits", "synthetic"} == set(REGISTERED)
+    # every registered dataset has its conf/dataset yaml and the other way round; the built-in ones are there
+    assert set(DATASETS) == set(REGISTERED) >= {"cifar100", "cifar10", "imagenet", "digits", "synthetic"}
 
 
 @pytest.fixture(scope="module")

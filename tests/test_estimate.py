@@ -95,7 +95,7 @@ def test_max_samples_is_a_random_subset_and_seeded():
     from vvm.data import SyntheticDataModule
 
     def plan(seed, **kw):
-        dm = SyntheticDataModule(num_classes=4, image_size=4, train_size=8, test_size=60, seed=seed, **kw)
+        dm = SyntheticDataModule(num_classes=4, image_size=8, train_size=8, test_size=60, seed=seed, **kw)
         return dm.cka_batches().plan
 
     a = plan(0, max_samples=20, eval_batch_size=8)

@@ -306,9 +306,9 @@ def test_model_nodes_come_from_the_registry():
     """model=<name> and compare=<name> exist for every registered model, with the builder's own options."""
     from dataclasses import fields
 
-    from vvm.schema.models import model_settings_classes
+    from vvm.models import settings_classes
 
-    classes = model_settings_classes()
+    classes = settings_classes()
     assert list(classes) == list(registry())
     assert {f.name for f in fields(classes["vit_l32"])} == {"name", "num_classes", "seed", "input_size"}
     assert {f.name for f in fields(classes["r18"])} == {"name", "num_classes", "seed"}

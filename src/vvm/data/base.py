@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from vvm.data.batches import EvalBatches, permutation, pooled_plan
+from vvm.settings import DatasetSettings, check_ranges, plain
+from vvm.settings.datasets import DATASET_SETTINGS
 
 SPLITS = ("train", "test")
 
@@ -36,58 +40,59 @@ class VisionDataModule(pl.LightningDataModule):
     """
 
     name: str = "base"
-    num_classes: int = 0
+    num_classes: int = 0  # 0: whatever the settings say; else the dataset's own count, checked
+    any_num_classes: bool = False  # True: the settings' num_classes may differ (a subset, say Imagenette)
     image_size: int = 32
     mean: Sequence[float] = (0.5, 0.5, 0.5)
     std: Sequence[float] = (0.5, 0.5, 0.5)
 
     def __init__(
         self,
-        root: str = "data",
+        settings: DatasetSettings | None = None,
+        *,
         batch_size: int = 256,
         eval_batch_size: int = 256,
-        num_workers: int = 0,
-        limit: int | None = None,
-        split: str = "test",
         max_samples: int | None = None,
-        probe_size: int | None = 1024,
-        seed: int = 0,
-        download: bool = True,
-        pin_memory: bool | str = "auto",
-        num_classes: int | None = None,
         cka_shuffle: bool = True,
+        seed: int = 0,
         pool_size: int | None = None,
+        **options: Any,
     ) -> None:
+        """``settings``: the dataset's (``dataset.*``: its class in :data:`vvm.settings.datasets.DATASET_SETTINGS`,
+        whose fields become this datamodule's attributes); without them, ``options`` are those settings' keys
+        (``DigitsDataModule(limit=50)``), the others their defaults. The rest is the job's: the training
+        ``batch_size``, the CKA pass's batching (``eval_batch_size``, ``max_samples``, ``cka_shuffle``, the pooled
+        measures' ``pool_size``) and the seed."""
         super().__init__()
-        self.pool_size = pool_size  # the pooled measures' declared n (vvm.cka.pools), None without them
-        if num_classes is not None:
-            if self.num_classes and num_classes != self.num_classes:
-                raise ValueError(
-                    f"dataset {self.name!r} has {self.num_classes} classes, not num_classes={num_classes}"
-                )
-            self.num_classes = num_classes
-        if split not in SPLITS:
-            raise ValueError(f"dataset.split={split!r}: use one of {', '.join(SPLITS)}")
-        self.root = root
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
-        self.limit = limit
-        self.split = split
+        if settings is None:
+            settings = DATASET_SETTINGS.get(self.name, DatasetSettings)(**options)
+        elif options:
+            raise TypeError(f"pass the dataset's settings or its keys, not both: {', '.join(options)}")
+        bad = check_ranges(settings, "dataset.")
+        if bad:
+            raise ValueError("; ".join(bad))
+        self.settings = settings
+        own = type(self).num_classes
+        if own and not self.any_num_classes and settings.num_classes != own:
+            raise ValueError(
+                f"dataset {self.name!r} has {own} classes, not num_classes={settings.num_classes}"
+            )
+        for f in fields(settings):
+            setattr(self, f.name, plain(getattr(settings, f.name)))
+        if self.split not in SPLITS:
+            raise ValueError(f"dataset.split={self.split!r}: use one of {', '.join(SPLITS)}")
         if max_samples is not None and max_samples < 1:
             raise ValueError(
                 f"cka.max_samples={max_samples}: use a positive number of examples, or null for all"
             )
         if eval_batch_size < 1:
             raise ValueError(f"cka.batch_size={eval_batch_size}: use a positive number of examples per batch")
+        self.pool_size = pool_size  # the pooled measures' declared n (vvm.cka.pools), None without them
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
         self.max_samples = max_samples
         self.cka_shuffle = bool(cka_shuffle)
-        self.probe_size = probe_size
         self.seed = seed
-        self.download = download
-        if not isinstance(pin_memory, bool) and str(pin_memory).lower() != "auto":
-            raise ValueError(f"pin_memory={pin_memory!r}: use true, false or auto (pinned when feeding CUDA)")
-        self.pin_memory = pin_memory
         self._cache: dict[tuple[str, bool], Dataset] = {}
 
     # subclasses implement this

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,8 +22,6 @@ from torchvision.transforms import v2
 
 from vvm.data.augmentation import Augmentation
 from vvm.data.base import VisionDataModule
-from vvm.data.registry import register_dataset
-from vvm.settings.datasets import CIFAR10Settings, CIFAR100Settings
 
 OFFLINE_HINT = "use dataset=digits to run offline"  # the way out every dataset on disk offers
 
@@ -80,8 +79,8 @@ class CIFARDataModule(VisionDataModule):
     image_size = 32
     augmentation = Augmentation(crop_padding=4, flip=True)  # the term project's: flip + 4-pixel padded crop
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._arrays: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -167,7 +166,6 @@ class CIFARDataModule(VisionDataModule):
         return UInt8ImageDataset(*self._load(split), uint8_transforms(self.mean, self.std, augment))
 
 
-@register_dataset(CIFAR100Settings)
 class CIFAR100DataModule(CIFARDataModule):
     """CIFAR-100 (fine labels), with the term project's normalisation and augmentation (flip + 4-pixel padded crop)."""
 
@@ -180,7 +178,6 @@ class CIFAR100DataModule(CIFARDataModule):
     meta_key = "fine_label_names"
 
 
-@register_dataset(CIFAR10Settings)
 class CIFAR10DataModule(CIFARDataModule):
     """CIFAR-10, with the usual normalisation and the same augmentation as CIFAR-100."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -10,8 +12,6 @@ from torch.utils.data import Dataset
 from vvm.data.augmentation import Augmentation
 from vvm.data.base import VisionDataModule
 from vvm.data.cifar import UInt8ImageDataset, uint8_transforms
-from vvm.data.registry import register_dataset
-from vvm.settings.datasets import DigitsSettings
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # the train/test split is part of the dataset, not of the run: it ignores cfg.seed
@@ -36,7 +36,6 @@ def load_digits_uint8(image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor,
     return images, labels, {"train": np.sort(train), "test": np.sort(test)}
 
 
-@register_dataset(DigitsSettings)
 class DigitsDataModule(VisionDataModule):
     """Handwritten digits (10 classes): 1,437 train / 360 test, 32x32 RGB, normalised with the train split's
     own statistics; training augmentation is a 2-pixel padded random crop (no flips: a flipped 2 is not a 2)."""
@@ -49,8 +48,8 @@ class DigitsDataModule(VisionDataModule):
     std = (0.3237, 0.3237, 0.3237)
     augmentation = Augmentation(crop_padding=2)  # no flips: a flipped 2 is not a 2
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._arrays: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:

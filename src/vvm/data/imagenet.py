@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from torch.utils.data import Dataset
 from torchvision import transforms as T
@@ -10,11 +11,8 @@ from torchvision.datasets import ImageFolder
 
 from vvm.data.base import VisionDataModule
 from vvm.data.cifar import OFFLINE_HINT
-from vvm.data.registry import register_dataset
-from vvm.settings.datasets import ImageNetSettings
 
 
-@register_dataset(ImageNetSettings)
 class ImageNetDataModule(VisionDataModule):
     """The validation set at ``root`` (``<class folder>/<image>``, e.g. after the usual ``valprep.sh``):
     Resize 256, CenterCrop 224, ImageNet normalisation. The train split is an ImageFolder at ``train_root``
@@ -30,19 +28,13 @@ class ImageNetDataModule(VisionDataModule):
     mean = (0.485, 0.456, 0.406)
     std = (0.229, 0.224, 0.225)
 
-    def __init__(
-        self,
-        root: str = "data/imagenet/val",
-        num_classes: int = 1000,
-        train_root: str | None = None,
-        **kwargs,
-    ) -> None:
-        # bypass the base check against the class attribute: any positive count is allowed, checked on load
-        super().__init__(root=root, **kwargs)
-        if num_classes <= 0:
-            raise ValueError(f"dataset.num_classes={num_classes} must be positive")
-        self.num_classes = num_classes
-        self.train_root = train_root or os.path.join(os.path.dirname(os.path.normpath(root)), "train")
+    any_num_classes = True  # a subset of ImageNet (Imagenette: 10) may stand in, checked against the folders
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.train_root = self.train_root or os.path.join(
+            os.path.dirname(os.path.normpath(self.root)), "train"
+        )
 
     def transform(self, train: bool) -> T.Compose:
         if train:

@@ -1,14 +1,17 @@
-"""The dataset registry: each datamodule registers itself with its settings class under its ``name``, so that
-``dataset=<name>`` in the config and :func:`create_datamodule` find both. Registration order is display order."""
+"""The dataset registry: each dataset's settings class and datamodule under its name, so that ``dataset=<name>``
+in the config and :func:`create_datamodule` find both. The built-in datasets are registered where their settings
+are (:mod:`vvm.settings.datasets`, with the path of their datamodule, imported here); a dataset defined
+elsewhere registers its datamodule with :func:`register_dataset`. Registration order is display order."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from vvm.settings import DatasetSettings, plain
-from vvm.settings.datasets import DATASET_SETTINGS
+from vvm.settings import DatasetSettings
+from vvm.settings.datasets import DATAMODULES, DATASET_SETTINGS
 
 M = TypeVar("M")
 
@@ -23,8 +26,20 @@ class DatasetEntry:
 DATASETS: dict[str, DatasetEntry] = {}
 
 
+def register_builtin() -> None:
+    """Import the datamodule of every dataset :mod:`vvm.settings.datasets` registers (by its path) into
+    :data:`DATASETS`, in their order."""
+    for name, path in DATAMODULES.items():
+        if name not in DATASETS:
+            module, _, cls = path.rpartition(".")
+            DATASETS[name] = DatasetEntry(
+                name, getattr(importlib.import_module(module), cls), DATASET_SETTINGS[name]
+            )
+
+
 def register_dataset(settings: type[DatasetSettings]) -> Callable[[type[M]], type[M]]:
-    """Class decorator: register a LightningDataModule (its ``name`` attribute) with its settings class."""
+    """Class decorator: register a LightningDataModule defined outside vvm (its ``name`` attribute) with its
+    settings class."""
 
     def deco(cls: type[M]) -> type[M]:
         name = str(cls.name)  # type: ignore[attr-defined]
@@ -39,9 +54,9 @@ def register_dataset(settings: type[DatasetSettings]) -> Callable[[type[M]], typ
 
 def dataset_name(settings: DatasetSettings) -> str:
     """The registered name of the dataset ``settings`` configure (``digits``, ``cifar100``, ...)."""
-    for entry in DATASETS.values():
-        if type(settings) is entry.settings:
-            return entry.name
+    for name, cls in DATASET_SETTINGS.items():
+        if type(settings) is cls:
+            return name
     raise TypeError(f"{type(settings).__name__} is not the settings class of a registered dataset")
 
 
@@ -57,10 +72,9 @@ def create_datamodule(
 ) -> Any:
     """The datamodule ``settings`` describe, with the job's training batch size and the CKA pass's batching
     (``eval_batch_size``, ``max_samples``, ``shuffle``, the pooled measures' ``pool_size``) and seed."""
-    entry = DATASETS[dataset_name(settings)]
-    kwargs = {f.name: plain(getattr(settings, f.name)) for f in fields(settings)}
-    return entry.module(
-        **kwargs,
+    register_builtin()
+    return DATASETS[dataset_name(settings)].module(
+        settings,
         batch_size=batch_size,
         eval_batch_size=eval_batch_size,
         max_samples=max_samples,
@@ -70,4 +84,11 @@ def create_datamodule(
     )
 
 
-__all__ = ["DATASETS", "DatasetEntry", "create_datamodule", "dataset_name", "register_dataset"]
+__all__ = [
+    "DATASETS",
+    "DatasetEntry",
+    "create_datamodule",
+    "dataset_name",
+    "register_builtin",
+    "register_dataset",
+]

@@ -9,8 +9,6 @@ from torch.utils.data import Dataset, TensorDataset
 
 from vvm.data.augmentation import Augmentation
 from vvm.data.base import VisionDataModule
-from vvm.data.registry import register_dataset
-from vvm.settings.datasets import SyntheticSettings
 
 
 def make_synthetic(n: int, num_classes: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +36,6 @@ def make_synthetic(n: int, num_classes: int, image_size: int, seed: int) -> tupl
     return img.clamp(0, 1), labels
 
 
-@register_dataset(SyntheticSettings)
 class SyntheticDataModule(VisionDataModule):
     """Deterministic generated images: ``train_size``/``test_size`` examples of ``num_classes`` patterns."""
 
@@ -46,19 +43,6 @@ class SyntheticDataModule(VisionDataModule):
     mean = (0.5, 0.5, 0.5)
     std = (0.25, 0.25, 0.25)
     augmentation = Augmentation()  # its training split is not augmented
-
-    def __init__(
-        self,
-        num_classes: int = 10,
-        image_size: int = 32,
-        train_size: int = 2048,
-        test_size: int = 512,
-        **kwargs,
-    ) -> None:
-        super().__init__(num_classes=num_classes, **kwargs)
-        self.image_size = image_size
-        self.train_size = train_size
-        self.test_size = test_size
 
     def build_split(self, split: str, train_transform: bool) -> Dataset:
         n = self.train_size if split == "train" else self.test_size

@@ -76,8 +76,10 @@ def rebuild_model(job: JointJob) -> tuple[Any, str | None]:
 
 # ---------------------------------------------------------------------------------------------- the pass
 def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[JobSettings, list[str]]:
-    """The first job's settings with the command line's overrides; a note when the jobs' data differ."""
+    """The first job's settings with the command line's overrides, checked by the job's rules
+    (:func:`vvm.settings.rules.check_rules`); a note when the jobs' data differ."""
     from vvm.settings import plain
+    from vvm.settings.rules import check_rules
 
     first = jobs[0].settings
     notes = []
@@ -92,7 +94,8 @@ def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[JobS
         first, cka=dataclasses.replace(first.cka, **cka), seed=first.seed if seed is None else int(seed)
     )
     whose = "from --seed" if seed is not None else f"job {jobs[0].job}'s seed"
-    return settings, notes + order_notes(jobs, settings, whose)
+    flags = {f"cka.{k}": flag for k, flag in FLAGS.items() if flag.startswith("--")}
+    return check_rules(settings, keys=flags), notes + order_notes(jobs, settings, whose)
 
 
 def order_notes(jobs: list[JointJob], settings: JobSettings, whose: str) -> list[str]:

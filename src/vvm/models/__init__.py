@@ -1,7 +1,7 @@
 """Model registry: ``create(name, ...)`` builds a :class:`VisionModel` (network + preprocessing).
 
-Each family registers a builder with :func:`register`; ``model=<name>`` and ``compare=<name>`` are generated from
-the registry (:mod:`vvm.schema.models`) and built by :func:`from_settings`. The registry is the one place that
+Each family registers a builder with :func:`register`; the settings of ``model=<name>`` and ``compare=<name>``
+are generated from the builder's signature (:func:`settings_classes`) and built by :func:`from_settings`. The registry is the one place that
 says, for each model: its family, whether vvm trains it for ``init=pretrained`` (the CIFAR models, which have no
 published weights), what it is (its description) and, by the order of registration, where it stands in tables and
 figures.
@@ -9,15 +9,17 @@ figures.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
 
 from vvm.models.base import VisionModel
 from vvm.settings import ModelSettings
+from vvm.settings.generate import signature_settings
 
 Builder = Callable[..., VisionModel]
 
@@ -51,7 +53,7 @@ def register(
 ) -> Callable[[Builder], Builder]:
     """Register ``builder(num_classes=..., **options)`` as model ``name``: that is all ``model=<name>`` and
     ``compare=<name>`` need (their settings are generated from the builder's signature, see
-    :mod:`vvm.schema.models`). ``description`` is what ``model=<name>`` is, for the docs and the config."""
+    :func:`settings_classes`). ``description`` is what ``model=<name>`` is, for the docs and the config."""
 
     def deco(fn: Builder) -> Builder:
         _REGISTRY[name] = ModelEntry(name, fn, family or name, trained_here, named_by_arch, description)
@@ -133,6 +135,43 @@ def create(name: str, *, num_classes: int = 100, seed: int | None = 0, **kwargs)
     return model
 
 
+# the builder arguments the job fills in itself
+_JOB_ARGS = ("num_classes", "arch")
+
+
+@functools.cache
+def settings_class(entry: ModelEntry) -> type[ModelSettings]:
+    """The settings of ``model=<entry.name>``: ``name``, ``num_classes`` (default: the dataset's), ``seed``
+    (default: the job's), then the builder's own options with their types and defaults."""
+    import inspect
+
+    name = entry.name
+    if entry.named_by_arch:
+        name = inspect.signature(entry.builder).parameters["arch"].default
+    seed_rule = next(f.metadata for f in fields(ModelSettings) if f.name == "seed")  # its range, kept
+    cls = signature_settings(
+        entry.name,
+        entry.builder,
+        base=ModelSettings,
+        first=[
+            ("name", str, field(default=name)),
+            ("num_classes", int, field(default="${dataset.num_classes}")),
+            ("seed", int, field(default="${seed}", metadata=seed_rule)),
+        ],
+        skip=_JOB_ARGS,
+        module=__name__,
+        doc=entry.description,
+    )
+    cls.entry = entry.name
+    return cls
+
+
+def settings_classes() -> dict[str, type[ModelSettings]]:
+    """``{registered name: settings class}`` in display order: what ``model=<name>`` and ``compare=<name>`` are
+    composed against."""
+    return {name: settings_class(entry) for name, entry in _REGISTRY.items()}
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -195,6 +234,8 @@ __all__ = [
     "from_settings",
     "published_arch",
     "registry",
+    "settings_class",
+    "settings_classes",
     "display_order",
     "families",
     "family_of",

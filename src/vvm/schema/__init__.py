@@ -1,6 +1,6 @@
-"""The job-assembly layer's view of the config: vvm's typed settings as Hydra's schema (:mod:`.store`), the
-unknown-key checks (:mod:`.keys`), the cross-field rules (:mod:`.rules`), and the one conversion of a composed
-config into :class:`vvm.settings.JobSettings` (:func:`to_settings`). Below this layer nothing reads a
+"""The Hydra adapter: vvm's typed settings as Hydra's schema (:mod:`.store`), the unknown-key checks
+(:mod:`.keys`), and the one conversion of a composed config into :class:`vvm.settings.JobSettings`
+(:func:`to_settings`, which runs the cross-field rules of :mod:`vvm.settings.rules`). Below this layer nothing reads a
 ``DictConfig``: every module receives the objects made here.
 """
 
@@ -12,12 +12,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from vvm.models import settings_classes
 from vvm.schema.keys import added_keys, override_errors
-from vvm.schema.models import model_settings_classes
-from vvm.schema.rules import check_rules, rule_errors
-from vvm.schema.store import register_configs
+from vvm.schema.store import CHOICE_GROUPS, field_classes, is_settings, register_configs
 from vvm.settings import ConfigError, plain
+from vvm.settings.datasets import DATASET_SETTINGS
 from vvm.settings.job import JobSettings
+from vvm.settings.loggers import LOGGER_SETTINGS
+from vvm.settings.rules import check_rules
 
 # the Hydra configs, inside the package (a wheel carries them; Hydra finds them as pkg://vvm/conf)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -25,7 +27,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 def to_settings(cfg: DictConfig) -> JobSettings:
     """The composed config as typed objects, checked: keys added to typed nodes, each number's range and the
-    cross-field rules (:mod:`vvm.schema.rules`). Raises :class:`~vvm.settings.ConfigError` naming full keys."""
+    cross-field rules (:mod:`vvm.settings.rules`). Raises :class:`~vvm.settings.ConfigError` naming full keys."""
     register_configs()
     if (
         "hydra" in cfg
@@ -49,47 +51,41 @@ def record(job: JobSettings) -> dict[str, Any]:
     return plain(job)
 
 
+def _node(cls: type, values: Any) -> Any:
+    """``values`` as a typed node of ``cls``, keys ``cls`` no longer has dropped (nested settings too)."""
+    if not isinstance(values, dict):
+        return values
+    typed = OmegaConf.structured(cls)
+    kinds = field_classes(cls)
+    for k, v in values.items():
+        if k in kinds:
+            typed[k] = _node(kinds[k], v) if is_settings(kinds[k]) else v
+    return typed
+
+
+def _choice_class(key: str, values: dict[str, Any], dataset: str) -> type:
+    """The settings class of a stored ``model``/``compare``/``dataset``/``logger`` node: the model by its name
+    (any other name is a timm architecture), the dataset by the job's, the logger by its ``kind`` (a result
+    written before loggers named their kind: W&B's settings are the ones with a ``project``)."""
+    if key == "dataset":
+        return DATASET_SETTINGS[dataset]
+    if key == "logger":
+        return LOGGER_SETTINGS[values.get("kind") or ("wandb" if "project" in values else "csv")]
+    models = settings_classes()
+    return models.get(str(values.get("name")), models["timm"])
+
+
 def from_record(config: dict[str, Any], dataset: str) -> JobSettings:
     """Settings back from a stored ``config`` (result.json) of a job on ``dataset``; keys the schema no longer
     has (an older vvm's ``_target_``...) are dropped."""
-    from dataclasses import fields
-
-    from vvm.data import DATASETS
-    from vvm.schema.store import LOGGERS, field_classes
-
     register_configs()
-    classes = model_settings_classes()
-
-    def node(cls: type, values: Any) -> Any:
-        if not isinstance(values, dict):
-            return values
-        known = {f.name for f in fields(cls)}
-        typed = OmegaConf.structured(cls)
-        kinds = field_classes(cls)
-        for k, v in values.items():
-            if k in known:
-                sub = kinds[k]
-                typed[k] = (
-                    node(sub, v) if isinstance(sub, type) and hasattr(sub, "__dataclass_fields__") else v
-                )
-        return typed
-
-    def model_class(values: dict) -> type:
-        return classes.get(str(values.get("name")), classes["timm"])
-
-    values = dict(config)
+    kinds = field_classes(JobSettings)
     out = OmegaConf.structured(JobSettings)
-    for key, v in values.items():
-        if key in ("model", "compare") and isinstance(v, dict):
-            out[key] = node(model_class(v), v)
-        elif key == "dataset" and isinstance(v, dict):
-            out[key] = node(DATASETS[dataset].settings, v)
-        elif key == "logger" and isinstance(v, dict):
-            cls = LOGGERS["wandb" if "project" in v else "csv"]
-            out[key] = node(cls, v) if cls is not None else None
-        elif key in field_classes(JobSettings):
-            kind = field_classes(JobSettings)[key]
-            out[key] = node(kind, v) if hasattr(kind, "__dataclass_fields__") else v
+    for key, v in config.items():
+        if key not in kinds:
+            continue
+        cls = _choice_class(key, v, dataset) if key in CHOICE_GROUPS and isinstance(v, dict) else kinds[key]
+        out[key] = _node(cls, v) if is_settings(cls) else v
     return to_settings(out)
 
 
@@ -124,6 +120,5 @@ __all__ = [
     "override_errors",
     "record",
     "register_configs",
-    "rule_errors",
     "to_settings",
 ]

@@ -32,7 +32,7 @@ def key_error(key: str, choices: Mapping[str, str | None]) -> str | None:
     parts = key.split(".")
     kind: Any = JobSettings
     for depth, part in enumerate(parts):
-        if kind is Any and depth == 1 and parts[0] in CHOICE_GROUPS:
+        if depth == 1 and parts[0] in CHOICE_GROUPS:
             kind = group_class(parts[0], choices.get(parts[0]))
             if kind is None:
                 return None  # an unknown choice: Hydra says so; no settings: Hydra says the node is null

@@ -2,7 +2,7 @@
 
 - ``job_schema``: :class:`vvm.settings.JobSettings`, the base of ``vvm/conf/config.yaml``; its typed fields (``cka``,
   ``train``, ``trainer``, ``init``, ``paths``) check the yaml files merged into them;
-- ``model/<name>`` and ``compare/<name>``: generated from the model registry (:mod:`vvm.schema.models`), no files;
+- ``model/<name>`` and ``compare/<name>``: generated from the model registry (:func:`vvm.models.settings_classes`), no files;
 - ``schema/dataset/<name>``, ``schema/logger/<name>``: the bases the yaml files of those groups name in their
   defaults list (``- /schema/dataset/digits@_here_``), so they keep their comments and stay the documented
   defaults while a wrong key or type is refused when the config is composed.
@@ -17,13 +17,12 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from vvm.schema.models import model_settings_classes
-from vvm.settings import CSVSettings, WandbSettings
+from vvm.models import settings_classes
 from vvm.settings.datasets import DATASET_SETTINGS  # not vvm.data: listing them imports no Lightning
 from vvm.settings.job import JobSettings
+from vvm.settings.loggers import LOGGER_SETTINGS
 
-LOGGERS: dict[str, type | None] = {"wandb": WandbSettings, "csv": CSVSettings, "none": None}
-# the config groups whose settings class depends on the choice (the field is typed Any in JobSettings)
+# the config groups whose settings class is the choice's, a subclass of the field's type in JobSettings
 CHOICE_GROUPS = ("model", "compare", "dataset", "logger")
 
 
@@ -49,26 +48,25 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("vvm_wandb_group", wandb_group, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="job_schema", node=JobSettings)
-    for name, cls in model_settings_classes().items():
+    for name, cls in settings_classes().items():
         cs.store(group="model", name=name, node=cls)
         cs.store(group="compare", name=name, node=cls)
     for name, settings in DATASET_SETTINGS.items():
         cs.store(group="schema/dataset", name=name, node=settings)
-    for name, cls in LOGGERS.items():
-        if cls is not None:
-            cs.store(group="schema/logger", name=name, node=cls)
+    for name, cls in LOGGER_SETTINGS.items():
+        cs.store(group="schema/logger", name=name, node=cls)
 
 
 def group_class(group: str, choice: str | None) -> type | None:
-    """The settings class of ``group=choice`` for the groups typed ``Any`` (None: unknown or no settings)."""
+    """The settings class of ``group=choice`` for the :data:`CHOICE_GROUPS` (None: unknown or no settings)."""
     if choice is None:
         return None
     if group in ("model", "compare"):
-        return model_settings_classes().get(choice)
+        return settings_classes().get(choice)
     if group == "dataset":
         return DATASET_SETTINGS.get(choice)
     if group == "logger":
-        return LOGGERS.get(choice)
+        return LOGGER_SETTINGS.get(choice)
     return None
 
 
@@ -89,4 +87,4 @@ def is_settings(kind: Any) -> bool:
     return isinstance(kind, type) and is_dataclass(kind)
 
 
-__all__ = ["CHOICE_GROUPS", "LOGGERS", "field_classes", "group_class", "is_settings", "register_configs"]
+__all__ = ["CHOICE_GROUPS", "field_classes", "group_class", "is_settings", "register_configs"]

@@ -2,7 +2,7 @@
 
 The job layer (:mod:`vvm.schema`) registers them in Hydra's ConfigStore as the schema of ``src/vvm/conf``, turns
 the composed config into these objects once, and checks them (:func:`~vvm.settings.base.check_ranges` for each
-number's range; cross-field rules in :mod:`vvm.schema.rules`). Nothing here imports omegaconf or Hydra.
+number's range; cross-field rules in :mod:`vvm.settings.rules`). Nothing here imports omegaconf or Hydra.
 """
 
 from vvm.settings.base import MISSING, Choice, ConfigError, check_ranges, closest, plain, recipe_fields

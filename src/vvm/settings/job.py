@@ -1,19 +1,21 @@
 """One job's settings: the whole config as typed objects (``JobSettings``), and the small groups that have no
 home of their own (``init``, ``paths``, ``logger``).
 
-``model``, ``compare`` and ``dataset`` hold the settings class of the chosen model (generated from the model
-registry by :mod:`vvm.schema`) and dataset (:mod:`vvm.data`); ``logger`` a :class:`WandbSettings`, a
-:class:`CSVSettings` or None.
+``model``, ``compare`` and ``dataset`` hold the settings class of the chosen model (a :class:`ModelSettings`
+generated from the model registry, :func:`vvm.models.settings_classes`) and dataset (a
+:class:`DatasetSettings` of :mod:`vvm.settings.datasets`); ``logger`` a :class:`LoggerSettings`
+(:class:`WandbSettings`, :class:`CSVSettings`) or None.
 """
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from vvm.settings.analyses import AnalysisName, AnalysisSettings
 from vvm.settings.base import MISSING, choices, seed_field
 from vvm.settings.cka import CKASettings
-from vvm.settings.loggers import CSVSettings, WandbSettings  # noqa: F401 - the logger node's types
+from vvm.settings.data import DatasetSettings
+from vvm.settings.loggers import LoggerSettings
 from vvm.settings.measures import MeasureName, MeasureSettings
+from vvm.settings.model import ModelSettings
 from vvm.settings.train import TrainerSettings, TrainSettings
 
 InitName = choices("InitName", ("random", "pretrained"), "random | pretrained")
@@ -39,11 +41,11 @@ class PathSettings:
 class JobSettings:
     """The whole job: ``python -m vvm <overrides>`` composed and checked."""
 
-    model: Any = MISSING
+    model: ModelSettings = MISSING  # type: ignore[assignment]
     init: InitSettings = field(default_factory=InitSettings)
-    dataset: Any = MISSING
+    dataset: DatasetSettings = MISSING  # type: ignore[assignment]
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
-    logger: Any = None
+    logger: LoggerSettings | None = None
     cka: CKASettings = field(default_factory=CKASettings)
     # per-layer analyses run after the CKA pass on the (first) model: analyses=[erf,attention,probe]
     analyses: list[AnalysisName] = field(default_factory=list)
@@ -53,7 +55,7 @@ class JobSettings:
     # parameters under measure.* (conf/measure/default.yaml)
     measures: list[MeasureName] = field(default_factory=lambda: [MeasureName("cka")])
     measure: MeasureSettings = field(default_factory=MeasureSettings)
-    compare: Any = None
+    compare: ModelSettings | None = None
     compare_init: InitSettings | None = None
     seed: int = seed_field()
     tag: str = "job"

@@ -1,4 +1,6 @@
-"""The rules that tie settings together, in one place beside the schema. Each number's own range is its field's
+"""The rules that tie a job's settings together, in one place, run wherever a :class:`JobSettings` is made: when
+the config is composed (:func:`vvm.schema.to_settings`), by the Python API (:func:`check_rules`) and by
+``vvm.joint`` for its pass's settings. Each number's own range is its field's
 (:func:`vvm.settings.check_ranges`); what depends on two settings is here: a batch below the estimator's
 minimum, no epochs for weights vvm must train, a model name that is not its node's, layer lists that are
 neither a preset nor names, the probe's ridge grid. Whether a job trains is :func:`vvm.pipeline.weights.weights_source`'s decision alone."""
@@ -6,6 +8,7 @@ neither a preset nor names, the probe's ridge grid. Whether a job trains is :fun
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from vvm.cka.functional import min_samples
 from vvm.cka.pools import declared_pool
@@ -115,14 +118,29 @@ def _probe(job: JobSettings) -> list[str]:
     return []
 
 
+def _logger(job: JobSettings) -> list[str]:
+    """The logger's ``kind`` is its class's (result.json stores it: :func:`vvm.schema.from_record` reads it)."""
+    logger = job.logger
+    own = type(logger)().kind if logger is not None else None
+    if logger is None or logger.kind == own:
+        return []
+    return [
+        f"logger.kind={logger.kind!r}: logger={own} configures {own}; choose the logger with logger=<kind>"
+    ]
+
+
 def rule_errors(job: JobSettings) -> list[str]:
     """Every broken range or rule of ``job``, each naming its full key."""
-    return [*check_ranges(job), *_batches(job), *_layers(job), *_models(job), *_probe(job)]
+    rules = (_batches, _layers, _models, _probe, _logger)
+    return [*check_ranges(job), *(e for rule in rules for e in rule(job))]
 
 
-def check_rules(job: JobSettings) -> JobSettings:
-    """``job``, or a :class:`~vvm.settings.ConfigError` listing what is wrong with it."""
+def check_rules(job: JobSettings, *, keys: Mapping[str, str] | None = None) -> JobSettings:
+    """``job``, or a :class:`~vvm.settings.ConfigError` listing what is wrong with it; ``keys`` names settings
+    otherwise in the messages (``{"cka.batch_size": "--batch-size"}``: a tool's own flags)."""
     errors = rule_errors(job)
+    for key, name in (keys or {}).items():
+        errors = [e.replace(f"{key}=", f"{name}=") for e in errors]
     if errors:
         raise ConfigError("; ".join(errors))
     return job
