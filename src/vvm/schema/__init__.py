@@ -16,7 +16,7 @@ from vvm.schema.keys import added_keys, override_errors
 from vvm.schema.models import model_settings_classes
 from vvm.schema.rules import check_rules, rule_errors
 from vvm.schema.store import register_configs
-from vvm.settings import ConfigError, plain
+from vvm.settings import ConfigError
 from vvm.settings.job import JobSettings
 
 # the Hydra configs, inside the package (a wheel carries them; Hydra finds them as pkg://vvm/conf)
@@ -42,11 +42,6 @@ def to_settings(cfg: DictConfig) -> JobSettings:
         raise ConfigError(" ".join(str(e).split("\n")[:2])) from None
     assert isinstance(job, JobSettings)
     return check_rules(job)
-
-
-def record(job: JobSettings) -> dict[str, Any]:
-    """The job's settings as plain values: what result.json stores under ``config`` (and resume compares)."""
-    return plain(job)
 
 
 def from_record(config: dict[str, Any], dataset: str) -> JobSettings:
@@ -122,7 +117,6 @@ __all__ = [
     "compose_config",
     "from_record",
     "override_errors",
-    "record",
     "register_configs",
     "rule_errors",
     "to_settings",
