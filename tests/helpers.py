@@ -214,7 +214,7 @@ def init_settings(init: dict):
 def job_datamodule(job):
     """The datamodule of ``job`` (settings), as :func:`vvm.pipeline.steps.build` makes it."""
     from vvm.cka.pools import declared_pool
-    from vvm.pipeline.steps import build_datamodule
+    from vvm.pipeline.objects import build_datamodule
     from vvm.settings import job_measures
 
     pool = declared_pool(job_measures(job.measures, job.measure, job.cka).values())
@@ -225,7 +225,7 @@ def job_datamodule(job):
 
 def job_cache(job, settings=None):
     """Where ``job``'s model (or ``settings``' model) trained with its recipe is cached."""
-    from vvm.pipeline.steps import checkpoint_cache
+    from vvm.pipeline.objects import checkpoint_cache
 
     return checkpoint_cache(
         settings or job.model, checkpoints=job.paths.checkpoints, dataset=job.dataset, train=job.train,
@@ -237,7 +237,7 @@ def build_job(job):
     """The job's datamodule and first model, as :func:`vvm.pipeline.steps.run` builds them (seeded)."""
     import pytorch_lightning as pl
 
-    from vvm.pipeline.steps import build_model
+    from vvm.pipeline.objects import build_model
 
     pl.seed_everything(int(job.seed), verbose=False)
     dm = job_datamodule(job)

@@ -237,7 +237,7 @@ def test_few_functions_take_the_whole_job():
     """The job's settings are taken whole where a job starts (``run``, ``build``, the rules that check them);
     everything else takes the objects ``build`` made and the few settings it names."""
     found = whole_job_functions({m: p.read_text() for m, p in MODULES.items()})
-    assert "vvm.pipeline.steps.run" in found and "vvm.pipeline.steps.build" in found  # the count reads them
+    assert "vvm.pipeline.steps.run" in found and "vvm.pipeline.objects.build" in found  # the count reads them
     bad = "def f(x: int, *, job: JobSettings | None = None) -> None: ...\ndef g(job) -> None: ..."
     assert whole_job_functions({"m": bad}) == ["m.f"]
     assert WHOLE_JOB_PENDING <= set(found), sorted(WHOLE_JOB_PENDING - set(found))

@@ -187,8 +187,11 @@ def completed_result(out_dir: str | Path, config: dict[str, Any] | None = None) 
     except (OSError, ValueError):
         return None
     if not isinstance(prev, dict):  # [] or null: not a job's record, so the job runs again
-        log.warning("resume: %s holds no job's record (a JSON %s); computing it again", out_dir / "result.json",
-                    "null" if prev is None else type(prev).__name__)  # fmt: skip
+        log.warning(
+            "resume: %s holds no job's record (a JSON %s); computing it again",
+            out_dir / "result.json",
+            "null" if prev is None else type(prev).__name__,
+        )
         return None
     if prev.get("status") != "ok":
         return None

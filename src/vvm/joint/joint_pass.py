@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 def rebuild_model(job: JointJob) -> tuple[Any, str | None]:
     """The job's model with the weights it used, or ``(None, note)``; never trains (no ``fit``): a trained
     model comes from its cached checkpoint, else from the file the job recorded."""
-    from vvm.pipeline.steps import build_datamodule, build_model, checkpoint_cache
+    from vvm.pipeline.objects import build_datamodule, build_model, checkpoint_cache
     from vvm.pipeline.weights import WeightsUnavailable, load_or_train
 
     s = job.settings
@@ -128,10 +128,14 @@ def run_measures(
     batches = dm.cka_batches()
     move_models(models, device)
     metric = JointSimilarity(
-        models, settings.cka.layer_spec(), measures=list(measures), max_batches=len(batches.plan),
-        params=measure_params(settings.measure, list(measures)), plan=batches.layout,
+        models,
+        settings.cka.layer_spec(),
+        measures=list(measures),
+        max_batches=len(batches.plan),
+        params=measure_params(settings.measure, list(measures)),
+        plan=batches.layout,
         **settings.cka.engine_options(),
-    ).to(device)  # fmt: skip
+    ).to(device)
     loader = dm.eval_loader(batches, device=device)  # the datamodule's workers; pinned memory for a GPU
     with metric.track():
         for i, (x, _) in enumerate(tqdm(loader, total=len(batches), desc="joint CKA", disable=not progress)):
@@ -162,7 +166,7 @@ def pass_datamodule(settings: JointSettings, measures: Sequence[str]) -> Any:
     """The pass's datamodule: the settings' data, with pools of the declared n of ``measures`` (the joint pass's
     own ``--measures``, not the first job's): the same pools for every model."""
     from vvm.cka.pools import declared_pool
-    from vvm.pipeline.steps import build_datamodule
+    from vvm.pipeline.objects import build_datamodule
     from vvm.settings import job_measures
 
     pool = declared_pool(job_measures(list(measures), settings.measure, settings.cka).values())
@@ -202,9 +206,17 @@ def rebuild_models(
     return models, used
 
 
-def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device: str | None = None,
-                jobs: Sequence[str] | None = None, logger: str = "auto", progress: bool = True,
-                measures: Sequence[str] = ("cka",), **overrides: Any) -> dict[str, Any]:  # fmt: skip
+def joint_sweep(
+    sweep_dir: str | Path,
+    *,
+    out: str | Path | None = None,
+    device: str | None = None,
+    jobs: Sequence[str] | None = None,
+    logger: str = "auto",
+    progress: bool = True,
+    measures: Sequence[str] = ("cka",),
+    **overrides: Any,
+) -> dict[str, Any]:
     """Rebuild the sweep's models, run the joint pass, write the files (see the module docstring).
     ``overrides``: ``layers``, ``batch_size``, ``max_samples``, ``seed``. Returns the result (the first
     measure's; ``results``: every measure's), files, notes.
@@ -217,8 +229,10 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
     sweep_dir = Path(sweep_dir)
     sweep_jobs(sweep_dir, jobs)  # a sweep's directory, holding these jobs: before anything is made
     out = writable_dir(sweep_dir / "joint" if out is None else out, "--out")  # before torch is imported
-    with exclusive_lock(out / ".joint.lock", f"--out={out}: another joint pass is writing there; "
-                        "wait for it to finish, or give another --out"):  # fmt: skip
+    with exclusive_lock(
+        out / ".joint.lock",
+        f"--out={out}: another joint pass is writing there; wait for it to finish, or give another --out",
+    ):
         from vvm.cka.joint import hook_target
         from vvm.cka.measures import make_measure
         from vvm.cka.presets import classifier_name
@@ -285,8 +299,8 @@ def positive(text: str) -> int:
     return value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line (see the module docstring); an input it cannot use is one line on stderr, exit 2."""
+def parser() -> argparse.ArgumentParser:
+    """The command line's flags (see the module docstring)."""
     p = argparse.ArgumentParser(
         prog="python -m vvm.joint", description="Joint CKA over every finished job of a sweep."
     )
@@ -305,9 +319,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when there is one)")
     p.add_argument("--out", help="output directory (default: <sweep dir>/joint)")
-    p.add_argument("--logger", choices=("auto", "wandb", "none"), default="auto",
-                   help="auto: W&B when the sweep's jobs logged to W&B (online when logged in to W&B, else offline)")  # fmt: skip
+    p.add_argument(
+        "--logger",
+        choices=("auto", "wandb", "none"),
+        default="auto",
+        help="auto: W&B when the sweep's jobs logged to W&B (online when logged in to W&B, else offline)",
+    )
     p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (see the module docstring); an input it cannot use is one line on stderr, exit 2."""
+    p = parser()
     args = p.parse_args(argv)
     from vvm.io import InputError, exit_with_error
 
@@ -319,10 +343,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:
         out = joint_sweep(
-            args.sweep_dir, out=args.out, device=args.device, logger=args.logger, progress=not args.no_progress,
-            jobs=[j.strip() for j in args.jobs.split(",") if j.strip()] if args.jobs else None, layers=args.layers,
-            batch_size=args.batch_size, max_samples=args.max_samples, seed=args.seed, measures=measures,
-        )  # fmt: skip
+            args.sweep_dir,
+            out=args.out,
+            device=args.device,
+            logger=args.logger,
+            progress=not args.no_progress,
+            jobs=[j.strip() for j in args.jobs.split(",") if j.strip()] if args.jobs else None,
+            layers=args.layers,
+            batch_size=args.batch_size,
+            max_samples=args.max_samples,
+            seed=args.seed,
+            measures=measures,
+        )
     except InputError as e:
         exit_with_error(p.prog, e)
     # a ConfigError (the batch plan's): vvm.settings imports torch, so it is imported once one is raised

@@ -57,8 +57,10 @@ def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[Join
 def order_notes(jobs: list[JointJob], settings: JointSettings, whose: str) -> list[str]:
     """Which data order the pass used (one seed for every model: the same batches for all), and for each job
     whose own map came from another order or batching, why its block differs from that map."""
-    notes = [f"the data order (the examples in each batch, the same for every model) is seed {settings.seed} "
-             f"({whose})"]  # fmt: skip
+    notes = [
+        f"the data order (the examples in each batch, the same for every model) is seed {settings.seed} "
+        f"({whose})"
+    ]
     for j in jobs:
         why = [f"seed {j.settings.seed}"] if j.settings.seed != settings.seed else []
         for key in ("batch_size", "max_samples"):
