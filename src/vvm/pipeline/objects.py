@@ -76,8 +76,9 @@ class Models:
 
 @dataclass
 class Job:
-    """A job's objects, built once from its settings by :func:`build`; the steps (:func:`measure`,
-    :func:`analyse`) take these and the few settings they name, never the whole :class:`JobSettings`."""
+    """A job's objects, built once from its settings by :func:`build`; the steps
+    (:func:`vvm.pipeline.steps.measure`, :func:`vvm.pipeline.steps.analyse`) take these and the few settings they
+    name, never the whole :class:`JobSettings`."""
 
     dm: Any  # the datamodule (dataset.*, the pass's batching and pools)
     models: Models
@@ -86,7 +87,7 @@ class Job:
     logger: Any  # Lightning's logger, or False (logger=none)
     facts: dict[str, Any]  # what result.json says about the built job: family, compare, the axes' labels
     title: str  # the figures' title: ``r18 (pretrained, digits, seed 0)``
-    train: TrainSettings
+    train: TrainSettings  # the recipe (train.*): the Fit's and the pass's LightningModule's
     seed: int
     output_dir: Path
     device: Any  # where the analyses run (trainer.accelerator: a torch.device)
