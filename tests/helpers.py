@@ -211,21 +211,42 @@ def init_settings(init: dict):
     )
 
 
+def job_datamodule(job):
+    """The datamodule of ``job`` (settings), as :func:`vvm.pipeline.steps.build` makes it."""
+    from vvm.cka.pools import declared_pool
+    from vvm.pipeline.objects import build_datamodule
+    from vvm.settings import job_measures
+
+    pool = declared_pool(job_measures(job.measures, job.measure, job.cka).values())
+    return build_datamodule(
+        job.dataset, job.cka, batch_size=job.train.batch_size, seed=job.seed, pool_size=pool
+    )
+
+
+def job_cache(job, settings=None):
+    """Where ``job``'s model (or ``settings``' model) trained with its recipe is cached."""
+    from vvm.pipeline.objects import checkpoint_cache
+
+    return checkpoint_cache(
+        settings or job.model, checkpoints=job.paths.checkpoints, dataset=job.dataset, train=job.train,
+        seed=job.seed,
+    )  # fmt: skip
+
+
 def build_job(job):
     """The job's datamodule and first model, as :func:`vvm.pipeline.steps.run` builds them (seeded)."""
     import pytorch_lightning as pl
 
-    from vvm.pipeline.steps import build_datamodule, build_model
+    from vvm.pipeline.objects import build_model
 
     pl.seed_everything(int(job.seed), verbose=False)
-    dm = build_datamodule(job)
+    dm = job_datamodule(job)
     return dm, build_model(job.model, dm)
 
 
 def weights_of(job, dm, model, *, callbacks=(), logger=None, trains: bool = True) -> dict:
     """``job.init``'s weights into ``model`` through :func:`vvm.pipeline.weights.load_or_train`, training with the
     job's recipe when it must (``trains=False``: never); returns the facts."""
-    from vvm.pipeline.steps import checkpoint_cache
     from vvm.pipeline.weights import load_or_train
     from vvm.train.fit import Fit, trainer_factory
 
@@ -236,7 +257,7 @@ def weights_of(job, dm, model, *, callbacks=(), logger=None, trains: bool = True
             callbacks=list(callbacks), output_dir=job.paths.output_dir,
         )  # fmt: skip
     return load_or_train(
-        model, job.model, job.init, dataset_name=dm.name, cache=checkpoint_cache(job, job.model), fit=fit,
+        model, job.model, job.init, dataset_name=dm.name, cache=job_cache(job), fit=fit,
         keep_dir=job.paths.output_dir,
     )  # fmt: skip
 

@@ -205,3 +205,77 @@ def sizes() -> list[tuple[str, str, int, int]]:
 def test_files_and_functions_are_short():
     long = [f"{what}: {n} lines > {limit}" for m, what, n, limit in sizes() if n > limit]
     assert not long, "\n".join(long)
+
+
+# ---------------------------------------------------------------------------------------------- a job of objects
+MAX_WHOLE_JOB_FUNCTIONS = 4
+# the cross-field rules' helpers, which take the whole job until the rules move out of vvm.schema (issue 26 step
+# 3); each must still exist (a name gone from here fails), so the set empties as they go
+WHOLE_JOB_PENDING = {
+    "vvm.schema.rules._batches",
+    "vvm.schema.rules._measure_batches",
+    "vvm.schema.rules._layers",
+    "vvm.schema.rules._models",
+    "vvm.schema.rules._probe",
+}
+
+
+def whole_job_functions(sources: dict[str, str]) -> list[str]:
+    """``module.function`` for every function of ``sources`` (module -> text) with a parameter annotated
+    ``JobSettings``: a function that takes the whole job rather than the settings it uses."""
+    out = []
+    for module, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+                if any(a.annotation is not None and "JobSettings" in ast.unparse(a.annotation) for a in args):
+                    out.append(f"{module}.{node.name}")
+    return sorted(out)
+
+
+def test_few_functions_take_the_whole_job():
+    """The job's settings are taken whole where a job starts (``run``, ``build``, the rules that check them);
+    everything else takes the objects ``build`` made and the few settings it names."""
+    found = whole_job_functions({m: p.read_text() for m, p in MODULES.items()})
+    assert "vvm.pipeline.steps.run" in found and "vvm.pipeline.objects.build" in found  # the count reads them
+    bad = "def f(x: int, *, job: JobSettings | None = None) -> None: ...\ndef g(job) -> None: ..."
+    assert whole_job_functions({"m": bad}) == ["m.f"]
+    assert WHOLE_JOB_PENDING <= set(found), sorted(WHOLE_JOB_PENDING - set(found))
+    counted = [f for f in found if f not in WHOLE_JOB_PENDING]
+    assert len(counted) <= MAX_WHOLE_JOB_FUNCTIONS, counted
+
+
+def summary_writes(text: str, name: str = "summary") -> list[int]:
+    """The lines that write into the dict ``name``: ``name[...] = ...`` (``+=`` too), ``name.update(...)``,
+    ``name.setdefault(...)``, ``name |= ...``."""
+    out = []
+    for node in ast.walk(ast.parse(text)):
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for t in targets:
+            if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name) and t.value.id == name:
+                out.append(node.lineno)
+            elif isinstance(node, ast.AugAssign) and isinstance(t, ast.Name) and t.id == name:
+                out.append(node.lineno)
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("update", "setdefault", "__setitem__")
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == name
+        ):
+            out.append(node.lineno)
+    return sorted(out)
+
+
+def test_result_json_is_assembled_once():
+    """The steps return their facts; :func:`vvm.pipeline.steps.merge_facts` writes them into result.json's dict,
+    the one write into it in the pipeline."""
+    bad = "summary['a'] = 1\nsummary.update(b=2)\nsummary |= {}\nsummary['c'] += 1\nother['d'] = 1\n"
+    assert summary_writes(bad) == [1, 2, 3, 4]
+    writes = {m: summary_writes(p.read_text()) for m, p in MODULES.items() if m.startswith("vvm.pipeline")}
+    assert len(writes["vvm.pipeline.steps"]) == 1, writes["vvm.pipeline.steps"]
+    assert not any(lines for m, lines in writes.items() if m != "vvm.pipeline.steps"), writes

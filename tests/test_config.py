@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from compose import compose_settings
+from helpers import job_datamodule
 from test_data import _image_folder, make_fake_cifar10, make_fake_cifar100
 
 from vvm.data import DATASETS as REGISTERED
 from vvm.models import count_parameters, from_settings, registry, trained_by_vvm
-from vvm.pipeline.steps import build_datamodule
 from vvm.pipeline.weights import load_or_train
 from vvm.schema import CONFIG_DIR
 
@@ -66,7 +66,7 @@ def test_every_combination_instantiates(model, one_build, data_root, tmp_path):
     for init, dataset in itertools.product(INITS, DATASETS):
         job = compose_settings(_overrides(model, init, dataset, data_root), tmp_path / f"{init}-{dataset}")
         assert type(job.dataset) is REGISTERED[dataset].settings and job.init.name == init
-        dm = build_datamodule(job)
+        dm = job_datamodule(job)
         assert dm.num_classes == job.dataset.num_classes
         x, y = next(iter(dm.test_dataloader()))
         assert x.dim() == 4 and x.shape[1] == 3 and y.dtype == torch.int64

@@ -376,8 +376,7 @@ def test_uint8_dataset_rejects_float_images():
 @pytest.mark.parametrize("name", ["cifar100", "cifar10", "imagenet", "digits", "synthetic"])
 def test_dataset_configs_instantiate(name, cifar_root, imagenet_root, tmp_path):
     from compose import compose_settings
-
-    from vvm.pipeline.steps import build_datamodule
+    from helpers import job_datamodule
 
     data = tmp_path / "data"
     if name.startswith("cifar"):
@@ -387,7 +386,7 @@ def test_dataset_configs_instantiate(name, cifar_root, imagenet_root, tmp_path):
         overrides += [f"dataset.root={imagenet_root / 'val'}", "dataset.num_classes=3"]
     job = compose_settings(overrides, tmp_path / "run")
     assert {"num_classes", "root", "limit", "split"} <= {f.name for f in dataclasses.fields(job.dataset)}
-    dm = build_datamodule(job)
+    dm = job_datamodule(job)
     assert isinstance(dm, VisionDataModule) and dm.name == name
     assert dm.num_classes == job.dataset.num_classes and dm.split == "test"
     assert dm.cka_batches().n_examples == 5  # max_samples: a random subset of the split

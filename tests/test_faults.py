@@ -24,7 +24,7 @@ from helpers import build_job, compose_error, run_vvm, weights_of
 from vvm.io import remove_stale_temporaries, temporary_path, write_json
 from vvm.pipeline import preflight, weights
 from vvm.pipeline import steps as pipeline
-from vvm.pipeline.preflight import check_plan, check_writable
+from vvm.pipeline.preflight import check_batch_plan, check_writable
 from vvm.schema import CONFIG_DIR, override_errors
 from vvm.settings import CKASettings, ConfigError
 
@@ -158,7 +158,7 @@ def test_a_plan_whose_batches_are_all_too_small_is_an_error(tmp_path):
     # 5 examples in batches of at most 4: balanced sizes 3 and 2, both below the unbiased minimum of 4
     job, dm, _ = tiny(tmp_path, "cka.batch_size=4", "cka.max_samples=5")
     with pytest.raises(ConfigError, match=r"batches of \[2, 3\].*needs at least 4 examples per batch"):
-        check_plan(dm, job.cka)
+        check_batch_plan(dm, job.cka)
 
 
 def test_bad_settings_fail_before_training(tmp_path):

@@ -405,6 +405,7 @@ def test_pin_memory_takes_only_true_false_auto():
 def test_the_joint_pass_loads_with_the_datamodules_workers_and_pins_for_cuda(monkeypatch, tmp_path):
     from vvm.data.base import VisionDataModule
     from vvm.joint.joint_pass import run_pass
+    from vvm.joint.settings import JointSettings
 
     seen = {}
     real = VisionDataModule.eval_loader
@@ -417,7 +418,8 @@ def test_the_joint_pass_loads_with_the_datamodules_workers_and_pins_for_cuda(mon
     monkeypatch.setattr(VisionDataModule, "eval_loader", recording)
     job = compose_settings(["dataset=digits", "dataset.num_workers=2", "cka.max_samples=16", "cka.batch_size=8",
                             "cka.layers=[stem,fc]"], tmp_path)  # fmt: skip
-    res, _ = run_pass({"a": create("r18", num_classes=10)}, job, "cpu", progress=False)
+    settings = JointSettings(job.dataset, job.train.batch_size, job.cka, job.measure, job.seed)
+    res, _ = run_pass({"a": create("r18", num_classes=10)}, settings, "cpu", progress=False)
     assert seen == {"workers": 2, "device": "cpu", "plan": 2} and res.n_samples == 16
 
 

@@ -43,13 +43,13 @@ def test_measures_settings_and_their_rules(tmp_path):
 
 
 def test_a_plan_too_small_for_k_is_refused_before_any_work(tmp_path):
-    from vvm.pipeline.steps import build, check_job
+    from vvm.pipeline.steps import build
 
     job = compose_settings([*SMALL, "measures=[cka,knn]", "cka.max_samples=16", "measure.knn.k=19"], tmp_path)
-    summary: dict = {"model": "r18", "init": "random"}
-    dm, models = build(job, summary)
     with pytest.raises(Exception, match="measure knn would skip every pool"):
-        check_job(job, dm, models)  # one pool of all 16 examples: it does not hold k + 1 = 20
+        build(
+            job, {"model": "r18", "init": "random"}
+        )  # one pool of all 16 examples: it does not hold k + 1 = 20
 
 
 # ---------------------------------------------------------------------------------------------- one job
@@ -62,10 +62,10 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("measures") / "run"
     build, calls = vvm.pipeline.steps.build, []
 
-    def counting_build(job, summary):
-        dm, models = build(job, summary)
-        models.model.register_forward_hook(lambda *a: calls.append(1))
-        return dm, models
+    def counting_build(job, about):
+        built = build(job, about)
+        built.models.model.register_forward_hook(lambda *a: calls.append(1))
+        return built
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(vvm.pipeline.steps, "build", counting_build)

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from compose import compose_settings
 
-from vvm.schema import from_record, record
-from vvm.settings import ConfigError, CSVSettings, ModelSettings, WandbSettings
+from vvm.schema import from_record
+from vvm.settings import ConfigError, CSVSettings, ModelSettings, WandbSettings, plain
 from vvm.settings.datasets import DigitsSettings, SyntheticSettings
 from vvm.settings.generate import signature_settings
 from vvm.settings.rules import check_rules
@@ -61,11 +61,11 @@ def test_a_datamodule_takes_its_settings_or_their_keys():
 def test_the_logger_comes_back_from_its_kind(tmp_path):
     job = compose_settings(["dataset=digits", "logger=csv", "compare=plain", "compare.depth=4"], tmp_path)
     assert isinstance(job.logger, CSVSettings) and job.compare.depth == 4
-    stored = record(job)
+    stored = plain(job)
     assert stored["logger"]["kind"] == "csv"
     back = from_record(stored, "digits")
     assert type(back.logger) is CSVSettings and type(back.compare) is type(job.compare)
-    assert record(back) == stored
+    assert plain(back) == stored
     # a result written before loggers named their kind: W&B's settings are the ones with a project
     legacy = {**stored, "logger": {"project": "vvm", "save_dir": str(tmp_path)}}
     assert type(from_record(legacy, "digits").logger) is WandbSettings

@@ -41,9 +41,9 @@ def build(job):
 
 
 def cache_key(job) -> str:
-    from vvm.pipeline.steps import checkpoint_cache
+    from helpers import job_cache
 
-    return checkpoint_cache(job, job.model).key
+    return job_cache(job).key
 
 
 # ------------------------------------------------------------------------------------------ device pipeline

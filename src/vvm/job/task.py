@@ -33,8 +33,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vvm.io import load_json, write_json
-from vvm.schema import record, to_settings
-from vvm.settings import ConfigError
+from vvm.schema import to_settings
+from vvm.settings import ConfigError, plain
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         raise SystemExit(f"vvm: {e}") from None
     if job.resume:
         out_dir = Path(job.paths.output_dir)
-        previous = completed_result(out_dir, record(job))
+        previous = completed_result(out_dir, plain(job))
         if previous is not None:
             log.info("resume: %s already has a complete result, skipping", out_dir)
             return {**previous, "resumed": True}
@@ -177,9 +177,9 @@ def completed_result(out_dir: str | Path, config: dict[str, Any] | None = None) 
     joint pass need (:func:`missing_pieces`): status ok, every result file it lists there and readable (cka.npz
     among them), and for weights vvm trained the checkpoint they were saved to.
 
-    With ``config`` (the job's settings as plain values, :func:`vvm.schema.record`), the result must also come
-    from the same settings (see :func:`config_differences`): a sweep rerun into the same dir with other overrides
-    recomputes instead of reusing another job's result.
+    With ``config`` (the job's settings as plain values, :func:`vvm.settings.plain`, as result.json stores them),
+    the result must also come from the same settings (see :func:`config_differences`): a sweep rerun into the
+    same dir with other overrides recomputes instead of reusing another job's result.
     """
     out_dir = Path(out_dir)
     try:
@@ -187,8 +187,11 @@ def completed_result(out_dir: str | Path, config: dict[str, Any] | None = None) 
     except (OSError, ValueError):
         return None
     if not isinstance(prev, dict):  # [] or null: not a job's record, so the job runs again
-        log.warning("resume: %s holds no job's record (a JSON %s); computing it again", out_dir / "result.json",
-                    "null" if prev is None else type(prev).__name__)  # fmt: skip
+        log.warning(
+            "resume: %s holds no job's record (a JSON %s); computing it again",
+            out_dir / "result.json",
+            "null" if prev is None else type(prev).__name__,
+        )
         return None
     if prev.get("status") != "ok":
         return None

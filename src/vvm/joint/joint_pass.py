@@ -32,7 +32,6 @@ tags repeat (``r18-pretrained-0``, ``-1``, ``-2`` for ``seed=0,1,2``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,11 +40,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vvm.joint.files import log_to_wandb, uses_wandb, write_outputs
+from vvm.joint.settings import FLAGS, JointSettings, pass_settings, setting_notes
 from vvm.sweep.records import JointJob, read_jobs, sweep_jobs
 
 if TYPE_CHECKING:  # the heavy imports (torch, the engine) wait for the work: --help answers at once
     from vvm.cka.joint import JointResult
-    from vvm.settings.job import JobSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +52,24 @@ log = logging.getLogger(__name__)
 def rebuild_model(job: JointJob) -> tuple[Any, str | None]:
     """The job's model with the weights it used, or ``(None, note)``; never trains (no ``fit``): a trained
     model comes from its cached checkpoint, else from the file the job recorded."""
-    from vvm.pipeline.steps import build_datamodule, build_model, checkpoint_cache
+    from vvm.pipeline.objects import build_datamodule, build_model, checkpoint_cache
     from vvm.pipeline.weights import WeightsUnavailable, load_or_train
 
     s = job.settings
     try:
-        dm = build_datamodule(s)
+        dm = build_datamodule(s.dataset, s.cka, batch_size=s.train.batch_size, seed=s.seed)
         model = build_model(s.model, dm)
+        cache = checkpoint_cache(
+            s.model, checkpoints=s.paths.checkpoints, dataset=s.dataset, train=s.train, seed=s.seed
+        )
         load_or_train(
-            model, s.model, s.init, dataset_name=dm.name, cache=checkpoint_cache(s, s.model),
+            model,
+            s.model,
+            s.init,
+            dataset_name=dm.name,
+            cache=cache,
             known_checkpoint=job.result.get("checkpoint"),
-        )  # fmt: skip
+        )
     except WeightsUnavailable as e:
         return None, f"job {job.job} ({job.tag}) skipped: {e} (the joint pass never trains)"
     except Exception as e:  # a model that cannot be rebuilt (offline weights, a missing file) is a note
@@ -75,47 +81,6 @@ def rebuild_model(job: JointJob) -> tuple[Any, str | None]:
 
 
 # ---------------------------------------------------------------------------------------------- the pass
-def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[JobSettings, list[str]]:
-    """The first job's settings with the command line's overrides, checked by the job's rules
-    (:func:`vvm.settings.rules.check_rules`); a note when the jobs' data differ."""
-    from vvm.settings import plain
-    from vvm.settings.rules import check_rules
-
-    first = jobs[0].settings
-    notes = []
-    differ = [j.job for j in jobs[1:] if plain(j.settings.dataset) != plain(first.dataset)]
-    if differ:
-        notes.append(
-            f"jobs {', '.join(differ)} ran on other data settings; the joint pass uses job {jobs[0].job}'s"
-        )
-    cka = {k: overrides[k] for k in ("batch_size", "max_samples", "layers") if overrides.get(k) is not None}
-    seed = overrides.get("seed")
-    settings = dataclasses.replace(
-        first, cka=dataclasses.replace(first.cka, **cka), seed=first.seed if seed is None else int(seed)
-    )
-    whose = "from --seed" if seed is not None else f"job {jobs[0].job}'s seed"
-    flags = {f"cka.{k}": flag for k, flag in FLAGS.items() if flag.startswith("--")}
-    return check_rules(settings, keys=flags), notes + order_notes(jobs, settings, whose)
-
-
-def order_notes(jobs: list[JointJob], settings: JobSettings, whose: str) -> list[str]:
-    """Which data order the pass used (one seed for every model: the same batches for all), and for each job
-    whose own map came from another order or batching, why its block differs from that map."""
-    notes = [f"the data order (the examples in each batch, the same for every model) is seed {settings.seed} "
-             f"({whose})"]  # fmt: skip
-    for j in jobs:
-        why = [f"seed {j.settings.seed}"] if j.settings.seed != settings.seed else []
-        for key in ("batch_size", "max_samples"):
-            own, now = getattr(j.settings.cka, key), getattr(settings.cka, key)
-            why += [f"cka.{key}={own}, here {now}"] if own != now else []
-        if why:
-            notes.append(
-                f"job {j.job} ({j.tag}): its own map came from {', '.join(why)}; its diagonal block here differs "
-                "from that map by the sampling noise of other batches (the model is the same)"
-            )
-    return notes
-
-
 def parse_measures(parser: argparse.ArgumentParser, text: str) -> list[str]:
     from vvm.cka.measures import MEASURES  # the engine (torch): after --help
 
@@ -136,7 +101,7 @@ def parse_layers(text: str | None) -> str | list[str] | None:
 
 
 def run_pass(
-    models: dict[str, Any], settings: JobSettings, device: str, *, progress: bool = True
+    models: dict[str, Any], settings: JointSettings, device: str, *, progress: bool = True
 ) -> tuple[JointResult, Any]:
     """One pass of every model over the CKA batches of ``settings``' dataset (the EvalBatches plan): CKA."""
     results, batches = run_measures(models, settings, device, ["cka"], progress=progress)
@@ -145,7 +110,7 @@ def run_pass(
 
 def run_measures(
     models: dict[str, Any],
-    settings: JobSettings,
+    settings: JointSettings,
     device: str,
     measures: Sequence[str],
     *,
@@ -163,10 +128,14 @@ def run_measures(
     batches = dm.cka_batches()
     move_models(models, device)
     metric = JointSimilarity(
-        models, settings.cka.layer_spec(), measures=list(measures), max_batches=len(batches.plan),
-        params=measure_params(settings.measure, list(measures)), plan=batches.layout,
+        models,
+        settings.cka.layer_spec(),
+        measures=list(measures),
+        max_batches=len(batches.plan),
+        params=measure_params(settings.measure, list(measures)),
+        plan=batches.layout,
         **settings.cka.engine_options(),
-    ).to(device)  # fmt: skip
+    ).to(device)
     loader = dm.eval_loader(batches, device=device)  # the datamodule's workers; pinned memory for a GPU
     with metric.track():
         for i, (x, _) in enumerate(tqdm(loader, total=len(batches), desc="joint CKA", disable=not progress)):
@@ -179,52 +148,30 @@ def run_measures(
 
 
 # ---------------------------------------------------------------------------------------------- entry points
-FLAGS = {"batch_size": "--batch-size", "max_samples": "--max-samples", "limit": "the jobs' dataset.limit"}
 
 
-def check_plan(settings: JobSettings, measures: Sequence[str] = ("cka",)) -> None:
-    """The pass's batch plan holds a batch the estimator (and each measure: kNN's k + 1) can use
-    (:func:`vvm.pipeline.preflight.check_plan`, naming the joint pass's flags)."""
-    from vvm.pipeline.preflight import check_plan as check
+def check_joint_plan(settings: JointSettings, measures: Sequence[str] = ("cka",)) -> None:
+    """The joint pass's batch plan holds a batch the estimator (and each measure: kNN's k + 1) can use
+    (:func:`vvm.pipeline.preflight.check_batch_plan`, naming the joint pass's flags)."""
+    from vvm.pipeline.preflight import check_batch_plan
     from vvm.settings import job_measures
 
     built = job_measures(list(measures), settings.measure, settings.cka)
     dm = pass_datamodule(settings, measures)
-    check(dm, settings.cka, limit=settings.dataset.limit, flags=FLAGS, measures=built)
+    check_batch_plan(dm, settings.cka, limit=settings.dataset.limit, flags=FLAGS, measures=built)
 
 
-def pass_datamodule(settings: JobSettings, measures: Sequence[str]) -> Any:
+def pass_datamodule(settings: JointSettings, measures: Sequence[str]) -> Any:
     """The pass's datamodule: the settings' data, with pools of the declared n of ``measures`` (the joint pass's
     own ``--measures``, not the first job's): the same pools for every model."""
     from vvm.cka.pools import declared_pool
-    from vvm.pipeline.steps import build_datamodule
+    from vvm.pipeline.objects import build_datamodule
     from vvm.settings import job_measures
 
-    dm = build_datamodule(settings)
-    dm.pool_size = declared_pool(job_measures(list(measures), settings.measure, settings.cka).values())
-    return dm
-
-
-def setting_notes(jobs: list[JointJob], measures: Sequence[str]) -> list[str]:
-    """A note (and a warning) for every job whose measure settings (``measure.*``, kernel, estimator, precision:
-    :meth:`vvm.cka.measures.Measure.comparable`) differ from the first job's, naming the key: the joint pass
-    computes every model with the first job's, so the jobs' own maps are not what it compares."""
-    from vvm.settings import job_measures
-
-    def facts(job: JointJob) -> dict[str, Any]:
-        built = job_measures(list(measures), job.settings.measure, job.settings.cka)
-        return {k: v for m in built.values() for k, v in m.comparable().items()}
-
-    first, notes = facts(jobs[0]), []
-    for job in jobs[1:]:
-        diff = [f"{k} ({v} vs {first.get(k)})" for k, v in facts(job).items() if first.get(k) != v]
-        if diff:
-            notes.append(
-                f"job {job.job} was run with other settings than job {jobs[0].job}: {', '.join(diff)}; the joint "
-                f"pass computes every model with job {jobs[0].job}'s"
-            )
-            log.warning("joint CKA: %s", notes[-1])
-    return notes
+    pool = declared_pool(job_measures(list(measures), settings.measure, settings.cka).values())
+    return build_datamodule(
+        settings.dataset, settings.cka, batch_size=settings.batch_size, seed=settings.seed, pool_size=pool
+    )
 
 
 def rebuild_models(
@@ -258,9 +205,17 @@ def rebuild_models(
     return models, used
 
 
-def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device: str | None = None,
-                jobs: Sequence[str] | None = None, logger: str = "auto", progress: bool = True,
-                measures: Sequence[str] = ("cka",), **overrides: Any) -> dict[str, Any]:  # fmt: skip
+def joint_sweep(
+    sweep_dir: str | Path,
+    *,
+    out: str | Path | None = None,
+    device: str | None = None,
+    jobs: Sequence[str] | None = None,
+    logger: str = "auto",
+    progress: bool = True,
+    measures: Sequence[str] = ("cka",),
+    **overrides: Any,
+) -> dict[str, Any]:
     """Rebuild the sweep's models, run the joint pass, write the files (see the module docstring).
     ``overrides``: ``layers``, ``batch_size``, ``max_samples``, ``seed``. Returns the result (the first
     measure's; ``results``: every measure's), files, notes.
@@ -273,8 +228,10 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
     sweep_dir = Path(sweep_dir)
     sweep_jobs(sweep_dir, jobs)  # a sweep's directory, holding these jobs: before anything is made
     out = writable_dir(sweep_dir / "joint" if out is None else out, "--out")  # before torch is imported
-    with exclusive_lock(out / ".joint.lock", f"--out={out}: another joint pass is writing there; "
-                        "wait for it to finish, or give another --out"):  # fmt: skip
+    with exclusive_lock(
+        out / ".joint.lock",
+        f"--out={out}: another joint pass is writing there; wait for it to finish, or give another --out",
+    ):
         from vvm.cka.joint import hook_target
         from vvm.cka.measures import make_measure
         from vvm.cka.presets import classifier_name
@@ -284,12 +241,12 @@ def joint_sweep(sweep_dir: str | Path, *, out: str | Path | None = None, device:
         overrides = {**overrides, "layers": parse_layers(overrides.get("layers"))}
         if not found:
             raise InputError(f"no finished job in {sweep_dir}: {'; '.join(notes)}; run or resume its jobs")
-        check_plan(pass_settings(found, overrides)[0], measures)
+        check_joint_plan(pass_settings(found, overrides)[0], measures)
         models, used = rebuild_models(found, notes, sweep_dir, overrides.get("layers"))
         settings, data_notes = pass_settings(used, overrides)
         notes += data_notes + setting_notes(used, measures)
         if used[0] is not found[0]:
-            check_plan(settings, measures)
+            check_joint_plan(settings, measures)
         results, batches = run_measures(models, settings, device, measures, progress=progress)
         extra = {"notes": np.array(notes, dtype=str), "batch_fingerprint": batches.fingerprint()}
         heads = {tag: classifier_name(hook_target(m)) for tag, m in models.items()}
@@ -341,8 +298,8 @@ def positive(text: str) -> int:
     return value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line (see the module docstring); an input it cannot use is one line on stderr, exit 2."""
+def parser() -> argparse.ArgumentParser:
+    """The command line's flags (see the module docstring)."""
     p = argparse.ArgumentParser(
         prog="python -m vvm.joint", description="Joint CKA over every finished job of a sweep."
     )
@@ -361,9 +318,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when there is one)")
     p.add_argument("--out", help="output directory (default: <sweep dir>/joint)")
-    p.add_argument("--logger", choices=("auto", "wandb", "none"), default="auto",
-                   help="auto: W&B when the sweep's jobs logged to W&B (online when logged in to W&B, else offline)")  # fmt: skip
+    p.add_argument(
+        "--logger",
+        choices=("auto", "wandb", "none"),
+        default="auto",
+        help="auto: W&B when the sweep's jobs logged to W&B (online when logged in to W&B, else offline)",
+    )
     p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (see the module docstring); an input it cannot use is one line on stderr, exit 2."""
+    p = parser()
     args = p.parse_args(argv)
     from vvm.io import InputError, exit_with_error
 
@@ -375,10 +342,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:
         out = joint_sweep(
-            args.sweep_dir, out=args.out, device=args.device, logger=args.logger, progress=not args.no_progress,
-            jobs=[j.strip() for j in args.jobs.split(",") if j.strip()] if args.jobs else None, layers=args.layers,
-            batch_size=args.batch_size, max_samples=args.max_samples, seed=args.seed, measures=measures,
-        )  # fmt: skip
+            args.sweep_dir,
+            out=args.out,
+            device=args.device,
+            logger=args.logger,
+            progress=not args.no_progress,
+            jobs=[j.strip() for j in args.jobs.split(",") if j.strip()] if args.jobs else None,
+            layers=args.layers,
+            batch_size=args.batch_size,
+            max_samples=args.max_samples,
+            seed=args.seed,
+            measures=measures,
+        )
     except InputError as e:
         exit_with_error(p.prog, e)
     # a ConfigError (the batch plan's): vvm.settings imports torch, so it is imported once one is raised

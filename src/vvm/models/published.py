@@ -179,7 +179,7 @@ def published_source(model: VisionModel, weights_file: str | Path | None = None)
 
 
 # ------------------------------------------------------------------------------ published weights, looked for first
-def _weights_source(cfg: Mapping[str, Any]) -> tuple[str, Any]:
+def _timm_load_location(cfg: Mapping[str, Any]) -> tuple[str, Any]:
     """Where timm's loader takes a pretrained config's weights from, read off the config's public fields in
     timm's order: a ``file``, else the hub (``hf_hub_id``, with ``hf_hub_filename`` when set), else a ``url``."""
     if cfg.get("file"):
@@ -249,7 +249,7 @@ def check_published_weights(
         raise ValueError(
             f"timm has no published weights for {arch!r}: pass init.weights_file or use init=random"
         )
-    load_from, loc = _weights_source(cfg)
+    load_from, loc = _timm_load_location(cfg)
     if load_from == "file":
         if not Path(str(loc)).expanduser().is_file():
             raise FileNotFoundError(

@@ -5,7 +5,7 @@ composed: :mod:`vvm.schema`.)
 - :func:`check_writable`: the run directory (and, when a training is due, ``paths.checkpoints`` with room for
   the checkpoint) can be written;
 - :func:`check_layers`: the layer names resolve, and run in a dry forward pass on the meta device;
-- :func:`check_plan`: the CKA pass's batch plan has at least one batch the estimator can use;
+- :func:`check_batch_plan`: the CKA pass's batch plan has at least one batch the estimator can use;
 - :func:`check_published`: published weights (``init=pretrained`` on vit_l32 or a timm model) can be had, looked
   for before the (possibly 305M-parameter) network is built.
 """
@@ -21,8 +21,8 @@ from vvm.io import InputError, writable_dir
 from vvm.models import published_arch
 from vvm.models.published import check_published_weights
 from vvm.pipeline.weights import weights_source
-from vvm.settings import CKASettings, ConfigError
-from vvm.settings.job import JobSettings
+from vvm.settings import CKASettings, ConfigError, ModelSettings
+from vvm.settings.job import InitSettings
 
 
 def check_writable(path: str | Path, key: str, *, need_bytes: int = 0) -> Path:
@@ -58,7 +58,7 @@ def check_layers(model: Any, spec: Any, cka: CKASettings, *, key: str = "cka.lay
         )
 
 
-def check_plan(
+def check_batch_plan(
     dm: Any,
     cka: CKASettings,
     *,
@@ -100,14 +100,13 @@ def check_plan(
                 )
 
 
-def check_published(job: JobSettings) -> None:
-    """Before any model is built: the published weights each model's init asks for are there (a file, timm's
-    local cache, or a hub that answers within seconds); else the loader's error, in seconds instead of after
-    building the network."""
-    members = [(job.model, job.init)] + ([(job.compare, job.other_init())] if job.compare is not None else [])
+def check_published(members: list[tuple[ModelSettings, InitSettings]]) -> None:
+    """Before any model is built: the published weights each ``(model, init)`` of ``members`` asks for are there
+    (a file, timm's local cache, or a hub that answers within seconds); else the loader's error, in seconds
+    instead of after building the network."""
     for settings, init in members:
         if weights_source(settings, init) == "published":
             check_published_weights(str(published_arch(settings)), init.weights_file)
 
 
-__all__ = ["check_layers", "check_plan", "check_published", "check_writable"]
+__all__ = ["check_batch_plan", "check_layers", "check_published", "check_writable"]

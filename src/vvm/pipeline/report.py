@@ -21,15 +21,20 @@ log = logging.getLogger(__name__)
 RESULT_KEYS = ("npz",)  # which of a measure's files are results (the figures are not)
 
 
-def close_job(out_dir: Path, summary: dict[str, Any], logger: Any) -> None:
-    """Record where the W&B run is (``summary["wandb"]``), write result.json, finish the logger with the result
-    files, then log the report (rank 0). Called once, at the end of every job, also after a failure."""
+def wandb_facts(logger: Any) -> dict[str, Any]:
+    """Where the job's W&B run is, for result.json (``{"wandb": ...}``); empty for other loggers (and on ranks
+    other than 0). A logger that cannot say where it is gives the error, never a lost result.json."""
     try:
         where = where_logged(logger) if logger else None
     except Exception as e:  # noqa: BLE001 - a logger that cannot say where it is must not lose result.json
         where = {"error": f"{type(e).__name__}: {e}"}
-    if where is not None:
-        summary["wandb"] = where
+    return {} if where is None else {"wandb": where}
+
+
+def close_job(out_dir: Path, summary: dict[str, Any], logger: Any) -> None:
+    """Write result.json (``summary``, where the W&B run is among its facts: :func:`wandb_facts`), finish the
+    logger with the result files, then log the report (rank 0). Called once, at the end of every job, also after
+    a failure."""
     write_result(out_dir, summary)
     if logger:
         finish_logger(logger, summary, result_files(out_dir, summary))
@@ -178,4 +183,4 @@ def job_report(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["close_job", "job_report", "measure_npz", "result_files", "write_result"]
+__all__ = ["close_job", "job_report", "measure_npz", "result_files", "wandb_facts", "write_result"]

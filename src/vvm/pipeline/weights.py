@@ -256,8 +256,12 @@ def save_or_keep(
             log.warning(
                 "could not save the trained weights to %s; kept them in %s: %s. Move that file to %s to reuse "
                 "it, or pass init.checkpoint=%s",
-                "; ".join(errors), where, saved, path, saved,
-            )  # fmt: skip
+                "; ".join(errors),
+                where,
+                saved,
+                path,
+                saved,
+            )
         return saved
     raise OSError(
         "the trained weights could not be written anywhere, so they are lost with this process: "

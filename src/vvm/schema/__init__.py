@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vvm.models import settings_classes
 from vvm.schema.keys import added_keys, override_errors
 from vvm.schema.store import CHOICE_GROUPS, field_classes, is_settings, register_configs
-from vvm.settings import ConfigError, plain
+from vvm.settings import ConfigError
 from vvm.settings.datasets import DATASET_SETTINGS
 from vvm.settings.job import JobSettings
 from vvm.settings.loggers import LOGGER_SETTINGS
@@ -44,11 +44,6 @@ def to_settings(cfg: DictConfig) -> JobSettings:
         raise ConfigError(" ".join(str(e).split("\n")[:2])) from None
     assert isinstance(job, JobSettings)
     return check_rules(job)
-
-
-def record(job: JobSettings) -> dict[str, Any]:
-    """The job's settings as plain values: what result.json stores under ``config`` (and resume compares)."""
-    return plain(job)
 
 
 def _node(cls: type, values: Any) -> Any:
@@ -118,7 +113,6 @@ __all__ = [
     "compose_config",
     "from_record",
     "override_errors",
-    "record",
     "register_configs",
     "to_settings",
 ]
