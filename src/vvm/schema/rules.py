@@ -5,8 +5,7 @@ neither a preset nor names, the probe's ridge grid. Whether a job trains is :fun
 
 from __future__ import annotations
 
-import math
-
+from vvm.analyses import settings_problems
 from vvm.cka.functional import min_samples
 from vvm.cka.pools import declared_pool
 from vvm.models import registry
@@ -101,23 +100,15 @@ def _models(job: JobSettings) -> list[str]:
     return out
 
 
-def _probe(job: JobSettings) -> list[str]:
-    """The probe's ridge grid: positive strengths, and held-out examples to choose among several."""
-    probe = job.analysis.probe
-    ridges = list(probe.ridges)
-    if not ridges or not all(math.isfinite(r) and r > 0 for r in ridges):
-        return [f"analysis.probe.ridges={ridges}: a non-empty list of positive ridge strengths (relative)"]
-    if probe.holdout == 0 and len(ridges) > 1:
-        return [
-            f"analysis.probe.holdout=0 with {len(ridges)} ridges: choosing a ridge needs held-out examples; "
-            "use holdout > 0 (0.2) or a single ridge (analysis.probe.ridges=[1.0e-3])"
-        ]
-    return []
-
-
 def rule_errors(job: JobSettings) -> list[str]:
     """Every broken range or rule of ``job``, each naming its full key."""
-    return [*check_ranges(job), *_batches(job), *_layers(job), *_models(job), *_probe(job)]
+    return [
+        *check_ranges(job),
+        *_batches(job),
+        *_layers(job),
+        *_models(job),
+        *settings_problems(job.analysis),
+    ]
 
 
 def check_rules(job: JobSettings) -> JobSettings:

@@ -9,7 +9,7 @@ registry by :mod:`vvm.schema`) and dataset (:mod:`vvm.data`); ``logger`` a :clas
 from dataclasses import dataclass, field
 from typing import Any
 
-from vvm.settings.analyses import AnalysisName, AnalysisSettings
+from vvm.analyses import AnalysisName, AnalysisSettings
 from vvm.settings.base import MISSING, choices, seed_field
 from vvm.settings.cka import CKASettings
 from vvm.settings.loggers import CSVSettings, WandbSettings  # noqa: F401 - the logger node's types
