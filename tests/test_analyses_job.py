@@ -67,7 +67,10 @@ def test_documented_defaults_are_the_schema_defaults(tmp_path):
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("analyses=[erff]", "Invalid value 'erff', expected one of [erf, attention, probe]"),
+        (
+            "analyses=[erff]",
+            "Invalid value 'erff', expected one of [erf, attention, probe",
+        ),  # more when more are registered
         ("analyses=[erf,cka]", "Invalid value 'cka'"),
         ("analysis.probe.holdout=1.0", "analysis.probe.holdout=1.0 must be < 1"),
         ("analysis.erf.n_images=0", "analysis.erf.n_images=0 must be >= 1"),
