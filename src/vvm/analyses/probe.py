@@ -54,7 +54,6 @@ from vvm.analyses.registry import Analysis, SweepPanels, register_analysis
 from vvm.analyses.ridge import RidgeStats, one_vs_rest
 from vvm.cka.params import option
 from vvm.cka.presets import LayerSpec, resolve_layers
-from vvm.data.batches import balanced_batches, permutation
 
 # the ridge strengths, relative to the mean eigenvalue of the centred XᵀX (trace / d): 1e-8 ... 1e2
 RELATIVE_RIDGES = tuple(10.0**k for k in range(-8, 3))
@@ -180,6 +179,8 @@ def probe_plans(
     """Batch plans ``(fit, holdout, eval)``: a permutation of the training split seeded by ``seed`` (its first
     ``max_train``), the first ``holdout`` fraction of it held out; the evaluation split's first ``max_eval`` (of
     a permutation seeded by ``seed + 1``)."""
+    from vvm.data.batches import balanced_batches, permutation  # vvm.data imports Lightning: not at import
+
     if not 0 <= settings.holdout < 1:
         raise ValueError(f"probe holdout={settings.holdout}: use a fraction in [0, 1)")
     order = permutation(n_train_split, seed)[: settings.max_train]
