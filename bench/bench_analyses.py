@@ -30,7 +30,7 @@ import torch
 from bench_common import device_name
 
 from vvm.analyses import (
-    ProbeSettings,
+    ProbeParams,
     effective_receptive_fields,
     first_images,
     mean_attention_distance,
@@ -74,7 +74,7 @@ def variants(model, dm, layers: str, n_images: int) -> dict:
             lambda: mean_attention_distance(model, first_images(dm.cka_batches(), n_images)),
             n_images,
         ),
-        "probe": (lambda: probe_datamodule(model, layers, dm, ProbeSettings()), n_train + n_test),
+        "probe": (lambda: probe_datamodule(model, layers, dm, ProbeParams()), n_train + n_test),
     }
 
 

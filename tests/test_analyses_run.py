@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from vvm.analyses import (
-    AnalysisSettings,
-    AttentionSettings,
-    ERFSettings,
-    ProbeSettings,
+    AttentionParams,
+    ERFParams,
+    ProbeParams,
     check_names,
     run_analyses,
 )
@@ -21,13 +20,13 @@ from vvm.models import create
 from vvm.plots.analyses_sweep import sweep_figure
 from vvm.plots.heatmap import save_figure
 
-SMALL = AnalysisSettings(
-    erf=ERFSettings(
+SMALL = {
+    "erf": ERFParams(
         n_images=2, units_per_image=4
     ),  # 8 (image, unit) pairs: some units of a ReLU output are dead
-    attention=AttentionSettings(n_images=2),
-    probe=ProbeSettings(holdout=0.25, batch_size=64),
-)
+    "attention": AttentionParams(n_images=2),
+    "probe": ProbeParams(holdout=0.25, batch_size=64),
+}
 
 
 def digits(limit: int = 16) -> DigitsDataModule:

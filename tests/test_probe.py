@@ -17,7 +17,7 @@ from torch import nn
 
 from vvm.analyses import RidgeStats, linear_probe
 from vvm.analyses.paired import binomial_se, mcnemar_exact, paired_comparison
-from vvm.analyses.probe import ProbeResult, ProbeSettings, one_vs_rest, probe_plans
+from vvm.analyses.probe import ProbeParams, ProbeResult, one_vs_rest, probe_plans
 
 LAYERS = ["0", "2", "4"]
 
@@ -149,15 +149,13 @@ def test_probe_refuses_a_layer_above_the_memory_limit():
 
 
 def test_probe_plans_are_seeded_and_disjoint():
-    fit, hold, ev = probe_plans(100, 30, ProbeSettings(max_train=50, holdout=0.2, batch_size=16))
+    fit, hold, ev = probe_plans(100, 30, ProbeParams(max_train=50, holdout=0.2, batch_size=16))
     flat_fit, flat_hold = sum(fit, []), sum(hold, [])
     assert len(flat_fit) == 40 and len(flat_hold) == 10 and not set(flat_fit) & set(flat_hold)
     assert sorted(sum(ev, [])) == list(range(30))
-    assert probe_plans(100, 30, ProbeSettings(max_train=50)) == probe_plans(
-        100, 30, ProbeSettings(max_train=50)
-    )
+    assert probe_plans(100, 30, ProbeParams(max_train=50)) == probe_plans(100, 30, ProbeParams(max_train=50))
     with pytest.raises(ValueError, match="holdout"):
-        probe_plans(100, 30, ProbeSettings(holdout=1.0))
+        probe_plans(100, 30, ProbeParams(holdout=1.0))
 
 
 # ------------------------------------------------------------------------------------------ uncertainty

@@ -32,7 +32,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vvm.analyses.common import TokenGrid, analysis_mode, device_of, progress, split_model, token_grid
+from vvm.analyses.common import (
+    TokenGrid,
+    analysis_mode,
+    device_of,
+    first_images,
+    progress,
+    split_model,
+    token_grid,
+)
+from vvm.analyses.registry import Analysis, NotApplicable, SweepPanels, register_analysis
+from vvm.cka.params import option
+from vvm.cka.presets import LayerSpec
 
 # a head whose patch queries put more than this share of their attention on the class/prefix tokens is listed
 MOSTLY_PREFIX = 0.5
@@ -102,17 +113,6 @@ class AttentionResult:
                 f"{MOSTLY_PREFIX} (heads_mostly_on_prefix) has a distance computed from the rest only"
             ),
         }
-
-
-@dataclass(frozen=True)
-class NotApplicable:
-    """An analysis that does not apply to a model: a one-line ``note`` saying why."""
-
-    analysis: str
-    note: str
-
-    def summary(self) -> dict[str, Any]:
-        return {"applies": False, "note": self.note}
 
 
 def patch_distances(tokens: TokenGrid) -> np.ndarray:
@@ -241,3 +241,55 @@ def _result(
         prefix_tokens=tokens.prefix,
         renormalised=renormalise,
     )
+
+
+@dataclass(frozen=True)
+class AttentionParams:
+    """``analysis.attention.*``: ``n_images``: images averaged (the first of the CKA pass's order);
+    ``batch_size``: images per forward pass; ``renormalise``: renormalise each query's weights over the patch
+    keys (see the module docstring)."""
+
+    n_images: int = option(64, minimum=1, why="images averaged")
+    batch_size: int = option(32, minimum=1, why="images per forward pass")
+    renormalise: bool = option(True, why="renormalise each query's weights over the patch keys")
+
+
+@register_analysis
+class Attention(Analysis):
+    """Mean attention distance per block and head of a timm ViT (a note for any other model)."""
+
+    name = "attention"
+    title = "mean attention distance"
+    Params = AttentionParams
+    sweep = SweepPanels(
+        panels=(("distance", "mean attention distance (pixels)"),), top=None, last="last attention block"
+    )
+
+    def run(
+        self, model: nn.Module, layers: LayerSpec, dm: Any, params: AttentionParams, seed: int
+    ) -> AttentionResult | NotApplicable:
+        why = not_applicable(model)  # before reading any image
+        if why is not None:
+            return why
+        images = first_images(dm.cka_batches(), params.n_images)
+        return mean_attention_distance(
+            model, images, batch_size=params.batch_size, renormalise=params.renormalise
+        )
+
+    def figure(self, arrays: Any, title: str | None = None) -> Any:
+        from vvm.plots.analyses import attention_figure
+
+        return attention_figure(arrays, title=title)
+
+    def scalars(self, entry: Any) -> dict[str, float]:
+        """The distance averaged over blocks and heads, in pixels."""
+        d = entry.get("mean_distance_px")
+        return {"mean_distance_px": float(sum(d) / len(d))} if d else {}
+
+    def reference(self, record: Any) -> tuple[float, str] | None:
+        """Uniform attention over the record's patch grid."""
+        from vvm.plots.analyses import uniform_distance
+
+        if "grid" in record and "patch" in record:
+            return round(uniform_distance(record["grid"], record["patch"]), 6), "uniform attention"
+        return None

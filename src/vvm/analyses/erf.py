@@ -49,19 +49,24 @@ from vvm.analyses.common import (
     Capture,
     analysis_mode,
     device_of,
+    first_images,
     progress,
     relative_depth,
     spatial_map,
     split_model,
     token_grid,
 )
+from vvm.analyses.registry import Analysis, SweepPanels, register_analysis
+from vvm.cka.params import option
 from vvm.cka.presets import LayerSpec, resolve_layers
-from vvm.settings.analyses import ERF_MODES
 
 DEFINITIONS = {
     "unit": "mean over sampled output channels c of |d y_c,centre / d x| (Luo et al. 2016, per unit)",
     "channel_sum": "|d (sum_c y_c,centre) / d x|: the ERF of the channel sum",
 }
+ERF_MODES = tuple(
+    DEFINITIONS
+)  # the definitions of the effective receptive field: per unit, or the channel sum's
 # the sum over channels of a LayerNorm output with a uniform scale (a random-init ViT's norm layers) is constant
 ZERO_MAP = {
     "channel_sum": "the sum of its centre position's channels does not depend on the image (e.g. a LayerNorm "
@@ -321,3 +326,60 @@ def _result(
         zero=zero,
         mode=mode,
     )
+
+
+@dataclass(frozen=True)
+class ERFParams:
+    """``analysis.erf.*``: ``n_images``: images averaged (the first of the CKA pass's order); ``batch_size``:
+    images per forward/backward pass (memory: every tracked layer's activations of a batch are kept for the
+    backwards); ``mode``: ``unit`` (Luo et al.'s per-unit ERF, averaged over a seeded sample of ``units``
+    channels per layer, ``units_per_image`` of them per image: that many backwards per layer and batch) or
+    ``channel_sum`` (the ERF of the sum over channels)."""
+
+    n_images: int = option(64, minimum=1, why="images averaged")
+    batch_size: int = option(32, minimum=1, why="images per forward/backward pass")
+    mode: str = option(
+        "unit",
+        choices=ERF_MODES,
+        why="unit (mean over sampled channels of |d y_c / d x|, Luo et al.) | channel_sum (|d sum_c y_c / d x|)",
+    )
+    units: int = option(64, minimum=1, why="channels sampled per layer (all when a layer has fewer)")
+    units_per_image: int = option(
+        1, minimum=1, why="sampled channels per image: backwards per layer and batch"
+    )
+
+
+@register_analysis
+class ERF(Analysis):
+    """Effective receptive fields of the tracked layers, over the first ``n_images`` of the CKA pass's order."""
+
+    name = "erf"
+    title = "effective receptive fields"
+    Params = ERFParams
+    sweep = SweepPanels(
+        panels=(
+            ("radius50", "ERF radius holding 50% (fraction of image)"),
+            ("radius90", "ERF radius holding 90% (fraction of image)"),
+        ),
+        needs=("depth", "radius50", "radius90", "image_size"),
+        scale="image_size",
+    )
+
+    def run(self, model: nn.Module, layers: LayerSpec, dm: Any, params: ERFParams, seed: int) -> ERFResult:
+        p = params
+        images = first_images(dm.cka_batches(), p.n_images)
+        kw = dict(batch_size=p.batch_size, mode=p.mode, units=p.units, units_per_image=p.units_per_image)
+        return effective_receptive_fields(model, layers, images, seed=seed, **kw)
+
+    def figure(self, arrays: Any, title: str | None = None) -> Any:
+        from vvm.plots.analyses import erf_figure
+
+        return erf_figure(arrays, title=title)
+
+    def scalars(self, entry: Any) -> dict[str, float]:
+        """The radii of the last layer with a map, as fractions of the image side."""
+        return {
+            f"{q}_last": float(entry[q][-1])
+            for q in ("radius50_frac", "radius90_frac")
+            if entry.get(q) and entry[q][-1] is not None
+        }

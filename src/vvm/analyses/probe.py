@@ -29,6 +29,7 @@ for the eigenvectors. A layer above ``max_gram_mib`` is refused before anything 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,53 +50,40 @@ from vvm.analyses.common import (
     token_grid,
 )
 from vvm.analyses.paired import SEPARABLE_P, binomial_se, paired_comparison
+from vvm.analyses.registry import Analysis, SweepPanels, register_analysis
+from vvm.analyses.ridge import RidgeStats, one_vs_rest
+from vvm.cka.params import option
 from vvm.cka.presets import LayerSpec, resolve_layers
-from vvm.data.batches import balanced_batches, permutation
-from vvm.settings.analyses import RELATIVE_RIDGES, ProbeSettings
+
+# the ridge strengths, relative to the mean eigenvalue of the centred XᵀX (trace / d): 1e-8 ... 1e2
+RELATIVE_RIDGES = tuple(10.0**k for k in range(-8, 3))
 
 
-class RidgeStats:
-    """Float64 sufficient statistics of features ``X`` ``[n, d]`` and targets ``Y`` ``[n, k]`` for ridge
-    regression with an intercept; ``shift`` (the first batch's feature mean) is subtracted before summing."""
+@dataclass(frozen=True)
+class ProbeParams:
+    """``analysis.probe.*``: ``max_train``: a seeded random subset of the training split (None: all of it; the
+    seed is the job's); ``holdout``: the fraction of it that chooses the ridge strength; ``ridges``: the grid,
+    relative to ``trace(XᵀX_c) / d``; ``max_eval``: a cap on evaluation examples; ``max_gram_mib``: the largest
+    ``XᵀX`` allowed per layer."""
 
-    def __init__(self, d: int, k: int, device: torch.device | str = "cpu") -> None:
-        kw = dict(dtype=torch.float64, device=device)
-        self.n = 0
-        self.shift: Tensor | None = None
-        self.sx, self.sy = torch.zeros(d, **kw), torch.zeros(k, **kw)
-        self.xx, self.xy = torch.zeros(d, d, **kw), torch.zeros(d, k, **kw)
+    max_train: int | None = option(None, minimum=2, why="training examples (null: the whole split)")
+    holdout: float = option(0.2, minimum=0.0, below=1.0, why="a fraction of the training examples")
+    ridges: list[float] = option(list(RELATIVE_RIDGES), why="ridge strengths, relative to trace(XᵀX_c) / d")
+    max_eval: int | None = option(None, minimum=1, why="evaluation examples (null: the whole split)")
+    batch_size: int = option(256, minimum=1, why="examples per forward pass")
+    max_gram_mib: float = option(1024.0, above=0.0, why="MiB of XᵀX per layer (8·d² bytes)")
 
-    def update(self, x: Tensor, y: Tensor) -> None:
-        x = x.to(torch.float64)
-        if self.shift is None:
-            self.shift = x.mean(dim=0)
-        x = x - self.shift
-        y = y.to(torch.float64)
-        self.n += x.shape[0]
-        self.sx += x.sum(dim=0)
-        self.sy += y.sum(dim=0)
-        self.xx.addmm_(x.T, x)
-        self.xy.addmm_(x.T, y)
-
-    def solve(self, ridges: Sequence[float]) -> tuple[Tensor, Tensor]:
-        """Weights ``[g, d, k]`` and intercepts ``[g, k]`` for each absolute ridge strength:
-        ``W = (X_cᵀX_c + λI)⁻¹ X_cᵀY_c``, ``b = ȳ − x̄ W`` (one eigendecomposition for all strengths)."""
-        mx, my = self.sx / self.n, self.sy / self.n
-        c = self.xx - self.n * torch.outer(mx, mx)
-        b = self.xy - self.n * torch.outer(mx, my)
-        evals, evecs = torch.linalg.eigh((c + c.T) / 2)
-        proj = evecs.T @ b
-        lam = torch.as_tensor(list(ridges), dtype=torch.float64, device=c.device)
-        scale = 1.0 / (evals.clamp(min=0)[None, :] + lam[:, None])  # [g, d]
-        w = torch.einsum("ij,gj,jk->gik", evecs, scale, proj)
-        intercept = my[None, :] - (mx + self.shift)[None, None, :].matmul(w).squeeze(1)
-        return w, intercept
-
-    def scale(self) -> float:
-        """The mean eigenvalue of the centred ``XᵀX`` (its trace / d); 1 for constant features."""
-        mx = self.sx / self.n
-        t = float((self.xx.diagonal() - self.n * mx * mx).sum()) / self.sx.numel()
-        return t if t > 0 else 1.0
+    def problems(self, owner: str = "analysis.probe") -> list[str]:
+        """The ridge grid: positive strengths, and held-out examples to choose among several."""
+        ridges = list(self.ridges)
+        if not ridges or not all(math.isfinite(r) and r > 0 for r in ridges):
+            return [f"{owner}.ridges={ridges}: a non-empty list of positive ridge strengths (relative)"]
+        if self.holdout == 0 and len(ridges) > 1:
+            return [
+                f"{owner}.holdout=0 with {len(ridges)} ridges: choosing a ridge needs held-out examples; "
+                f"use holdout > 0 (0.2) or a single ridge ({owner}.ridges=[1.0e-3])"
+            ]
+        return []
 
 
 @dataclass
@@ -186,11 +174,13 @@ class ProbeResult:
 
 
 def probe_plans(
-    n_train_split: int, n_eval_split: int, settings: ProbeSettings, seed: int = 0
+    n_train_split: int, n_eval_split: int, settings: ProbeParams, seed: int = 0
 ) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
     """Batch plans ``(fit, holdout, eval)``: a permutation of the training split seeded by ``seed`` (its first
     ``max_train``), the first ``holdout`` fraction of it held out; the evaluation split's first ``max_eval`` (of
     a permutation seeded by ``seed + 1``)."""
+    from vvm.data.batches import balanced_batches, permutation  # vvm.data imports Lightning: not at import
+
     if not 0 <= settings.holdout < 1:
         raise ValueError(f"probe holdout={settings.holdout}: use a fraction in [0, 1)")
     order = permutation(n_train_split, seed)[: settings.max_train]
@@ -206,11 +196,6 @@ def probe_plans(
         balanced_batches(order[:n_hold], size),
         balanced_batches(evals, size),
     )
-
-
-def one_vs_rest(labels: Tensor, k: int) -> Tensor:
-    """±1 targets ``[n, k]``: +1 for the example's class, −1 for the others."""
-    return 2.0 * torch.nn.functional.one_hot(labels.long(), k).double() - 1.0
 
 
 def _allocate(
@@ -339,7 +324,7 @@ def linear_probe(
 
 
 def probe_datamodule(
-    model: nn.Module, layers: LayerSpec, dm: Any, settings: ProbeSettings, *, seed: int = 0
+    model: nn.Module, layers: LayerSpec, dm: Any, settings: ProbeParams, *, seed: int = 0
 ) -> ProbeResult:
     """:func:`linear_probe` on a vvm datamodule: the training split without augmentation
     (``dm.dataset("train")``) for fitting and choosing the ridge, the test split for accuracy (the plans of
@@ -357,3 +342,32 @@ def probe_datamodule(
         ridges=settings.ridges,
         max_gram_mib=settings.max_gram_mib,
     )
+
+
+@register_analysis
+class Probe(Analysis):
+    """Ridge linear probes on every tracked layer's pooled features."""
+
+    name = "probe"
+    title = "linear probes"
+    Params = ProbeParams
+    sweep = SweepPanels(panels=(("accuracy", "linear probe accuracy"),))
+
+    def run(
+        self, model: nn.Module, layers: LayerSpec, dm: Any, params: ProbeParams, seed: int
+    ) -> ProbeResult:
+        return probe_datamodule(model, layers, dm, params, seed=seed)
+
+    def figure(self, arrays: Any, title: str | None = None) -> Any:
+        from vvm.plots.analyses import probe_figure
+
+        return probe_figure(arrays, title=title)
+
+    def scalars(self, entry: Any) -> dict[str, float]:
+        best = entry.get("best_accuracy")
+        return {"best_accuracy": float(best)} if best is not None else {}
+
+    def reference(self, record: Any) -> tuple[float, str] | None:
+        """Chance: 1 / classes."""
+        k = int(np.asarray(record.get("num_classes", 0)))
+        return (1.0 / k, f"chance (1/{k})") if k else None

@@ -202,21 +202,17 @@ def log_measure(
 
 def analysis_scalars(entries: dict[str, dict[str, Any]]) -> dict[str, float]:
     """A few numbers per analysis (result.json entries of :func:`vvm.analyses.run_analyses`), under
-    ``analyses/<name>/``: its seconds; the probe's best accuracy; the ERF radii of the last layer with a map (as
-    fractions of the image side); the attention distance averaged over blocks and heads (pixels)."""
+    ``analyses/<name>/``: its seconds, and what the analysis itself reports (:meth:`Analysis.scalars
+    <vvm.analyses.registry.Analysis.scalars>`: the probe's best accuracy, the ERF radii of the last layer with a
+    map, the attention distance averaged over blocks and heads, ...)."""
+    from vvm.analyses import ANALYSES
+
     out: dict[str, float] = {}
     for name, e in entries.items():
         if "seconds" in e:
             out[f"analyses/{name}/seconds"] = float(e["seconds"])
-        if name == "probe" and e.get("best_accuracy") is not None:
-            out["analyses/probe/best_accuracy"] = float(e["best_accuracy"])
-        for q in ("radius50_frac", "radius90_frac"):
-            if name == "erf" and e.get(q) and e[q][-1] is not None:
-                out[f"analyses/erf/{q}_last"] = float(e[q][-1])
-        if name == "attention" and e.get("mean_distance_px"):
-            out["analyses/attention/mean_distance_px"] = float(
-                sum(e["mean_distance_px"]) / len(e["mean_distance_px"])
-            )
+        if name in ANALYSES and e.get("applies") is not False:
+            out |= {f"analyses/{name}/{k}": v for k, v in ANALYSES.make(name).scalars(e).items()}
     return out
 
 

@@ -19,15 +19,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from vvm.models import families
-from vvm.plots.analyses import uniform_distance
 from vvm.plots.style import RANDOM_LS, REFERENCE, fit_canvas
 
-KINDS = ("erf", "attention", "probe")
-NEEDS = {
-    "erf": ("depth", "radius50", "radius90", "image_size"),
-    "attention": ("distance",),
-    "probe": ("accuracy",),
-}
 MARKERS = "osD^vP*X"
 
 
@@ -71,13 +64,12 @@ def _markers(records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     return out
 
 
-def _draw_attention(ax: Axes, rec: Mapping[str, Any], style: dict[str, Any]) -> None:
-    dist = np.asarray(rec["distance"], dtype=float)
-    depth = _depth(rec, dist.shape[0])
-    for h in range(dist.shape[1]):
+def _draw_heads(ax: Axes, depth: np.ndarray, y: np.ndarray, style: dict[str, Any]) -> None:
+    """A ``[layers, k]`` array: a dot per column (an attention head), their mean as the line."""
+    for h in range(y.shape[1]):
         ax.scatter(
             depth,
-            dist[:, h],
+            y[:, h],
             s=9,
             marker=style["marker"],
             facecolors=style["mfc"],
@@ -85,53 +77,42 @@ def _draw_attention(ax: Axes, rec: Mapping[str, Any], style: dict[str, Any]) -> 
             lw=0.6,
             alpha=0.7,
         )
-    ax.plot(
-        depth, np.nanmean(dist, axis=1), ls=style["ls"], color=style["color"], lw=1.2, label=style["label"]
-    )
+    ax.plot(depth, np.nanmean(y, axis=1), ls=style["ls"], color=style["color"], lw=1.2, label=style["label"])
 
 
-def _panels(kind: str) -> list[tuple[str, str]]:
-    """``(array key, y label)`` per panel."""
-    if kind == "erf":
-        return [
-            ("radius50", "ERF radius holding 50% (fraction of image)"),
-            ("radius90", "ERF radius holding 90% (fraction of image)"),
-        ]
-    if kind == "attention":
-        return [("distance", "mean attention distance (pixels)")]
-    return [("accuracy", "linear probe accuracy")]
+def _draw(ax: Axes, rec: Mapping[str, Any], key: str, scale: str | None, style: dict[str, Any]) -> None:
+    y = np.asarray(rec[key], dtype=float)
+    if scale is not None:
+        y = y / float(np.max(np.asarray(rec[scale])))
+    depth = _depth(rec, y.shape[0])
+    if y.ndim == 2:
+        _draw_heads(ax, depth, y, style)
+    else:
+        ax.plot(depth, y, **style)
 
 
 def sweep_figure(kind: str, records: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Figure:
-    """One figure of analysis ``kind`` (``erf``, ``attention``, ``probe``) for all ``records`` of a sweep."""
-    if kind not in KINDS:
-        raise ValueError(f"analysis {kind!r}: use one of {', '.join(KINDS)}")
-    usable = [r for r in records if all(k in r for k in NEEDS[kind])]
-    left_out = [
-        f"{r.get('model')} · {r.get('init')}" for r in records if not all(k in r for k in NEEDS[kind])
-    ]
+    """One figure of the registered analysis ``kind`` (erf, attention, probe, ...) for all ``records`` of a sweep,
+    drawn as its ``sweep`` panels say (:class:`vvm.analyses.registry.SweepPanels`)."""
+    from vvm.analyses import ANALYSES
+
+    analysis = ANALYSES.make(kind)
+    spec = analysis.sweep
+    usable = [r for r in records if all(k in r for k in spec.keys)]
+    left_out = [f"{r.get('model')} · {r.get('init')}" for r in records if not all(k in r for k in spec.keys)]
     if not usable:
-        raise ValueError(f"no record holds the {kind} arrays ({', '.join(NEEDS[kind])}): nothing to draw")
+        raise ValueError(f"no record holds the {kind} arrays ({', '.join(spec.keys)}): nothing to draw")
     colours = family_colours([str(r["family"]) for r in usable])
     markers = _markers(usable)
-    panels = _panels(kind)
-    fig = Figure(figsize=(5.6 * len(panels) + 0.4, 4.6), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)
-    for ax, (key, ylabel) in zip(axes[0], panels):
+    fig = Figure(figsize=(5.6 * len(spec.panels) + 0.4, 4.6), layout="constrained")
+    axes = fig.subplots(1, len(spec.panels), squeeze=False)
+    for ax, (key, ylabel) in zip(axes[0], spec.panels):
         for rec in usable:
-            style = _style(rec, colours, markers)
-            if kind == "attention":
-                _draw_attention(ax, rec, style)
-                continue
-            y = np.asarray(rec[key], dtype=float)
-            if kind == "erf":
-                y = y / float(np.max(np.asarray(rec["image_size"])))
-            ax.plot(_depth(rec, y.size), y, **style)
-        _references(ax, kind, usable)
+            _draw(ax, rec, key, spec.scale, _style(rec, colours, markers))
+        _references(ax, [analysis.reference(rec) for rec in usable])
         ax.set_xlim(0, 1.02)
-        ax.set_ylim(0, 1.02 if kind != "attention" else None)
-        last = "last attention block" if kind == "attention" else "last tracked layer"
-        ax.set_xlabel(f"relative depth (0 = input, 1 = {last})")
+        ax.set_ylim(0, spec.top)
+        ax.set_xlabel(f"relative depth (0 = input, 1 = {spec.last})")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -140,7 +121,7 @@ def sweep_figure(kind: str, records: Sequence[Mapping[str, Any]], *, title: str 
         handles,
         labels,
         loc="outside lower center",
-        ncols=min(len(labels), 3 * len(panels)),
+        ncols=min(len(labels), 3 * len(spec.panels)),
         fontsize=7,
         title="solid/filled: trained · dashed/hollow: random init · dotted grey: reference",
         title_fontsize=7,
@@ -148,26 +129,13 @@ def sweep_figure(kind: str, records: Sequence[Mapping[str, Any]], *, title: str 
     if left_out:
         note = textwrap.fill(f"not applicable: {', '.join(left_out)}", 100)
         axes[0][0].set_title(note, fontsize=7, color="grey", loc="left")
-    fig.suptitle(
-        title
-        or {
-            "erf": "effective receptive fields",
-            "attention": "mean attention distance",
-            "probe": "linear probes",
-        }[kind]
-    )
+    fig.suptitle(title or analysis.title)
     return fit_canvas(fig)
 
 
-def _references(ax: Axes, kind: str, records: Sequence[Mapping[str, Any]]) -> None:
-    """The dotted reference lines: chance 1/classes (probe), uniform attention over the patch grid
-    (attention); one line per distinct value."""
-    values: dict[float, str] = {}
-    for rec in records:
-        if kind == "probe" and int(np.asarray(rec.get("num_classes", 0))):
-            k = int(np.asarray(rec["num_classes"]))
-            values[1.0 / k] = f"chance (1/{k})"
-        if kind == "attention" and "grid" in rec and "patch" in rec:
-            values[round(uniform_distance(rec["grid"], rec["patch"]), 6)] = "uniform attention"
+def _references(ax: Axes, found: Sequence[tuple[float, str] | None]) -> None:
+    """The dotted reference lines (the analysis's ``reference`` of each record: chance 1/classes, uniform
+    attention over the patch grid, ...), one line per distinct value."""
+    values = dict(v for v in found if v is not None)
     for i, (v, label) in enumerate(sorted(values.items())):
         ax.axhline(v, **REFERENCE, label=label if i == 0 or len({*values.values()}) > 1 else None)

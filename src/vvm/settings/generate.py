@@ -22,7 +22,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import Field, field, fields, make_dataclass
-from typing import Any
+from typing import Any, get_type_hints
 
 from vvm.settings.base import choices
 
@@ -31,11 +31,12 @@ def _title(name: str) -> str:
     return "".join(part.title() for part in name.replace("-", "_").split("_"))
 
 
-def _setting(prefix: str, f: Field) -> tuple[str, Any, Any]:
-    """One parameter as a settings field: a Choice, a number with its range, or as it is."""
+def _setting(prefix: str, f: Field, hint: Any = None) -> tuple[str, Any, Any]:
+    """One parameter as a settings field: a Choice, a number with its range, or as it is (its type ``hint``
+    resolved from the ``Params`` class, else the field's type, else its default's)."""
     meta = f.metadata
     default = f.default if f.default is not NO_DEFAULT else f.default_factory()  # type: ignore[misc]
-    kind = f.type if not isinstance(f.type, str) else type(default)
+    kind = hint or (f.type if not isinstance(f.type, str) else type(default))
     if meta.get("choices"):
         enum = choices(f"{prefix}{_title(f.name)}", tuple(meta["choices"]), meta.get("why") or "")
         setattr(sys.modules[enum.__module__], enum.__name__, enum)
@@ -56,7 +57,10 @@ def _publish(cls: type, module: str, doc: str) -> type:
 def params_settings(name: str, params: type, *, module: str, doc: str = "") -> type:
     """The settings dataclass of ``params`` (a ``Params`` dataclass), named ``<Name>Settings``."""
     prefix = _title(name)
-    cls = make_dataclass(f"{prefix}Settings", [_setting(prefix, f) for f in fields(params)])
+    hints = get_type_hints(params)  # `from __future__ import annotations` leaves the field types as strings
+    cls = make_dataclass(
+        f"{prefix}Settings", [_setting(prefix, f, hints.get(f.name)) for f in fields(params)]
+    )
     return _publish(cls, module, doc or f"the parameters of {name}")
 
 

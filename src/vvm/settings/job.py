@@ -9,7 +9,7 @@ generated from the model registry, :func:`vvm.models.settings_classes`) and data
 
 from dataclasses import dataclass, field
 
-from vvm.settings.analyses import AnalysisName, AnalysisSettings
+from vvm.analyses import AnalysisName, AnalysisSettings
 from vvm.settings.base import MISSING, choices, seed_field
 from vvm.settings.cka import CKASettings
 from vvm.settings.data import DatasetSettings

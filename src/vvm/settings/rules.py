@@ -7,36 +7,36 @@ neither a preset nor names, the probe's ridge grid. Whether a job trains is :fun
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from typing import Any
 
+from vvm.analyses import settings_problems
 from vvm.cka.functional import min_samples
 from vvm.cka.pools import declared_pool
 from vvm.models import registry
-from vvm.settings import ConfigError, check_ranges, job_measures, measure_params
+from vvm.settings import CKASettings, ConfigError, check_ranges, job_measures, measure_params
 from vvm.settings.job import JobSettings
 
 
-def _batches(job: JobSettings) -> list[str]:
-    need = min_samples(job.cka.estimator.value)
-    why = f"the {job.cka.estimator} estimator needs at least {need} examples per batch"
+def _batches(cka: CKASettings) -> list[str]:
+    need = min_samples(cka.estimator.value)
+    why = f"the {cka.estimator} estimator needs at least {need} examples per batch"
     out = []
-    if job.cka.batch_size < need:
-        out.append(f"cka.batch_size={job.cka.batch_size}: {why}")
-    if job.cka.max_samples is not None and job.cka.max_samples < need:
-        out.append(f"cka.max_samples={job.cka.max_samples}: {why} (null: the whole split)")
-    return out + _measure_batches(job)
+    if cka.batch_size < need:
+        out.append(f"cka.batch_size={cka.batch_size}: {why}")
+    if cka.max_samples is not None and cka.max_samples < need:
+        out.append(f"cka.max_samples={cka.max_samples}: {why} (null: the whole split)")
+    return out
 
 
-def _measure_batches(job: JobSettings) -> list[str]:
+def _measure_batches(names: list[str], params: Any, cka: CKASettings) -> list[str]:
     """Each measure besides CKA (whose minimum is the estimator's, above) against its pools (a pooled measure:
     ``measure.<name>.n``, one for every pooled measure of the pass) or the pass's batches: mutual kNN needs
     k < n."""
-    names = [str(n) for n in job.measures]
     if len(set(names)) != len(names) or not names:
         return [f"measures={names}: name each measure once, at least one (e.g. measures=[cka,rsa,knn])"]
     try:
-        measures = job_measures(names, job.measure, job.cka)
+        measures = job_measures(names, params, cka)
     except ValueError:
         return []  # a parameter out of its range: check_ranges names it
     try:
@@ -45,7 +45,7 @@ def _measure_batches(job: JobSettings) -> list[str]:
         return [str(e)]
     out = []
     for name, m in measures.items():
-        fix = f": raise it or change measure.{name}.*" if name in measure_params(job.measure, [name]) else ""
+        fix = f": raise it or change measure.{name}.*" if name in measure_params(params, [name]) else ""
         if m.pooled:
             if m.params.n < m.min_n:
                 out.append(
@@ -54,16 +54,16 @@ def _measure_batches(job: JobSettings) -> list[str]:
             continue
         why = f"{m.min_reason} needs at least {m.min_n} examples per batch"
         for key in ("batch_size", "max_samples"):
-            value = getattr(job.cka, key)
+            value = getattr(cka, key)
             if name != "cka" and value is not None and value < m.min_n:
                 out.append(f"cka.{key}={value}: {why}{fix}")
     return out
 
 
-def _layers(job: JobSettings) -> list[str]:
+def _layers(cka: CKASettings) -> list[str]:
     out = []
     for key in ("layers", "other_layers"):
-        spec = getattr(job.cka, key)
+        spec = getattr(cka, key)
         if spec is None and key == "other_layers":
             continue
         names = [spec] if isinstance(spec, str) else spec
@@ -75,16 +75,15 @@ def _layers(job: JobSettings) -> list[str]:
     return out
 
 
-def _models(job: JobSettings) -> list[str]:
+def _models(models: list[tuple[str, Any, str, Any]], epochs: int) -> list[str]:
+    """``(key, model settings, init key, init settings)`` of each model: its name is its node's, its init can
+    be met, and weights vvm trains get epochs."""
     from vvm.pipeline.weights import (
         weights_source,
     )  # here, not at the top: it imports Lightning, which --help never needs
 
     out = []
-    pairs = [("model", job.model, "init", job.init)]
-    if job.compare is not None:
-        pairs.append(("compare", job.compare, "compare_init", job.other_init()))
-    for key, model, init_key, init in pairs:
+    for key, model, init_key, init in models:
         entry = registry()[type(model).entry]
         if not entry.named_by_arch and model.name != entry.name:
             out.append(
@@ -96,7 +95,7 @@ def _models(job: JobSettings) -> list[str]:
         except ValueError as e:
             out.append(f"{init_key}: {e}")
             continue
-        if source == "trained" and job.train.epochs == 0:
+        if source == "trained" and epochs == 0:
             out.append(
                 f"train.epochs=0 with {init_key}=pretrained: {model.name} is trained by vvm, and 0 epochs would "
                 "save its random weights as trained ones; use train.epochs >= 1 (or init=random)"
@@ -104,23 +103,8 @@ def _models(job: JobSettings) -> list[str]:
     return out
 
 
-def _probe(job: JobSettings) -> list[str]:
-    """The probe's ridge grid: positive strengths, and held-out examples to choose among several."""
-    probe = job.analysis.probe
-    ridges = list(probe.ridges)
-    if not ridges or not all(math.isfinite(r) and r > 0 for r in ridges):
-        return [f"analysis.probe.ridges={ridges}: a non-empty list of positive ridge strengths (relative)"]
-    if probe.holdout == 0 and len(ridges) > 1:
-        return [
-            f"analysis.probe.holdout=0 with {len(ridges)} ridges: choosing a ridge needs held-out examples; "
-            "use holdout > 0 (0.2) or a single ridge (analysis.probe.ridges=[1.0e-3])"
-        ]
-    return []
-
-
-def _logger(job: JobSettings) -> list[str]:
+def _logger(logger: Any) -> list[str]:
     """The logger's ``kind`` is its class's (result.json stores it: :func:`vvm.schema.from_record` reads it)."""
-    logger = job.logger
     own = type(logger)().kind if logger is not None else None
     if logger is None or logger.kind == own:
         return []
@@ -131,8 +115,18 @@ def _logger(job: JobSettings) -> list[str]:
 
 def rule_errors(job: JobSettings) -> list[str]:
     """Every broken range or rule of ``job``, each naming its full key."""
-    rules = (_batches, _layers, _models, _probe, _logger)
-    return [*check_ranges(job), *(e for rule in rules for e in rule(job))]
+    models = [("model", job.model, "init", job.init)]
+    if job.compare is not None:
+        models.append(("compare", job.compare, "compare_init", job.other_init()))
+    return [
+        *check_ranges(job),
+        *_batches(job.cka),
+        *_measure_batches([str(n) for n in job.measures], job.measure, job.cka),
+        *_layers(job.cka),
+        *_models(models, job.train.epochs),
+        *settings_problems(job.analysis),
+        *_logger(job.logger),
+    ]
 
 
 def check_rules(job: JobSettings, *, keys: Mapping[str, str] | None = None) -> JobSettings:

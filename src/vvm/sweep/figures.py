@@ -143,30 +143,24 @@ def sweep_name(sweep_dir: str | Path) -> str:
     return "_".join(parts[-2:]) if len(parts) >= 2 else parts[-1]
 
 
-ANALYSIS_TITLES = {
-    "erf": "effective receptive fields",
-    "attention": "mean attention distance",
-    "probe": "linear probes",
-}
-
-
 def analysis_figures(sweep_dir: Path, jobs: Sequence[JobRecord]) -> dict[str, tuple[Path, Path]]:
-    """``summary-<kind>.png``/``.pdf`` for each analysis (erf, attention, probe) the sweep's jobs ran: every model
-    on one relative-depth axis, a colour per family, random dashed, trained solid
-    (:func:`vvm.plots.analyses_sweep.sweep_figure`). Returns ``{kind: (png, pdf)}``."""
+    """``summary-<name>.png``/``.pdf`` for each registered analysis (:data:`vvm.analyses.ANALYSES`) the sweep's
+    jobs ran: every model on one relative-depth axis, a colour per family, random dashed, trained solid
+    (:func:`vvm.plots.analyses_sweep.sweep_figure`). Returns ``{name: (png, pdf)}``."""
+    from vvm.analyses import ANALYSES
     from vvm.plots.analyses_sweep import sweep_figure
     from vvm.plots.heatmap import save_figure
 
     datasets = {j.dataset for j in jobs if j.dataset}
     where = f" on {datasets.pop()}" if len(datasets) == 1 else ""
     out: dict[str, tuple[Path, Path]] = {}
-    for kind, title in ANALYSIS_TITLES.items():
-        records = analysis_records(jobs, kind)
-        if not any("layers" in r or "blocks" in r for r in records):
+    for name, analysis in ANALYSES.items():
+        records = analysis_records(jobs, name)
+        if not any(all(k in r for k in analysis.sweep.keys) for r in records):
             if records:
-                log.info("sweep summary: %s applies to none of the sweep's models: no figure", kind)
+                log.info("sweep summary: %s applies to none of the sweep's models: no figure", name)
             continue
-        fig = sweep_figure(kind, records, title=f"{title}{where}")
-        png, pdf = save_figure(fig, sweep_dir / f"summary-{kind}")
-        out[kind] = (png, pdf)
+        fig = sweep_figure(name, records, title=f"{analysis.title}{where}")
+        png, pdf = save_figure(fig, sweep_dir / f"summary-{name}")
+        out[name] = (png, pdf)
     return out

@@ -245,7 +245,7 @@ def summary_columns(jobs: Sequence[JobRecord], columns: Sequence[str]) -> list[s
 
 
 def analysis_records(jobs: Sequence[JobRecord], kind: str) -> list[dict[str, Any]]:
-    """The records of analysis ``kind`` (erf, attention, probe) for the sweep's figure
+    """The records of analysis ``kind`` (any registered: erf, attention, probe, ...) for the sweep's figure
     (:func:`vvm.plots.analyses_sweep.sweep_figure`): per job that finished ok and ran it, ``model``, ``family``,
     ``init`` and the arrays of its ``<kind>.npz`` (none where it did not apply: attention for a CNN). A timm
     model is coloured by the family of its architecture's name (vit_tiny_patch16_224: vit)."""
