@@ -21,9 +21,9 @@ from torch import nn
 from vvm.cka.kernels import check_kernel
 from vvm.cka.kernels import kernel_params as kernel_params_of
 from vvm.cka.measures.base import Grams, Measure, make_measure
-from vvm.cka.metric import check_precision
 from vvm.cka.passes import JointPass, StreamingPass, Tracking, recorder_options, torch_dtype
 from vvm.cka.pools import PassPlan, declared_pool
+from vvm.cka.precision import check_precision
 from vvm.cka.presets import LayerSpec
 
 Params = Mapping[str, Mapping[str, Any]]

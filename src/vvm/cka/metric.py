@@ -28,18 +28,12 @@ from vvm.cka.functional import (
     hsic_normaliser,
     min_samples,
 )
-from vvm.cka.precision import matmul_precision, sealed
+from vvm.cka.precision import check_precision, matmul_precision, sealed
 from vvm.cka.result import CKAResult
 
-PRECISIONS = ("exact", "fast")
 _MATRIX_SUMS = ("hsic_xy", "sum_aa", "sum_ab", "sum_ac", "sum_bc")
 _X_SUMS = ("hsic_xx", "sum_bb")
 _Y_SUMS = ("hsic_yy", "sum_cc")
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not supported: use one of {', '.join(PRECISIONS)}")
 
 
 class HSICMetric(LayerPairMetric):

@@ -6,8 +6,7 @@ from typing import Any
 from vvm.cka.bandwidth import BANDWIDTH_MODES
 from vvm.cka.functional import ESTIMATORS
 from vvm.cka.kernels import KERNELS, param_names
-from vvm.cka.metric import PRECISIONS
-from vvm.cka.precision import TF32_MODES
+from vvm.cka.precision import PRECISIONS, TF32_MODES
 from vvm.settings.base import choices, number, plain
 
 Kernel = choices("Kernel", tuple(KERNELS), " | ".join(KERNELS))

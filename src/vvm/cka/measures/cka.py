@@ -7,7 +7,7 @@ its own."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -16,10 +16,15 @@ from vvm.cka.functional import check_estimator, min_samples
 from vvm.cka.kernels import apply_kernel, make_kernel
 from vvm.cka.kernels import kernel_params as kernel_params_of
 from vvm.cka.measures.base import Grams, Measure, register_measure
-from vvm.cka.metric import HSICMetric, check_precision
+from vvm.cka.precision import check_precision
+
+if (
+    TYPE_CHECKING
+):  # the metric (torchmetrics) is imported where it is made: the registry lists names without it
+    from vvm.cka.metric import HSICMetric
 
 # update(metric, kx, ky, batch_id, may_overwrite): how a batch's kernels reach the metric
-Update = Callable[[HSICMetric, Tensor, "Tensor | None", int, bool], None]
+Update = Callable[["HSICMetric", Tensor, "Tensor | None", int, bool], None]
 
 
 def plain_update(
@@ -90,6 +95,8 @@ class CKA(Measure):
     def make_metric(
         self, layers_x: list[str], layers_y: list[str] | None, *, max_batches: int | None
     ) -> HSICMetric:
+        from vvm.cka.metric import HSICMetric
+
         return HSICMetric(layers_x, layers_y, max_batches=max_batches, **self.metric_options())
 
     def add(
