@@ -28,7 +28,7 @@ from vvm.cka.functional import (
     hsic_normaliser,
     min_samples,
 )
-from vvm.cka.precision import check_precision, matmul_precision, sealed
+from vvm.cka.precision import PRECISIONS, check_precision, matmul_precision, sealed  # noqa: F401 - PRECISIONS: its old home
 from vvm.cka.result import CKAResult
 
 _MATRIX_SUMS = ("hsic_xy", "sum_aa", "sum_ab", "sum_ac", "sum_bc")
