@@ -129,7 +129,7 @@ def test_u_centre_properties():
 
 def test_rbf_bandwidth_is_median_heuristic():
     x = randn(30, 5)
-    k = gram(x, "rbf", rbf_frac=0.5).numpy()
+    k = gram(x, "rbf", kernel_params={"frac": 0.5}).numpy()
     assert np.allclose(k, ref.kernel(x, "rbf", 0.5), atol=1e-12)
     assert np.allclose(np.diag(k), 1.0)
 

@@ -166,7 +166,7 @@ def test_per_batch_bandwidth_records_the_first_batchs_sigma2():
     batches[1] = [3.0 * f for f in batches[1]]  # later batches on other scales: their σ² differ
     batches[2] = [0.2 * f for f in batches[2]]
     model = Replay(2)
-    m = StreamingCKA(model, "blocks", kernel="rbf", rbf_bandwidth="per_batch", rbf_frac=0.7)
+    m = StreamingCKA(model, "blocks", kernel="rbf", kernel_params={"bandwidth": "per_batch", "frac": 0.7})
     with m.track():
         for feats in batches:
             model(feats)

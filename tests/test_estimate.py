@@ -334,7 +334,7 @@ def test_rbf_bandwidth_fixed_per_layer_or_per_batch(mode):
     dims = [7, 30, 3]
     batches = make_layer_batches([24, 24, 24, 10], dims, seed=5, dtype=torch.float64)
     model = Replay(len(dims))
-    m = StreamingCKA(model, "blocks", kernel="rbf", rbf_bandwidth=mode)
+    m = StreamingCKA(model, "blocks", kernel="rbf", kernel_params={"bandwidth": mode})
     with m.track():
         for feats in batches:
             model(feats)

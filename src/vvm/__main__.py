@@ -7,11 +7,25 @@ from __future__ import annotations
 import sys
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from vvm.schema import CONFIG_DIR, override_errors, register_configs
 
 register_configs()  # the schema must be in Hydra's ConfigStore before it composes
+
+
+def share_config_store() -> None:
+    """Hydra (1.3) deep-copies its config repository for every compose and for every group ``--help`` lists
+    (126 times), and with it the ConfigStore singleton, every schema vvm registers included: 6 of ``--help``'s 12
+    s here. Copies share the one store instead, as Hydra's own fix does (facebookresearch/hydra#2928: the
+    structured source fetches ``ConfigStore.instance()``); nothing is shared that Hydra changes, as it
+    deep-copies each node it loads from the store (``ConfigStore.load``)."""
+    if "__deepcopy__" not in vars(ConfigStore):
+        ConfigStore.__deepcopy__ = lambda self, memo: self  # type: ignore[attr-defined]
+
+
+share_config_store()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -26,6 +26,8 @@ import pytorch_lightning as pl
 import torch
 
 from vvm.cka import CKAResult, MeasureResult, StreamingSimilarity
+from vvm.cka.kernels import kernel_params as kernel_params_of
+from vvm.cka.kernels import unexpected
 from vvm.cka.precision import check_tf32, float32_precision, pass_float32
 from vvm.data.batches import EvalBatches
 from vvm.io import save_result, write_rdms
@@ -113,10 +115,9 @@ class CKACallback(pl.Callback):
         *,
         layers: Any = "blocks",
         kernel: str = "linear",
+        kernel_params: dict[str, Any] | None = None,
         estimator: str = "unbiased",
         precision: str = "exact",
-        rbf_frac: float = 1.0,
-        rbf_bandwidth: str = "fixed",
         every_n_epochs: int = 0,
         title: str | None = None,
         model_label: str = "layer",
@@ -128,6 +129,7 @@ class CKACallback(pl.Callback):
         params: dict[str, dict[str, Any]] | None = None,
         titles: dict[str, str] | None = None,
         colour_range: str = "fixed",
+        **deprecated: Any,
     ) -> None:
         super().__init__()
         self.colour_range = colour_range
@@ -148,12 +150,10 @@ class CKACallback(pl.Callback):
             else other_layers
         )
         self.other_label = other_label or model_label
+        kernel_params = kernel_params_of(kernel, kernel_params, deprecated)  # rbf_frac=...: one more release
+        unexpected(deprecated)
         self.options = dict(
-            kernel=kernel,
-            estimator=estimator,
-            precision=precision,
-            rbf_frac=rbf_frac,
-            rbf_bandwidth=rbf_bandwidth,
+            kernel=kernel, kernel_params=kernel_params, estimator=estimator, precision=precision
         )
         self.every_n_epochs = int(every_n_epochs or 0)
         self.title = title
@@ -324,10 +324,7 @@ class CKACallback(pl.Callback):
         """Tell the metric which batch of the plan comes next, and whether it is padding."""
         if self._metric is None or self._batches is None:
             return
-        batch_id, padding = self._batches.batch_info(batch_idx)
-        self._metric.recorder.set_next_batch_id(batch_id)
-        if padding:
-            self._metric.recorder.mask_next_batch()
+        self._metric.begin_batch(batch_idx, self._batches)
 
     @property
     def final(self) -> dict[str, Any] | None:

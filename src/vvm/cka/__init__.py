@@ -14,27 +14,41 @@ measures in one pass), ``correspondence`` (layer identification and best matches
 >>> from vvm.cka import StreamingSimilarity   # measures=["cka", "rsa", "knn"] in one pass
 """
 
-from vvm.cka.functional import (
-    centre_columns,
-    cka_from_hsic,
-    h_centre,
-    hsic,
-    hsic_biased,
-    hsic_unbiased,
-    linear_gram,
-    rbf_from_linear,
-    u_centre,
-)
-from vvm.cka.joint import JointCKA, JointResult
-from vvm.cka.kernels import KERNELS, make_kernel
-from vvm.cka.measures import MEASURES, MeasureResult
-from vvm.cka.metric import HSICMetric
-from vvm.cka.pair import cka, gram
-from vvm.cka.presets import PRESETS, layer_presets, resolve_layers
-from vvm.cka.recorder import KernelRecorder
-from vvm.cka.result import CKAResult
-from vvm.cka.similarity import JointMeasureResult, JointSimilarity, StreamingSimilarity
-from vvm.cka.streaming import StreamingCKA
+import importlib
+from typing import Any
+
+# name -> the module that defines it. Imported on first use (PEP 562), so that ``import vvm.cka.params`` (and
+# the settings, which list kernels and measures by name) import neither torchmetrics nor the passes; ``from
+# vvm.cka import cka, StreamingCKA`` works as ever.
+_WHERE = {
+    **dict.fromkeys(
+        ["centre_columns", "cka_from_hsic", "h_centre", "hsic", "hsic_biased", "hsic_unbiased", "linear_gram",
+         "rbf_from_linear", "u_centre"], "functional",
+    ),
+    "JointCKA": "joint", "JointResult": "joint",
+    "KERNELS": "kernels", "make_kernel": "kernels",
+    "MEASURES": "measures", "MeasureResult": "measures",
+    "HSICMetric": "metric",
+    "cka": "pair", "gram": "pair",
+    "PRESETS": "presets", "layer_presets": "presets", "resolve_layers": "presets",
+    "KernelRecorder": "recorder",
+    "CKAResult": "result",
+    "JointMeasureResult": "similarity", "JointSimilarity": "similarity", "StreamingSimilarity": "similarity",
+    "StreamingCKA": "streaming",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+
 
 __all__ = [
     "KERNELS",

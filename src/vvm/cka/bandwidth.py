@@ -23,7 +23,7 @@ BANDWIDTH_MODES = ("fixed", "per_batch")
 
 def check_bandwidth_mode(mode: str) -> None:
     if mode not in BANDWIDTH_MODES:
-        raise ValueError(f"rbf_bandwidth={mode!r} is not supported: use one of {', '.join(BANDWIDTH_MODES)}")
+        raise ValueError(f"bandwidth={mode!r} is not supported: use one of {', '.join(BANDWIDTH_MODES)}")
 
 
 def _distributed() -> bool:
@@ -44,7 +44,7 @@ def _from_rank_zero(t: Tensor) -> Tensor:
         raise ValueError(
             "RBF CKA with a fixed bandwidth under DDP takes σ² from rank 0's first batch, and that batch has fewer "
             "examples than the estimator needs: give every batch enough examples (cka.batch_size, "
-            "cka.max_samples), or use rbf_bandwidth=per_batch"
+            "cka.max_samples), or use the rbf kernel's bandwidth=per_batch"
         )
     return t
 
@@ -54,7 +54,7 @@ class Bandwidths:
 
     def __init__(self, frac: float, mode: str = "fixed") -> None:
         if not frac > 0:
-            raise ValueError(f"rbf_frac={frac} must be a number > 0")
+            raise ValueError(f"frac={frac} must be a number > 0")
         check_bandwidth_mode(mode)
         self.frac = float(frac)
         self.mode = mode

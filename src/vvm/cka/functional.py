@@ -188,7 +188,7 @@ def rbf_sigma2(k: Tensor, frac: float = 1.0) -> Tensor:
     """The median-heuristic bandwidth ``σ² = frac² · median`` of the off-diagonal squared distances, per kernel
     of a stack ``[L, n, n]`` of linear Grams (returns ``[L]``) or for one Gram (returns a 0-d tensor)."""
     if not frac > 0:
-        raise ValueError(f"rbf_frac={frac} must be a number > 0")
+        raise ValueError(f"frac={frac} must be a number > 0")
     d2 = squared_distances(k)
     if d2.dim() == 2:
         return frac**2 * median_offdiagonal(d2)

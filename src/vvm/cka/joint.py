@@ -17,18 +17,19 @@ one-product path falls back to blocks (retried once the failed attempt is freed)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from vvm.cka.correspondence import best_matches, identification, layer_identification, mean_row_max
 from vvm.cka.functional import Estimator
-from vvm.cka.measures.base import Grams
-from vvm.cka.measures.cka import CKA
+from vvm.cka.measures.base import Measure
+from vvm.cka.measures_pass import MeasuresPass, Params, build_measures, cka_options
 from vvm.cka.metric import HSICMetric
-from vvm.cka.passes import SEP, JointPass, Tracking, hook_target, hook_targets, recorder_options
+from vvm.cka.passes import SEP, JointPass, hook_target, hook_targets, recorder_options
 from vvm.cka.presets import LayerSpec
 from vvm.cka.result import CKAResult
 
@@ -134,13 +135,33 @@ def update_joint(metric: HSICMetric, stack: Tensor, batch_id: int, *, auto: bool
     metric.update(stack, batch_id=batch_id, overwrite=overwrite)
 
 
-class JointModels:
-    """What a pass over several models offers (:class:`JointCKA`, :class:`~vvm.cka.similarity.JointSimilarity`):
-    the model keys in order, the model of every row and column, and :meth:`feed`. Its users hold the pass's
-    :class:`~vvm.cka.passes.JointPass` as ``_pass`` and the models as ``_models``."""
+class JointModels(MeasuresPass):
+    """The pass over several models (:class:`JointCKA`, :class:`~vvm.cka.similarity.JointSimilarity`): its parts
+    (:meth:`_joint_parts`), CKA's batches into its metric in one product or in blocks (:func:`update_joint`), the
+    model keys in order, the model of every row and column, and :meth:`feed`."""
 
     _pass: JointPass
     _models: dict[str, nn.Module]
+
+    def _joint_parts(
+        self, models: Mapping[str, nn.Module], layers: LayerSpec | Mapping[str, LayerSpec],
+        measures: Sequence[str], params: Params | None, engine: dict[str, Any], block_layers: int | str | None,
+    ) -> tuple[dict[str, Measure], JointPass]:  # fmt: skip
+        """The measures and the recorder's pass over every model of ``models``."""
+        self._auto_blocks = block_layers == "auto"
+        built = build_measures(
+            measures, params, {**engine, "update": self._update} if "cka" in measures else engine
+        )
+        plumbing = JointPass(
+            hook_targets(models), layers, on_batch=self._on_batch, on_layers=self._on_layers,
+            on_skip=self._on_skip, **recorder_options(built, engine.get("precision", "exact")),
+        )  # fmt: skip
+        # kept out of the module tree: moving or saving the metric must not move or save the networks
+        self._models = dict(models)
+        return built, plumbing
+
+    def _update(self, metric: HSICMetric, kx: Tensor, ky: Tensor | None, batch_id: int, last: bool) -> None:
+        update_joint(metric, kx, batch_id, auto=self._auto_blocks, overwrite=last)
 
     @property
     def models(self) -> list[str]:
@@ -156,8 +177,10 @@ class JointModels:
         feed(self._models, x)
 
 
-class JointCKA(JointModels, Tracking, HSICMetric):
-    """Minibatch CKA between all layers of all ``models``, streamed over batches (see the module docstring).
+class JointCKA(JointModels, HSICMetric):
+    """Minibatch CKA between all layers of all ``models``, streamed over batches (see the module docstring): the
+    CKA view of :class:`~vvm.cka.similarity.JointSimilarity` (the same pass with ``measures=["cka"]``), itself
+    CKA's metric.
 
     Args:
         models: ``{key: network}`` (keys may not contain ``/``); a ``VisionModel`` (or any wrapper with ``net``
@@ -165,7 +188,7 @@ class JointCKA(JointModels, Tracking, HSICMetric):
         layers: one layer spec for every model (a preset, names or globs) or ``{key: spec}``.
         block_layers: ``"auto"`` (one product unless its temporaries would not fit), ``None`` (always one
             product) or a number of layers per block.
-        kernel, estimator, precision, rbf_frac, rbf_bandwidth, max_batches: as :class:`StreamingCKA`.
+        kernel, kernel_params, estimator, precision, max_batches: as :class:`StreamingCKA`.
 
     Usage::
 
@@ -182,53 +205,24 @@ class JointCKA(JointModels, Tracking, HSICMetric):
         layers: LayerSpec | Mapping[str, LayerSpec] = "blocks",
         *,
         kernel: str = "linear",
+        kernel_params: Mapping[str, Any] | None = None,
         estimator: Estimator = "unbiased",
         precision: str = "exact",
-        rbf_frac: float = 1.0,
-        rbf_bandwidth: str = "fixed",
         max_batches: int | None = None,
         block_layers: int | str | None = "auto",
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
-        # CKA() checks the kernel, estimator and precision before any hook is set
-        cka = CKA(kernel=kernel, estimator=estimator, precision=precision, rbf_frac=rbf_frac,
-                  rbf_bandwidth=rbf_bandwidth, update=self._update)  # fmt: skip
-        plumbing = JointPass(
-            hook_targets(models), layers, on_batch=self._on_batch,
-            on_layers=self._on_layers, on_skip=self._on_skip, **recorder_options({"cka": cka}, precision),
-        )  # fmt: skip
-        self._auto_blocks = block_layers == "auto"
+        engine = cka_options(kernel, kernel_params, estimator, precision, kwargs)
+        built, plumbing = self._joint_parts(models, layers, ["cka"], None, engine, block_layers)
         super().__init__(
-            plumbing.names,
-            None,
-            kernel=kernel,
-            estimator=estimator,
-            precision=precision,
-            max_batches=max_batches,
-            block_layers=None if self._auto_blocks else block_layers,
-            **kwargs,
-        )
-        self.rbf_frac = float(rbf_frac)
-        self.rbf_bandwidth = rbf_bandwidth
-        self._cka = cka
-        # kept out of the module tree: moving or saving the metric must not move or save the networks
-        self._models = dict(models)
-        self.attach(plumbing)
+            plumbing.names, None, max_batches=max_batches, **built["cka"].metric_options(),
+            block_layers=None if self._auto_blocks else block_layers, **kwargs,
+        )  # fmt: skip
+        self._start(built, plumbing, None)
 
-    # ------------------------------------------------------------------ per batch
-    def _on_layers(self, names: list[str]) -> None:
-        self.set_layers(names, names)
-
-    def _on_skip(self, batch_id: int) -> None:
-        """A batch too small for the estimator: nothing to add, but a fixed RBF bandwidth's broadcast to join."""
-        self._cka.skipped(self, self._pass.sides, None, device=self.device, dtype=self.work_dtype)
-
-    def _on_batch(self, g: Grams, gy: Grams | None, masked: bool, batch_id: int) -> None:
-        # also for a masked batch: RBF bandwidths are broadcast on the first one
-        self._cka.add(self, g, None, batch_id=batch_id, masked=masked, last=True)
-
-    def _update(self, metric: HSICMetric, kx: Tensor, ky: Tensor | None, batch_id: int, last: bool) -> None:
-        update_joint(metric, kx, batch_id, auto=self._auto_blocks, overwrite=last)
+    @property
+    def metrics(self) -> dict[str, HSICMetric]:
+        return {"cka": self}
 
     def compute(self) -> JointResult:
         res = super().compute()

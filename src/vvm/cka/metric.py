@@ -28,18 +28,12 @@ from vvm.cka.functional import (
     hsic_normaliser,
     min_samples,
 )
-from vvm.cka.precision import matmul_precision, sealed
+from vvm.cka.precision import PRECISIONS, check_precision, matmul_precision, sealed  # noqa: F401 - PRECISIONS: its old home
 from vvm.cka.result import CKAResult
 
-PRECISIONS = ("exact", "fast")
 _MATRIX_SUMS = ("hsic_xy", "sum_aa", "sum_ab", "sum_ac", "sum_bc")
 _X_SUMS = ("hsic_xx", "sum_bb")
 _Y_SUMS = ("hsic_yy", "sum_cc")
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not supported: use one of {', '.join(PRECISIONS)}")
 
 
 class HSICMetric(LayerPairMetric):
@@ -60,6 +54,7 @@ class HSICMetric(LayerPairMetric):
         precision: str = "exact",
         max_batches: int | None = None,
         block_layers: int | None = None,
+        kernel_facts: dict[str, object] | None = None,
         **kwargs,
     ) -> None:
         check_estimator(estimator)
@@ -72,8 +67,8 @@ class HSICMetric(LayerPairMetric):
         # centre and multiply in blocks of this many layers (None: the whole stack at once), see _blocked_hsic
         self.block_layers = block_layers
         super().__init__(layers_x, layers_y, max_batches=max_batches, **kwargs)
-        # filled in by subclasses that make the kernels
-        self.rbf_bandwidth = "fixed"
+        # what the result records of the kernel besides its name (RBF: its bandwidth rule), from the kernel
+        self.kernel_facts = dict(kernel_facts or {})
         self.sigma2: dict[str, Tensor | None] = {"x": None, "y": None}
         self._warned_undefined: set[str] = set()
 
@@ -225,7 +220,7 @@ class HSICMetric(LayerPairMetric):
             hsic_yy=(self.hsic_yy / mean_w).detach().cpu().clone(),
             kernel=self.kernel,
             estimator=self.estimator,
-            rbf_bandwidth=self.rbf_bandwidth,
+            **self.kernel_facts,
             rbf_sigma2_x=sig.get("x"),
             rbf_sigma2_y=sig.get("x") if self._symmetric else sig.get("y"),
             **per_batch,

@@ -102,6 +102,16 @@ class Tracking:
             t[:, [j for j, n in enumerate(res.layers_y) if n in cols]] = float("nan")
         return res
 
+    def begin_batch(self, index: int, batches: Any) -> None:
+        """The batch-id protocol, before this process's ``index``-th batch of ``batches`` (a plan whose
+        ``batch_info(index)`` is ``(global batch id, padding)``: :class:`vvm.data.batches.EvalBatches`): the
+        recorder files the batch under its global id, and adds nothing from it when it is padding (a DDP rank
+        with no batch left)."""
+        batch_id, padding = batches.batch_info(index)
+        self.recorder.set_next_batch_id(batch_id)
+        if padding:
+            self.recorder.mask_next_batch()
+
     @contextlib.contextmanager
     def track(self) -> Iterator[Self]:
         """Register the forward hooks for the duration of the block; they are removed on exit."""

@@ -81,6 +81,16 @@ def cpu_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
+# the CKA arithmetic's modes: exact (float32 Grams of centred features without TF32, float64 from there on) or
+# fast (TF32 Grams on CUDA, float32 centring and products; sums still float64)
+PRECISIONS = ("exact", "fast")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not supported: use one of {', '.join(PRECISIONS)}")
+
+
 TF32_MODES = ("allow", "off")
 
 

@@ -96,7 +96,7 @@ class CKAResult(MatrixResult):
     the batch-size-weighted mean self-HSIC of every layer. ``undefined_x``/``undefined_y`` list the layers whose
     self-HSIC is ≤ 0 (their rows/columns are NaN). ``activation_dtype`` names the dtype(s) the hooks received;
     ``rbf_sigma2_x``/``_y`` the RBF bandwidths used (fixed per layer, or those of the first batch with
-    ``rbf_bandwidth="per_batch"``). ``batch_*`` hold the per-batch HSIC values (weights ``batch_weights``, global
+    the rbf kernel's ``bandwidth="per_batch"``). ``batch_*`` hold the per-batch HSIC values (weights ``batch_weights``, global
     batch ids ``batch_ids``) when they were kept: they give paired standard errors of differences.
     """
 

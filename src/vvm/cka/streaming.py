@@ -10,18 +10,21 @@ Several measures in the same pass: :class:`vvm.cka.similarity.StreamingSimilarit
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import nn
 
 from vvm.cka.functional import Estimator
-from vvm.cka.measures.base import Grams
-from vvm.cka.measures.cka import CKA
+from vvm.cka.measures_pass import MeasuresPass, cka_options
 from vvm.cka.metric import HSICMetric
-from vvm.cka.passes import StreamingPass, Tracking, recorder_options
 from vvm.cka.presets import LayerSpec
 
 
-class StreamingCKA(Tracking, HSICMetric):
-    """Minibatch CKA between the layers of ``model`` (and of ``other``), streamed over batches.
+class StreamingCKA(MeasuresPass, HSICMetric):
+    """Minibatch CKA between the layers of ``model`` (and of ``other``), streamed over batches: the CKA view of
+    :class:`~vvm.cka.similarity.StreamingSimilarity` (the same pass with ``measures=["cka"]``), itself CKA's
+    metric (:class:`HSICMetric`: ``update``, ``compute``, ``reset``, states summed under DDP).
 
     Args:
         model: the network whose layers are recorded (hooks go on its submodules).
@@ -29,11 +32,13 @@ class StreamingCKA(Tracking, HSICMetric):
         other: a second network to compare with; it must see the same examples, batch by batch.
         other_layers: layers of ``other`` (or, without ``other``, a second layer set of ``model`` for a
             rectangular matrix); defaults to ``layers``.
-        kernel: ``linear`` or ``rbf`` (median heuristic times ``rbf_frac``).
+        kernel: a registered kernel (:data:`vvm.cka.KERNELS`: ``linear``, ``rbf``).
+        kernel_params: the kernel's parameters, e.g. ``{"frac": 0.5, "bandwidth": "per_batch"}`` for ``rbf``
+            (σ² = frac² · the median squared distance; ``fixed``: one σ² per layer, from the first batch).
+            ``rbf_frac=``/``rbf_bandwidth=`` still work for one release, with a ``FutureWarning``.
         estimator: ``unbiased`` (HSIC₁, minibatch CKA) or ``biased`` (HSIC₀, as the term project).
         precision: ``exact`` (float32 Gram of centred features without TF32, float64 from there on) or
             ``fast`` (TF32 Grams on CUDA, float32 centring and products; sums still float64).
-        rbf_bandwidth: ``fixed`` (one σ² per layer, from the first batch) or ``per_batch``.
         max_batches: the number of batches of the pass, when known: keeps per-batch HSIC values (paired
             standard errors of differences) in states that DDP sums.
 
@@ -54,43 +59,21 @@ class StreamingCKA(Tracking, HSICMetric):
         other: nn.Module | None = None,
         other_layers: LayerSpec | None = None,
         kernel: str = "linear",
+        kernel_params: Mapping[str, Any] | None = None,
         estimator: Estimator = "unbiased",
         precision: str = "exact",
-        rbf_frac: float = 1.0,
-        rbf_bandwidth: str = "fixed",
         max_batches: int | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
-        # CKA() checks the kernel, estimator and precision before any hook is set
-        cka = CKA(kernel=kernel, estimator=estimator, precision=precision, rbf_frac=rbf_frac,
-                  rbf_bandwidth=rbf_bandwidth)  # fmt: skip
-        plumbing = StreamingPass(
-            model, layers, other=other, other_layers=other_layers, on_batch=self._on_batch,
-            on_layers=self._on_layers, on_skip=self._on_skip, **recorder_options({"cka": cka}, precision),
-        )  # fmt: skip
+        engine = cka_options(kernel, kernel_params, estimator, precision, kwargs)
+        built, plumbing = self._streaming_parts(model, layers, other, other_layers, ["cka"], None, engine)
+        ly = None if plumbing.symmetric else plumbing.modules_y
         super().__init__(
-            plumbing.modules_x,
-            None if plumbing.symmetric else plumbing.modules_y,
-            kernel=kernel,
-            estimator=estimator,
-            precision=precision,
-            max_batches=max_batches,
-            **kwargs,
+            plumbing.modules_x, ly, max_batches=max_batches, **built["cka"].metric_options(), **kwargs
         )
-        self.rbf_frac = float(rbf_frac)
-        self.rbf_bandwidth = rbf_bandwidth
-        self._cka = cka
         self._modules_x, self._modules_y = plumbing.modules_x, plumbing.modules_y
-        self.attach(plumbing)
+        self._start(built, plumbing, None)
 
-    def _on_layers(self, layers_x: list[str], layers_y: list[str]) -> None:
-        if (layers_x, layers_y) != (self.layers_x, self.layers_y):
-            self.set_layers(layers_x, layers_y)
-
-    def _on_skip(self, batch_id: int) -> None:
-        """A batch too small for the estimator: nothing to add, but a fixed RBF bandwidth's broadcast to join."""
-        sx, sy = self._pass.sides
-        self._cka.skipped(self, sx, sy, device=self.device, dtype=self.work_dtype)
-
-    def _on_batch(self, gx: Grams, gy: Grams | None, masked: bool, batch_id: int) -> None:
-        self._cka.add(self, gx, gy, batch_id=batch_id, masked=masked, last=True)
+    @property
+    def metrics(self) -> dict[str, HSICMetric]:
+        return {"cka": self}

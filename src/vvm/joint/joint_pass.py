@@ -139,10 +139,7 @@ def run_measures(
     loader = dm.eval_loader(batches, device=device)  # the datamodule's workers; pinned memory for a GPU
     with metric.track():
         for i, (x, _) in enumerate(tqdm(loader, total=len(batches), desc="joint CKA", disable=not progress)):
-            batch_id, padding = batches.batch_info(i)
-            metric.recorder.set_next_batch_id(batch_id)
-            if padding:
-                metric.recorder.mask_next_batch()
+            metric.begin_batch(i, batches)
             metric.feed(x.to(device, non_blocking=True))
     return metric.compute(), batches
 

@@ -5,10 +5,9 @@ from typing import Any
 
 from vvm.cka.bandwidth import BANDWIDTH_MODES
 from vvm.cka.functional import ESTIMATORS
-from vvm.cka.kernels import KERNELS
-from vvm.cka.metric import PRECISIONS
-from vvm.cka.precision import TF32_MODES
-from vvm.settings.base import choices, number
+from vvm.cka.kernels import KERNELS, param_names
+from vvm.cka.precision import PRECISIONS, TF32_MODES
+from vvm.settings.base import choices, number, plain
 
 Kernel = choices("Kernel", tuple(KERNELS), " | ".join(KERNELS))
 Estimator = choices("Estimator", ESTIMATORS, "unbiased (HSIC_1, Nguyen et al. 2021) | biased (HSIC_0)")
@@ -45,10 +44,11 @@ class CKASettings:
         """The keyword arguments of :class:`vvm.cka.StreamingCKA` / :class:`vvm.cka.JointCKA` these set."""
         return {
             "kernel": self.kernel.value,
+            "kernel_params": plain(
+                {p: getattr(self, f"{self.kernel.value}_{p}") for p in param_names(self.kernel.value)}
+            ),
             "estimator": self.estimator.value,
             "precision": self.precision.value,
-            "rbf_frac": float(self.rbf_frac),
-            "rbf_bandwidth": self.rbf_bandwidth.value,
         }
 
     def layer_spec(self, other: bool = False) -> Any:

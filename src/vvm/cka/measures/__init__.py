@@ -13,6 +13,8 @@ the registration. Everything downstream (settings, files, figures, loggers, ``vv
 ``vvm.joint``) is keyed by the measure's name.
 """
 
+from typing import Any
+
 from vvm.cka.measures import cca, cka, knn, linreg, procrustes, pwcca, rsa, svcca  # noqa: F401 - importing a measure's module registers it
 from vvm.cka.measures.base import (
     MEASURES,
@@ -23,7 +25,19 @@ from vvm.cka.measures.base import (
     option,
     register_measure,
 )
-from vvm.cka.measures.mean import BatchMeanMetric, MeasureResult, weighted_mean_stderr
+
+
+def __getattr__(name: str) -> Any:
+    """``BatchMeanMetric``, ``MeasureResult``, ``weighted_mean_stderr`` (:mod:`.mean`, which imports torchmetrics)
+    on first use (PEP 562): the registry lists the measures' names without it."""
+    if name not in ("BatchMeanMetric", "MeasureResult", "weighted_mean_stderr"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from vvm.cka.measures import mean
+
+    value = getattr(mean, name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "MEASURES",

@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from vvm.cka.functional import RawParts, raw_gram
-from vvm.cka.measures.mean import BatchMeanMetric
 from vvm.cka.params import NoParams, check_params, make_params, option
 from vvm.cka.registry import Registry
+
+if (
+    TYPE_CHECKING
+):  # metrics (torchmetrics) are imported where they are made: the registry lists names without them
+    from torchmetrics import Metric
 
 
 @dataclass
@@ -172,6 +175,8 @@ class ProductMeasure(Measure):
     def make_metric(
         self, layers_x: list[str], layers_y: list[str] | None, *, max_batches: int | None
     ) -> Metric:
+        from vvm.cka.measures.mean import BatchMeanMetric
+
         return BatchMeanMetric(
             layers_x, layers_y, measure=self.name, params=self.describe(), max_batches=max_batches
         )

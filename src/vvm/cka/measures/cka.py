@@ -6,19 +6,25 @@ its own."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from vvm.cka.functional import check_estimator, min_samples
 from vvm.cka.kernels import apply_kernel, make_kernel
+from vvm.cka.kernels import kernel_params as kernel_params_of
 from vvm.cka.measures.base import Grams, Measure, register_measure
-from vvm.cka.metric import HSICMetric, check_precision
+from vvm.cka.precision import check_precision
+
+if (
+    TYPE_CHECKING
+):  # the metric (torchmetrics) is imported where it is made: the registry lists names without it
+    from vvm.cka.metric import HSICMetric
 
 # update(metric, kx, ky, batch_id, may_overwrite): how a batch's kernels reach the metric
-Update = Callable[[HSICMetric, Tensor, "Tensor | None", int, bool], None]
+Update = Callable[["HSICMetric", Tensor, "Tensor | None", int, bool], None]
 
 
 def plain_update(
@@ -39,20 +45,18 @@ class CKA(Measure):
         params: Any = None,
         *,
         kernel: str = "linear",
+        kernel_params: Mapping[str, Any] | None = None,
         estimator: str = "unbiased",
         precision: str = "exact",
-        rbf_frac: float = 1.0,
-        rbf_bandwidth: str = "fixed",
         update: Update | None = None,
         **engine: Any,
     ) -> None:
+        params_of_kernel = kernel_params_of(kernel, kernel_params, engine)
         super().__init__(params, precision=precision, **engine)
         check_estimator(estimator)
         check_precision(precision)
-        self.kernel = make_kernel(kernel, rbf_frac=rbf_frac, rbf_bandwidth=rbf_bandwidth)
+        self.kernel = make_kernel(kernel, params_of_kernel)
         self.kernel_name, self.estimator, self.precision = kernel, estimator, precision
-        self.rbf_bandwidth = rbf_bandwidth
-        self.kernel_options = {"rbf_frac": rbf_frac}
         self.update = update or plain_update
 
     @property
@@ -71,27 +75,29 @@ class CKA(Measure):
         return {"kernel": self.kernel_name, "estimator": self.estimator}
 
     def comparable(self, facts: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The kernel (with the RBF's bandwidth rule), the estimator and the precision."""
+        """The kernel with its parameters (``cka.<kernel>_<parameter>``, as the files have always named them:
+        ``cka.rbf_frac``), the estimator and the precision."""
         out = {
             "cka.kernel": self.kernel_name,
             "cka.estimator": self.estimator,
             "cka.precision": self.precision,
         }
-        if self.kernel_name == "rbf":
-            out.update(
-                {"cka.rbf_frac": self.kernel_options.get("rbf_frac"), "cka.rbf_bandwidth": self.rbf_bandwidth}
-            )
+        out.update({f"cka.{self.kernel_name}_{k}": v for k, v in self.kernel.describe().items()})
         return out
+
+    def metric_options(self) -> dict[str, Any]:
+        """What CKA's metric is made with: the kernel's name and facts, the estimator, the precision."""
+        return {
+            "kernel": self.kernel_name, "kernel_facts": self.kernel.facts, "estimator": self.estimator,
+            "precision": self.precision,
+        }  # fmt: skip
 
     def make_metric(
         self, layers_x: list[str], layers_y: list[str] | None, *, max_batches: int | None
     ) -> HSICMetric:
-        metric = HSICMetric(
-            layers_x, layers_y, kernel=self.kernel_name, estimator=self.estimator, precision=self.precision,
-            max_batches=max_batches,
-        )  # fmt: skip
-        metric.rbf_bandwidth = self.rbf_bandwidth
-        return metric
+        from vvm.cka.metric import HSICMetric
+
+        return HSICMetric(layers_x, layers_y, max_batches=max_batches, **self.metric_options())
 
     def add(
         self, metric: Any, gx: Grams, gy: Grams | None, *, batch_id: int, masked: bool, last: bool
