@@ -197,10 +197,11 @@ def test_results_are_written_before_any_figure(tmp_path):
         "except OSError as e:\n"
         "    print('raised', e)\n"
     )
-    done = _in_child(code, 30_000, tmp_path)
+    # 66 kB: every .npz fits (rsa's rdms.npz, the largest, is 64 kB here), no figure does (the smallest .png 69 kB)
+    done = _in_child(code, 66_000, tmp_path)
     assert done.returncode == 0 and "raised" in done.stdout, done.stderr[-3000:]
     run = tmp_path / "run"
-    assert {p.name for p in run.glob("*.npz")} == {"cka.npz", "rsa.npz", "knn.npz"}
+    assert {p.name for p in run.glob("*.npz")} == {"cka.npz", "rsa.npz", "knn.npz", "rdms.npz"}
     res = json.loads((run / "result.json").read_text())
     assert res["status"] == "failed" and "File too large" in res["error"] and ".png" in res["error"], res[
         "error"
