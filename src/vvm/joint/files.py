@@ -56,6 +56,34 @@ def correspondence_panels(res: JointResult, jobs: list[JointJob]) -> list[Any]:
     return panels(res, {j.tag: (j.family, j.init) for j in jobs}, FAMILY_ORDER)
 
 
+def npz_arrays(res: JointResult, by_tag: dict[str, JointJob], measure: str) -> dict[str, Any]:
+    """What joint.npz (CKA: ``cka``, ``cka_stderr``, ``hsic_diag``, kernel, estimator) or joint-<measure>.npz
+    (``matrix``, ``stderr``, the measure's parameters) holds, with the layers and each model's job, name, family
+    and init."""
+    if measure == "cka":
+        own = dict(
+            cka=res.matrix.numpy(),
+            cka_stderr=res.stderr.numpy(),
+            hsic_diag=res.hsic_xx.numpy(),
+            kernel=res.kernel,
+            estimator=res.estimator,
+        )
+    else:
+        own = dict(matrix=res.matrix.numpy(), stderr=res.stderr.numpy(), measure=measure, **res.params)
+    return dict(
+        **own,
+        layers=np.array(res.layers_x),
+        models=np.array(res.models),
+        model_index=res.model_index.numpy(),
+        n_samples=res.n_samples,
+        n_batches=res.n_batches,
+        jobs=np.array([by_tag[m].job for m in res.models]),
+        model_names=np.array([by_tag[m].model for m in res.models]),
+        families=np.array([by_tag[m].family for m in res.models]),
+        inits=np.array([by_tag[m].init for m in res.models]),
+    )
+
+
 def write_outputs(
     res: JointResult,
     jobs: list[JointJob],
@@ -77,17 +105,9 @@ def write_outputs(
 
     by_tag = {j.tag: j for j in jobs}
     suffix = "" if measure == "cka" else f"-{measure}"
-    own = (dict(cka=res.matrix.numpy(), cka_stderr=res.stderr.numpy(), hsic_diag=res.hsic_xx.numpy(), kernel=res.kernel,
-                estimator=res.estimator) if measure == "cka" else
-           dict(matrix=res.matrix.numpy(), stderr=res.stderr.numpy(), measure=measure, **res.params))  # fmt: skip
-    files: dict[str, Any] = {"npz": write_npz(
-        out / f"joint{suffix}.npz", **own, layers=np.array(res.layers_x),
-        models=np.array(res.models), model_index=res.model_index.numpy(), n_samples=res.n_samples,
-        n_batches=res.n_batches,
-        jobs=np.array([by_tag[m].job for m in res.models]), model_names=np.array([by_tag[m].model for m in res.models]),
-        families=np.array([by_tag[m].family for m in res.models]), inits=np.array([by_tag[m].init for m in res.models]),
-        **extra,
-    )}  # fmt: skip
+    files: dict[str, Any] = {
+        "npz": write_npz(out / f"joint{suffix}.npz", **npz_arrays(res, by_tag, measure), **extra)
+    }
     table = pd.DataFrame(pair_rows(res, jobs, heads, measure))
     files["csv"] = write_bytes(out / f"joint{suffix}.csv", table.to_csv(index=False).encode())
     what, note = figure_facts(res, jobs, measure)

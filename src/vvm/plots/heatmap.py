@@ -106,6 +106,38 @@ class Uncertainty:
     label: str = "95% interval half-width (± t·SE over batches)"
 
 
+def draw_uncertainty(
+    ax: Axes,
+    uncertainty: Uncertainty,
+    layers_x: Sequence[str],
+    layers_y: Sequence[str],
+    *,
+    xlabel: str,
+    max_ticks: int,
+) -> None:
+    """The side panel of :func:`heatmap_figure`: each entry's interval half-width, white = certain."""
+    hw = np.asarray(uncertainty.halfwidth, dtype=float)
+    top = float(np.nanmax(hw)) or 1e-3
+    n = max(len(layers_x), len(layers_y))
+    draw_heatmap(
+        ax,
+        hw,
+        layers_x,
+        layers_y,
+        title="uncertainty of each entry",
+        xlabel=xlabel,
+        vmin=0.0,
+        vmax=top,
+        cmap="Greys",
+        cbar_label=uncertainty.label,
+        max_ticks=max_ticks,
+        show_ticks=n <= 20,
+    )
+    ax.set_yticks([])
+    for spine in ax.spines.values():  # its white (certain) entries need an edge
+        spine.set_visible(True)
+
+
 def heatmap_figure(
     matrix: np.ndarray,
     layers_x: Sequence[str],
@@ -148,13 +180,7 @@ def heatmap_figure(
         notes.append("one batch: no standard error")
     if side:
         assert uncertainty is not None
-        hw = np.asarray(uncertainty.halfwidth, dtype=float)
-        top = float(np.nanmax(hw)) or 1e-3
-        draw_heatmap(axes[1], hw, layers_x, layers_y, title="uncertainty of each entry", xlabel=xlabel, vmin=0.0, vmax=top,
-                     cmap="Greys", cbar_label=uncertainty.label, max_ticks=max_ticks, show_ticks=n <= 20)  # fmt: skip
-        axes[1].set_yticks([])
-        for spine in axes[1].spines.values():  # its white (certain) entries need an edge
-            spine.set_visible(True)
+        draw_uncertainty(axes[1], uncertainty, layers_x, layers_y, xlabel=xlabel, max_ticks=max_ticks)
     if notes:
         fig.supxlabel(" · ".join(notes), fontsize=7)
     return fit_canvas(fig)
