@@ -76,10 +76,12 @@ class VisionDataModule(pl.LightningDataModule):
         self.split = split
         if max_samples is not None and max_samples < 1:
             raise ValueError(
-                f"cka.max_samples={max_samples}: use a positive number of examples, or null for all"
+                f"similarity.max_samples={max_samples}: use a positive number of examples, or null for all"
             )
         if eval_batch_size < 1:
-            raise ValueError(f"cka.batch_size={eval_batch_size}: use a positive number of examples per batch")
+            raise ValueError(
+                f"similarity.batch_size={eval_batch_size}: use a positive number of examples per batch"
+            )
         self.max_samples = max_samples
         self.cka_shuffle = bool(cka_shuffle)
         self.probe_size = probe_size

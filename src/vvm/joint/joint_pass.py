@@ -86,10 +86,12 @@ def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[JobS
         notes.append(
             f"jobs {', '.join(differ)} ran on other data settings; the joint pass uses job {jobs[0].job}'s"
         )
-    cka = {k: overrides[k] for k in ("batch_size", "max_samples", "layers") if overrides.get(k) is not None}
+    own = {k: overrides[k] for k in ("batch_size", "max_samples", "layers") if overrides.get(k) is not None}
     seed = overrides.get("seed")
     settings = dataclasses.replace(
-        first, cka=dataclasses.replace(first.cka, **cka), seed=first.seed if seed is None else int(seed)
+        first,
+        similarity=dataclasses.replace(first.similarity, **own),
+        seed=first.seed if seed is None else int(seed),
     )
     whose = "from --seed" if seed is not None else f"job {jobs[0].job}'s seed"
     return settings, notes + order_notes(jobs, settings, whose)
@@ -103,8 +105,8 @@ def order_notes(jobs: list[JointJob], settings: JobSettings, whose: str) -> list
     for j in jobs:
         why = [f"seed {j.settings.seed}"] if j.settings.seed != settings.seed else []
         for key in ("batch_size", "max_samples"):
-            own, now = getattr(j.settings.cka, key), getattr(settings.cka, key)
-            why += [f"cka.{key}={own}, here {now}"] if own != now else []
+            own, now = getattr(j.settings.similarity, key), getattr(settings.similarity, key)
+            why += [f"similarity.{key}={own}, here {now}"] if own != now else []
         if why:
             notes.append(
                 f"job {j.job} ({j.tag}): its own map came from {', '.join(why)}; its diagonal block here differs "
@@ -160,9 +162,9 @@ def run_measures(
     batches = dm.cka_batches()
     move_models(models, device)
     metric = JointSimilarity(
-        models, settings.cka.layer_spec(), measures=list(measures), max_batches=len(batches.plan),
+        models, settings.similarity.layer_spec(), measures=list(measures), max_batches=len(batches.plan),
         params=measure_params(settings.measure, list(measures)), plan=batches.layout,
-        **settings.cka.engine_options(),
+        **settings.engine_options(),
     ).to(device)  # fmt: skip
     loader = dm.eval_loader(batches, device=device)  # the datamodule's workers; pinned memory for a GPU
     with metric.track():
@@ -185,9 +187,10 @@ def check_plan(settings: JobSettings, measures: Sequence[str] = ("cka",)) -> Non
     from vvm.pipeline.preflight import check_plan as check
     from vvm.settings import job_measures
 
-    built = job_measures(list(measures), settings.measure, settings.cka)
+    built = job_measures(list(measures), settings.measure, settings.engine_options())
     dm = pass_datamodule(settings, measures)
-    check(dm, settings.cka, limit=settings.dataset.limit, flags=FLAGS, measures=built)
+    estimator = settings.cka.estimator.value
+    check(dm, settings.similarity, estimator, limit=settings.dataset.limit, flags=FLAGS, measures=built)
 
 
 def pass_datamodule(settings: JobSettings, measures: Sequence[str]) -> Any:
@@ -198,7 +201,9 @@ def pass_datamodule(settings: JobSettings, measures: Sequence[str]) -> Any:
     from vvm.settings import job_measures
 
     dm = build_datamodule(settings)
-    dm.pool_size = declared_pool(job_measures(list(measures), settings.measure, settings.cka).values())
+    dm.pool_size = declared_pool(
+        job_measures(list(measures), settings.measure, settings.engine_options()).values()
+    )
     return dm
 
 
@@ -209,7 +214,7 @@ def setting_notes(jobs: list[JointJob], measures: Sequence[str]) -> list[str]:
     from vvm.settings import job_measures
 
     def facts(job: JointJob) -> dict[str, Any]:
-        built = job_measures(list(measures), job.settings.measure, job.settings.cka)
+        built = job_measures(list(measures), job.settings.measure, job.settings.engine_options())
         return {k: v for m in built.values() for k, v in m.comparable().items()}
 
     first, notes = facts(jobs[0]), []
@@ -346,10 +351,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("sweep_dir")
     p.add_argument("--layers", help="a preset (blocks, all, term_project) or names/globs: stem,layer1.*,fc")
     p.add_argument(
-        "--batch-size", type=positive, help="examples per CKA batch (default: the sweep's cka.batch_size)"
+        "--batch-size",
+        type=positive,
+        help="examples per CKA batch (default: the sweep's similarity.batch_size)",
     )
     p.add_argument(
-        "--max-samples", type=positive, help="examples in the pass (default: the sweep's cka.max_samples)"
+        "--max-samples",
+        type=positive,
+        help="examples in the pass (default: the sweep's similarity.max_samples)",
     )
     p.add_argument("--seed", type=int, help="the data order's seed (default: the first job's seed)")
     p.add_argument("--jobs", help="only these jobs, e.g. 0,1,2 (fewer models when they do not fit together)")

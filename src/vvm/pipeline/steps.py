@@ -19,7 +19,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from vvm.callbacks.cka import CKACallback
+from vvm.callbacks.cka import SimilarityCallback
 from vvm.cka.pools import declared_pool
 from vvm.cka.result import mean_offdiagonal
 from vvm.data import create_datamodule, dataset_name
@@ -49,8 +49,8 @@ def summarise(job: JobSettings) -> dict[str, Any]:
         "seed": job.seed,
         "kernel": job.cka.kernel.value,
         "estimator": job.cka.estimator.value,
-        "precision": job.cka.precision.value,
-        "layers": plain(job.cka.layers),
+        "precision": job.similarity.precision.value,
+        "layers": plain(job.similarity.layers),
     }
 
 
@@ -123,7 +123,7 @@ def run(job: JobSettings, *, resume_command: str = "") -> dict[str, Any]:
             if logger:  # the training recipe only when it made the weights (trained here or cached)
                 trains = [weights_source(m.settings, m.init) == "trained" for m in models.members()]
                 log_config(logger, plain(job), trained=any(trains))
-            summary.update(measure(job, dm, models, summary, timings, logger))
+            summary.update(weights_and_pass(job, dm, models, summary, timings, logger))
             if job.analyses and is_rank_zero():
                 summary["analyses"] = analyse(job, dm, models.model, summary, timings, logger)
         summary["status"] = "ok"
@@ -159,14 +159,15 @@ def checkpoint_cache(job: JobSettings, settings: ModelSettings) -> CheckpointCac
     )
 
 
-def measure(
+def weights_and_pass(
     job: JobSettings, dm: Any, models: Models, summary: dict[str, Any], timings: dict, logger: Any
 ) -> dict[str, Any]:
-    """The weights, then the CKA pass; returns the facts for result.json."""
+    """The weights (loaded or trained), then the similarity pass; returns the facts for result.json."""
     out_dir = Path(job.paths.output_dir)
-    cka_cb = CKACallback.from_settings(
-        job.cka,
+    pass_cb = SimilarityCallback.from_settings(
+        job.similarity,
         out_dir,
+        engine=job.engine_options(),
         title=_title(summary, job),
         model_label=summary["model_x"],
         other=models.other,
@@ -179,16 +180,16 @@ def measure(
         # the second model's weights first: CKA probes during the first model's training compare with it
         fit = Fit(job.train, factory, dm, seed=job.seed, output_dir=out_dir)
         summary["compare"].update(prepare_weights(job, dm, models.second, fit))
-    fit = Fit(job.train, factory, dm, seed=job.seed, logger=logger, callbacks=[cka_cb], output_dir=out_dir)
+    fit = Fit(job.train, factory, dm, seed=job.seed, logger=logger, callbacks=[pass_cb], output_dir=out_dir)
     facts = prepare_weights(job, dm, models.first, fit)
     timings["weights"] = time.perf_counter() - t
-    trainer = cka_trainer(factory, out_dir, cka_cb, logger)
+    trainer = pass_trainer(factory, out_dir, pass_cb, logger)
     t = time.perf_counter()
     with exact_length():
         metrics = trainer.test(vision_module(models.model, job.train), datamodule=dm, verbose=False)
     timings["cka"] = time.perf_counter() - t
-    if trainer.is_global_zero and cka_cb.final is not None:
-        facts.update(result_facts(cka_cb.final, metrics))
+    if trainer.is_global_zero and pass_cb.final is not None:
+        facts.update(result_facts(pass_cb.final, metrics))
     return facts
 
 
@@ -206,7 +207,7 @@ def analyse(
     entries = run_analyses(
         job.analyses,
         model,
-        job.cka.layer_spec(),
+        job.similarity.layer_spec(),
         dm,
         job.paths.output_dir,
         job.analysis,
@@ -278,11 +279,11 @@ def build_datamodule(job: JobSettings) -> Any:
     return create_datamodule(
         job.dataset,
         batch_size=job.train.batch_size,
-        eval_batch_size=job.cka.batch_size,
-        max_samples=job.cka.max_samples,
-        shuffle=job.cka.shuffle,
+        eval_batch_size=job.similarity.batch_size,
+        max_samples=job.similarity.max_samples,
+        shuffle=job.similarity.shuffle,
         seed=job.seed,
-        pool_size=declared_pool(job_measures(job.measures, job.measure, job.cka).values()),
+        pool_size=declared_pool(job_measures(job.measures, job.measure, job.engine_options()).values()),
     )
 
 
@@ -296,12 +297,11 @@ def check_job(job: JobSettings, dm: Any, models: Models) -> None:
     """Models and data built, before any weights: layers, the batch plan, the checkpoint folder."""
     other = {}
     if models.other is not None:
-        other = {"other": models.other.net, "other_layers": job.cka.layer_spec(other=True)}
-        check_layers(models.other, job.cka.layer_spec(other=True), job.cka, key="cka.other_layers")
-    check_layers(models.model, job.cka.layer_spec(), job.cka, **other)
-    check_plan(
-        dm, job.cka, limit=job.dataset.limit, measures=job_measures(job.measures, job.measure, job.cka)
-    )
+        other = {"other": models.other.net, "other_layers": job.similarity.layer_spec(other=True)}
+        check_layers(models.other, job.similarity.layer_spec(other=True), key="similarity.other_layers")
+    check_layers(models.model, job.similarity.layer_spec(), **other)
+    measures = job_measures(job.measures, job.measure, job.engine_options())
+    check_plan(dm, job.similarity, job.cka.estimator.value, limit=job.dataset.limit, measures=measures)
     for member in models.members():
         if weights_source(member.settings, member.init) == "trained":
             size = sum(p.numel() * p.element_size() for p in member.model.net.parameters())
@@ -309,13 +309,13 @@ def check_job(job: JobSettings, dm: Any, models: Models) -> None:
             check_writable(job.paths.checkpoints, "paths.checkpoints", need_bytes=5 * size)
 
 
-def cka_trainer(factory: Any, out_dir: Path, cka_cb: Any, logger: Any) -> pl.Trainer:
+def pass_trainer(factory: Any, out_dir: Path, pass_cb: Any, logger: Any) -> pl.Trainer:
     """The Trainer of the CKA pass (``trainer.test``): the job's Trainer with the CKA callback and the logger."""
     # the datamodule's evaluation loaders deal whole batches to ranks themselves (vvm.data.batches)
     return factory(
         use_distributed_sampler=False,
         logger=logger if logger else False,
-        callbacks=[cka_cb],
+        callbacks=[pass_cb],
         default_root_dir=str(out_dir),
         enable_checkpointing=False,
     )
@@ -324,7 +324,7 @@ def cka_trainer(factory: Any, out_dir: Path, cka_cb: Any, logger: Any) -> pl.Tra
 def measure_options(job: JobSettings, summary: dict[str, Any]) -> dict[str, Any]:
     """The CKA callback's measures (``measures=[...]``), their parameters and each one's heatmap title."""
     names = [str(m) for m in job.measures]
-    built = job_measures(names, job.measure, job.cka)
+    built = job_measures(names, job.measure, job.engine_options())
     titles = {name: _title(summary, job, m.title) for name, m in built.items() if name != "cka"}
     return {"measures": names, "params": measure_params(job.measure, names), "titles": titles}
 
@@ -354,7 +354,7 @@ def result_facts(final: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[s
         "layers_y": res.layers_y,
         "undefined_layers": sorted(set(res.undefined_x + res.undefined_y)),
         "activation_dtype": res.activation_dtype,
-        # cka.tf32 and what the pass's float32 convolutions and matmuls ran in (ieee | tf32)
+        # similarity.tf32 and what the pass's float32 convolutions and matmuls ran in (ieee | tf32)
         "cka_float32": final.get("float32"),
         "mean_cka": mean_offdiagonal(res.matrix.numpy()),
         "test_accuracy": float(metrics[0]["test/acc"]) if metrics and "test/acc" in metrics[0] else None,
@@ -371,7 +371,7 @@ __all__ = [
     "build_datamodule",
     "build_model",
     "checkpoint_cache",
-    "cka_trainer",
+    "pass_trainer",
     "is_interrupt",
     "run",
     "summarise",

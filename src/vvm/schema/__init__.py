@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vvm.schema.keys import added_keys, override_errors
 from vvm.schema.models import model_settings_classes
+from vvm.schema.renamed import RENAMED, rename_config, rename_overrides
 from vvm.schema.rules import check_rules, rule_errors
 from vvm.schema.store import register_configs
 from vvm.settings import ConfigError, plain
@@ -50,8 +51,9 @@ def record(job: JobSettings) -> dict[str, Any]:
 
 
 def from_record(config: dict[str, Any], dataset: str) -> JobSettings:
-    """Settings back from a stored ``config`` (result.json) of a job on ``dataset``; keys the schema no longer
-    has (an older vvm's ``_target_``...) are dropped."""
+    """Settings back from a stored ``config`` (result.json) of a job on ``dataset``; a renamed key is read as its
+    new one (:mod:`vvm.schema.renamed`, with a warning), keys the schema no longer has (an older vvm's
+    ``_target_``...) are dropped."""
     from dataclasses import fields
 
     from vvm.data import DATASETS
@@ -77,7 +79,7 @@ def from_record(config: dict[str, Any], dataset: str) -> JobSettings:
     def model_class(values: dict) -> type:
         return classes.get(str(values.get("name")), classes["timm"])
 
-    values = dict(config)
+    values = rename_config(dict(config))
     out = OmegaConf.structured(JobSettings)
     for key, v in values.items():
         if key in ("model", "compare") and isinstance(v, dict):
@@ -95,7 +97,8 @@ def from_record(config: dict[str, Any], dataset: str) -> JobSettings:
 
 def compose(overrides: list[str] | None = None, *, output_dir: str | Path | None = None) -> JobSettings:
     """``python -m vvm <overrides>``'s settings, composed in this process (for the Python API and tests):
-    Hydra's compose API, with its runtime set so that ``${hydra:...}`` resolves."""
+    Hydra's compose API, with its runtime set so that ``${hydra:...}`` resolves; a renamed key is taken as its
+    new one with a warning (:mod:`vvm.schema.renamed`)."""
     return to_settings(compose_config(overrides, output_dir=output_dir))
 
 
@@ -110,13 +113,16 @@ def compose_config(overrides: list[str] | None = None, *, output_dir: str | Path
     extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[*(overrides or []), *extra], return_hydra_config=True)
+        cfg = hydra_compose(
+            "config", overrides=[*rename_overrides(list(overrides or [])), *extra], return_hydra_config=True
+        )
     HydraConfig.instance().set_config(cfg)
     return cfg
 
 
 __all__ = [
     "CONFIG_DIR",
+    "RENAMED",
     "ConfigError",
     "compose",
     "compose_config",
@@ -124,6 +130,8 @@ __all__ = [
     "override_errors",
     "record",
     "register_configs",
+    "rename_config",
+    "rename_overrides",
     "rule_errors",
     "to_settings",
 ]

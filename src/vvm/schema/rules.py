@@ -18,10 +18,10 @@ def _batches(job: JobSettings) -> list[str]:
     need = min_samples(job.cka.estimator.value)
     why = f"the {job.cka.estimator} estimator needs at least {need} examples per batch"
     out = []
-    if job.cka.batch_size < need:
-        out.append(f"cka.batch_size={job.cka.batch_size}: {why}")
-    if job.cka.max_samples is not None and job.cka.max_samples < need:
-        out.append(f"cka.max_samples={job.cka.max_samples}: {why} (null: the whole split)")
+    if job.similarity.batch_size < need:
+        out.append(f"similarity.batch_size={job.similarity.batch_size}: {why}")
+    if job.similarity.max_samples is not None and job.similarity.max_samples < need:
+        out.append(f"similarity.max_samples={job.similarity.max_samples}: {why} (null: the whole split)")
     return out + _measure_batches(job)
 
 
@@ -33,7 +33,7 @@ def _measure_batches(job: JobSettings) -> list[str]:
     if len(set(names)) != len(names) or not names:
         return [f"measures={names}: name each measure once, at least one (e.g. measures=[cka,rsa,knn])"]
     try:
-        measures = job_measures(names, job.measure, job.cka)
+        measures = job_measures(names, job.measure, job.engine_options())
     except ValueError:
         return []  # a parameter out of its range: check_ranges names it
     try:
@@ -51,22 +51,22 @@ def _measure_batches(job: JobSettings) -> list[str]:
             continue
         why = f"{m.min_reason} needs at least {m.min_n} examples per batch"
         for key in ("batch_size", "max_samples"):
-            value = getattr(job.cka, key)
+            value = getattr(job.similarity, key)
             if name != "cka" and value is not None and value < m.min_n:
-                out.append(f"cka.{key}={value}: {why}{fix}")
+                out.append(f"similarity.{key}={value}: {why}{fix}")
     return out
 
 
 def _layers(job: JobSettings) -> list[str]:
     out = []
     for key in ("layers", "other_layers"):
-        spec = getattr(job.cka, key)
+        spec = getattr(job.similarity, key)
         if spec is None and key == "other_layers":
             continue
         names = [spec] if isinstance(spec, str) else spec
         if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
             out.append(
-                f"cka.{key}={spec!r}: a preset (blocks, all, term_project), a module name or glob, or a list "
+                f"similarity.{key}={spec!r}: a preset (blocks, all, term_project), a module name or glob, or a list "
                 "of them"
             )
     return out

@@ -11,7 +11,7 @@ from typing import Any
 
 from vvm.settings.analyses import AnalysisName, AnalysisSettings
 from vvm.settings.base import MISSING, choices, seed_field
-from vvm.settings.cka import CKASettings
+from vvm.settings.cka import CKASettings, KernelSettings, SimilaritySettings, engine_options
 from vvm.settings.loggers import CSVSettings, WandbSettings  # noqa: F401 - the logger node's types
 from vvm.settings.measures import MeasureName, MeasureSettings
 from vvm.settings.train import TrainerSettings, TrainSettings
@@ -44,7 +44,11 @@ class JobSettings:
     dataset: Any = MISSING
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     logger: Any = None
+    # the similarity pass (layers, batches, precision) and CKA's own options (kernel, estimator), each kernel's
+    # parameters (kernel.rbf.frac): vvm.settings.cka
+    similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
     cka: CKASettings = field(default_factory=CKASettings)
+    kernel: KernelSettings = field(default_factory=KernelSettings)
     # per-layer analyses run after the CKA pass on the (first) model: analyses=[erf,attention,probe]
     analyses: list[AnalysisName] = field(default_factory=list)
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
@@ -63,3 +67,7 @@ class JobSettings:
     def other_init(self) -> InitSettings:
         """The second model's init (``compare_init``, defaulting to ``init``)."""
         return self.compare_init if self.compare_init is not None else self.init
+
+    def engine_options(self) -> dict[str, Any]:
+        """The engine's options these settings set (``cka.*``, ``kernel.<kernel>.*``, the pass's precision)."""
+        return engine_options(self.cka, self.similarity, self.kernel)

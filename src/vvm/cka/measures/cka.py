@@ -13,9 +13,10 @@ import torch
 from torch import Tensor
 
 from vvm.cka.functional import check_estimator, min_samples
-from vvm.cka.kernels import apply_kernel, make_kernel
+from vvm.cka.kernels import KERNELS, apply_kernel, check_kernel, make_kernel
 from vvm.cka.measures.base import Grams, Measure, register_measure
 from vvm.cka.metric import HSICMetric, check_precision
+from vvm.cka.params import make_params
 
 # update(metric, kx, ky, batch_id, may_overwrite): how a batch's kernels reach the metric
 Update = Callable[[HSICMetric, Tensor, "Tensor | None", int, bool], None]
@@ -44,11 +45,16 @@ class CKA(Measure):
         rbf_frac: float = 1.0,
         rbf_bandwidth: str = "fixed",
         update: Update | None = None,
+        kernel_params: dict[str, Any] | None = None,
         **engine: Any,
     ) -> None:
         super().__init__(params, precision=precision, **engine)
         check_estimator(estimator)
         check_precision(precision)
+        if kernel_params:  # the kernel's own Params as plain values (kernel.<name>.*): a bridge until wt-26b
+            check_kernel(kernel)
+            own = make_params(f"kernel.{kernel}", KERNELS[kernel].Params, kernel_params)
+            rbf_frac, rbf_bandwidth = getattr(own, "frac", rbf_frac), getattr(own, "bandwidth", rbf_bandwidth)
         self.kernel = make_kernel(kernel, rbf_frac=rbf_frac, rbf_bandwidth=rbf_bandwidth)
         self.kernel_name, self.estimator, self.precision = kernel, estimator, precision
         self.rbf_bandwidth = rbf_bandwidth
