@@ -7,6 +7,7 @@ its own."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -51,11 +52,15 @@ class CKA(Measure):
         super().__init__(params, precision=precision, **engine)
         check_estimator(estimator)
         check_precision(precision)
-        if kernel_params:  # the kernel's own Params as plain values (kernel.<name>.*): a bridge until wt-26b
+        options: dict[str, Any] = {"rbf_frac": rbf_frac, "rbf_bandwidth": rbf_bandwidth}
+        if (
+            kernel_params
+        ):  # kernel.<name>.* (the kernel's Params), to its keywords <name>_<param>: until wt-26b
             check_kernel(kernel)
             own = make_params(f"kernel.{kernel}", KERNELS[kernel].Params, kernel_params)
-            rbf_frac, rbf_bandwidth = getattr(own, "frac", rbf_frac), getattr(own, "bandwidth", rbf_bandwidth)
-        self.kernel = make_kernel(kernel, rbf_frac=rbf_frac, rbf_bandwidth=rbf_bandwidth)
+            options.update({f"{kernel}_{f.name}": getattr(own, f.name) for f in fields(own)})
+            rbf_frac, rbf_bandwidth = options["rbf_frac"], options["rbf_bandwidth"]
+        self.kernel = make_kernel(kernel, **options)
         self.kernel_name, self.estimator, self.precision = kernel, estimator, precision
         self.rbf_bandwidth = rbf_bandwidth
         self.kernel_options = {"rbf_frac": rbf_frac}
