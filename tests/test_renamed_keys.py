@@ -137,3 +137,24 @@ def test_the_kernel_params_reach_the_kernel():
     assert not torch.allclose(new, default)
     with pytest.raises(ValueError, match="kernel.rbf.frac=-1 must be > 0"):
         StreamingSimilarity(net, layers, kernel="rbf", kernel_params={"frac": -1})
+
+
+def test_resume_reads_a_result_stored_with_the_old_keys(tmp_path):
+    """A result.json whose ``config`` has ``cka.batch_size`` is the same job as ``similarity.batch_size`` (resume
+    reuses it), and a different value under the old key is a difference (it computes again)."""
+    from test_resume import finished_job
+
+    from vvm.job.task import completed_result
+
+    now = {
+        "seed": 0,
+        "similarity": {"batch_size": 64},
+        "cka": {"kernel": "rbf"},
+        "kernel": {"rbf": {"frac": 0.5}},
+    }
+    same = finished_job(
+        tmp_path / "same", config={"seed": 0, "cka": {"kernel": "rbf", "batch_size": 64, "rbf_frac": 0.5}}
+    )
+    assert completed_result(same, now) is not None
+    other = finished_job(tmp_path / "other", config={"seed": 0, "cka": {"kernel": "rbf", "batch_size": 32}})
+    assert completed_result(other, now) is None

@@ -3,7 +3,7 @@
 - ``similarity.*`` (:class:`SimilaritySettings`): the pass itself, whatever measures it computes (CKA, RSA, kNN,
   the CCA family...): which layers, which batches (``batch_size``, ``shuffle``, ``max_samples``), when
   (``every_n_epochs``), how precisely (``precision``, ``tf32``) and the heatmaps' ``colour_range``. These were
-  ``cka.*`` while CKA was the only measure; the old keys still work for one release (:mod:`vvm.schema.keys`).
+  ``cka.*`` while CKA was the only measure; the old keys still work for one release (:mod:`vvm.schema.renamed`).
 - ``cka.*`` (:class:`CKASettings`): CKA's own options, read by CKA alone: the ``kernel`` and the ``estimator``.
 - ``kernel.<name>.*`` (:class:`KernelSettings`): each kernel's own parameters (``kernel.rbf.frac``), generated
   from the kernel's ``Params`` (:mod:`vvm.cka.kernels`); only the chosen kernel's (``cka.kernel``) are used.
