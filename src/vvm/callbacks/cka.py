@@ -1,5 +1,5 @@
-"""SimilarityCallback (``CKACallback`` until issue 26, still importable for one release): the similarity pass (StreamingSimilarity: CKA, and any other measure of ``measures``) inside a
-Lightning run.
+"""SimilarityCallback (``CKACallback`` until issue 26, still importable for one release): the similarity pass
+(StreamingSimilarity: CKA, and any other measure of ``measures``) inside a Lightning run.
 
 - after training (``trainer.test``): every measure over the evaluation split, in one pass, written as
   cka.npz / cka.png / cka.pdf (and rsa.*, knn.* for ``measures=[cka,rsa,knn]``) in the run directory and logged
