@@ -132,7 +132,9 @@ def test_the_kernel_params_reach_the_kernel():
     layers = ["0", "2"]
     params = {"frac": 0.3, "bandwidth": "per_batch"}
     new = run(StreamingSimilarity(net, layers, kernel="rbf", kernel_params=params))
-    old = run(StreamingCKA(net, layers, kernel="rbf", rbf_frac=0.3, rbf_bandwidth="per_batch"))
+    # the engine's old keywords still work for one release, with a warning
+    with pytest.warns(FutureWarning, match="rbf_frac=, rbf_bandwidth= is deprecated"):
+        old = run(StreamingCKA(net, layers, kernel="rbf", rbf_frac=0.3, rbf_bandwidth="per_batch"))
     default = run(StreamingCKA(net, layers, kernel="rbf"))
     torch.testing.assert_close(new, old)
     assert not torch.allclose(new, default)
