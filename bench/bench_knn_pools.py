@@ -1,5 +1,5 @@
 """The batch-size experiment of issue 27, rerun: mutual kNN on pools of a declared n does not move with
-``cka.batch_size``, and its interval covers the value on n images.
+``similarity.batch_size``, and its interval covers the value on n images.
 
 One model (the CIFAR ResNet-18, random init, ``blocks``), one set of images (the first ``--images`` digits of a
 seeded permutation of scikit-learn's 1,797), k = 10:

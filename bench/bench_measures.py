@@ -97,7 +97,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="r18")
     p.add_argument("--layers", default="blocks")
-    p.add_argument("--batch", type=int, default=64, help="CKA's batch size (cka.batch_size)")
+    p.add_argument("--batch", type=int, default=64, help="CKA's batch size (similarity.batch_size)")
     p.add_argument("--n", type=int, default=1024, help="examples per pool (measure.rsa.n, measure.knn.n)")
     p.add_argument("--pools", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)

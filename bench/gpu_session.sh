@@ -54,7 +54,7 @@ if [ "$DRY" = 1 ]; then
   TRAINER=trainer=cpu
   # dataset.* keys only here: the dry run's data must be tiny; the real run's commands use the CLI's groups
   TINY=(dataset.train_size=32 dataset.test_size=16 dataset.image_size=8 train.batch_size=16)
-  CKA_SMALL=(cka.batch_size=8 cka.max_samples=8)
+  CKA_SMALL=(similarity.batch_size=8 similarity.max_samples=8)
   BENCH_CKA=(--device cpu --batches 1 --repeats 1 --layers blocks)
   B256=(--models r18 --batch 8)
   B64=(--models vit_l32 --batch 4 --no-memory)
@@ -157,7 +157,7 @@ else
   step lambda_fit 60 vvm_job lambda_fit model=lambda_r26 init=pretrained dataset=synthetic "$TRAINER" \
     train.epochs=1 "${TINY[@]}" "${CKA_SMALL[@]}"
   # 3. cross-model CKA with ViT-L/32 (224x224 inputs, resized on the device), convolutions in IEEE float32
-  step compare 60 vvm_job compare model=r18 compare=vit_l32 dataset=synthetic "$TRAINER" cka.tf32=off \
+  step compare 60 vvm_job compare model=r18 compare=vit_l32 dataset=synthetic "$TRAINER" similarity.tf32=off \
     "${TINY[@]}" "${CKA_SMALL[@]}"
   # 4. the CKA pass at batch 1024; then, if time is left, the hooks' centring in 16 MiB column blocks instead
   # of whole activations (time vs memory: a CPU emulation of the CUDA path put whole activations at 1.02 of

@@ -57,7 +57,7 @@ SMALL_MEASURES_JOB = [
     "dataset.train_size=32",
     "dataset.test_size=40",
     "dataset.image_size=16",
-    "cka.batch_size=20",
+    "similarity.batch_size=20",
     "logger=none",
     "trainer=cpu",
 ]
@@ -79,8 +79,8 @@ TINY_TRAINING = [
     "trainer=cpu",
     "trainer.enable_progress_bar=false",
     "logger=none",
-    "cka.batch_size=8",
-    "cka.layers=[layer1,layer4]",
+    "similarity.batch_size=8",
+    "similarity.layers=[layer1,layer4]",
 ]
 
 
@@ -91,7 +91,7 @@ TINY_R18 = [
     "dataset.image_size=8",
     "dataset.train_size=32",
     "dataset.test_size=32",
-    "cka.batch_size=16",
+    "similarity.batch_size=16",
     "train.batch_size=16",
     "trainer=cpu",
 ]
@@ -217,9 +217,9 @@ def job_datamodule(job):
     from vvm.pipeline.objects import build_datamodule
     from vvm.settings import job_measures
 
-    pool = declared_pool(job_measures(job.measures, job.measure, job.cka).values())
+    pool = declared_pool(job_measures(job.measures, job.measure, job.engine_options()).values())
     return build_datamodule(
-        job.dataset, job.cka, batch_size=job.train.batch_size, seed=job.seed, pool_size=pool
+        job.dataset, job.similarity, batch_size=job.train.batch_size, seed=job.seed, pool_size=pool
     )
 
 

@@ -24,8 +24,8 @@ TINY = [
     "dataset.image_size=8",
     "dataset.train_size=32",
     "dataset.test_size=32",
-    "cka.batch_size=16",
-    "cka.max_samples=16",
+    "similarity.batch_size=16",
+    "similarity.max_samples=16",
     "analysis.erf.n_images=2",
     "analysis.attention.n_images=2",
     "analysis.probe.batch_size=32",
@@ -97,7 +97,7 @@ def test_misspelt_analysis_key_names_the_closest():
 def test_job_writes_analyses_files_result_and_csv_scalars(tmp_path):
     out = tmp_path / "run"
     # four layers keep it quick: the probe's eigendecompositions grow as d³ (layer4's d = 512)
-    layers = "cka.layers=[stem,layer1.0,layer2.0,fc]"
+    layers = "similarity.layers=[stem,layer1.0,layer2.0,fc]"
     job = compose_settings(["model=r18", *TINY, layers, "analyses=[erf,attention,probe]", "logger=csv"], out)
     summary = run(job)
     res = json.loads((out / "result.json").read_text())
@@ -128,7 +128,7 @@ def test_only_rank_zero_runs_the_analyses(tmp_path, monkeypatch):
         vvm.pipeline.steps, "is_rank_zero", lambda: False
     )  # this process: rank 1 of a DDP job
     job = compose_settings(
-        ["model=r18", *TINY, "cka.layers=[stem,fc]", "analyses=[erf]", "logger=none"], tmp_path
+        ["model=r18", *TINY, "similarity.layers=[stem,fc]", "analyses=[erf]", "logger=none"], tmp_path
     )
     summary = run(job)
     assert summary["status"] == "ok" and "analyses" not in summary and "erf" not in summary["seconds"]
@@ -247,7 +247,7 @@ def test_acceptance_command_vit_l32(tmp_path):
     out = tmp_path / "run"
     small = [
         "dataset.limit=16",
-        "cka.batch_size=16",
+        "similarity.batch_size=16",
         "analysis.erf.n_images=2",
         "analysis.attention.n_images=2",
         "analysis.probe.batch_size=16",

@@ -16,7 +16,7 @@ SMALL = [
     "dataset=synthetic",
     "dataset.train_size=64",
     "dataset.test_size=80",
-    "cka.batch_size=32",
+    "similarity.batch_size=32",
     "logger=none",
     "trainer=cpu",
 ]
@@ -62,7 +62,13 @@ def test_cli_writes_every_output(tmp_path):
 
 @pytest.mark.slow
 def test_cli_options_and_reproducibility(tmp_path):
-    args = [*SMALL, "cka.kernel=rbf", "cka.estimator=biased", "cka.layers=[stem,layer2.*.bn1,fc]", "seed=3"]
+    args = [
+        *SMALL,
+        "cka.kernel=rbf",
+        "cka.estimator=biased",
+        "similarity.layers=[stem,layer2.*.bn1,fc]",
+        "seed=3",
+    ]
     run_vvm([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
     run_vvm([*args, f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
     a, b = load_npz(tmp_path / "a" / "cka.npz"), load_npz(tmp_path / "b" / "cka.npz")
@@ -74,7 +80,7 @@ def test_cli_options_and_reproducibility(tmp_path):
 @pytest.mark.slow
 def test_cli_bad_layer_fails_with_helpful_error(tmp_path):
     proc = run_vvm(
-        [*SMALL, "cka.layers=[layer9]", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path, check=False
+        [*SMALL, "similarity.layers=[layer9]", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path, check=False
     )
     assert proc.returncode != 0
     assert "layer 'layer9' matches no module" in proc.stderr

@@ -18,7 +18,7 @@ import pytest
 
 from vvm.io import write_json, write_npz
 
-DIGITS = ["dataset=digits", "dataset.limit=48", "cka.batch_size=16", "logger=none", "trainer=cpu"]
+DIGITS = ["dataset=digits", "dataset.limit=48", "similarity.batch_size=16", "logger=none", "trainer=cpu"]
 
 
 def stored_job(sweep_dir: Path, job: str, seed: int) -> Path:

@@ -17,7 +17,7 @@ from vvm.diff import main as diff_main
 from vvm.io import load_npz
 from vvm.pipeline.steps import run
 
-FAST = ["dataset=digits", "dataset.limit=96", "cka.batch_size=32", "logger=none", "trainer=cpu"]
+FAST = ["dataset=digits", "dataset.limit=96", "similarity.batch_size=32", "logger=none", "trainer=cpu"]
 
 
 @pytest.mark.slow
@@ -81,7 +81,7 @@ def test_difference_map(tmp_path):
     diff_main([str(tmp_path / "a"), str(tmp_path / "b" / "cka.npz"), "--out", str(tmp_path / "d")])
     assert load_npz(tmp_path / "d" / "diff.npz")["diff"].shape == (10, 10)
     assert (tmp_path / "d" / "diff.png").is_file() and (tmp_path / "d" / "diff.pdf").is_file()
-    run(compose_settings([*FAST, "cka.layers=[stem,fc]"], tmp_path / "c"))
+    run(compose_settings([*FAST, "similarity.layers=[stem,fc]"], tmp_path / "c"))
     with pytest.raises(ValueError, match="different layers_x"):
         cka_difference(tmp_path / "a", tmp_path / "c")
 

@@ -381,7 +381,7 @@ def test_dataset_configs_instantiate(name, cifar_root, imagenet_root, tmp_path):
     data = tmp_path / "data"
     if name.startswith("cifar"):
         data = cifar_root[0]
-    overrides = [f"dataset={name}", f"paths.data={data}", "cka.max_samples=5"]
+    overrides = [f"dataset={name}", f"paths.data={data}", "similarity.max_samples=5"]
     if name == "imagenet":
         overrides += [f"dataset.root={imagenet_root / 'val'}", "dataset.num_classes=3"]
     job = compose_settings(overrides, tmp_path / "run")

@@ -53,7 +53,7 @@ def _imagefolder_cka(root, out, *extra):
             "logger=none",
             "trainer=cpu",
             "trainer.enable_progress_bar=false",
-            "cka.layers=[conv1,layer1,layer2,layer3,layer4]",
+            "similarity.layers=[conv1,layer1,layer2,layer3,layer4]",
             *extra,
         ],
         out,
@@ -67,10 +67,12 @@ def test_class_sorted_imagefolder_random_batches_match_one_batch(tmp_path):
     estimate over all 192 images; the seeded random permutation brings the minibatch estimate within 0.05."""
     root = tmp_path / "val"
     _class_sorted_imagefolder(root)
-    whole = _imagefolder_cka(root, tmp_path / "whole", "cka.batch_size=192")
+    whole = _imagefolder_cka(root, tmp_path / "whole", "similarity.batch_size=192")
     assert int(whole["n_batches"]) == 1 and int(whole["n_samples"]) == 192
-    shuffled = _imagefolder_cka(root, tmp_path / "shuffled", "cka.batch_size=12")
-    in_order = _imagefolder_cka(root, tmp_path / "in_order", "cka.batch_size=12", "cka.shuffle=false")
+    shuffled = _imagefolder_cka(root, tmp_path / "shuffled", "similarity.batch_size=12")
+    in_order = _imagefolder_cka(
+        root, tmp_path / "in_order", "similarity.batch_size=12", "similarity.shuffle=false"
+    )
     assert int(shuffled["n_batches"]) == 16 and int(shuffled["n_samples"]) == 192
     err_random = np.nanmax(np.abs(shuffled["cka"] - whole["cka"]))
     err_sorted = np.nanmax(np.abs(in_order["cka"] - whole["cka"]))
@@ -137,7 +139,7 @@ DDP_BASE = [
     "dataset.train_size=16",
     "logger=none",
     "trainer.enable_progress_bar=false",
-    "cka.layers=[stem,layer1,layer2,layer3,layer4,fc]",
+    "similarity.layers=[stem,layer1,layer2,layer3,layer4,fc]",
 ]
 
 
@@ -147,7 +149,7 @@ DDP_BASE = [
     [(37, 8), (9, 16)],  # 5 batches over 2 ranks (N mod W != 0); one batch, rank 1 only pads (N < W B)
 )
 def test_ddp_two_processes_equal_one(tmp_path, n, batch):
-    args = [*DDP_BASE, f"dataset.test_size={n}", f"cka.batch_size={batch}", "cka.kernel=rbf"]
+    args = [*DDP_BASE, f"dataset.test_size={n}", f"similarity.batch_size={batch}", "cka.kernel=rbf"]
     run_vvm([*args, "trainer=cpu", f"hydra.run.dir={tmp_path / 'one'}"], cwd=tmp_path, timeout=300)
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
     run_vvm([*args, *ddp, f"hydra.run.dir={tmp_path / 'two'}"], cwd=tmp_path, timeout=300)
@@ -205,8 +207,8 @@ def test_compare_model_runs_under_the_same_precision_context(tmp_path):
             "dataset.image_size=8",
             "dataset.train_size=16",
             "dataset.test_size=24",
-            "cka.batch_size=12",
-            "cka.layers=[layer1,layer4]",
+            "similarity.batch_size=12",
+            "similarity.layers=[layer1,layer4]",
             "logger=none",
             "trainer=cpu",
             "trainer.precision=bf16-mixed",
@@ -356,9 +358,9 @@ def test_npz_records_bandwidth_and_activation_dtype(tmp_path):
             "dataset.image_size=8",
             "dataset.train_size=16",
             "dataset.test_size=40",
-            "cka.batch_size=20",
+            "similarity.batch_size=20",
             "cka.kernel=rbf",
-            "cka.layers=[layer1,layer2]",
+            "similarity.layers=[layer1,layer2]",
             "logger=none",
             "trainer=cpu",
             "trainer.enable_progress_bar=false",
@@ -380,8 +382,8 @@ DIFF_BASE = [
     "dataset.image_size=8",
     "dataset.train_size=16",
     "dataset.test_size=48",
-    "cka.batch_size=12",
-    "cka.layers=[stem,layer1,layer2,layer3,layer4,fc]",
+    "similarity.batch_size=12",
+    "similarity.layers=[stem,layer1,layer2,layer3,layer4,fc]",
     "logger=none",
     "trainer=cpu",
     "trainer.enable_progress_bar=false",
@@ -435,10 +437,10 @@ def test_difference_carries_a_paired_or_independent_stderr(tmp_path):
 def test_difference_of_different_models_warns_and_names_plainly(tmp_path):
     from vvm.diff import cka_difference
 
-    small = [*DIFF_BASE, "dataset.test_size=16", "cka.batch_size=8"]
-    run(compose_settings([*small, "cka.layers=[layer1,layer2]"], tmp_path / "a"))
-    run(compose_settings([*small, "model=r34", "cka.layers=[layer1,layer2]"], tmp_path / "b"))
-    run(compose_settings([*small, "cka.layers=[layer1,layer3]"], tmp_path / "c"))
+    small = [*DIFF_BASE, "dataset.test_size=16", "similarity.batch_size=8"]
+    run(compose_settings([*small, "similarity.layers=[layer1,layer2]"], tmp_path / "a"))
+    run(compose_settings([*small, "model=r34", "similarity.layers=[layer1,layer2]"], tmp_path / "b"))
+    run(compose_settings([*small, "similarity.layers=[layer1,layer3]"], tmp_path / "c"))
     with pytest.warns(UserWarning, match="different models"):
         cka_difference(tmp_path / "a", tmp_path / "b")
     with pytest.raises(ValueError) as e:

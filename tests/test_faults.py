@@ -26,7 +26,7 @@ from vvm.pipeline import preflight, weights
 from vvm.pipeline import steps as pipeline
 from vvm.pipeline.preflight import check_batch_plan, check_writable
 from vvm.schema import CONFIG_DIR, override_errors
-from vvm.settings import CKASettings, ConfigError
+from vvm.settings import ConfigError
 
 TINY = [
     "model=r18",
@@ -42,7 +42,7 @@ TINY = [
     "trainer=cpu",
     "trainer.enable_progress_bar=false",
     "logger=none",
-    "cka.batch_size=8",
+    "similarity.batch_size=8",
 ]
 
 
@@ -100,20 +100,20 @@ def test_failed_save_keeps_the_weights_in_the_run_dir(tmp_path, monkeypatch, cap
             r"Invalid value 'rbff', expected one of \[linear, rbf\]\n\s+full_key: cka.kernel",
         ),
         ("cka.estimator=nope", r"expected one of \[unbiased, biased\]\n\s+full_key: cka.estimator"),
-        ("cka.precision=half", r"expected one of \[exact, fast\]\n\s+full_key: cka.precision"),
-        ("cka.rbf_frac=NaN", r"cka.rbf_frac=nan must be a finite number"),
-        ("cka.rbf_frac=-1", r"cka.rbf_frac=-1.0 must be > 0"),
-        ("cka.rbf_bandwidth=sometimes", r"expected one of \[fixed, per_batch\]"),
-        ("cka.batch_size=0", r"cka.batch_size=0 must be >= 1"),
-        ("cka.batch_size=-1", r"cka.batch_size=-1: the unbiased estimator needs at least 4"),
-        ("cka.batch_size=3", r"cka.batch_size=3: the unbiased estimator needs at least 4"),
+        ("similarity.precision=half", r"expected one of \[exact, fast\]\n\s+full_key: similarity.precision"),
+        ("kernel.rbf.frac=NaN", r"kernel.rbf.frac=nan must be a finite number"),
+        ("kernel.rbf.frac=-1", r"kernel.rbf.frac=-1.0 must be > 0"),
+        ("kernel.rbf.bandwidth=sometimes", r"expected one of \[fixed, per_batch\]"),
+        ("similarity.batch_size=0", r"similarity.batch_size=0 must be >= 1"),
+        ("similarity.batch_size=-1", r"similarity.batch_size=-1: the unbiased estimator needs at least 4"),
+        ("similarity.batch_size=3", r"similarity.batch_size=3: the unbiased estimator needs at least 4"),
         (
-            "cka.batch_size=abc",
-            r"'abc' of type 'str' could not be converted to Integer\n\s+full_key: cka.batch_size",
+            "similarity.batch_size=abc",
+            r"'abc' of type 'str' could not be converted to Integer\n\s+full_key: similarity.batch_size",
         ),
-        ("cka.max_samples=0", r"cka.max_samples=0: the unbiased estimator needs at least 4"),
-        ("cka.max_samples=-5", r"cka.max_samples=-5"),
-        ("cka.shuffle=maybe", r"full_key: cka.shuffle"),
+        ("similarity.max_samples=0", r"similarity.max_samples=0: the unbiased estimator needs at least 4"),
+        ("similarity.max_samples=-5", r"similarity.max_samples=-5"),
+        ("similarity.shuffle=maybe", r"full_key: similarity.shuffle"),
         ("train.epochs=0", r"train.epochs=0 with init=pretrained: r18 is trained by vvm"),
         ("train.epochs=-1", r"train.epochs=-1 must be >= 0"),
         (
@@ -138,15 +138,15 @@ def test_bad_settings_are_errors_naming_the_key(tmp_path, override, message):
 
 
 def test_booleans_take_booleans_only(tmp_path):
-    """``cka.shuffle=off`` is false (a bool node reads on/off, yes/no), not a truthy string."""
-    assert compose_settings([*TINY, "cka.shuffle=off"], tmp_path).cka.shuffle is False
-    assert compose_settings([*TINY, "cka.shuffle=true"], tmp_path).cka.shuffle is True
+    """``similarity.shuffle=off`` is false (a bool node reads on/off, yes/no), not a truthy string."""
+    assert compose_settings([*TINY, "similarity.shuffle=off"], tmp_path).similarity.shuffle is False
+    assert compose_settings([*TINY, "similarity.shuffle=true"], tmp_path).similarity.shuffle is True
 
 
 def test_biased_estimator_minimum_is_two(tmp_path):
-    compose_settings([*TINY, "cka.estimator=biased", "cka.batch_size=2"], tmp_path)
+    compose_settings([*TINY, "cka.estimator=biased", "similarity.batch_size=2"], tmp_path)
     assert "biased estimator needs at least 2" in compose_error(
-        [*TINY, "cka.estimator=biased", "cka.batch_size=1"], tmp_path
+        [*TINY, "cka.estimator=biased", "similarity.batch_size=1"], tmp_path
     )
 
 
@@ -156,19 +156,19 @@ def test_epochs_zero_is_fine_where_nothing_trains(tmp_path):
 
 def test_a_plan_whose_batches_are_all_too_small_is_an_error(tmp_path):
     # 5 examples in batches of at most 4: balanced sizes 3 and 2, both below the unbiased minimum of 4
-    job, dm, _ = tiny(tmp_path, "cka.batch_size=4", "cka.max_samples=5")
+    job, dm, _ = tiny(tmp_path, "similarity.batch_size=4", "similarity.max_samples=5")
     with pytest.raises(ConfigError, match=r"batches of \[2, 3\].*needs at least 4 examples per batch"):
-        check_batch_plan(dm, job.cka)
+        check_batch_plan(dm, job.similarity, job.cka.estimator.value)
 
 
 def test_bad_settings_fail_before_training(tmp_path):
     """The whole job: a bad layer name is an error before any training, with nothing in the cache."""
     job = compose_settings(
-        [*TINY, f"paths.checkpoints={tmp_path / 'ckpt'}", "cka.layers=[stem,layer9]"], tmp_path
+        [*TINY, f"paths.checkpoints={tmp_path / 'ckpt'}", "similarity.layers=[stem,layer9]"], tmp_path
     )
     t = time.perf_counter()
     with pytest.raises(
-        ConfigError, match=r"cka.layers=\['stem', 'layer9'\]: layer 'layer9' matches no module"
+        ConfigError, match=r"similarity.layers=\['stem', 'layer9'\]: layer 'layer9' matches no module"
     ):
         pipeline.run(job)
     assert time.perf_counter() - t < 60 and not list((tmp_path / "ckpt").glob("*"))
@@ -184,9 +184,9 @@ def test_layers_that_never_run_are_an_error(tmp_path):
             return self.used(x)
 
     model = type("M", (), {"net": Unused(), "name": "m", "input_size": 8})()
-    preflight.check_layers(model, ["used"], CKASettings())
+    preflight.check_layers(model, ["used"])
     with pytest.raises(ConfigError, match="spare never run in a forward pass"):
-        preflight.check_layers(model, ["used", "spare"], CKASettings())
+        preflight.check_layers(model, ["used", "spare"])
 
 
 @pytest.mark.slow
@@ -255,7 +255,7 @@ def test_interrupt_writes_status_interrupted_and_the_resume_command(tmp_path, mo
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "measure", interrupted)
+    monkeypatch.setattr(pipeline, "weights_and_pass", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(job, resume_command="python -m vvm init=random hydra.run.dir=x")
     res = json.loads((tmp_path / "run" / "result.json").read_text())

@@ -272,9 +272,10 @@ def test_colour_range_is_a_typed_setting_that_reaches_the_callback(tmp_path):
     from compose import compose_settings
     from hydra.errors import ConfigCompositionException
 
-    from vvm.callbacks.cka import CKACallback
+    from vvm.callbacks.cka import SimilarityCallback
 
-    job = compose_settings(["cka.colour_range=auto"], tmp_path)
-    assert CKACallback.from_settings(job.cka, tmp_path).colour_range == "auto"
+    job = compose_settings(["similarity.colour_range=auto"], tmp_path)
+    callback = SimilarityCallback.from_settings(job.similarity, tmp_path, engine=job.engine_options())
+    assert callback.colour_range == "auto"
     with pytest.raises(ConfigCompositionException, match="colour_range"):  # an enum: checked as Hydra merges
-        compose_settings(["cka.colour_range=tight"], tmp_path)
+        compose_settings(["similarity.colour_range=tight"], tmp_path)

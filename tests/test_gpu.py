@@ -109,7 +109,7 @@ def test_cka_batches_do_not_synchronise_with_the_host():
 
 
 def test_cka_tf32_off_runs_convolutions_in_ieee_float32():
-    """Issue 22: under cka.tf32=off the pass's convolutions are IEEE float32 (close to float64); under allow (PyTorch's
+    """Issue 22: under similarity.tf32=off the pass's convolutions are IEEE float32 (close to float64); under allow (PyTorch's
     default) cuDNN may use TF32. Prints both errors for docs/benchmarks.md."""
     from vvm.cka.precision import float32_precision, pass_float32
 

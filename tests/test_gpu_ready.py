@@ -416,9 +416,11 @@ def test_the_joint_pass_loads_with_the_datamodules_workers_and_pins_for_cuda(mon
         return loader
 
     monkeypatch.setattr(VisionDataModule, "eval_loader", recording)
-    job = compose_settings(["dataset=digits", "dataset.num_workers=2", "cka.max_samples=16", "cka.batch_size=8",
-                            "cka.layers=[stem,fc]"], tmp_path)  # fmt: skip
-    settings = JointSettings(job.dataset, job.train.batch_size, job.cka, job.measure, job.seed)
+    job = compose_settings(["dataset=digits", "dataset.num_workers=2", "similarity.max_samples=16", "similarity.batch_size=8",
+                            "similarity.layers=[stem,fc]"], tmp_path)  # fmt: skip
+    settings = JointSettings(
+        job.dataset, job.train.batch_size, job.similarity, job.cka, job.kernel, job.measure, job.seed
+    )
     res, _ = run_pass({"a": create("r18", num_classes=10)}, settings, "cpu", progress=False)
     assert seen == {"workers": 2, "device": "cpu", "plan": 2} and res.n_samples == 16
 
@@ -491,10 +493,10 @@ def test_result_files_record_what_the_pass_ran_in(tmp_path, fp32_flags):
     from vvm.io import load_npz
     from vvm.pipeline.steps import run
 
-    fast = ["dataset=digits", "dataset.limit=48", "cka.batch_size=24", "logger=none", "trainer=cpu"]
+    fast = ["dataset=digits", "dataset.limit=48", "similarity.batch_size=24", "logger=none", "trainer=cpu"]
     torch.set_float32_matmul_precision("high")  # a user's global setting: off overrides it for the pass only
     before = _fp32_state()
-    run(compose_settings([*fast, "cka.tf32=off"], tmp_path / "off"))
+    run(compose_settings([*fast, "similarity.tf32=off"], tmp_path / "off"))
     assert _fp32_state() == before
     res = json.loads((tmp_path / "off" / "result.json").read_text())
     assert res["cka_float32"] == {"tf32": "off", "device": "cpu", "conv": "ieee", "matmul": "ieee"}
@@ -509,7 +511,10 @@ def test_a_bad_tf32_setting_is_refused_before_any_work(tmp_path):
     """A closed choice of the schema: refused when the config is composed, naming the key and the choices."""
     from helpers import compose_error
 
-    message = compose_error(["dataset=digits", "logger=none", "trainer=cpu", "cka.tf32=maybe"], tmp_path)
+    message = compose_error(
+        ["dataset=digits", "logger=none", "trainer=cpu", "similarity.tf32=maybe"], tmp_path
+    )
     assert (
-        "Invalid value 'maybe', expected one of [allow, off]" in message and "full_key: cka.tf32" in message
+        "Invalid value 'maybe', expected one of [allow, off]" in message
+        and "full_key: similarity.tf32" in message
     )

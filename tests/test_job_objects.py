@@ -13,7 +13,7 @@ from helpers import TINY_R18
 
 from vvm.pipeline import objects, steps
 
-JOB = [*TINY_R18, "init=random", "logger=none", "cka.layers=[layer1,layer4]"]
+JOB = [*TINY_R18, "init=random", "logger=none", "similarity.layers=[layer1,layer4]"]
 
 
 def reference_merge(parts):
@@ -67,7 +67,7 @@ def test_a_failing_step_keeps_what_finished(tmp_path, monkeypatch):
         yield {"compare": {"weights": "second model ready"}, "seconds": {"weights": 0.5}}
         raise RuntimeError("the first model's training broke")
 
-    monkeypatch.setattr(steps, "measure", failing_measure)
+    monkeypatch.setattr(steps, "weights_and_pass", failing_measure)
     job = compose_settings([*JOB, "compare=r18"], tmp_path)
     with pytest.raises(RuntimeError, match="training broke"):
         steps.run(job)

@@ -195,7 +195,7 @@ def test_two_processes_match_one(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- a sweep
-DIGITS = ["dataset=digits", "dataset.limit=48", "cka.batch_size=16", "logger=none", "trainer=cpu"]
+DIGITS = ["dataset=digits", "dataset.limit=48", "similarity.batch_size=16", "logger=none", "trainer=cpu"]
 TRAIN = ["train.epochs=1", "train.batch_size=16", "train.precise_bn=48"]
 SWEEP_JOBS = [
     ["model=r18", "init=pretrained", "seed=0"],

@@ -34,7 +34,9 @@ def test_measures_settings_and_their_rules(tmp_path):
     assert job.measure.knn.k == 5 and str(job.measure.rsa.correlation) == "pearson"
     err = compose_error(["dataset=digits", "measures=[knn]", "measure.knn.n=8"], tmp_path)
     assert "measure.knn.n=8: knn with k=10" in err and "needs at least 11 examples per pool" in err
-    job = compose_settings(["dataset=digits", "measures=[knn]", "cka.batch_size=8"], tmp_path)  # kNN: pools
+    job = compose_settings(
+        ["dataset=digits", "measures=[knn]", "similarity.batch_size=8"], tmp_path
+    )  # kNN: pools
     err = compose_error(["dataset=digits", "measures=[rsa,knn]", "measure.knn.n=512"], tmp_path)
     assert "measure.rsa.n=1024, measure.knn.n=512" in err and "give them the same n" in err
     assert "measure.knn.k=0 must be >= 1" in compose_error(["dataset=digits", "measure.knn.k=0"], tmp_path)
@@ -45,7 +47,9 @@ def test_measures_settings_and_their_rules(tmp_path):
 def test_a_plan_too_small_for_k_is_refused_before_any_work(tmp_path):
     from vvm.pipeline.steps import build
 
-    job = compose_settings([*SMALL, "measures=[cka,knn]", "cka.max_samples=16", "measure.knn.k=19"], tmp_path)
+    job = compose_settings(
+        [*SMALL, "measures=[cka,knn]", "similarity.max_samples=16", "measure.knn.k=19"], tmp_path
+    )
     with pytest.raises(Exception, match="measure knn would skip every pool"):
         build(
             job, {"model": "r18", "init": "random"}
@@ -191,7 +195,7 @@ def test_loggers_get_each_measure():
 def test_compare_works_for_every_measure(tmp_path):
     """Through the CLI (python -m vvm ... measures=[cka,rsa,knn] compare=r18)."""
     run_vvm([*SMALL, "measures=[cka,rsa,knn]", "measure.knn.k=5", "compare=r18", "compare.seed=1",
-             "cka.other_layers=[stem,layer2.0,fc]", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)  # fmt: skip
+             "similarity.other_layers=[stem,layer2.0,fc]", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)  # fmt: skip
     for name in ("cka", "rsa", "knn"):
         z = load_npz(tmp_path / f"{name}.npz")
         m = z["cka" if name == "cka" else "matrix"]

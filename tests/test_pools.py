@@ -1,5 +1,5 @@
 """Measures on a declared sample size (issue 27): the pass plan (pools of n examples, CKA's batches within them),
-kNN and RSA on pools against scikit-learn/scipy on the same examples, independent of cka.batch_size, CKA's
+kNN and RSA on pools against scikit-learn/scipy on the same examples, independent of similarity.batch_size, CKA's
 batches inside pools equal to CKA fed those batches, rdms.npz read by rsatoolbox, vvm.diff refusing runs that
 measured different things, and (slow) two gloo processes giving what one gives."""
 
@@ -179,10 +179,10 @@ def test_diff_refuses_maps_of_different_settings_naming_the_key(tmp_path):
              "layers_y": np.array(["a", "b"]), "n_batches": np.array(3), "comparable": json.dumps(comparable)}  # fmt: skip
         return write_npz(tmp_path / f"{name}.npz", **z)
 
-    base = {"measure.knn.k": 10, "measure.knn.n": 1024, "cka.precision": "exact", "pool_size": 1024}
+    base = {"measure.knn.k": 10, "measure.knn.n": 1024, "similarity.precision": "exact", "pool_size": 1024}
     a = write("a", base)
     cka_difference(a, write("same", base), measure="knn")  # clean
-    for key, value in (("measure.knn.k", 20), ("pool_size", 360), ("cka.precision", "fast")):
+    for key, value in (("measure.knn.k", 20), ("pool_size", 360), ("similarity.precision", "fast")):
         b = write(key, {**base, key: value})
         with pytest.raises(InputError, match=rf"differ in {key} \({base[key]} vs {value}\)"):
             cka_difference(a, b, measure="knn")
@@ -285,8 +285,8 @@ def test_diff_is_clean_across_batch_sizes_and_refuses_another_k(tmp_path):
     small = ["dataset=synthetic", "dataset.train_size=32", "dataset.test_size=48", "dataset.image_size=16",
              "logger=none", "trainer=cpu", "measures=[cka,knn]", "measure.knn.n=24"]  # fmt: skip
     for name, extra in (
-        ("b8", ["cka.batch_size=8"]),
-        ("b24", ["cka.batch_size=24"]),
+        ("b8", ["similarity.batch_size=8"]),
+        ("b24", ["similarity.batch_size=24"]),
         ("k3", ["measure.knn.k=3"]),
     ):
         assert run(compose_settings([*small, *extra], tmp_path / name))["status"] == "ok"
@@ -321,7 +321,7 @@ def test_joint_notes_jobs_run_with_other_settings(tmp_path, caplog):
         settings = compose_settings(["dataset=digits", *overrides], tmp_path / name)
         return JointJob(name, name, "r18", "random", "resnet", settings, {})
 
-    jobs = [job("0"), job("1", "measure.knn.k=5", "cka.batch_size=64")]
+    jobs = [job("0"), job("1", "measure.knn.k=5", "similarity.batch_size=64")]
     notes = setting_notes(jobs, ["cka", "knn"])
     assert len(notes) == 1 and "job 1" in notes[0] and "measure.knn.k (5 vs 10)" in notes[0]
     assert "batch_size" not in notes[0]  # the CKA batch size moves no measure's expectation

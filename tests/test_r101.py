@@ -57,8 +57,8 @@ def test_r101_is_a_cifar_resnet_vvm_trains():
 )
 def test_r101_runs_with_every_layer_selection(tmp_path, layers, n_layers):
     job = compose_settings(
-        ["model=r101", "init=random", "dataset=digits", "dataset.limit=64", "cka.max_samples=16",
-         "cka.batch_size=16", f"cka.layers={layers}", "logger=none", "trainer=cpu",
+        ["model=r101", "init=random", "dataset=digits", "dataset.limit=64", "similarity.max_samples=16",
+         "similarity.batch_size=16", f"similarity.layers={layers}", "logger=none", "trainer=cpu",
          "trainer.enable_progress_bar=false"],
         tmp_path,
     )  # fmt: skip
@@ -82,7 +82,7 @@ def test_r101_trains_one_epoch_on_digits(tmp_path):
     out = tmp_path / "run"
     run_vvm(
         ["model=r101", "init=pretrained", "dataset=digits", "train.epochs=1", "train.precise_bn=512",
-         "cka.max_samples=64", "logger=none", f"paths.checkpoints={tmp_path / 'ckpt'}", f"hydra.run.dir={out}"],
+         "similarity.max_samples=64", "logger=none", f"paths.checkpoints={tmp_path / 'ckpt'}", f"hydra.run.dir={out}"],
         tmp_path, timeout=1800,
     )  # fmt: skip
     res = json.loads((out / "result.json").read_text())

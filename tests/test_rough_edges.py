@@ -318,7 +318,10 @@ def test_joint_says_which_seed_the_pass_used_and_why_a_block_differs(tmp_path):
     settings, notes = pass_settings(jobs, {"seed": 1, "batch_size": 12})
     assert settings.seed == 1 and notes[0].endswith("is seed 1 (from --seed)")
     assert [n.split(" (")[0] for n in notes[1:]] == ["job 0", "job 1"]
-    assert "seed 0, cka.batch_size=16, here 12" in notes[1] and "from cka.batch_size=16, here 12" in notes[2]
+    assert (
+        "seed 0, similarity.batch_size=16, here 12" in notes[1]
+        and "from similarity.batch_size=16, here 12" in notes[2]
+    )
 
 
 # ---------------------------------------------------------------------------------------------- item 7

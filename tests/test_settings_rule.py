@@ -76,11 +76,13 @@ def test_the_logger_comes_back_from_its_kind(tmp_path):
 def test_the_rules_run_from_python(tmp_path):
     job = compose_settings(["dataset=digits", "logger=none"], tmp_path)
     assert check_rules(job) is job
-    small = dataclasses.replace(job, cka=dataclasses.replace(job.cka, batch_size=2))
-    with pytest.raises(ConfigError, match=r"cka.batch_size=2: the unbiased estimator needs at least 4"):
+    small = dataclasses.replace(job, similarity=dataclasses.replace(job.similarity, batch_size=2))
+    with pytest.raises(
+        ConfigError, match=r"similarity.batch_size=2: the unbiased estimator needs at least 4"
+    ):
         check_rules(small)
     with pytest.raises(ConfigError, match=r"^--batch-size=2: the unbiased"):
-        check_rules(small, keys={"cka.batch_size": "--batch-size"})
+        check_rules(small, keys={"similarity.batch_size": "--batch-size"})
     wrong = dataclasses.replace(job, model=dataclasses.replace(job.model, name="r34"))
     with pytest.raises(ConfigError, match=r"model.name='r34': model=r18 builds r18"):
         check_rules(wrong)

@@ -35,8 +35,8 @@ DIGITS = [
     "init=random",
     "dataset=digits",
     "dataset.limit=64",
-    "cka.batch_size=32",
-    "cka.layers=[layer1,layer4]",
+    "similarity.batch_size=32",
+    "similarity.layers=[layer1,layer4]",
     "logger=none",
     "trainer.enable_progress_bar=false",
 ]

@@ -27,8 +27,8 @@ FAST = [
     "dataset.train_size=64",
     "dataset.test_size=64",
     "dataset.image_size=16",
-    "cka.max_samples=64",
-    "cka.batch_size=32",
+    "similarity.max_samples=64",
+    "similarity.batch_size=32",
     "logger=none",
     "trainer=cpu",
 ]
@@ -114,7 +114,7 @@ def test_resume_requires_the_same_config(sweep2):
     ]:
         # these keys do not change the result (nor new keys)
         assert completed_result(job, changed(key, value)) is not None, key
-    for key, value in [("cka.max_samples", 32), ("model.name", "r34"), ("seed", 1)]:
+    for key, value in [("similarity.max_samples", 32), ("model.name", "r34"), ("seed", 1)]:
         assert completed_result(job, changed(key, value)) is None, key  # another job's result is not reused
 
 
@@ -238,7 +238,11 @@ def test_variant_rows_when_the_sweep_varies_more(tmp_path):
     sweep_dir = tmp_path / "s"
     for k, ds in enumerate(["digits", "cifar10"]):
         fake_job(
-            sweep_dir, str(k), "r18", "random", overrides=["model=r18", f"dataset={ds}", "cka.batch_size=32"]
+            sweep_dir,
+            str(k),
+            "r18",
+            "random",
+            overrides=["model=r18", f"dataset={ds}", "similarity.batch_size=32"],
         )
     jobs = collect_jobs(sweep_dir)
     assert [j.variant for j in jobs] == ["dataset=digits", "dataset=cifar10"]

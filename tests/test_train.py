@@ -245,7 +245,7 @@ def test_cache_key_follows_the_recipe(tmp_path):
         "train.speed.save_last_every_s=5",
         "train.speed.gpu_resident=false",
         "cka.kernel=rbf",
-        "cka.max_samples=100",
+        "similarity.max_samples=100",
         "trainer=gpu",
         "logger=none",
         "dataset.num_workers=3",
@@ -430,7 +430,13 @@ def test_pretrained_trains_with_cka_probes_then_reuses_the_checkpoint(tmp_path):
     from vvm.pipeline.steps import run
 
     ckpt = tmp_path / "ckpt"
-    args = [*TINY, "init=pretrained", "train.epochs=2", "cka.every_n_epochs=1", f"paths.checkpoints={ckpt}"]
+    args = [
+        *TINY,
+        "init=pretrained",
+        "train.epochs=2",
+        "similarity.every_n_epochs=1",
+        f"paths.checkpoints={ckpt}",
+    ]
     run(compose_settings(args, tmp_path / "a"))
     a = json.loads((tmp_path / "a" / "result.json").read_text())
     assert a["status"] == "ok" and a["trained"] is True and a["train_epochs"] == 2
@@ -469,7 +475,7 @@ def test_ddp_on_cpu_trains_and_cka_matches_one_process(tmp_path):
         "trainer.accelerator=cpu",
         "init=pretrained",
         "train.epochs=1",
-        "cka.batch_size=8",
+        "similarity.batch_size=8",
         f"paths.checkpoints={ckpt}",
         f"hydra.run.dir={out}",
     ]
@@ -482,7 +488,7 @@ def test_ddp_on_cpu_trains_and_cka_matches_one_process(tmp_path):
     # one process, the weights the DDP run saved, the same batches
     one = tmp_path / "one"
     run_vvm(
-        [*TINY, "trainer=cpu", "init=pretrained", f"init.checkpoint={res['checkpoint']}", "cka.batch_size=8",
+        [*TINY, "trainer=cpu", "init=pretrained", f"init.checkpoint={res['checkpoint']}", "similarity.batch_size=8",
          f"hydra.run.dir={one}"],
         cwd=tmp_path,
         timeout=240,

@@ -113,7 +113,7 @@ def test_wandb_offline_logs_every_cka_pass_and_finishes(tmp_path, monkeypatch, c
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     out = tmp_path / "run"
-    overrides = [*SMALL, "init=pretrained", "train.epochs=2", "cka.every_n_epochs=1",
+    overrides = [*SMALL, "init=pretrained", "train.epochs=2", "similarity.every_n_epochs=1",
                  f"paths.checkpoints={tmp_path}/c", "logger=wandb", f"logger.save_dir={out}"]  # fmt: skip
     with caplog.at_level("INFO", logger="vvm.pipeline.report"):
         run(compose_settings(overrides, out))
@@ -331,7 +331,7 @@ def test_wandb_under_ddp_logs_from_rank_zero_only(tmp_path):
         [
             *args,
             "train.epochs=1",
-            "cka.batch_size=8",
+            "similarity.batch_size=8",
             f"paths.checkpoints={tmp_path}/c",
             f"hydra.run.dir={out}",
         ],

@@ -10,7 +10,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from vvm.schema import CONFIG_DIR, override_errors, register_configs
+from vvm.schema import CONFIG_DIR, override_errors, register_configs, rename_overrides
 
 register_configs()  # the schema must be in Hydra's ConfigStore before it composes
 
@@ -38,6 +38,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    # a renamed key (similarity.batch_size) is taken as its new one (similarity.batch_size), with a warning
+    sys.argv[1:] = rename_overrides(sys.argv[1:])
     errors = override_errors(sys.argv[1:], CONFIG_DIR)
     if errors:  # Hydra alone would only say that the key is not in the config, or to add +
         sys.exit("vvm: " + "; ".join(errors))

@@ -1,3 +1,3 @@
-from vvm.callbacks.cka import CKACallback, write_measure_outputs
+from vvm.callbacks.cka import CKACallback, SimilarityCallback, write_measure_outputs
 
-__all__ = ["CKACallback", "write_measure_outputs"]
+__all__ = ["CKACallback", "SimilarityCallback", "write_measure_outputs"]

@@ -1,5 +1,5 @@
-"""CKACallback: the similarity pass (StreamingSimilarity: CKA, and any other measure of ``measures``) inside a
-Lightning run.
+"""SimilarityCallback (``CKACallback`` until issue 26, still importable for one release): the similarity pass
+(StreamingSimilarity: CKA, and any other measure of ``measures``) inside a Lightning run.
 
 - after training (``trainer.test``): every measure over the evaluation split, in one pass, written as
   cka.npz / cka.png / cka.pdf (and rsa.*, knn.* for ``measures=[cka,rsa,knn]``) in the run directory and logged
@@ -34,7 +34,7 @@ from vvm.io import save_result, write_rdms
 from vvm.plots.heatmap import measures_figure, save_figure
 from vvm.plots.measure import chance_reference, measure_figure
 from vvm.plots.style import caption, result_quantity
-from vvm.settings import CKASettings
+from vvm.settings import SimilaritySettings
 
 
 def write_measure_outputs(
@@ -88,16 +88,19 @@ def _eval_batches(loaders: Any) -> EvalBatches | None:
     return ds if isinstance(ds, EvalBatches) else None
 
 
-class CKACallback(pl.Callback):
-    """The CKA pass of a Lightning run (see the module docstring). ``layers`` and the engine options are those of
-    :class:`vvm.cka.StreamingCKA`; :meth:`from_settings` takes them from a :class:`~vvm.settings.CKASettings`.
-    ``measures`` (default ``["cka"]``), ``params`` and ``titles`` (per measure; else ``title``): the measures of
-    the pass (:class:`vvm.cka.StreamingSimilarity`)."""
+class SimilarityCallback(pl.Callback):
+    """The similarity pass of a Lightning run (see the module docstring). ``layers`` and the engine options
+    (``kernel``, ``kernel_params``, ``estimator``, ``precision``) are those of :class:`vvm.cka.StreamingSimilarity`;
+    :meth:`from_settings` takes them from the job's settings. ``measures`` (default ``["cka"]``), ``params`` and
+    ``titles`` (per measure; else ``title``): the measures of the pass."""
 
     @classmethod
-    def from_settings(cls, settings: CKASettings, output_dir: str | Path, **job: Any) -> CKACallback:
-        """The callback ``cka.*`` describes; ``job``: what only the job knows (``title``, ``model_label``, the
-        second model ``other`` and its ``other_label``)."""
+    def from_settings(
+        cls, settings: SimilaritySettings, output_dir: str | Path, *, engine: dict[str, Any], **job: Any
+    ) -> SimilarityCallback:
+        """The callback ``similarity.*`` describes, with the engine's options ``engine``
+        (``JobSettings.engine_options()``: ``cka.*``, ``kernel.<kernel>.*``); ``job``: what only the job knows
+        (``title``, ``model_label``, the second model ``other`` and its ``other_label``, the measures)."""
         return cls(
             output_dir,
             layers=settings.layer_spec(),
@@ -105,7 +108,7 @@ class CKACallback(pl.Callback):
             every_n_epochs=settings.every_n_epochs,
             tf32=settings.tf32.value,
             colour_range=settings.colour_range.value,
-            **settings.engine_options(),
+            **engine,
             **job,
         )
 
@@ -137,7 +140,7 @@ class CKACallback(pl.Callback):
         self.params = {k: dict(v) for k, v in (params or {}).items() if k in self.measures}
         self.titles = dict(titles or {})
         check_tf32(tf32)
-        # the pass's own convolutions and matmuls (cka.tf32): allow = PyTorch's settings, off = IEEE float32
+        # the pass's own convolutions and matmuls (similarity.tf32): allow = PyTorch's settings, off = IEEE float32
         self.tf32 = tf32
         self._float32: dict[str, str] = {}
         self.output_dir = Path(output_dir)
@@ -386,4 +389,7 @@ class CKACallback(pl.Callback):
         return {}
 
 
-__all__ = ["CKACallback", "epoch_number", "measure_figure", "write_measure_outputs"]
+# the name it had while CKA was the pass's only measure: kept for one release
+CKACallback = SimilarityCallback
+
+__all__ = ["CKACallback", "SimilarityCallback", "epoch_number", "measure_figure", "write_measure_outputs"]

@@ -43,8 +43,8 @@ def _from_rank_zero(t: Tensor) -> Tensor:
     if bool(torch.isnan(t).any()):
         raise ValueError(
             "RBF CKA with a fixed bandwidth under DDP takes σ² from rank 0's first batch, and that batch has fewer "
-            "examples than the estimator needs: give every batch enough examples (cka.batch_size, "
-            "cka.max_samples), or use the rbf kernel's bandwidth=per_batch"
+            "examples than the estimator needs: give every batch enough examples (similarity.batch_size, "
+            "similarity.max_samples), or use the rbf kernel's bandwidth=per_batch"
         )
     return t
 

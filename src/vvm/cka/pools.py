@@ -2,12 +2,12 @@
 
 Mutual kNN's chance level is ``k/(n-1)`` and RSA's rank structure moves with ``n``: for them ``n`` is part of what
 the number means (Huh et al. 2024 use 1,024 images), so such a measure (``pooled = True``) declares it
-(``measure.<name>.n``) and is computed on pools of exactly that many examples, whatever ``cka.batch_size`` is.
+(``measure.<name>.n``) and is computed on pools of exactly that many examples, whatever ``similarity.batch_size`` is.
 
 The pass's forward batches are the *units* of a :class:`PassPlan`: the seeded permutation cut into consecutive
 pools of ``n`` examples (the whole pass in one pool when it holds fewer: ``n`` is then the number of examples,
 and the files say so), then what is left over (fewer than ``n``), which only CKA reads. Each unit is cut again
-into CKA's balanced batches of at most ``cka.batch_size``, whose Grams are the diagonal blocks of the unit's
+into CKA's balanced batches of at most ``similarity.batch_size``, whose Grams are the diagonal blocks of the unit's
 Gram (centring by the pool's mean or the batch's changes no HSIC). A unit is dealt to one rank whole, so every
 example counts once and a pool never spans processes: the answer is the same on one process or several.
 

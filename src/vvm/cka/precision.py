@@ -6,7 +6,7 @@
   CPU products in float32 (oneDNN's ``torch.backends.mkldnn.matmul.fp32_precision``, which
   ``torch.set_float32_matmul_precision("medium")`` sets to ``bf16`` and ``"high"`` to ``tf32``), and leaves the
   flags exactly as it found them.
-- :func:`pass_float32` does the same for the forward passes of a CKA pass (``cka.tf32``): ``allow`` leaves
+- :func:`pass_float32` does the same for the forward passes of a CKA pass (``similarity.tf32``): ``allow`` leaves
   PyTorch's settings (cuDNN convolutions in TF32 by default), ``off`` runs float32 convolutions and matrix
   products in IEEE float32; :func:`float32_precision` says what they run in, for the result files. PyTorch ≥ 2.9
   keeps them in ``torch.backends.cuda.matmul.fp32_precision``; the

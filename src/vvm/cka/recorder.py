@@ -298,7 +298,7 @@ class KernelRecorder:
                 if c == 0:
                     raise RuntimeError(
                         f"layer {name!r} did not run in the forward pass, so it has no representation: "
-                        "drop it from cka.layers"
+                        "drop it from similarity.layers"
                     )
                 if c > 1:
                     warnings.warn(

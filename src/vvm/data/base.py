@@ -83,10 +83,12 @@ class VisionDataModule(pl.LightningDataModule):
             raise ValueError(f"dataset.split={self.split!r}: use one of {', '.join(SPLITS)}")
         if max_samples is not None and max_samples < 1:
             raise ValueError(
-                f"cka.max_samples={max_samples}: use a positive number of examples, or null for all"
+                f"similarity.max_samples={max_samples}: use a positive number of examples, or null for all"
             )
         if eval_batch_size < 1:
-            raise ValueError(f"cka.batch_size={eval_batch_size}: use a positive number of examples per batch")
+            raise ValueError(
+                f"similarity.batch_size={eval_batch_size}: use a positive number of examples per batch"
+            )
         self.pool_size = pool_size  # the pooled measures' declared n (vvm.cka.pools), None without them
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size

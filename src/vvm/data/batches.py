@@ -157,7 +157,7 @@ class EvalBatches(IterableDataset):
         return self._hash(self.cka_plan())
 
     def pool_fingerprint(self) -> str:
-        """The same for the pools of the pooled measures (RSA, kNN): the same pools whatever ``cka.batch_size``."""
+        """The same for the pools of the pooled measures (RSA, kNN): the same pools whatever ``similarity.batch_size``."""
         return self._hash(self.pools())
 
     def _share(self) -> list[int | None]:

@@ -102,16 +102,18 @@ def accuracy(res: Any, heads: dict[str, str | None]) -> dict[str, float]:
 def pass_settings(settings: Any, picked: Sequence[tuple[str, str, dict, dict]]) -> Any:
     """``settings`` with the CKA options and the measures' parameters of one pass."""
     engine = picked[0][3]
-    kernel = type(settings.cka.kernel)(engine["kernel"])
-    frac = float(engine.get("rbf_frac", settings.cka.rbf_frac))
-    cka = dataclasses.replace(settings.cka, kernel=kernel, rbf_frac=frac)
+    cka = dataclasses.replace(settings.cka, kernel=type(settings.cka.kernel)(engine["kernel"]))
+    rbf = settings.kernel.rbf
+    kernel = dataclasses.replace(
+        settings.kernel, rbf=dataclasses.replace(rbf, frac=float(engine.get("rbf_frac", rbf.frac)))
+    )
     measure = settings.measure
     for _, name, params, _ in picked:
         if params:
             own = getattr(measure, name)
             fixed = {k: type(getattr(own, k))(v) for k, v in params.items()}
             measure = dataclasses.replace(measure, **{name: dataclasses.replace(own, **fixed)})
-    return dataclasses.replace(settings, cka=cka, measure=measure)
+    return dataclasses.replace(settings, cka=cka, kernel=kernel, measure=measure)
 
 
 def identification_table(sweep_dir: str | Path, *, out: str | Path | None = None, device: str | None = None,

@@ -33,7 +33,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vvm.io import load_json, write_json
-from vvm.schema import to_settings
+from vvm.schema import rename_config, to_settings
 from vvm.settings import ConfigError, plain
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def completed_result(out_dir: str | Path, config: dict[str, Any] | None = None) 
         log.warning("resume: %s is not complete (%s); computing it again", out_dir, "; ".join(missing))
         return None
     if config is not None:
-        diff = config_differences(prev.get("config"), config)
+        diff = config_differences(rename_config(prev.get("config"), warn=False), config)  # old keys as new
         if diff:
             log.warning(
                 "resume: %s holds a complete result of a different config (%s); computing it again",

@@ -57,7 +57,7 @@ def rebuild_model(job: JointJob) -> tuple[Any, str | None]:
 
     s = job.settings
     try:
-        dm = build_datamodule(s.dataset, s.cka, batch_size=s.train.batch_size, seed=s.seed)
+        dm = build_datamodule(s.dataset, s.similarity, batch_size=s.train.batch_size, seed=s.seed)
         model = build_model(s.model, dm)
         cache = checkpoint_cache(
             s.model, checkpoints=s.paths.checkpoints, dataset=s.dataset, train=s.train, seed=s.seed
@@ -129,12 +129,12 @@ def run_measures(
     move_models(models, device)
     metric = JointSimilarity(
         models,
-        settings.cka.layer_spec(),
+        settings.similarity.layer_spec(),
         measures=list(measures),
         max_batches=len(batches.plan),
         params=measure_params(settings.measure, list(measures)),
         plan=batches.layout,
-        **settings.cka.engine_options(),
+        **settings.engine_options(),
     ).to(device)
     loader = dm.eval_loader(batches, device=device)  # the datamodule's workers; pinned memory for a GPU
     with metric.track():
@@ -153,9 +153,12 @@ def check_joint_plan(settings: JointSettings, measures: Sequence[str] = ("cka",)
     from vvm.pipeline.preflight import check_batch_plan
     from vvm.settings import job_measures
 
-    built = job_measures(list(measures), settings.measure, settings.cka)
+    built = job_measures(list(measures), settings.measure, settings.engine_options())
     dm = pass_datamodule(settings, measures)
-    check_batch_plan(dm, settings.cka, limit=settings.dataset.limit, flags=FLAGS, measures=built)
+    estimator = settings.cka.estimator.value
+    check_batch_plan(
+        dm, settings.similarity, estimator, limit=settings.dataset.limit, flags=FLAGS, measures=built
+    )
 
 
 def pass_datamodule(settings: JointSettings, measures: Sequence[str]) -> Any:
@@ -165,9 +168,13 @@ def pass_datamodule(settings: JointSettings, measures: Sequence[str]) -> Any:
     from vvm.pipeline.objects import build_datamodule
     from vvm.settings import job_measures
 
-    pool = declared_pool(job_measures(list(measures), settings.measure, settings.cka).values())
+    pool = declared_pool(job_measures(list(measures), settings.measure, settings.engine_options()).values())
     return build_datamodule(
-        settings.dataset, settings.cka, batch_size=settings.batch_size, seed=settings.seed, pool_size=pool
+        settings.dataset,
+        settings.similarity,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        pool_size=pool,
     )
 
 
@@ -303,10 +310,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_dir")
     p.add_argument("--layers", help="a preset (blocks, all, term_project) or names/globs: stem,layer1.*,fc")
     p.add_argument(
-        "--batch-size", type=positive, help="examples per CKA batch (default: the sweep's cka.batch_size)"
+        "--batch-size",
+        type=positive,
+        help="examples per CKA batch (default: the sweep's similarity.batch_size)",
     )
     p.add_argument(
-        "--max-samples", type=positive, help="examples in the pass (default: the sweep's cka.max_samples)"
+        "--max-samples",
+        type=positive,
+        help="examples in the pass (default: the sweep's similarity.max_samples)",
     )
     p.add_argument("--seed", type=int, help="the data order's seed (default: the first job's seed)")
     p.add_argument("--jobs", help="only these jobs, e.g. 0,1,2 (fewer models when they do not fit together)")

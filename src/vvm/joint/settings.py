@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from vvm.sweep.records import JointJob
 
 if TYPE_CHECKING:
-    from vvm.settings import CKASettings, MeasureSettings
+    from vvm.settings import CKASettings, KernelSettings, MeasureSettings, SimilaritySettings
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +23,24 @@ FLAGS = {"batch_size": "--batch-size", "max_samples": "--max-samples", "limit": 
 @dataclasses.dataclass(frozen=True)
 class JointSettings:
     """What the joint pass takes from the jobs' settings (the first job's, with the command line's overrides): the
-    data, the training batch size the datamodule is built with, the pass's options (``cka.*``), the measures'
-    parameters (``measure.*``) and the data order's seed."""
+    data, the training batch size the datamodule is built with, the pass's settings (``similarity.*``), CKA's
+    options (``cka.*``) and its kernel's (``kernel.*``), the measures' parameters (``measure.*``) and the data
+    order's seed."""
 
     dataset: Any
     batch_size: int
+    similarity: SimilaritySettings
     cka: CKASettings
+    kernel: KernelSettings
     measure: MeasureSettings
     seed: int
+
+    def engine_options(self) -> dict[str, Any]:
+        """The engine's options (:func:`vvm.settings.engine_options`: ``cka.*``, ``kernel.<kernel>.*``, the
+        pass's precision)."""
+        from vvm.settings import engine_options
+
+        return engine_options(self.cka, self.similarity, self.kernel)
 
 
 def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[JointSettings, list[str]]:
@@ -47,14 +57,22 @@ def pass_settings(jobs: list[JointJob], overrides: dict[str, Any]) -> tuple[Join
         notes.append(
             f"jobs {', '.join(differ)} ran on other data settings; the joint pass uses job {jobs[0].job}'s"
         )
-    cka = {k: overrides[k] for k in ("batch_size", "max_samples", "layers") if overrides.get(k) is not None}
+    own = {k: overrides[k] for k in ("batch_size", "max_samples", "layers") if overrides.get(k) is not None}
     seed = overrides.get("seed")
     job = dataclasses.replace(
-        first, cka=dataclasses.replace(first.cka, **cka), seed=first.seed if seed is None else int(seed)
+        first,
+        similarity=dataclasses.replace(first.similarity, **own),
+        seed=first.seed if seed is None else int(seed),
     )
-    check_rules(job, keys={f"cka.{k}": flag for k, flag in FLAGS.items() if flag.startswith("--")})
+    check_rules(job, keys={f"similarity.{k}": flag for k, flag in FLAGS.items() if flag.startswith("--")})
     settings = JointSettings(
-        dataset=job.dataset, batch_size=job.train.batch_size, cka=job.cka, measure=job.measure, seed=job.seed
+        dataset=job.dataset,
+        batch_size=job.train.batch_size,
+        similarity=job.similarity,
+        cka=job.cka,
+        kernel=job.kernel,
+        measure=job.measure,
+        seed=job.seed,
     )
     whose = "from --seed" if seed is not None else f"job {jobs[0].job}'s seed"
     return settings, notes + order_notes(jobs, settings, whose)
@@ -70,8 +88,8 @@ def order_notes(jobs: list[JointJob], settings: JointSettings, whose: str) -> li
     for j in jobs:
         why = [f"seed {j.settings.seed}"] if j.settings.seed != settings.seed else []
         for key in ("batch_size", "max_samples"):
-            own, now = getattr(j.settings.cka, key), getattr(settings.cka, key)
-            why += [f"cka.{key}={own}, here {now}"] if own != now else []
+            own, now = getattr(j.settings.similarity, key), getattr(settings.similarity, key)
+            why += [f"similarity.{key}={own}, here {now}"] if own != now else []
         if why:
             notes.append(
                 f"job {j.job} ({j.tag}): its own map came from {', '.join(why)}; its diagonal block here differs "
@@ -87,7 +105,7 @@ def setting_notes(jobs: list[JointJob], measures: Sequence[str]) -> list[str]:
     from vvm.settings import job_measures
 
     def facts(job: JointJob) -> dict[str, Any]:
-        built = job_measures(list(measures), job.settings.measure, job.settings.cka)
+        built = job_measures(list(measures), job.settings.measure, job.settings.engine_options())
         return {k: v for m in built.values() for k, v in m.comparable().items()}
 
     first, notes = facts(jobs[0]), []

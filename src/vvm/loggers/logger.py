@@ -8,7 +8,7 @@ W&B and W&B answers within seconds, offline otherwise (no account needed: an off
 src/vvm/conf/logger/wandb.yaml.
 
 What reaches W&B: the job's settings once (the run's config; without the training recipe when nothing was
-trained); at every CKA pass (each ``cka.every_n_epochs`` probe during training, plotted against ``epoch``, and the
+trained); at every CKA pass (each ``similarity.every_n_epochs`` probe during training, plotted against ``epoch``, and the
 final pass) the heatmap image (one key per stage, so the step slider shows the representations forming), the
 matrix as a table with layer names and standard errors, and the mean off-diagonal CKA; Lightning's loss and
 accuracy curves; the per-layer analyses' figures and a few of their numbers (``analyses/*``, a CSV logger gets the

@@ -51,7 +51,7 @@ def result_facts(final: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[s
         "layers_y": res.layers_y,
         "undefined_layers": sorted(set(res.undefined_x + res.undefined_y)),
         "activation_dtype": res.activation_dtype,
-        # cka.tf32 and what the pass's float32 convolutions and matmuls ran in (ieee | tf32)
+        # similarity.tf32 and what the pass's float32 convolutions and matmuls ran in (ieee | tf32)
         "cka_float32": final.get("float32"),
         "mean_cka": mean_offdiagonal(res.matrix.numpy()),
         "test_accuracy": float(metrics[0]["test/acc"]) if metrics and "test/acc" in metrics[0] else None,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from vvm.callbacks.cka import CKACallback
+from vvm.callbacks.cka import SimilarityCallback
 from vvm.cka.pools import declared_pool
 from vvm.data import create_datamodule, dataset_name
 from vvm.loggers.logger import build_logger
@@ -21,7 +21,7 @@ from vvm.models.base import VisionModel
 from vvm.pipeline.preflight import check_batch_plan, check_layers, check_published, check_writable
 from vvm.pipeline.weights import weights_source
 from vvm.plots.style import job_title
-from vvm.settings import CKASettings, ModelSettings, TrainSettings, job_measures, measure_params
+from vvm.settings import ModelSettings, SimilaritySettings, TrainSettings, job_measures, measure_params
 from vvm.settings.job import InitSettings, JobSettings
 from vvm.train.cache import CheckpointCache
 from vvm.train.fit import planned_device, trainer_factory
@@ -77,12 +77,12 @@ class Models:
 @dataclass
 class Job:
     """A job's objects, built once from its settings by :func:`build`; the steps
-    (:func:`vvm.pipeline.steps.measure`, :func:`vvm.pipeline.steps.analyse`) take these and the few settings they
+    (:func:`vvm.pipeline.steps.weights_and_pass`, :func:`vvm.pipeline.steps.analyse`) take these and the few settings they
     name, never the whole :class:`JobSettings`."""
 
     dm: Any  # the datamodule (dataset.*, the pass's batching and pools)
     models: Models
-    callback: CKACallback  # the similarity pass: its measures, titles and files
+    callback: SimilarityCallback  # the similarity pass: its measures, titles and files
     trainers: Callable[..., pl.Trainer]  # the job's Trainer factory (trainer.*)
     logger: Any  # Lightning's logger, or False (logger=none)
     facts: dict[str, Any]  # what result.json says about the built job: family, compare, the axes' labels
@@ -101,10 +101,10 @@ def build(job: JobSettings, about: dict[str, Any]) -> Job:
     check_published(
         [(job.model, job.init)] + ([(job.compare, job.other_init())] if job.compare is not None else [])
     )
-    measures = job_measures(job.measures, job.measure, job.cka)
+    measures = job_measures(job.measures, job.measure, job.engine_options())
     dm = build_datamodule(
         job.dataset,
-        job.cka,
+        job.similarity,
         batch_size=job.train.batch_size,
         seed=job.seed,
         pool_size=declared_pool(measures.values()),
@@ -122,16 +122,16 @@ def build(job: JobSettings, about: dict[str, Any]) -> Job:
         init = job.other_init()
         models.second = Member(build_model(job.compare, dm), job.compare, init, cache(job.compare))
         facts["compare"] = {"model": job.compare.name, "init": init.name.value}
-    check_job(
-        models, dm, job.cka, limit=job.dataset.limit, measures=measures, checkpoints=job.paths.checkpoints
-    )
+    checks = {"limit": job.dataset.limit, "measures": measures, "checkpoints": job.paths.checkpoints}
+    check_job(models, dm, job.similarity, job.cka.estimator.value, **checks)
     head = job_title({**about, **facts})
     facts["model_x"], facts["model_y"] = axis_labels({**about, **facts})
     titles = {name: f"{head} - {m.title}" for name, m in measures.items() if name != "cka"}
     names = [str(m) for m in job.measures]
-    callback = CKACallback.from_settings(
-        job.cka,
+    callback = SimilarityCallback.from_settings(
+        job.similarity,
         job.paths.output_dir,
+        engine=job.engine_options(),
         title=f"{head} - {job.cka.kernel} CKA",
         model_label=facts["model_x"],
         other=models.other,
@@ -156,16 +156,16 @@ def build(job: JobSettings, about: dict[str, Any]) -> Job:
 
 
 def build_datamodule(
-    dataset: Any, cka: CKASettings, *, batch_size: int, seed: int, pool_size: int | None = None
+    dataset: Any, similarity: SimilaritySettings, *, batch_size: int, seed: int, pool_size: int | None = None
 ) -> Any:
     """The job's datamodule: ``dataset.*``, the training batch size (``train.batch_size``), the similarity
-    pass's batching (``cka.*``) and the pooled measures' pool size (:func:`vvm.cka.pools.declared_pool`)."""
+    pass's batching (``similarity.*``) and the pooled measures' pool size (:func:`vvm.cka.pools.declared_pool`)."""
     return create_datamodule(
         dataset,
         batch_size=batch_size,
-        eval_batch_size=cka.batch_size,
-        max_samples=cka.max_samples,
-        shuffle=cka.shuffle,
+        eval_batch_size=similarity.batch_size,
+        max_samples=similarity.max_samples,
+        shuffle=similarity.shuffle,
         seed=seed,
         pool_size=pool_size,
     )
@@ -180,20 +180,21 @@ def build_model(settings: ModelSettings, dm: Any) -> VisionModel:
 def check_job(
     models: Models,
     dm: Any,
-    cka: CKASettings,
+    similarity: SimilaritySettings,
+    estimator: str,
     *,
     limit: int | None,
     measures: dict[str, Any],
     checkpoints: str,
 ) -> None:
-    """Models and data built, before any weights: layers, the batch plan (``limit``: ``dataset.limit``, named
-    in its error), room for a checkpoint under ``checkpoints`` (``paths.checkpoints``) when one is trained."""
+    """Models and data built, before any weights: layers, the batch plan (``estimator``: ``cka.estimator``;
+    ``limit``: ``dataset.limit``, named in its error), room for a checkpoint under ``checkpoints`` (``paths.checkpoints``) when one is trained."""
     other = {}
     if models.other is not None:
-        other = {"other": models.other.net, "other_layers": cka.layer_spec(other=True)}
-        check_layers(models.other, cka.layer_spec(other=True), cka, key="cka.other_layers")
-    check_layers(models.model, cka.layer_spec(), cka, **other)
-    check_batch_plan(dm, cka, limit=limit, measures=measures)
+        other = {"other": models.other.net, "other_layers": similarity.layer_spec(other=True)}
+        check_layers(models.other, similarity.layer_spec(other=True), key="similarity.other_layers")
+    check_layers(models.model, similarity.layer_spec(), **other)
+    check_batch_plan(dm, similarity, estimator, limit=limit, measures=measures)
     for member in models.members():
         if member.source == "trained":
             size = sum(p.numel() * p.element_size() for p in member.model.net.parameters())

@@ -21,7 +21,7 @@ from vvm.io import InputError, writable_dir
 from vvm.models import published_arch
 from vvm.models.published import check_published_weights
 from vvm.pipeline.weights import weights_source
-from vvm.settings import CKASettings, ConfigError, ModelSettings
+from vvm.settings import ConfigError, ModelSettings, SimilaritySettings
 from vvm.settings.job import InitSettings
 
 
@@ -34,14 +34,14 @@ def check_writable(path: str | Path, key: str, *, need_bytes: int = 0) -> Path:
         raise ConfigError(str(e)) from None
 
 
-def check_layers(model: Any, spec: Any, cka: CKASettings, *, key: str = "cka.layers", **other: Any) -> None:
-    """``spec`` resolves on ``model`` (a :class:`vvm.models.base.VisionModel`) with the CKA options, and every
-    layer runs in a forward pass (a dry run on the meta device, where the network allows one)."""
+def check_layers(model: Any, spec: Any, *, key: str = "similarity.layers", **other: Any) -> None:
+    """``spec`` resolves on ``model`` (a :class:`vvm.models.base.VisionModel`), and every layer runs in a forward
+    pass (a dry run on the meta device, where the network allows one)."""
     from vvm.cka import StreamingCKA
     from vvm.cka.presets import dry_run
 
     try:
-        metric = StreamingCKA(model.net, spec, **cka.engine_options(), **other)
+        metric = StreamingCKA(model.net, spec, **other)
     except ValueError as e:
         raise ConfigError(f"{key}={spec!r}: {e}") from None
     with warnings.catch_warnings():
@@ -60,28 +60,32 @@ def check_layers(model: Any, spec: Any, cka: CKASettings, *, key: str = "cka.lay
 
 def check_batch_plan(
     dm: Any,
-    cka: CKASettings,
+    similarity: SimilaritySettings,
+    estimator: str,
     *,
     limit: int | None = None,
     flags: dict[str, str] | None = None,
     measures: dict[str, Any] | None = None,
 ) -> None:
-    """At least one batch of the CKA pass (and of the probe, with ``cka.every_n_epochs``) holds the estimator's
+    """At least one batch of the pass (and of the probe, with ``similarity.every_n_epochs``) holds the estimator's
     minimum number of examples, and each of ``measures``' (:mod:`vvm.cka.measures`: kNN's k + 1). ``flags``
     names the settings in the error (the joint pass's are its own)."""
-    names = {"batch_size": "cka.batch_size", "max_samples": "cka.max_samples", "limit": "dataset.limit"}
+    names = {
+        "batch_size": "similarity.batch_size",
+        "max_samples": "similarity.max_samples",
+        "limit": "dataset.limit",
+    }
     names.update(flags or {})
-    estimator = cka.estimator.value
     need = min_samples(estimator)
     plans = [("the CKA pass", dm.cka_batches())]
-    if cka.every_n_epochs > 0:
+    if similarity.every_n_epochs > 0:
         plans.append(("the probe during training", dm.probe_batches()))
     for what, batches in plans:
         sizes = [len(b) for b in batches.cka_plan()]
         if not any(s >= need for s in sizes):
             raise ConfigError(
                 f"{what} has {sum(sizes)} examples in batches of {sorted(set(sizes)) or [0]} "
-                f"({names['batch_size']}={cka.batch_size}, {names['max_samples']}={cka.max_samples}, "
+                f"({names['batch_size']}={similarity.batch_size}, {names['max_samples']}={similarity.max_samples}, "
                 f"{names['limit']}={limit}): the {estimator} estimator needs at least {need} examples per batch, "
                 "so every batch would be skipped and nothing estimated; use more examples"
             )
@@ -91,7 +95,7 @@ def check_batch_plan(
                 what_n = (
                     f"measure.{name}.n={m.params.n}"
                     if m.pooled
-                    else f"{names['batch_size']}={cka.batch_size}"
+                    else f"{names['batch_size']}={similarity.batch_size}"
                 )
                 raise ConfigError(
                     f"{what} has {'pools' if m.pooled else 'batches'} of {sorted(set(pools if m.pooled else sizes)) or [0]} "

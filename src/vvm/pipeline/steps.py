@@ -28,7 +28,7 @@ from vvm.pipeline.objects import Job, Member, build
 from vvm.pipeline.preflight import check_writable
 from vvm.pipeline.report import close_job, wandb_facts
 from vvm.pipeline.weights import load_or_train
-from vvm.settings import CKASettings, plain
+from vvm.settings import SimilaritySettings, plain
 from vvm.settings.job import JobSettings
 from vvm.train.fit import Fit, vision_module
 
@@ -52,8 +52,8 @@ def run(job: JobSettings, *, resume_command: str = "") -> dict[str, Any]:
         "seed": job.seed,
         "kernel": job.cka.kernel.value,
         "estimator": job.cka.estimator.value,
-        "precision": job.cka.precision.value,
-        "layers": plain(job.cka.layers),
+        "precision": job.similarity.precision.value,
+        "layers": plain(job.similarity.layers),
     }
     parts: list[dict[str, Any]] = [{**about, "status": "running", "output_dir": str(out_dir)}]
     built = None
@@ -67,10 +67,10 @@ def run(job: JobSettings, *, resume_command: str = "") -> dict[str, Any]:
             if built.logger:  # the training recipe only when it made the weights (trained here or cached)
                 trains = [m.source == "trained" for m in built.models.members()]
                 log_config(built.logger, plain(job), trained=any(trains))
-            for facts in measure(built):  # each piece's facts as it finishes
+            for facts in weights_and_pass(built):  # each piece's facts as it finishes
                 parts.append(facts)
             if job.analyses and is_rank_zero():
-                parts.append(analyse(built, job.analyses, job.analysis, job.cka))
+                parts.append(analyse(built, job.analyses, job.analysis, job.similarity))
         parts.append({"status": "ok"})
     except BaseException as e:
         parts.append(failure_facts(e, resume_command))
@@ -95,7 +95,7 @@ def merge_facts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def measure(job: Job) -> Iterator[dict[str, Any]]:
+def weights_and_pass(job: Job) -> Iterator[dict[str, Any]]:
     """The weights, then the similarity pass; yields the facts for result.json as each piece finishes (the
     second model's weights first: the pass's probes during the first model's training compare with it)."""
     t = time.perf_counter()
@@ -113,7 +113,7 @@ def measure(job: Job) -> Iterator[dict[str, Any]]:
         output_dir=job.output_dir,
     )
     yield {**prepare_weights(job, job.models.first, fit), "seconds": {"weights": time.perf_counter() - t}}
-    trainer = cka_trainer(job.trainers, job.output_dir, cb, job.logger)
+    trainer = pass_trainer(job.trainers, job.output_dir, cb, job.logger)
     t = time.perf_counter()
     with exact_length():
         metrics = trainer.test(vision_module(job.models.model, job.train), datamodule=job.dm, verbose=False)
@@ -121,7 +121,7 @@ def measure(job: Job) -> Iterator[dict[str, Any]]:
     yield {**facts, "seconds": {"cka": time.perf_counter() - t}}
 
 
-def analyse(job: Job, names: list[Any], settings: Any, cka: CKASettings) -> dict[str, Any]:
+def analyse(job: Job, names: list[Any], settings: Any, similarity: SimilaritySettings) -> dict[str, Any]:
     """The per-layer analyses ``names`` (``analyses=[...]``, their parameters ``settings``: ``analysis.*``) of
     the job's (first) model with its final weights, for the pass's layers, into the run directory (rank 0 only:
     their images come from the batch plan, the same on every rank); returns the result.json facts: the entries
@@ -134,7 +134,7 @@ def analyse(job: Job, names: list[Any], settings: Any, cka: CKASettings) -> dict
     entries = run_analyses(
         names,
         model,
-        cka.layer_spec(),
+        similarity.layer_spec(),
         job.dm,
         job.output_dir,
         settings,
@@ -183,13 +183,13 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def cka_trainer(factory: Any, out_dir: Path, cka_cb: Any, logger: Any) -> pl.Trainer:
+def pass_trainer(factory: Any, out_dir: Path, pass_cb: Any, logger: Any) -> pl.Trainer:
     """The Trainer of the CKA pass (``trainer.test``): the job's Trainer with the CKA callback and the logger."""
     # the datamodule's evaluation loaders deal whole batches to ranks themselves (vvm.data.batches)
     return factory(
         use_distributed_sampler=False,
         logger=logger if logger else False,
-        callbacks=[cka_cb],
+        callbacks=[pass_cb],
         default_root_dir=str(out_dir),
         enable_checkpointing=False,
     )
@@ -198,7 +198,8 @@ def cka_trainer(factory: Any, out_dir: Path, cka_cb: Any, logger: Any) -> pl.Tra
 __all__ = [
     "analyse",
     "build",
-    "cka_trainer",
     "merge_facts",
+    "pass_trainer",
     "run",
+    "weights_and_pass",
 ]

@@ -29,7 +29,7 @@ def _tick_labels(names: Sequence[str], max_ticks: int) -> tuple[list[int], list[
 
 
 def draw_stage_bounds(ax: Axes, layers_x: Sequence[str], layers_y: Sequence[str]) -> None:
-    """Thin grey lines between the stages of long layer lists (``cka.layers=all``: r18's ``layer1``...)."""
+    """Thin grey lines between the stages of long layer lists (``similarity.layers=all``: r18's ``layer1``...)."""
     for names, line in ((layers_x, ax.axhline), (layers_y, ax.axvline)):
         for _, start, _ in stages(names)[1:]:
             line(start, color=STAGE_COLOUR, lw=0.7)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from vvm.settings.cka import COLOUR_RANGES  # cka.colour_range
+from vvm.settings.cka import COLOUR_RANGES  # similarity.colour_range
 
 ESTIMATOR_NAMES = {"unbiased": "unbiased HSIC₁", "biased": "biased HSIC₀"}
 RANDOM_LS = "--"  # random init

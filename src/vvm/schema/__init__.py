@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vvm.models import settings_classes
 from vvm.schema.keys import added_keys, override_errors
+from vvm.schema.renamed import RENAMED, rename_config, rename_overrides
 from vvm.schema.store import CHOICE_GROUPS, field_classes, is_settings, register_configs
 from vvm.settings import ConfigError
 from vvm.settings.datasets import DATASET_SETTINGS
@@ -71,12 +72,13 @@ def _choice_class(key: str, values: dict[str, Any], dataset: str) -> type:
 
 
 def from_record(config: dict[str, Any], dataset: str) -> JobSettings:
-    """Settings back from a stored ``config`` (result.json) of a job on ``dataset``; keys the schema no longer
-    has (an older vvm's ``_target_``...) are dropped."""
+    """Settings back from a stored ``config`` (result.json) of a job on ``dataset``; a renamed key is read as its
+    new one (:mod:`vvm.schema.renamed`, with a warning), keys the schema no longer has (an older vvm's
+    ``_target_``...) are dropped."""
     register_configs()
     kinds = field_classes(JobSettings)
     out = OmegaConf.structured(JobSettings)
-    for key, v in config.items():
+    for key, v in rename_config(dict(config)).items():
         if key not in kinds:
             continue
         cls = _choice_class(key, v, dataset) if key in CHOICE_GROUPS and isinstance(v, dict) else kinds[key]
@@ -86,7 +88,8 @@ def from_record(config: dict[str, Any], dataset: str) -> JobSettings:
 
 def compose(overrides: list[str] | None = None, *, output_dir: str | Path | None = None) -> JobSettings:
     """``python -m vvm <overrides>``'s settings, composed in this process (for the Python API and tests):
-    Hydra's compose API, with its runtime set so that ``${hydra:...}`` resolves."""
+    Hydra's compose API, with its runtime set so that ``${hydra:...}`` resolves; a renamed key is taken as its
+    new one with a warning (:mod:`vvm.schema.renamed`)."""
     return to_settings(compose_config(overrides, output_dir=output_dir))
 
 
@@ -101,18 +104,23 @@ def compose_config(overrides: list[str] | None = None, *, output_dir: str | Path
     extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[*(overrides or []), *extra], return_hydra_config=True)
+        cfg = hydra_compose(
+            "config", overrides=[*rename_overrides(list(overrides or [])), *extra], return_hydra_config=True
+        )
     HydraConfig.instance().set_config(cfg)
     return cfg
 
 
 __all__ = [
     "CONFIG_DIR",
+    "RENAMED",
     "ConfigError",
     "compose",
     "compose_config",
     "from_record",
     "override_errors",
     "register_configs",
+    "rename_config",
+    "rename_overrides",
     "to_settings",
 ]

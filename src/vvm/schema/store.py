@@ -1,7 +1,7 @@
 """vvm's typed settings registered in Hydra's ConfigStore: the schema every config group stands on.
 
-- ``job_schema``: :class:`vvm.settings.JobSettings`, the base of ``vvm/conf/config.yaml``; its typed fields (``cka``,
-  ``train``, ``trainer``, ``init``, ``paths``) check the yaml files merged into them;
+- ``job_schema``: :class:`vvm.settings.JobSettings`, the base of ``vvm/conf/config.yaml``; its typed fields (``similarity``,
+  ``cka``, ``kernel``, ``train``, ``trainer``, ``init``, ``paths``) check the yaml files merged into them;
 - ``model/<name>`` and ``compare/<name>``: generated from the model registry (:func:`vvm.models.settings_classes`), no files;
 - ``schema/dataset/<name>``, ``schema/logger/<name>``: the bases the yaml files of those groups name in their
   defaults list (``- /schema/dataset/digits@_here_``), so they keep their comments and stay the documented

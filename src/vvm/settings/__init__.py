@@ -6,7 +6,17 @@ number's range; cross-field rules in :mod:`vvm.settings.rules`). Nothing here im
 """
 
 from vvm.settings.base import MISSING, Choice, ConfigError, check_ranges, closest, plain, recipe_fields
-from vvm.settings.cka import TF32, Bandwidth, CKASettings, Estimator, Kernel, Precision
+from vvm.settings.cka import (
+    TF32,
+    Bandwidth,
+    CKASettings,
+    Estimator,
+    Kernel,
+    KernelSettings,
+    Precision,
+    SimilaritySettings,
+    engine_options,
+)
 from vvm.settings.data import DatasetSettings, Split
 from vvm.settings.loggers import CSVSettings, WandbSettings
 from vvm.settings.measures import MeasureName, MeasureSettings, job_measures, measure_params
@@ -23,10 +33,12 @@ __all__ = [
     "DatasetSettings",
     "Estimator",
     "Kernel",
+    "KernelSettings",
     "MeasureName",
     "MeasureSettings",
     "ModelSettings",
     "Precision",
+    "SimilaritySettings",
     "SpeedSettings",
     "TF32",
     "Split",
@@ -35,6 +47,7 @@ __all__ = [
     "WandbSettings",
     "check_ranges",
     "closest",
+    "engine_options",
     "job_measures",
     "measure_params",
     "plain",

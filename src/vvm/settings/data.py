@@ -2,7 +2,7 @@
 subclass (with what only it has, say ImageNet's ``train_root``) and registers both under the dataset's name.
 
 Settings marked :func:`~vvm.settings.base.not_recipe` do not change the training split, so they are not part of
-the checkpoint cache's key. The CKA pass's batching (``cka.batch_size``, ``cka.max_samples``, ``cka.shuffle``)
+the checkpoint cache's key. The CKA pass's batching (``similarity.batch_size``, ``similarity.max_samples``, ``similarity.shuffle``)
 and the training batch size are the job's, handed to the datamodule when it is built.
 """
 

@@ -8,10 +8,11 @@ generated from the model registry, :func:`vvm.models.settings_classes`) and data
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from vvm.analyses import AnalysisName, AnalysisSettings
 from vvm.settings.base import MISSING, choices, seed_field
-from vvm.settings.cka import CKASettings
+from vvm.settings.cka import CKASettings, KernelSettings, SimilaritySettings, engine_options
 from vvm.settings.data import DatasetSettings
 from vvm.settings.loggers import LoggerSettings
 from vvm.settings.measures import MeasureName, MeasureSettings
@@ -46,7 +47,11 @@ class JobSettings:
     dataset: DatasetSettings = MISSING  # type: ignore[assignment]
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     logger: LoggerSettings | None = None
+    # the similarity pass (layers, batches, precision) and CKA's own options (kernel, estimator), each kernel's
+    # parameters (kernel.rbf.frac): vvm.settings.cka
+    similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
     cka: CKASettings = field(default_factory=CKASettings)
+    kernel: KernelSettings = field(default_factory=KernelSettings)
     # per-layer analyses run after the CKA pass on the (first) model: analyses=[erf,attention,probe]
     analyses: list[AnalysisName] = field(default_factory=list)
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
@@ -65,3 +70,7 @@ class JobSettings:
     def other_init(self) -> InitSettings:
         """The second model's init (``compare_init``, defaulting to ``init``)."""
         return self.compare_init if self.compare_init is not None else self.init
+
+    def engine_options(self) -> dict[str, Any]:
+        """The engine's options these settings set (``cka.*``, ``kernel.<kernel>.*``, the pass's precision)."""
+        return engine_options(self.cka, self.similarity, self.kernel)

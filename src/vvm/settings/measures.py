@@ -4,14 +4,13 @@ parameters (``measure.<name>.<parameter>``, documented in ``conf/measure/default
 The parameters' settings are generated from each registered measure's ``Params`` (:mod:`vvm.cka.measures`): a
 parameter with ``choices`` becomes a :class:`~vvm.settings.base.Choice` enum, one with a ``minimum`` a checked
 number. A measure registered in the engine has its settings here without an edit. CKA's own options stay in
-``cka.*`` (:class:`~vvm.settings.CKASettings`): the kernel, the estimator, the pass's batches.
+``cka.*`` (:class:`~vvm.settings.CKASettings`: the kernel, the estimator); the pass's in ``similarity.*``.
 """
 
 from typing import Any
 
 from vvm.cka.measures import MEASURES, Measure, make_measure
 from vvm.settings.base import choices, plain
-from vvm.settings.cka import CKASettings
 from vvm.settings.generate import group_settings
 
 MeasureName = choices("MeasureName", tuple(MEASURES), " | ".join(MEASURES))
@@ -32,10 +31,11 @@ def measure_params(settings: Any, names: list[Any]) -> dict[str, dict[str, Any]]
     return {str(n): plain(getattr(settings, str(n))) for n in names if hasattr(settings, str(n))}
 
 
-def job_measures(names: list[Any], settings: Any, cka: CKASettings) -> dict[str, Measure]:
-    """The engine's measures a job asks for, with their parameters and the pass's options (``cka.*``)."""
+def job_measures(names: list[Any], settings: Any, engine: dict[str, Any]) -> dict[str, Measure]:
+    """The engine's measures a job asks for, with their parameters and the pass's options (``engine``:
+    :func:`vvm.settings.cka.engine_options`, ``JobSettings.engine_options()``)."""
     params = measure_params(settings, names)
-    return {str(n): make_measure(str(n), params.get(str(n)), **cka.engine_options()) for n in names}
+    return {str(n): make_measure(str(n), params.get(str(n)), **engine) for n in names}
 
 
 __all__ = ["MEASURE_SETTINGS", "MeasureName", "MeasureSettings", "job_measures", "measure_params"]

@@ -14,29 +14,31 @@ from vvm.analyses import settings_problems
 from vvm.cka.functional import min_samples
 from vvm.cka.pools import declared_pool
 from vvm.models import registry
-from vvm.settings import CKASettings, ConfigError, check_ranges, job_measures, measure_params
+from vvm.settings import ConfigError, SimilaritySettings, check_ranges, job_measures, measure_params
 from vvm.settings.job import JobSettings
 
 
-def _batches(cka: CKASettings) -> list[str]:
-    need = min_samples(cka.estimator.value)
-    why = f"the {cka.estimator} estimator needs at least {need} examples per batch"
+def _batches(similarity: SimilaritySettings, estimator: str) -> list[str]:
+    need = min_samples(estimator)
+    why = f"the {estimator} estimator needs at least {need} examples per batch"
     out = []
-    if cka.batch_size < need:
-        out.append(f"cka.batch_size={cka.batch_size}: {why}")
-    if cka.max_samples is not None and cka.max_samples < need:
-        out.append(f"cka.max_samples={cka.max_samples}: {why} (null: the whole split)")
+    if similarity.batch_size < need:
+        out.append(f"similarity.batch_size={similarity.batch_size}: {why}")
+    if similarity.max_samples is not None and similarity.max_samples < need:
+        out.append(f"similarity.max_samples={similarity.max_samples}: {why} (null: the whole split)")
     return out
 
 
-def _measure_batches(names: list[str], params: Any, cka: CKASettings) -> list[str]:
+def _measure_batches(
+    names: list[str], params: Any, similarity: SimilaritySettings, engine: dict[str, Any]
+) -> list[str]:
     """Each measure besides CKA (whose minimum is the estimator's, above) against its pools (a pooled measure:
     ``measure.<name>.n``, one for every pooled measure of the pass) or the pass's batches: mutual kNN needs
     k < n."""
     if len(set(names)) != len(names) or not names:
         return [f"measures={names}: name each measure once, at least one (e.g. measures=[cka,rsa,knn])"]
     try:
-        measures = job_measures(names, params, cka)
+        measures = job_measures(names, params, engine)
     except ValueError:
         return []  # a parameter out of its range: check_ranges names it
     try:
@@ -54,22 +56,22 @@ def _measure_batches(names: list[str], params: Any, cka: CKASettings) -> list[st
             continue
         why = f"{m.min_reason} needs at least {m.min_n} examples per batch"
         for key in ("batch_size", "max_samples"):
-            value = getattr(cka, key)
+            value = getattr(similarity, key)
             if name != "cka" and value is not None and value < m.min_n:
-                out.append(f"cka.{key}={value}: {why}{fix}")
+                out.append(f"similarity.{key}={value}: {why}{fix}")
     return out
 
 
-def _layers(cka: CKASettings) -> list[str]:
+def _layers(similarity: SimilaritySettings) -> list[str]:
     out = []
     for key in ("layers", "other_layers"):
-        spec = getattr(cka, key)
+        spec = getattr(similarity, key)
         if spec is None and key == "other_layers":
             continue
         names = [spec] if isinstance(spec, str) else spec
         if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
             out.append(
-                f"cka.{key}={spec!r}: a preset (blocks, all, term_project), a module name or glob, or a list "
+                f"similarity.{key}={spec!r}: a preset (blocks, all, term_project), a module name or glob, or a list "
                 "of them"
             )
     return out
@@ -120,9 +122,9 @@ def rule_errors(job: JobSettings) -> list[str]:
         models.append(("compare", job.compare, "compare_init", job.other_init()))
     return [
         *check_ranges(job),
-        *_batches(job.cka),
-        *_measure_batches([str(n) for n in job.measures], job.measure, job.cka),
-        *_layers(job.cka),
+        *_batches(job.similarity, job.cka.estimator.value),
+        *_measure_batches([str(n) for n in job.measures], job.measure, job.similarity, job.engine_options()),
+        *_layers(job.similarity),
         *_models(models, job.train.epochs),
         *settings_problems(job.analysis),
         *_logger(job.logger),
@@ -131,7 +133,7 @@ def rule_errors(job: JobSettings) -> list[str]:
 
 def check_rules(job: JobSettings, *, keys: Mapping[str, str] | None = None) -> JobSettings:
     """``job``, or a :class:`~vvm.settings.ConfigError` listing what is wrong with it; ``keys`` names settings
-    otherwise in the messages (``{"cka.batch_size": "--batch-size"}``: a tool's own flags)."""
+    otherwise in the messages (``{"similarity.batch_size": "--batch-size"}``: a tool's own flags)."""
     errors = rule_errors(job)
     for key, name in (keys or {}).items():
         errors = [e.replace(f"{key}=", f"{name}=") for e in errors]

@@ -76,7 +76,7 @@ class CKA(Measure):
 
     def comparable(self, facts: dict[str, Any] | None = None) -> dict[str, Any]:
         """The kernel with its parameters (``cka.<kernel>_<parameter>``, as the files have always named them:
-        ``cka.rbf_frac``), the estimator and the precision."""
+        ``kernel.rbf.frac``), the estimator and the precision."""
         out = {
             "cka.kernel": self.kernel_name,
             "cka.estimator": self.estimator,
