@@ -1,6 +1,6 @@
 """The shape of the package, read from its source with ``ast``: no import cycle between modules (lazy imports
 inside functions count), imports point down the layers of docs/architecture.md, nothing below the job-assembly
-layer imports omegaconf or hydra, no file above 400 lines and no function above 60.
+layer imports omegaconf or hydra, no file above 500 lines and no function above 60.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-MAX_FILE_LINES = 400
+MAX_FILE_LINES = 500
 MAX_FUNCTION_LINES = 60
 
 # imports point down this list (a module may import from its own layer or any layer below, never above)

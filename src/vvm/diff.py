@@ -160,10 +160,14 @@ def difference_stderr(za: dict, zb: dict) -> tuple[np.ndarray, bool]:
             {k: torch.as_tensor(np.asarray(z[k], dtype=np.float64)) for k in _PER_BATCH} for z in (za, zb)
         )
         se = paired_difference_stderr(
-            t["batch_hsic_xy"], t["batch_hsic_xx"], t["batch_hsic_yy"],
-            u["batch_hsic_xy"], u["batch_hsic_xx"], u["batch_hsic_yy"],
+            t["batch_hsic_xy"],
+            t["batch_hsic_xx"],
+            t["batch_hsic_yy"],
+            u["batch_hsic_xy"],
+            u["batch_hsic_xx"],
+            u["batch_hsic_yy"],
             t["batch_weights"],
-        )  # fmt: skip
+        )
         nan = np.isnan(za["cka"]) | np.isnan(zb["cka"])
         return np.where(nan, np.nan, se.numpy()), True
     return np.sqrt(za["cka_stderr"] ** 2 + zb["cka_stderr"] ** 2), False
@@ -254,12 +258,19 @@ def measure_difference(
     df = paired_df if paired_df is not None else difference_df(za, zb, False, measure)
     se = np.where(np.isnan(diff), np.nan, se)
     return {
-        "diff": diff, "diff_stderr": se, "paired": np.array(is_paired), "df": df,
-        **significance(diff, se, df, level=level, fdr=fdr), "level": np.array(level),
-        "fdr": np.array(math.nan if fdr is None else fdr), "measure": np.array(measure),
-        f"{measure}_a": za["matrix"], f"{measure}_b": zb["matrix"], "layers_x": za["layers_x"],
+        "diff": diff,
+        "diff_stderr": se,
+        "paired": np.array(is_paired),
+        "df": df,
+        **significance(diff, se, df, level=level, fdr=fdr),
+        "level": np.array(level),
+        "fdr": np.array(math.nan if fdr is None else fdr),
+        "measure": np.array(measure),
+        f"{measure}_a": za["matrix"],
+        f"{measure}_b": zb["matrix"],
+        "layers_x": za["layers_x"],
         "layers_y": za["layers_y"],
-    }  # fmt: skip
+    }
 
 
 def write_difference(
@@ -301,8 +312,16 @@ def run_facts(p: str | Path, measure: str = "cka") -> dict:
     return {"model": str(z["model_x"])} if "model_x" in z else {}
 
 
-def difference_figure(d: dict, a: str | Path, b: str | Path, *, measure: str = "cka", title: str | None = None,
-                      level: float = 0.95, fdr: float | None = None):  # fmt: skip
+def difference_figure(
+    d: dict,
+    a: str | Path,
+    b: str | Path,
+    *,
+    measure: str = "cka",
+    title: str | None = None,
+    level: float = 0.95,
+    fdr: float | None = None,
+):
     """diff.png: ``A - B`` on a diverging scale centred on 0, a dot on every entry not significant; the title
     names both runs by their facts (model, init, dataset, seed), never by their folders."""
     from vvm.plots.heatmap import heatmap_figure
@@ -319,14 +338,23 @@ def difference_figure(d: dict, a: str | Path, b: str | Path, *, measure: str = "
     n = int(za["n_samples"]) if "n_samples" in za else None
     nb = int(za["n_batches"]) if "n_batches" in za else None
     fig = heatmap_figure(
-        d["diff"], [str(v) for v in d["layers_x"]], [str(v) for v in d["layers_y"]],
+        d["diff"],
+        [str(v) for v in d["layers_x"]],
+        [str(v) for v in d["layers_y"]],
         title=title or f"{what}: A − B\nA = {names[0]}\nB = {names[1]}",
-        xlabel=str(za.get("model_y", "layer")), ylabel=str(za.get("model_x", "layer")),
+        xlabel=str(za.get("model_y", "layer")),
+        ylabel=str(za.get("model_x", "layer")),
         cbar_label=f"Δ {what}, A − B",
-        caption=caption(n, nb, "red: more similar in A, blue: in B",
-                        f"dots: not significant ({kind} standard error, {test})"),
-        vmin=-lim, vmax=lim, cmap="RdBu_r",
-    )  # fmt: skip
+        caption=caption(
+            n,
+            nb,
+            "red: more similar in A, blue: in B",
+            f"dots: not significant ({kind} standard error, {test})",
+        ),
+        vmin=-lim,
+        vmax=lim,
+        cmap="RdBu_r",
+    )
     mark_not_significant(fig.axes[0], d["diff"], d["significant"])
     return fig
 
@@ -347,15 +375,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("b", help="run directory or cka.npz (subtracted, e.g. random)")
     p.add_argument("--out", "-o", required=True, help="directory for diff.npz, diff.png, diff.pdf")
     p.add_argument(
-        "--measure", default="cka",
+        "--measure",
+        default="cka",
         help="which measure's maps: <measure>.npz of the runs (measures=[...]: e.g. rsa); files diff-<measure>.*",
-    )  # fmt: skip
+    )
     p.add_argument("--title", default=None)
     p.add_argument("--level", type=float, default=0.95, help="confidence level of each entry's t interval")
     p.add_argument(
-        "--fdr", type=float, default=None,
+        "--fdr",
+        type=float,
+        default=None,
         help="control the false discovery rate over the map at this level (Benjamini-Hochberg), e.g. 0.05",
-    )  # fmt: skip
+    )
     args = p.parse_args(argv)
     for name, value in (("--level", args.level), ("--fdr", args.fdr)):
         if value is not None and not 0 < value < 1:

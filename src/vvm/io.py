@@ -316,7 +316,10 @@ def write_rdms(path: Path, measure: Any, res: Any, indices: list[int] | None) ->
     d = np.concatenate([np.asarray(r.detach().cpu(), dtype=np.float64) for r in rdms])
     n = int(round((1 + (1 + 8 * d.shape[1]) ** 0.5) / 2))
     return write_npz(
-        path, dissimilarities=d, layers=np.array(layers, dtype=str),
+        path,
+        dissimilarities=d,
+        layers=np.array(layers, dtype=str),
         indices=np.asarray(indices if indices is not None else range(n))[:n],
-        dissimilarity_measure=np.array(measure.params.distance), n=np.array(n),
-    )  # fmt: skip
+        dissimilarity_measure=np.array(measure.params.distance),
+        n=np.array(n),
+    )

@@ -226,8 +226,12 @@ class SimilarityCallback(pl.Callback):
             rdms = None
             if "rsa" in results:
                 pools = self._batches.pools() if self._batches is not None else None
-                rdms = write_rdms(out_dir / "rdms.npz", self._metric.measures["rsa"], results["rsa"],
-                                  pools[0] if pools else None)  # fmt: skip
+                rdms = write_rdms(
+                    out_dir / "rdms.npz",
+                    self._metric.measures["rsa"],
+                    results["rsa"],
+                    pools[0] if pools else None,
+                )
             paths = {
                 name: {"npz": npz[name], **self._write(name, res, trainer, stage, out_dir)}
                 for name, res in results.items()
@@ -283,10 +287,14 @@ class SimilarityCallback(pl.Callback):
         label = f"{what} ({stage}, epoch {epoch_number(trainer)})" if stage == "probe" else what
         first = next(iter(results.values()))
         fig = measures_figure(
-            panels, title=label, xlabel=self.other_label, ylabel=self.model_label,
+            panels,
+            title=label,
+            xlabel=self.other_label,
+            ylabel=self.model_label,
             caption=caption(first.n_samples, first.n_batches, "standard errors: each measure's own figure"),
-            colour_range=self.colour_range, references=[chance_reference(r) for r in results.values()],
-        )  # fmt: skip
+            colour_range=self.colour_range,
+            references=[chance_reference(r) for r in results.values()],
+        )
         png, pdf = save_figure(fig, Path(out_dir) / "measures")
         return {"png": png, "pdf": pdf}
 
@@ -306,9 +314,14 @@ class SimilarityCallback(pl.Callback):
         for logger in trainer.loggers:
             epoch = epoch_number(trainer) if stage == "probe" else None
             log_measure(
-                logger, res, measure=measure, stage=stage, image=paths["png"], step=trainer.global_step,
+                logger,
+                res,
+                measure=measure,
+                stage=stage,
+                image=paths["png"],
+                step=trainer.global_step,
                 epoch=epoch,
-            )  # fmt: skip
+            )
 
     def _names(self) -> dict[str, Any]:
         out: dict[str, Any] = {"model_x": self.model_label, "model_y": self.other_label, "tf32": self.tf32}

@@ -22,20 +22,38 @@ from typing import Any
 # vvm.cka import cka, StreamingCKA`` works as ever.
 _WHERE = {
     **dict.fromkeys(
-        ["centre_columns", "cka_from_hsic", "h_centre", "hsic", "hsic_biased", "hsic_unbiased", "linear_gram",
-         "rbf_from_linear", "u_centre"], "functional",
+        [
+            "centre_columns",
+            "cka_from_hsic",
+            "h_centre",
+            "hsic",
+            "hsic_biased",
+            "hsic_unbiased",
+            "linear_gram",
+            "rbf_from_linear",
+            "u_centre",
+        ],
+        "functional",
     ),
-    "JointCKA": "joint", "JointResult": "joint",
-    "KERNELS": "kernels", "make_kernel": "kernels",
-    "MEASURES": "measures", "MeasureResult": "measures",
+    "JointCKA": "joint",
+    "JointResult": "joint",
+    "KERNELS": "kernels",
+    "make_kernel": "kernels",
+    "MEASURES": "measures",
+    "MeasureResult": "measures",
     "HSICMetric": "metric",
-    "cka": "pair", "gram": "pair",
-    "PRESETS": "presets", "layer_presets": "presets", "resolve_layers": "presets",
+    "cka": "pair",
+    "gram": "pair",
+    "PRESETS": "presets",
+    "layer_presets": "presets",
+    "resolve_layers": "presets",
     "KernelRecorder": "recorder",
     "CKAResult": "result",
-    "JointMeasureResult": "similarity", "JointSimilarity": "similarity", "StreamingSimilarity": "similarity",
+    "JointMeasureResult": "similarity",
+    "JointSimilarity": "similarity",
+    "StreamingSimilarity": "similarity",
     "StreamingCKA": "streaming",
-}  # fmt: skip
+}
 
 
 def __getattr__(name: str) -> Any:

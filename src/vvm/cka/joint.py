@@ -144,18 +144,27 @@ class JointModels(MeasuresPass):
     _models: dict[str, nn.Module]
 
     def _joint_parts(
-        self, models: Mapping[str, nn.Module], layers: LayerSpec | Mapping[str, LayerSpec],
-        measures: Sequence[str], params: Params | None, engine: dict[str, Any], block_layers: int | str | None,
-    ) -> tuple[dict[str, Measure], JointPass]:  # fmt: skip
+        self,
+        models: Mapping[str, nn.Module],
+        layers: LayerSpec | Mapping[str, LayerSpec],
+        measures: Sequence[str],
+        params: Params | None,
+        engine: dict[str, Any],
+        block_layers: int | str | None,
+    ) -> tuple[dict[str, Measure], JointPass]:
         """The measures and the recorder's pass over every model of ``models``."""
         self._auto_blocks = block_layers == "auto"
         built = build_measures(
             measures, params, {**engine, "update": self._update} if "cka" in measures else engine
         )
         plumbing = JointPass(
-            hook_targets(models), layers, on_batch=self._on_batch, on_layers=self._on_layers,
-            on_skip=self._on_skip, **recorder_options(built, engine.get("precision", "exact")),
-        )  # fmt: skip
+            hook_targets(models),
+            layers,
+            on_batch=self._on_batch,
+            on_layers=self._on_layers,
+            on_skip=self._on_skip,
+            **recorder_options(built, engine.get("precision", "exact")),
+        )
         # kept out of the module tree: moving or saving the metric must not move or save the networks
         self._models = dict(models)
         return built, plumbing
@@ -215,9 +224,13 @@ class JointCKA(JointModels, HSICMetric):
         engine = cka_options(kernel, kernel_params, estimator, precision, kwargs)
         built, plumbing = self._joint_parts(models, layers, ["cka"], None, engine, block_layers)
         super().__init__(
-            plumbing.names, None, max_batches=max_batches, **built["cka"].metric_options(),
-            block_layers=None if self._auto_blocks else block_layers, **kwargs,
-        )  # fmt: skip
+            plumbing.names,
+            None,
+            max_batches=max_batches,
+            **built["cka"].metric_options(),
+            block_layers=None if self._auto_blocks else block_layers,
+            **kwargs,
+        )
         self._start(built, plumbing, None)
 
     @property

@@ -93,16 +93,27 @@ class MeasuresPass(Tracking):
     plan: PassPlan | None
 
     def _streaming_parts(
-        self, model: nn.Module, layers: LayerSpec, other: nn.Module | None, other_layers: LayerSpec | None,
-        measures: Sequence[str], params: Params | None, engine: dict[str, Any],
-    ) -> tuple[dict[str, Measure], StreamingPass]:  # fmt: skip
+        self,
+        model: nn.Module,
+        layers: LayerSpec,
+        other: nn.Module | None,
+        other_layers: LayerSpec | None,
+        measures: Sequence[str],
+        params: Params | None,
+        engine: dict[str, Any],
+    ) -> tuple[dict[str, Measure], StreamingPass]:
         """The measures and the recorder's pass over ``model`` (and ``other``)."""
         built = build_measures(measures, params, engine)
         plumbing = StreamingPass(
-            model, layers, other=other, other_layers=other_layers, on_batch=self._on_batch,
-            on_layers=self._on_layers, on_skip=self._on_skip,
+            model,
+            layers,
+            other=other,
+            other_layers=other_layers,
+            on_batch=self._on_batch,
+            on_layers=self._on_layers,
+            on_skip=self._on_skip,
             **recorder_options(built, engine.get("precision", "exact")),
-        )  # fmt: skip
+        )
         return built, plumbing
 
     def _start(

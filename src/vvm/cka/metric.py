@@ -198,10 +198,15 @@ class HSICMetric(LayerPairMetric):
         W = float(self.n_samples.item())  # the batches' weights are their sizes
         matrix = cka_from_hsic(self.hsic_xy, self.hsic_xx, self.hsic_yy)
         sums = {
-            "aa": self.sum_aa, "bb": self.sum_bb, "cc": self.sum_cc,
-            "ab": self.sum_ab, "ac": self.sum_ac, "bc": self.sum_bc,
-            "b": self.hsic_xx, "c": self.hsic_yy,
-        }  # fmt: skip
+            "aa": self.sum_aa,
+            "bb": self.sum_bb,
+            "cc": self.sum_cc,
+            "ab": self.sum_ab,
+            "ac": self.sum_ac,
+            "bc": self.sum_bc,
+            "b": self.hsic_xx,
+            "c": self.hsic_yy,
+        }
         stderr = delta_stderr(matrix, sums, W, nb)
         if self._symmetric and nb >= 2:
             stderr.fill_diagonal_(0.0)  # CKA of a layer with itself is 1 in every batch: no spread
@@ -211,8 +216,13 @@ class HSICMetric(LayerPairMetric):
         kept = self.kept_batches()
         if kept is not None:
             ids, v = kept
-            per_batch = {"batch_ids": ids, "batch_weights": v["w"], "batch_hsic_xy": v["a"],
-                         "batch_hsic_xx": v["b"], "batch_hsic_yy": v["c"]}  # fmt: skip
+            per_batch = {
+                "batch_ids": ids,
+                "batch_weights": v["w"],
+                "batch_hsic_xy": v["a"],
+                "batch_hsic_xx": v["b"],
+                "batch_hsic_yy": v["c"],
+            }
         sig = {k: (None if v is None else v.detach().double().cpu()) for k, v in self.sigma2.items()}
         res = CKAResult(
             **self.result_fields(matrix, stderr),
@@ -230,8 +240,11 @@ class HSICMetric(LayerPairMetric):
 
     def _warn_undefined(self, res: CKAResult) -> None:
         """One warning per layer, the first time it is found undefined: NaN means "no CKA", never 0."""
-        nan = {n for n, h in [*zip(res.layers_x, res.hsic_xx.tolist()), *zip(res.layers_y, res.hsic_yy.tolist())]
-               if h != h}  # non-finite features: the recorder's warning names them  # fmt: skip
+        nan = {
+            n
+            for n, h in [*zip(res.layers_x, res.hsic_xx.tolist()), *zip(res.layers_y, res.hsic_yy.tolist())]
+            if h != h
+        }  # non-finite features: the recorder's warning names them
         fresh = [n for n in res.undefined_x + res.undefined_y if n not in self._warned_undefined | nan]
         if fresh and res.n_batches > 0:
             self._warned_undefined.update(fresh)

@@ -73,12 +73,15 @@ def recorder_options(measures: Mapping[str, Measure], precision: str) -> dict[st
     themselves if any measure needs them."""
     smallest = min(measures.values(), key=lambda m: m.min_n)
     return {
-        "min_n": smallest.min_n, "min_reason": smallest.min_reason, "tf32": precision == "fast",
-        "out_dtype": torch_dtype(precision), "raw": any(m.needs_raw for m in measures.values()),
+        "min_n": smallest.min_n,
+        "min_reason": smallest.min_reason,
+        "tf32": precision == "fast",
+        "out_dtype": torch_dtype(precision),
+        "raw": any(m.needs_raw for m in measures.values()),
         "pooled": any(m.pooled for m in measures.values()),
         "float64": precision == "exact" and any(m.needs_float64 for m in measures.values()),
         "features": any(m.needs_features for m in measures.values()),
-    }  # fmt: skip
+    }
 
 
 class Tracking:
@@ -187,9 +190,13 @@ class StreamingPass(_Pass):
                 self.on_layers(lx, ly)
 
     def _batch(
-        self, kernels: BatchKernels, masked: bool, batch_id: int, raw: BatchParts | None = None,
+        self,
+        kernels: BatchKernels,
+        masked: bool,
+        batch_id: int,
+        raw: BatchParts | None = None,
         features: BatchKernels | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._learn()
         y_key = "y" if self.two_models else "x"
         keep = set(self.layers_y) if y_key == "x" and not self.symmetric else set()
@@ -322,9 +329,13 @@ class JointPass(_Pass):
             self.on_layers(self.names)
 
     def _batch(
-        self, kernels: BatchKernels, masked: bool, batch_id: int, raw: BatchParts | None = None,
+        self,
+        kernels: BatchKernels,
+        masked: bool,
+        batch_id: int,
+        raw: BatchParts | None = None,
         features: BatchKernels | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._learn()
         order = list(self.model_layers.items())
         out = stack_grams([(kernels[key], names) for key, names in order])

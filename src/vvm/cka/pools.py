@@ -86,9 +86,11 @@ class PassPlan:
     def facts(self) -> dict[str, Any]:
         """What a pooled measure's files record about its pools."""
         return {
-            "pool_size": self.pool_size, "n_pools": self.pools, "n_declared": self.declared,
+            "pool_size": self.pool_size,
+            "n_pools": self.pools,
+            "n_declared": self.declared,
             "whole_split": self.whole_split,
-        }  # fmt: skip
+        }
 
 
 def plan_pass(n_examples: int, batch_size: int, declared: int) -> PassPlan:

@@ -88,9 +88,11 @@ class StreamingSimilarity(_Measures):
         built, plumbing = self._streaming_parts(model, layers, other, other_layers, measures, params, engine)
         ly = None if plumbing.symmetric else plumbing.modules_y
         self.metrics = nn.ModuleDict(
-            {n: m.make_metric(plumbing.modules_x, ly, max_batches=metric_batches(m, plan, max_batches))
-             for n, m in built.items()}
-        )  # fmt: skip
+            {
+                n: m.make_metric(plumbing.modules_x, ly, max_batches=metric_batches(m, plan, max_batches))
+                for n, m in built.items()
+            }
+        )
         self._start(built, plumbing, plan)
 
     def compute(self) -> dict[str, Any]:

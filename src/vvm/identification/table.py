@@ -53,9 +53,17 @@ INDICES: tuple[tuple[str, str, dict[str, Any], dict[str, Any]], ...] = (
 # Kornblith et al. (2019), Table 2 (10 Plain-10 CNNs on CIFAR-10, logits left out), in percent; quoted from the
 # paper (arXiv:1905.00414); the indices it does not have are absent
 PAPER = {
-    "CCA (ρ̄)": 1.4, "CCA (R²_CCA)": 10.6, "SVCCA (ρ̄)": 9.9, "SVCCA (R²_CCA)": 15.1, "PWCCA": 11.1,
-    "Linear Reg.": 45.4, "CKA (Linear)": 99.3, "CKA (RBF 0.2)": 80.6, "CKA (RBF 0.4)": 99.1, "CKA (RBF 0.8)": 99.3,
-}  # fmt: skip
+    "CCA (ρ̄)": 1.4,
+    "CCA (R²_CCA)": 10.6,
+    "SVCCA (ρ̄)": 9.9,
+    "SVCCA (R²_CCA)": 15.1,
+    "PWCCA": 11.1,
+    "Linear Reg.": 45.4,
+    "CKA (Linear)": 99.3,
+    "CKA (RBF 0.2)": 80.6,
+    "CKA (RBF 0.4)": 99.1,
+    "CKA (RBF 0.8)": 99.3,
+}
 
 
 def plan_passes(indices: Sequence[tuple[str, str, dict, dict]] = INDICES) -> list[list[int]]:
@@ -116,8 +124,9 @@ def pass_settings(settings: Any, picked: Sequence[tuple[str, str, dict, dict]]) 
     return dataclasses.replace(settings, cka=cka, kernel=kernel, measure=measure)
 
 
-def identification_table(sweep_dir: str | Path, *, out: str | Path | None = None, device: str | None = None,
-                         progress: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+def identification_table(
+    sweep_dir: str | Path, *, out: str | Path | None = None, device: str | None = None, progress: bool = True
+) -> list[dict[str, Any]]:
     """Rebuild the sweep's models, run the passes, write the table (see the module docstring); its rows."""
     from vvm.cka.joint import hook_target
     from vvm.cka.presets import classifier_name
@@ -145,8 +154,16 @@ def identification_table(sweep_dir: str | Path, *, out: str | Path | None = None
         for label, name, params, engine in picked:
             found_acc = accuracy(results[name], heads)
             options = {**params, **(engine if name == "cka" else {})}
-            rows.append({"index": label, "measure": name, "params": options, **found_acc,
-                         "paper": PAPER.get(label), "n_samples": results[name].n_samples})  # fmt: skip
+            rows.append(
+                {
+                    "index": label,
+                    "measure": name,
+                    "params": options,
+                    **found_acc,
+                    "paper": PAPER.get(label),
+                    "n_samples": results[name].n_samples,
+                }
+            )
             log.info("layer identification: %s %.3f", label, found_acc["accuracy"])
     order = [label for label, _, _, _ in INDICES]
     rows.sort(key=lambda r: order.index(r["index"]))

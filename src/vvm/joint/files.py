@@ -34,17 +34,31 @@ def pair_rows(
                 if same
                 else Identification(float("nan"), 0, 0, 0)
             )
-            rows.append({
-                "model_a": a, "model_b": b, "job_a": ja.job, "job_b": jb.job, "arch_a": ja.model,
-                "arch_b": jb.model, "family_a": ja.family, "family_b": jb.family, "init_a": ja.init,
-                "init_b": jb.init, "layers_a": block.shape[0], "layers_b": block.shape[1],
-                f"mean_{measure}": float(np.nanmean(block)) if not np.isnan(block).all() else None,
-                "mean_row_max": mean_row_max(block), "layer_identification": ident.accuracy,
-                "identification_layers": ident.layers, "identification_ties": ident.ties,
-                "identification_tolerance": TOLERANCE if same else "",
-                "includes_classifier": None if heads is None else any(
-                    records(res.layers_of(m), heads.get(m)) for m in (a, b)),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "model_a": a,
+                    "model_b": b,
+                    "job_a": ja.job,
+                    "job_b": jb.job,
+                    "arch_a": ja.model,
+                    "arch_b": jb.model,
+                    "family_a": ja.family,
+                    "family_b": jb.family,
+                    "init_a": ja.init,
+                    "init_b": jb.init,
+                    "layers_a": block.shape[0],
+                    "layers_b": block.shape[1],
+                    f"mean_{measure}": float(np.nanmean(block)) if not np.isnan(block).all() else None,
+                    "mean_row_max": mean_row_max(block),
+                    "layer_identification": ident.accuracy,
+                    "identification_layers": ident.layers,
+                    "identification_ties": ident.ties,
+                    "identification_tolerance": TOLERANCE if same else "",
+                    "includes_classifier": None
+                    if heads is None
+                    else any(records(res.layers_of(m), heads.get(m)) for m in (a, b)),
+                }
+            )
     return rows
 
 
@@ -119,13 +133,14 @@ def write_outputs(
             title=title,
             cbar_label=what,
             caption=note,
-        ),  # fmt: skip
+        ),
         out / f"joint{suffix}",
     )
     files["pairs"] = pair_figures(res, by_tag, out / f"pairs{suffix}", what, note)
     if len(res.models) > 1:
-        fig = correspondence_figure(correspondence_panels(res, jobs), title=f"best-matching layers\n{title}",
-                                    caption=note)  # fmt: skip
+        fig = correspondence_figure(
+            correspondence_panels(res, jobs), title=f"best-matching layers\n{title}", caption=note
+        )
         files["correspondence_png"], files["correspondence_pdf"] = save_figure(
             fig, out / f"correspondence{suffix}"
         )
@@ -155,12 +170,19 @@ def pair_figures(res: Any, by_tag: dict[str, JointJob], folder: Path, what: str,
     for a_i, a in enumerate(res.models):
         for b in res.models[a_i + 1 :]:
             fig = heatmap_figure(
-                res.block(a, b).numpy(), res.layers_of(a), res.layers_of(b),
-                title=f"{job_title(by_tag[a].result)}\nvs {job_title(by_tag[b].result)}", xlabel=b, ylabel=a,
-                cbar_label=what, caption=note,
-                uncertainty=Uncertainty(halfwidth[res.rows_of(a)][:, res.rows_of(b)],
-                                        "95% interval half-width (t, batches − 1 df)"),
-            )  # fmt: skip
+                res.block(a, b).numpy(),
+                res.layers_of(a),
+                res.layers_of(b),
+                title=f"{job_title(by_tag[a].result)}\nvs {job_title(by_tag[b].result)}",
+                xlabel=b,
+                ylabel=a,
+                cbar_label=what,
+                caption=note,
+                uncertainty=Uncertainty(
+                    halfwidth[res.rows_of(a)][:, res.rows_of(b)],
+                    "95% interval half-width (t, batches − 1 df)",
+                ),
+            )
             paths.append(save_figure(fig, folder / f"{a}__{b}", formats=("png",))[0])
     return paths
 
@@ -189,11 +211,16 @@ def log_to_wandb(files: dict[str, Any], jobs: list[JointJob], out: Path, sweep_d
             tables[f"{key}/pairs"] = mf["table"]
     try:
         return log_files_run(
-            run_dir=out, name=f"joint-{sweep_name(sweep_dir)}", job_type="joint-cka", images=images,
-            tables=tables, project=projects.pop() if len(projects) == 1 else "vvm",
-            group=groups.pop() if len(groups) == 1 else sweep_group(sweep_dir), mode=modes.pop() if len(modes) == 1 else None,
+            run_dir=out,
+            name=f"joint-{sweep_name(sweep_dir)}",
+            job_type="joint-cka",
+            images=images,
+            tables=tables,
+            project=projects.pop() if len(projects) == 1 else "vvm",
+            group=groups.pop() if len(groups) == 1 else sweep_group(sweep_dir),
+            mode=modes.pop() if len(modes) == 1 else None,
             config={"sweep_dir": str(sweep_dir), "models": [j.tag for j in jobs]},
-        )  # fmt: skip
+        )
     except Exception as e:  # W&B must not lose the files already written
         log.warning("joint CKA: could not log to W&B (%s: %s); the files are written", type(e).__name__, e)
         return None

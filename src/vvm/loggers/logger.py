@@ -293,9 +293,15 @@ def log_files_run(
 
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     run = wandb.init(
-        project=project, group=group, job_type=job_type, name=name, dir=str(run_dir),
-        mode=choose_mode(mode).mode, config=config or {}, reinit="finish_previous",
-    )  # fmt: skip
+        project=project,
+        group=group,
+        job_type=job_type,
+        name=name,
+        dir=str(run_dir),
+        mode=choose_mode(mode).mode,
+        config=config or {},
+        reinit="finish_previous",
+    )
     try:
         payload: dict[str, Any] = {k: wandb.Image(str(v)) for k, v in images.items()}
         payload.update({k: wandb.Table(dataframe=t.astype(str)) for k, t in tables.items()})

@@ -78,8 +78,11 @@ def erf_figure(arrays: Mapping[str, Any], *, title: str | None = None) -> Figure
     ax.legend(fontsize=7)
     n = int(np.asarray(arrays.get("n_images", 0)))
     fig.suptitle(heading("effective receptive fields", title))
-    fig.supxlabel(f"Luo et al. (2016): gradient of the centre unit, mean over {n} images, "
-                  f"{maps.shape[1]}×{maps.shape[2]} px input", fontsize=7)  # fmt: skip
+    fig.supxlabel(
+        f"Luo et al. (2016): gradient of the centre unit, mean over {n} images, "
+        f"{maps.shape[1]}×{maps.shape[2]} px input",
+        fontsize=7,
+    )
     return fit_canvas(fig)
 
 
@@ -130,11 +133,26 @@ def probe_figure(arrays: Mapping[str, Any], *, title: str | None = None) -> Figu
     fig = Figure(figsize=(max(5.0, 0.22 * len(layers) + 2.5), 4.0), layout="constrained")
     ax = fig.subplots()
     se = np.asarray(arrays["accuracy_se"], dtype=float) if "accuracy_se" in arrays else None
-    ax.errorbar(x, acc, yerr=None if se is None else 1.96 * se, fmt="o-", ms=3, capsize=2, elinewidth=0.8,
-                label="evaluation accuracy" + (" (± 1.96 binomial SE)" if se is not None else ""))  # fmt: skip
+    ax.errorbar(
+        x,
+        acc,
+        yerr=None if se is None else 1.96 * se,
+        fmt="o-",
+        ms=3,
+        capsize=2,
+        elinewidth=0.8,
+        label="evaluation accuracy" + (" (± 1.96 binomial SE)" if se is not None else ""),
+    )
     if "holdout_accuracy" in arrays:
-        ax.plot(x, np.asarray(arrays["holdout_accuracy"], dtype=float), "s-", ms=2.5, lw=0.8, color="tab:green",
-                label="held-out (ridge choice)")  # fmt: skip
+        ax.plot(
+            x,
+            np.asarray(arrays["holdout_accuracy"], dtype=float),
+            "s-",
+            ms=2.5,
+            lw=0.8,
+            color="tab:green",
+            label="held-out (ridge choice)",
+        )
     k = int(np.asarray(arrays.get("num_classes", 0)))
     if k:
         ax.axhline(1.0 / k, **REFERENCE, label=f"chance (1/{k})")

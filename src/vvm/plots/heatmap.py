@@ -61,10 +61,20 @@ def draw_heatmap(
     extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get((below, above), "neither")
     ax.set_facecolor(NAN_COLOUR)
     sns.heatmap(
-        m, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, mask=np.isnan(m), square=m.shape[0] == m.shape[1], cbar=cbar,
-        cbar_ax=cbar_ax, cbar_kws={"extend": extend, "label": cbar_label or ""}, xticklabels=False,
-        yticklabels=False, linewidths=0,
-    )  # fmt: skip
+        m,
+        ax=ax,
+        vmin=vmin,
+        vmax=vmax,
+        cmap=cmap,
+        mask=np.isnan(m),
+        square=m.shape[0] == m.shape[1],
+        cbar=cbar,
+        cbar_ax=cbar_ax,
+        cbar_kws={"extend": extend, "label": cbar_label or ""},
+        xticklabels=False,
+        yticklabels=False,
+        linewidths=0,
+    )
     ax.invert_yaxis()
     if show_ticks:
         xi, xl = _tick_labels(list(layers_y), max_ticks)
@@ -170,8 +180,20 @@ def heatmap_figure(
     fig = Figure(figsize=(width, float(np.clip(size * ratio, 4.0, 14.0)) + 0.5), layout="constrained")
     axes = fig.subplots(1, 2, width_ratios=[1.0, 0.55]) if side else [fig.subplots()]
     max_ticks = MAX_TICKS if n <= MAX_TICKS else 40
-    draw_heatmap(axes[0], m, layers_x, layers_y, title=title, xlabel=xlabel, ylabel=ylabel, vmin=vmin, vmax=vmax,
-                 cmap=cmap, cbar_label=cbar_label, max_ticks=max_ticks)  # fmt: skip
+    draw_heatmap(
+        axes[0],
+        m,
+        layers_x,
+        layers_y,
+        title=title,
+        xlabel=xlabel,
+        ylabel=ylabel,
+        vmin=vmin,
+        vmax=vmax,
+        cmap=cmap,
+        cbar_label=cbar_label,
+        max_ticks=max_ticks,
+    )
     mark_reference(axes[0], *reference)
     notes = [caption] if caption else []
     if np.isnan(m).any():
@@ -206,8 +228,19 @@ def measures_figure(
     refs = list(references or [(None, "")] * len(panels))
     for i, (ax, (name, matrix, lx, ly)) in enumerate(zip(axes, panels)):
         lo, hi = colour_limits(matrix, colour_range)
-        draw_heatmap(ax, matrix, lx, ly, title=name, xlabel=xlabel, ylabel=ylabel if i == 0 else None, vmin=lo,
-                     vmax=hi, cbar_label=name, max_ticks=MAX_TICKS if n <= MAX_TICKS else 40)  # fmt: skip
+        draw_heatmap(
+            ax,
+            matrix,
+            lx,
+            ly,
+            title=name,
+            xlabel=xlabel,
+            ylabel=ylabel if i == 0 else None,
+            vmin=lo,
+            vmax=hi,
+            cbar_label=name,
+            max_ticks=MAX_TICKS if n <= MAX_TICKS else 40,
+        )
         mark_reference(ax, *refs[i])
         if i:
             ax.set_yticklabels([])

@@ -89,8 +89,14 @@ def correspondence_panels(
             if rank.get(models[b][0], 99) < rank.get(models[a][0], 99):
                 a, b = b, a
             fa, fb = models[a][0], models[b][0]
-            panel = panels.setdefault((fa, fb), CorrespondencePanel(
-                f"{fa} vs {fb}", f"layer of A ({fa}), relative depth", f"best match in B ({fb}), relative depth"))  # fmt: skip
+            panel = panels.setdefault(
+                (fa, fb),
+                CorrespondencePanel(
+                    f"{fa} vs {fb}",
+                    f"layer of A ({fa}), relative depth",
+                    f"best match in B ({fb}), relative depth",
+                ),
+            )
             block = res.block(a, b).numpy()
             best = best_matches(block)
             ok = best >= 0
@@ -117,16 +123,28 @@ def correspondence_figure(
     for ax, panel in zip(axes.flat, panels):
         ax.plot([0, 1], [0, 1], **REFERENCE, label="same relative depth")
         for k, c in enumerate(panel.curves):
-            ax.plot(c.x, c.y, marker=MARKERS[k % len(MARKERS)], ms=2.5, lw=1.2, color=f"C{k % 10}",
-                    ls=INIT_STYLES.get(c.inits, "-"), label=f"{c.label} ({c.inits})")  # fmt: skip
+            ax.plot(
+                c.x,
+                c.y,
+                marker=MARKERS[k % len(MARKERS)],
+                ms=2.5,
+                lw=1.2,
+                color=f"C{k % 10}",
+                ls=INIT_STYLES.get(c.inits, "-"),
+                label=f"{c.label} ({c.inits})",
+            )
         ax.set_xlim(-0.03, 1.03)
         ax.set_ylim(-0.03, 1.03)
         ax.set_aspect("equal")
         ax.set_title(panel.title, fontsize=10)
         ax.set_xlabel(panel.xlabel, fontsize=8)
         ax.set_ylabel(panel.ylabel, fontsize=8)
-        ax.legend(fontsize=6, loc="upper left", title="solid: trained · dashed: random · dash-dot: one of each",
-                  title_fontsize=5.5)  # fmt: skip
+        ax.legend(
+            fontsize=6,
+            loc="upper left",
+            title="solid: trained · dashed: random · dash-dot: one of each",
+            title_fontsize=5.5,
+        )
     fig.suptitle(title, fontsize=10)
     if caption:
         fig.supxlabel(caption, fontsize=7)

@@ -31,11 +31,20 @@ def measure_figure(
     the half-width of each entry's ``level`` t interval (:meth:`~vvm.cka.result.MatrixResult.interval`)."""
     lo, hi = res.interval(level)
     fig = heatmap_figure(
-        res.matrix.numpy(), res.layers_x, res.layers_y, title=title, xlabel=xlabel, ylabel=ylabel,
-        cbar_label=result_quantity(res), caption=caption(res.n_samples, res.n_batches),
-        uncertainty=Uncertainty(((hi - lo) / 2).numpy(), f"{level:.0%} interval half-width (t, batches − 1 df)"),
-        colour_range=colour_range, reference=chance_reference(res),
-    )  # fmt: skip
+        res.matrix.numpy(),
+        res.layers_x,
+        res.layers_y,
+        title=title,
+        xlabel=xlabel,
+        ylabel=ylabel,
+        cbar_label=result_quantity(res),
+        caption=caption(res.n_samples, res.n_batches),
+        uncertainty=Uncertainty(
+            ((hi - lo) / 2).numpy(), f"{level:.0%} interval half-width (t, batches − 1 df)"
+        ),
+        colour_range=colour_range,
+        reference=chance_reference(res),
+    )
     return fig
 
 

@@ -79,8 +79,11 @@ def caption(n_samples: int | None, n_batches: int | None, *extra: str | None) ->
 def job_title(facts: Mapping[str, Any]) -> str:
     """``r18 (pretrained, digits, seed 0)``: the model, its init, the dataset and the seed of a job's facts
     (result.json's keys); a cross-model job adds ``vs <model> (<init>)``."""
-    inner = ", ".join(str(facts[k]) if k != "seed" else f"seed {facts[k]}" for k in ("init", "dataset", "seed")
-                      if facts.get(k) is not None)  # fmt: skip
+    inner = ", ".join(
+        str(facts[k]) if k != "seed" else f"seed {facts[k]}"
+        for k in ("init", "dataset", "seed")
+        if facts.get(k) is not None
+    )
     head = f"{facts.get('model', '?')}" + (f" ({inner})" if inner else "")
     other = facts.get("compare")
     if isinstance(other, Mapping):

@@ -14,8 +14,17 @@ from typing import Any
 
 # the similarity pass's keys were cka.* while CKA was its only measure (issue 26); the RBF's options are the
 # kernel's own parameters
-_PASS_KEYS = ("layers", "other_layers", "batch_size", "shuffle", "max_samples", "every_n_epochs", "precision",
-              "tf32", "colour_range")  # fmt: skip
+_PASS_KEYS = (
+    "layers",
+    "other_layers",
+    "batch_size",
+    "shuffle",
+    "max_samples",
+    "every_n_epochs",
+    "precision",
+    "tf32",
+    "colour_range",
+)
 RENAMED: dict[str, str] = {
     **{f"cka.{k}": f"similarity.{k}" for k in _PASS_KEYS},
     "cka.rbf_frac": "kernel.rbf.frac",

@@ -96,8 +96,12 @@ def grid_figure(jobs: Sequence[JobRecord], measure: str = "cka") -> Any:
 
     names = set(map(str, filter(None, (quantity_of(j, measure) for j in jobs))))
     label = names.pop() if len(names) == 1 else f"{measured(jobs[0], measure)[2]} (mixed settings)"
-    return summary_figure(grid_rows(jobs, measure), title=summary_title(jobs, measure=measure),
-                          cbar_label=label, caption=summary_caption(jobs))  # fmt: skip
+    return summary_figure(
+        grid_rows(jobs, measure),
+        title=summary_title(jobs, measure=measure),
+        cbar_label=label,
+        caption=summary_caption(jobs),
+    )
 
 
 def quantity_of(job: JobRecord, measure: str) -> str | None:

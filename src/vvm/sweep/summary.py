@@ -172,11 +172,17 @@ def log_summary_to_wandb(
     n_ok = sum(j.status == "ok" for j in jobs)
     try:
         run_dir = log_files_run(
-            run_dir=sweep_dir, name=f"summary-{sweep_name(sweep_dir)}", job_type="sweep-summary",
-            images={"summary/grid": image, **(figures or {})}, tables={"summary/jobs": table}, project=project,
-            group=group, mode=mode, config={"sweep_dir": str(sweep_dir), "jobs": len(jobs)},
+            run_dir=sweep_dir,
+            name=f"summary-{sweep_name(sweep_dir)}",
+            job_type="sweep-summary",
+            images={"summary/grid": image, **(figures or {})},
+            tables={"summary/jobs": table},
+            project=project,
+            group=group,
+            mode=mode,
+            config={"sweep_dir": str(sweep_dir), "jobs": len(jobs)},
             summary={"jobs": len(jobs), "jobs_ok": n_ok, "jobs_failed": len(jobs) - n_ok},
-        )  # fmt: skip
+        )
     except Exception as e:  # W&B must never fail the sweep
         log.warning(
             "sweep summary: could not log to W&B (%s: %s); the summary files are written", type(e).__name__, e

@@ -140,8 +140,15 @@ class Measure:
         (DDP) that must add nothing; ``last``: no measure reads ``gx``/``gy`` after this one (it may overwrite)."""
         raise NotImplementedError
 
-    def skipped(self, metric: Metric, sides_x: list[tuple[str, int]], sides_y: list[tuple[str, int]] | None, *,
-                device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
+    def skipped(
+        self,
+        metric: Metric,
+        sides_x: list[tuple[str, int]],
+        sides_y: list[tuple[str, int]] | None,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
         """The recorder skipped a batch as too small (nothing to add; CKA's RBF kernel still joins DDP)."""
 
 

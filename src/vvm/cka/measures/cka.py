@@ -88,9 +88,11 @@ class CKA(Measure):
     def metric_options(self) -> dict[str, Any]:
         """What CKA's metric is made with: the kernel's name and facts, the estimator, the precision."""
         return {
-            "kernel": self.kernel_name, "kernel_facts": self.kernel.facts, "estimator": self.estimator,
+            "kernel": self.kernel_name,
+            "kernel_facts": self.kernel.facts,
+            "estimator": self.estimator,
             "precision": self.precision,
-        }  # fmt: skip
+        }
 
     def make_metric(
         self, layers_x: list[str], layers_y: list[str] | None, *, max_batches: int | None
@@ -109,8 +111,15 @@ class CKA(Measure):
         if not masked:
             self.update(metric, kx, ky, batch_id, last)
 
-    def skipped(self, metric: Any, sides_x: list[tuple[str, int]], sides_y: list[tuple[str, int]] | None, *,
-                device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
+    def skipped(
+        self,
+        metric: Any,
+        sides_x: list[tuple[str, int]],
+        sides_y: list[tuple[str, int]] | None,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
         for side, count in [*sides_x, *(sides_y or [])]:
             self.kernel.join(side, count, device=device, dtype=dtype)
         self.record(metric, sides_x, sides_y)

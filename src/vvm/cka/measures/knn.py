@@ -50,9 +50,11 @@ def neighbour_indicator(s: Tensor, k: int) -> Tensor:
 class KNNParams:
     k: int = option(10, minimum=1, why="neighbours per example (Huh et al. 2024 use 10); k < n")
     n: int = option(
-        DEFAULT_POOL, minimum=2, why="examples per pool, the set neighbours are found in (Huh et al. 2024: "
-        "1024); the whole split when it holds fewer"
-    )  # fmt: skip
+        DEFAULT_POOL,
+        minimum=2,
+        why="examples per pool, the set neighbours are found in (Huh et al. 2024: "
+        "1024); the whole split when it holds fewer",
+    )
 
 
 def kept_examples(grams: Grams) -> Tensor:

@@ -46,8 +46,14 @@ def weighted_mean_stderr(values: Tensor, weights: Tensor) -> tuple[Tensor, Tenso
     d = torch.isfinite(values)
     w = weights.to(values.dtype).reshape(-1, *([1] * (values.dim() - 1))) * d
     v = torch.where(d, values, torch.zeros_like(values))
-    sums = {"w": w.sum(0), "wv": (w * v).sum(0), "w2": (w * w).sum(0), "w2v": (w * w * v).sum(0),
-            "w2v2": (w * w * v * v).sum(0), "count": d.to(values.dtype).sum(0)}  # fmt: skip
+    sums = {
+        "w": w.sum(0),
+        "wv": (w * v).sum(0),
+        "w2": (w * w).sum(0),
+        "w2v": (w * w * v).sum(0),
+        "w2v2": (w * w * v * v).sum(0),
+        "count": d.to(values.dtype).sum(0),
+    }
     return mean_and_stderr(sums)
 
 
@@ -146,9 +152,12 @@ class BatchMeanMetric(LayerPairMetric):
         """The weighted sums of the values (module docstring) per entry, and per layer the number of batches in
         which it had a value."""
         return {
-            **{n: (lx, ly) for n in _SUMS}, "defined_x": (lx,), "defined_y": (ly,), "excluded_x": (lx,),
+            **{n: (lx, ly) for n in _SUMS},
+            "defined_x": (lx,),
+            "defined_y": (ly,),
+            "excluded_x": (lx,),
             "excluded_y": (ly,),
-        }  # fmt: skip
+        }
 
     def batch_shapes(self, lx: int, ly: int) -> Shapes:
         """Per batch: its values ``v`` (NaN where undefined)."""

@@ -39,9 +39,11 @@ def procrustes_similarity(bx: Basis, by: Basis) -> float:
 @dataclass(frozen=True)
 class ProcrustesParams:
     statistic: str = option(
-        "similarity", choices=("similarity", "angle"), why="similarity: ||XcᵀYc||_* / (||Xc|| ||Yc||); angle: its "
-        "arccos (Williams et al. 2021's angular shape distance, radians)"
-    )  # fmt: skip
+        "similarity",
+        choices=("similarity", "angle"),
+        why="similarity: ||XcᵀYc||_* / (||Xc|| ||Yc||); angle: its "
+        "arccos (Williams et al. 2021's angular shape distance, radians)",
+    )
     n: int = pool_size()
 
 

@@ -110,13 +110,17 @@ def tau_a(x: np.ndarray, y: np.ndarray) -> float:
 @dataclass(frozen=True)
 class RSAParams:
     correlation: str = option(
-        "spearman", choices=CORRELATIONS, why="how two RDMs are compared: spearman (ranks, ties averaged), "
-        "pearson, rho-a or tau-a (rsatoolbox's comparators for tied RDMs)"
-    )  # fmt: skip
+        "spearman",
+        choices=CORRELATIONS,
+        why="how two RDMs are compared: spearman (ranks, ties averaged), "
+        "pearson, rho-a or tau-a (rsatoolbox's comparators for tied RDMs)",
+    )
     distance: str = option(
-        "correlation", choices=DISTANCES, why="the RDM's dissimilarity: correlation (1 - Pearson r of two "
-        "examples' features, Kriegeskorte et al. 2008), euclidean or sqeuclidean"
-    )  # fmt: skip
+        "correlation",
+        choices=DISTANCES,
+        why="the RDM's dissimilarity: correlation (1 - Pearson r of two "
+        "examples' features, Kriegeskorte et al. 2008), euclidean or sqeuclidean",
+    )
     n: int = option(
         DEFAULT_POOL, minimum=3, why="examples per pool (RDMs are n x n); the whole split when fewer"
     )
@@ -193,6 +197,13 @@ class RSA(ProductMeasure):
 
 
 __all__ = [
-    "CORRELATIONS", "DISTANCES", "RSA", "RSAParams", "average_ranks", "correlation_distances",
-    "dissimilarities", "pairwise_distances", "tau_a",
-]  # fmt: skip
+    "CORRELATIONS",
+    "DISTANCES",
+    "RSA",
+    "RSAParams",
+    "average_ranks",
+    "correlation_distances",
+    "dissimilarities",
+    "pairwise_distances",
+    "tau_a",
+]

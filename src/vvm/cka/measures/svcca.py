@@ -36,9 +36,11 @@ def kept_directions(lam: torch.Tensor, keep: float) -> int:
 @dataclass(frozen=True)
 class SVCCAParams:
     keep: float = option(
-        0.99, minimum=0.0, why="the share of each layer's variance its kept singular directions explain (Raghu et "
-        "al. 2017: 0.99); at most 1 (CCA)"
-    )  # fmt: skip
+        0.99,
+        minimum=0.0,
+        why="the share of each layer's variance its kept singular directions explain (Raghu et "
+        "al. 2017: 0.99); at most 1 (CCA)",
+    )
     statistic: str = option(
         "rho", choices=STATISTICS, why="rho: the mean canonical correlation; r2: the mean squared one"
     )
