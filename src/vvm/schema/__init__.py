@@ -73,12 +73,12 @@ def _choice_class(key: str, values: dict[str, Any], dataset: str) -> type:
 
 def from_record(config: dict[str, Any], dataset: str) -> JobSettings:
     """Settings back from a stored ``config`` (result.json) of a job on ``dataset``; a renamed key is read as its
-    new one (:mod:`vvm.schema.renamed`, with a warning), keys the schema no longer has (an older vvm's
+    new one (:mod:`vvm.schema.renamed`; silently: a stored file is not the user's to edit), keys the schema no longer has (an older vvm's
     ``_target_``...) are dropped."""
     register_configs()
     kinds = field_classes(JobSettings)
     out = OmegaConf.structured(JobSettings)
-    for key, v in rename_config(dict(config)).items():
+    for key, v in rename_config(dict(config), warn=False).items():
         if key not in kinds:
             continue
         cls = _choice_class(key, v, dataset) if key in CHOICE_GROUPS and isinstance(v, dict) else kinds[key]
