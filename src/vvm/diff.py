@@ -30,6 +30,7 @@ import argparse
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -235,17 +236,10 @@ def cka_difference(
     diff = za["cka"] - zb["cka"]
     df = difference_df(za, zb, is_paired)
     return {
-        "diff": diff,
-        "diff_stderr": se,
-        "paired": np.array(is_paired),
-        "df": df,
-        **significance(diff, se, df, level=level, fdr=fdr),
-        "level": np.array(level),
-        "fdr": np.array(math.nan if fdr is None else fdr),
+        **tested(diff, se, df, is_paired, level, fdr),
         "cka_a": za["cka"],
         "cka_b": zb["cka"],
-        "layers_x": za["layers_x"],
-        "layers_y": za["layers_y"],
+        **layers_of(za),
     }
 
 
@@ -258,6 +252,18 @@ def measure_difference(
     df = paired_df if paired_df is not None else difference_df(za, zb, False, measure)
     se = np.where(np.isnan(diff), np.nan, se)
     return {
+        **tested(diff, se, df, is_paired, level, fdr),
+        "measure": np.array(measure),
+        f"{measure}_a": za["matrix"],
+        f"{measure}_b": zb["matrix"],
+        **layers_of(za),
+    }
+
+
+def tested(diff: Any, se: Any, df: Any, is_paired: bool, level: float, fdr: float | None) -> dict[str, Any]:
+    """What diff.npz holds of a difference, whichever measure: the difference, its standard error, whether it is
+    paired, its degrees of freedom and the significance test (:func:`significance`) at ``level`` (``fdr``)."""
+    return {
         "diff": diff,
         "diff_stderr": se,
         "paired": np.array(is_paired),
@@ -265,12 +271,11 @@ def measure_difference(
         **significance(diff, se, df, level=level, fdr=fdr),
         "level": np.array(level),
         "fdr": np.array(math.nan if fdr is None else fdr),
-        "measure": np.array(measure),
-        f"{measure}_a": za["matrix"],
-        f"{measure}_b": zb["matrix"],
-        "layers_x": za["layers_x"],
-        "layers_y": za["layers_y"],
     }
+
+
+def layers_of(z: dict) -> dict[str, Any]:
+    return {"layers_x": z["layers_x"], "layers_y": z["layers_y"]}
 
 
 def write_difference(
