@@ -86,3 +86,35 @@ def test_the_rules_run_from_python(tmp_path):
     wrong = dataclasses.replace(job, model=dataclasses.replace(job.model, name="r34"))
     with pytest.raises(ConfigError, match=r"model.name='r34': model=r18 builds r18"):
         check_rules(wrong)
+
+
+def test_a_composed_job_pickles_into_a_fresh_process(tmp_path):
+    """submitit's launchers pickle the job's config into another process: every generated class (a model's
+    settings, a Choice enum) must be importable there by module and name."""
+    import pickle
+    import subprocess
+    import sys
+
+    from vvm.schema import compose, compose_config
+
+    overrides = [
+        "model=r18",
+        "dataset=digits",
+        "logger=none",
+        "measures=[cka,rsa]",
+        "analyses=[erf]",
+        "cka.kernel=rbf",
+    ]
+    objects = [compose_config(overrides, output_dir=tmp_path), compose(overrides, output_dir=tmp_path)]
+    code = (
+        "import pickle, sys\n"
+        "for obj in pickle.loads(sys.stdin.buffer.read()):\n"
+        "    print(type(obj).__name__, type(obj.model).__name__ if not hasattr(obj, '_metadata') else 'cfg',"
+        " obj.model.name, obj.init.name, obj.cka.kernel)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(objects), capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().split("\n")[:2] == [
+        "DictConfig cfg r18 random rbf",
+        "JobSettings R18Settings r18 random rbf",
+    ]

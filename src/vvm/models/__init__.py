@@ -225,6 +225,16 @@ def _register_builtin() -> None:
 
 _register_builtin()
 
+
+def __getattr__(name: str) -> type[ModelSettings]:
+    """A generated settings class by its name (``R18Settings``): a pickled config (submitit's launchers, a
+    process of a sweep) names its class by module and name, and a class exists once it is generated."""
+    found = {cls.__name__: cls for cls in settings_classes().values()}
+    if name in found:
+        return found[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ModelEntry",
     "VisionModel",

@@ -8,6 +8,7 @@ Types use ``typing.Optional``/``List``/``Dict`` because OmegaConf's structured c
 
 import difflib
 import enum
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
@@ -34,8 +35,10 @@ class Choice(str, enum.Enum):
 
 
 def choices(name: str, values: tuple[str, ...], doc: str = "") -> type[Choice]:
-    """A :class:`Choice` enum whose members are ``values`` (the engine's own tuple: one fact, one place)."""
-    cls = Choice(name, {v: v for v in values})  # type: ignore[call-overload]
+    """A :class:`Choice` enum whose members are ``values`` (the engine's own tuple: one fact, one place), named
+    as of the module that makes it (where it is bound to ``name``), so that it pickles (submitit's launchers)."""
+    module = sys._getframe(1).f_globals.get("__name__", __name__)
+    cls = Choice(name, {v: v for v in values}, module=module)  # type: ignore[call-overload]
     cls.__doc__ = doc or f"one of {', '.join(values)}"
     return cls
 
