@@ -41,9 +41,12 @@ def wandb_records(path: Path) -> list:
             pos += block - pos % block
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if (
+            kind == 0 and length == 0
+        ):  # zeros: the rest of the block is padding (a flush), the next block goes on
+            pos += block - pos % block
+            continue
         pos += 7
-        if kind == 0 and length == 0:
-            break
         chunk, pos = data[pos : pos + length], pos + length
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):
