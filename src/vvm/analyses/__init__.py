@@ -40,15 +40,15 @@ from vvm.analyses.registry import (
 )
 from vvm.analyses.ridge import RidgeStats
 from vvm.settings.base import choices
-from vvm.settings.generate import group_settings
+from vvm.settings.generate import registry_settings
 
 AnalysisName = choices(
     "AnalysisName", tuple(ANALYSES), " | ".join(f"{n} ({cls.title})" for n, cls in ANALYSES.items())
 )
 ANALYSIS_SETTINGS: dict[str, type]
-AnalysisSettings, ANALYSIS_SETTINGS = group_settings(
+AnalysisSettings, ANALYSIS_SETTINGS = registry_settings(
     "AnalysisSettings",
-    {name: cls.Params for name, cls in ANALYSES.items()},
+    ANALYSES,
     module=__name__,
     key="analysis",
     doc="``analysis.*``: each analysis's parameters (conf/analysis/default.yaml).",

@@ -19,7 +19,7 @@ from vvm.cka.functional import ESTIMATORS
 from vvm.cka.kernels import KERNELS
 from vvm.cka.precision import PRECISIONS, TF32_MODES
 from vvm.settings.base import choices, number, plain
-from vvm.settings.generate import group_settings
+from vvm.settings.generate import registry_settings
 
 Kernel = choices("Kernel", tuple(KERNELS), " | ".join(KERNELS))
 Estimator = choices("Estimator", ESTIMATORS, "unbiased (HSIC_1, Nguyen et al. 2021) | biased (HSIC_0)")
@@ -33,9 +33,9 @@ TF32 = choices(
 )
 
 KERNEL_SETTINGS: dict[str, type]
-KernelSettings, KERNEL_SETTINGS = group_settings(
+KernelSettings, KERNEL_SETTINGS = registry_settings(
     "KernelSettings",
-    {name: cls.Params for name, cls in KERNELS.items()},
+    KERNELS,
     module=__name__,
     key="kernel",
     doc="``kernel.*``: each kernel's own parameters (those kernels that have any; conf/kernel/default.yaml).",

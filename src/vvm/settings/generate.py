@@ -137,4 +137,13 @@ def group_settings(
     return _publish(group, module, doc or f"``{key}.*``: each one's parameters (those that have any)."), each
 
 
-__all__ = ["group_settings", "omegaconf_type", "params_settings", "signature_settings"]
+def registry_settings(
+    class_name: str, registry: Mapping[str, Any], *, module: str, key: str, doc: str = ""
+) -> tuple[type, dict[str, type]]:
+    """:func:`group_settings` of a registry of classes that each declare ``Params`` (measures, kernels,
+    analyses): ``key.<name>.*`` for every registered name that has parameters."""
+    params = {name: cls.Params for name, cls in registry.items()}
+    return group_settings(class_name, params, module=module, key=key, doc=doc)
+
+
+__all__ = ["group_settings", "omegaconf_type", "params_settings", "registry_settings", "signature_settings"]

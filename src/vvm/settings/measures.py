@@ -11,15 +11,15 @@ from typing import Any
 
 from vvm.cka.measures import MEASURES, Measure, make_measure
 from vvm.settings.base import choices, plain
-from vvm.settings.generate import group_settings
+from vvm.settings.generate import registry_settings
 
 MeasureName = choices("MeasureName", tuple(MEASURES), " | ".join(MEASURES))
 
 
 MEASURE_SETTINGS: dict[str, type]
-MeasureSettings, MEASURE_SETTINGS = group_settings(
+MeasureSettings, MEASURE_SETTINGS = registry_settings(
     "MeasureSettings",
-    {name: cls.Params for name, cls in MEASURES.items()},
+    MEASURES,
     module=__name__,
     key="measure",
     doc="``measure.*``: each measure's parameters (those measures that have any; conf/measure/default.yaml).",
